@@ -1,0 +1,57 @@
+# Newcomer commands: `make demo` and `make test`. Each sets up a fresh machine first.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip --disable-pip-version-check -q
+STAMP := $(VENV)/.deps-stamp
+ASAN_LIB = $(shell gcc -print-file-name=libasan.so)
+
+.PHONY: all sysdeps venv build test test-asan demo bench clean
+
+all: build
+
+# Debian packages: the hiredis headers/library and a redis-server for the tests.
+sysdeps:
+	@if ! dpkg -s libhiredis-dev redis-server >/dev/null 2>&1; then \
+	  echo "installing libhiredis-dev redis-server (apt-get)"; \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+	  $$SUDO apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq libhiredis-dev redis-server >/dev/null; \
+	fi
+
+$(STAMP): requirements-dev.txt
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install --upgrade pip
+	$(PIP) install -r requirements-dev.txt
+	# the reference implementation, for differential tests and benchmarks (its cache
+	# module is loaded without the package __init__, which needs the whole bruno stack)
+	$(PIP) install --no-deps bruno-memory==0.1.5
+	@touch $(STAMP)
+
+venv: sysdeps $(STAMP)
+
+# Editable install: the extension is built in place next to bruno_memory_c/.
+build: venv
+	$(PIP) install --no-build-isolation -e .
+
+test: build
+	$(PY) -m pytest -q tests
+
+# The whole suite against an AddressSanitizer build of the extension.
+test-asan: venv
+	rm -rf build/asan
+	BRUNO_ASAN=1 $(PY) setup.py -q build_ext --inplace --build-temp build/asan --force
+	ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 LD_PRELOAD=$(ASAN_LIB) PYTHONMALLOC=malloc \
+	  $(PY) -m pytest -q -p no:cacheprovider tests
+	# restore the optimised build for the other targets
+	$(PY) setup.py -q build_ext --inplace --force
+
+demo: build
+	$(PY) examples/demo.py
+
+bench: build
+	$(PY) benchmarks/bench_inmemory.py
+
+clean:
+	rm -rf build dist *.egg-info bruno_memory_c/*.so .pytest_cache

@@ -1,0 +1,24 @@
+"""bruno_memory_c: the asyncio caches of bruno-memory, in C.
+
+A drop-in replacement for ``bruno_memory.utils.cache``: ``InMemoryCache`` (LRU + TTL),
+with ``RedisCache`` and ``MultiLevelCache`` to follow. Every data method returns an
+awaitable that works wherever the reference's coroutine does.
+"""
+from ._core import CacheAwaitable, CacheError, InMemoryCache
+from ._interface import CacheInterface
+
+__version__ = "0.1.0"
+
+#: As in bruno_memory.utils.cache; RedisCache needs no optional package here.
+REDIS_AVAILABLE = True
+
+CacheInterface.register(InMemoryCache)
+
+__all__ = [
+    "CacheAwaitable",
+    "CacheError",
+    "CacheInterface",
+    "InMemoryCache",
+    "REDIS_AVAILABLE",
+    "__version__",
+]

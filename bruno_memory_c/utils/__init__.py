@@ -1,0 +1,9 @@
+"""Mirror of ``bruno_memory.utils``: the cache classes."""
+from bruno_memory_c.utils.cache import (  # noqa: F401
+    REDIS_AVAILABLE,
+    CacheError,
+    CacheInterface,
+    InMemoryCache,
+)
+
+__all__ = ["CacheError", "CacheInterface", "InMemoryCache", "REDIS_AVAILABLE"]

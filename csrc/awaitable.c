@@ -1,0 +1,458 @@
+/* awaitable.c: the coroutine-like object returned by every cache method.
+ * See awaitable.h for the two shapes (ready, pending). am_send is the core;
+ * __next__, send, throw and close are thin wrappers over it. */
+#include "awaitable.h"
+
+static const char *const REUSED_MSG = "cannot reuse already awaited coroutine";
+
+/* ------------------------------------------------------------------ creation */
+
+/* Returns a new reference with all fields clear, or NULL. */
+static BrunoAwaitable *
+aw_alloc(bruno_state *st, const char *qualname, int state)
+{
+    BrunoAwaitable *aw = PyObject_GC_New(BrunoAwaitable, st->AwaitableType);
+    if (aw == NULL) {
+        return NULL;
+    }
+    aw->state = state;
+    aw->started = 0;
+    aw->qualname = qualname;
+    aw->result = NULL;
+    aw->exc = NULL;
+    aw->future = NULL;
+    aw->st = st;
+    return aw;
+}
+
+PyObject *
+bruno_aw_ready(bruno_state *st, const char *qualname, PyObject *result)
+{
+    BrunoAwaitable *aw = aw_alloc(st, qualname, AW_READY);
+    if (aw == NULL) {
+        Py_DECREF(result);
+        return NULL;
+    }
+    aw->result = result;  /* stolen */
+    /* Only an object the collector tracks can lead back to us in a cycle; an
+     * untracked result (None, int, str, float, ...) needs no tracking. */
+    if (PyObject_GC_IsTracked(result)) {
+        PyObject_GC_Track(aw);
+    }
+    return (PyObject *)aw;
+}
+
+PyObject *
+bruno_aw_none(bruno_state *st, const char *qualname)
+{
+    return bruno_aw_ready(st, qualname, Py_NewRef(Py_None));
+}
+
+PyObject *
+bruno_aw_error(bruno_state *st, const char *qualname, PyObject *exc)
+{
+    BrunoAwaitable *aw = aw_alloc(st, qualname, AW_READY);
+    if (aw == NULL) {
+        Py_DECREF(exc);
+        return NULL;
+    }
+    aw->exc = exc;  /* stolen */
+    PyObject_GC_Track(aw);
+    return (PyObject *)aw;
+}
+
+PyObject *
+bruno_aw_pending(bruno_state *st, const char *qualname)
+{
+    BrunoAwaitable *aw = aw_alloc(st, qualname, AW_PENDING);
+    if (aw == NULL) {
+        return NULL;
+    }
+    PyObject_GC_Track(aw);
+    return (PyObject *)aw;
+}
+
+/* ------------------------------------------------------------------ completion */
+
+/* Wake a parked task: resolve its Future (if still pending). Returns 0 or -1. */
+static int
+aw_wake(BrunoAwaitable *aw)
+{
+    PyObject *fut = aw->future;  /* borrowed; we keep our reference until DONE */
+    if (fut == NULL) {
+        return 0;
+    }
+    PyObject *done = PyObject_CallMethod(fut, "done", NULL);
+    if (done == NULL) {
+        return -1;
+    }
+    int is_done = PyObject_IsTrue(done);
+    Py_DECREF(done);
+    if (is_done != 0) {
+        return is_done < 0 ? -1 : 0;
+    }
+    PyObject *r = PyObject_CallMethod(fut, "set_result", "O", Py_None);
+    if (r == NULL) {
+        return -1;
+    }
+    Py_DECREF(r);
+    return 0;
+}
+
+static int
+aw_resolve(BrunoAwaitable *aw, PyObject *result, PyObject *exc)
+{
+    if (aw->state == AW_DONE || aw->state == AW_READY) {
+        /* Nobody will read it (cancelled, closed) or it was already resolved:
+         * drop the late result. */
+        Py_XDECREF(result);
+        Py_XDECREF(exc);
+        return 0;
+    }
+    aw->result = result;
+    aw->exc = exc;
+    int was_waiting = aw->state == AW_WAITING;
+    aw->state = AW_READY;
+    return was_waiting ? aw_wake(aw) : 0;
+}
+
+int
+bruno_aw_complete(BrunoAwaitable *aw, PyObject *result)
+{
+    return aw_resolve(aw, result, NULL);
+}
+
+int
+bruno_aw_fail(BrunoAwaitable *aw, PyObject *exc)
+{
+    return aw_resolve(aw, NULL, exc);
+}
+
+/* Drop everything the awaitable holds and mark it finished. The decrefs happen
+ * after the fields are cleared, so re-entrant code sees a consistent object. */
+static void
+aw_finish(BrunoAwaitable *aw)
+{
+    PyObject *result = aw->result, *exc = aw->exc, *fut = aw->future;
+    aw->result = aw->exc = aw->future = NULL;
+    aw->state = AW_DONE;
+    Py_XDECREF(result);
+    Py_XDECREF(exc);
+    Py_XDECREF(fut);
+}
+
+/* ------------------------------------------------------------------ am_send */
+
+/* Park the awaiting task on a fresh Future of the running loop.
+ * Sets *presult to a new reference to the Future and returns PYGEN_NEXT. */
+static PySendResult
+aw_park(BrunoAwaitable *aw, PyObject **presult)
+{
+    if (aw->future == NULL) {
+        PyObject *loop = PyObject_CallNoArgs(aw->st->get_running_loop);
+        if (loop == NULL) {
+            *presult = NULL;
+            return PYGEN_ERROR;
+        }
+        PyObject *fut = PyObject_CallMethod(loop, "create_future", NULL);
+        Py_DECREF(loop);
+        if (fut == NULL) {
+            *presult = NULL;
+            return PYGEN_ERROR;
+        }
+        aw->future = fut;
+    }
+    /* The protocol Future.__await__ follows: a yielded future with
+     * _asyncio_future_blocking set tells the Task to wait for it. */
+    if (PyObject_SetAttrString(aw->future, "_asyncio_future_blocking", Py_True) < 0) {
+        *presult = NULL;
+        return PYGEN_ERROR;
+    }
+    aw->state = AW_WAITING;
+    *presult = Py_NewRef(aw->future);
+    return PYGEN_NEXT;
+}
+
+static PySendResult
+aw_am_send(PyObject *op, PyObject *arg, PyObject **presult)
+{
+    BrunoAwaitable *aw = (BrunoAwaitable *)op;
+    if (!aw->started && arg != Py_None && arg != NULL && aw->state != AW_DONE) {
+        PyErr_SetString(PyExc_TypeError,
+                        "can't send non-None value to a just-started coroutine");
+        *presult = NULL;
+        return PYGEN_ERROR;
+    }
+    aw->started = 1;
+    switch (aw->state) {
+    case AW_READY:
+        if (aw->exc != NULL) {
+            PyObject *exc = aw->exc;
+            aw->exc = NULL;
+            aw_finish(aw);
+            PyErr_SetObject((PyObject *)Py_TYPE(exc), exc);
+            Py_DECREF(exc);
+            *presult = NULL;
+            return PYGEN_ERROR;
+        }
+        *presult = aw->result;  /* our reference moves to the caller */
+        aw->result = NULL;
+        aw_finish(aw);
+        return PYGEN_RETURN;
+    case AW_PENDING:
+    case AW_WAITING:
+        return aw_park(aw, presult);
+    default:
+        PyErr_SetString(PyExc_RuntimeError, REUSED_MSG);
+        *presult = NULL;
+        return PYGEN_ERROR;
+    }
+}
+
+/* Turn an am_send outcome into the iterator protocol: value, or StopIteration. */
+static PyObject *
+aw_send_to_iter(PySendResult status, PyObject *result)
+{
+    if (status == PYGEN_NEXT) {
+        return result;
+    }
+    if (status == PYGEN_RETURN) {
+        if (result == Py_None) {
+            Py_DECREF(result);
+            PyErr_SetNone(PyExc_StopIteration);
+            return NULL;
+        }
+        /* StopIteration(result): built explicitly so a tuple is not unpacked. */
+        PyObject *stop = PyObject_CallOneArg(PyExc_StopIteration, result);
+        Py_DECREF(result);
+        if (stop != NULL) {
+            PyErr_SetObject(PyExc_StopIteration, stop);
+            Py_DECREF(stop);
+        }
+        return NULL;
+    }
+    return NULL;
+}
+
+static PyObject *
+aw_iternext(PyObject *op)
+{
+    PyObject *result;
+    PySendResult status = aw_am_send(op, Py_None, &result);
+    return aw_send_to_iter(status, result);
+}
+
+static PyObject *
+aw_send(PyObject *op, PyObject *arg)
+{
+    PyObject *result;
+    PySendResult status = aw_am_send(op, arg, &result);
+    return aw_send_to_iter(status, result);
+}
+
+/* throw(value) / throw(type[, value[, traceback]]): the operation is abandoned
+ * (a late result will be dropped) and the exception propagates, as it does from a
+ * coroutine that does not catch it. */
+static PyObject *
+aw_throw(PyObject *op, PyObject *const *args, Py_ssize_t nargs)
+{
+    BrunoAwaitable *aw = (BrunoAwaitable *)op;
+    if (nargs < 1 || nargs > 3) {
+        PyErr_Format(PyExc_TypeError, "throw expected 1 to 3 arguments, got %zd", nargs);
+        return NULL;
+    }
+    PyObject *typ = args[0];
+    PyObject *val = nargs > 1 ? args[1] : Py_None;
+    PyObject *tb = nargs > 2 ? args[2] : Py_None;
+    if (tb != Py_None && !PyTraceBack_Check(tb)) {
+        PyErr_SetString(PyExc_TypeError, "throw() third argument must be a traceback object");
+        return NULL;
+    }
+    PyObject *exc;
+    if (PyExceptionInstance_Check(typ)) {
+        if (val != Py_None) {
+            PyErr_SetString(PyExc_TypeError,
+                            "instance exception may not have a separate value");
+            return NULL;
+        }
+        exc = Py_NewRef(typ);
+    }
+    else if (PyExceptionClass_Check(typ)) {
+        if (PyExceptionInstance_Check(val)) {
+            exc = Py_NewRef(val);
+        }
+        else if (val == Py_None) {
+            exc = PyObject_CallNoArgs(typ);
+        }
+        else if (PyTuple_Check(val)) {
+            exc = PyObject_Call(typ, val, NULL);
+        }
+        else {
+            exc = PyObject_CallOneArg(typ, val);
+        }
+        if (exc == NULL) {
+            return NULL;
+        }
+    }
+    else {
+        PyErr_Format(PyExc_TypeError,
+                     "exceptions must be classes or instances deriving from "
+                     "BaseException, not %.100s", Py_TYPE(typ)->tp_name);
+        return NULL;
+    }
+    if (tb != Py_None && PyException_SetTraceback(exc, tb) < 0) {
+        Py_DECREF(exc);
+        return NULL;
+    }
+    if (aw->future != NULL && aw->state == AW_WAITING) {
+        PyObject *r = PyObject_CallMethod(aw->future, "cancel", NULL);
+        if (r == NULL) {
+            PyErr_Clear();
+        }
+        Py_XDECREF(r);
+    }
+    aw->started = 1;
+    aw_finish(aw);
+    PyErr_SetObject((PyObject *)Py_TYPE(exc), exc);
+    Py_DECREF(exc);
+    return NULL;
+}
+
+static PyObject *
+aw_close(PyObject *op, PyObject *Py_UNUSED(ignored))
+{
+    BrunoAwaitable *aw = (BrunoAwaitable *)op;
+    if (aw->future != NULL && aw->state == AW_WAITING) {
+        PyObject *r = PyObject_CallMethod(aw->future, "cancel", NULL);
+        if (r == NULL) {
+            return NULL;
+        }
+        Py_DECREF(r);
+    }
+    aw_finish(aw);
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+aw_await(PyObject *op)
+{
+    return Py_NewRef(op);
+}
+
+static PyObject *
+aw_await_meth(PyObject *op, PyObject *Py_UNUSED(ignored))
+{
+    return Py_NewRef(op);
+}
+
+static PyObject *
+aw_get_qualname(PyObject *op, void *Py_UNUSED(closure))
+{
+    return PyUnicode_FromString(((BrunoAwaitable *)op)->qualname);
+}
+
+static PyObject *
+aw_get_done(PyObject *op, void *Py_UNUSED(closure))
+{
+    BrunoAwaitable *aw = (BrunoAwaitable *)op;
+    return PyBool_FromLong(aw->state == AW_READY || aw->state == AW_DONE);
+}
+
+static PyObject *
+aw_repr(PyObject *op)
+{
+    static const char *const names[] = {"pending", "ready", "waiting", "done"};
+    BrunoAwaitable *aw = (BrunoAwaitable *)op;
+    return PyUnicode_FromFormat("<%s awaitable %s at %p>", aw->qualname,
+                                names[aw->state], op);
+}
+
+/* ------------------------------------------------------------------ GC */
+
+static int
+aw_traverse(PyObject *op, visitproc visit, void *arg)
+{
+    BrunoAwaitable *aw = (BrunoAwaitable *)op;
+    Py_VISIT(Py_TYPE(op));
+    Py_VISIT(aw->result);
+    Py_VISIT(aw->exc);
+    Py_VISIT(aw->future);
+    return 0;
+}
+
+static int
+aw_clear(PyObject *op)
+{
+    BrunoAwaitable *aw = (BrunoAwaitable *)op;
+    Py_CLEAR(aw->result);
+    Py_CLEAR(aw->exc);
+    Py_CLEAR(aw->future);
+    return 0;
+}
+
+static void
+aw_dealloc(PyObject *op)
+{
+    PyTypeObject *tp = Py_TYPE(op);
+    PyObject_GC_UnTrack(op);
+    aw_clear(op);
+    PyObject_GC_Del(op);
+    Py_DECREF(tp);
+}
+
+/* ------------------------------------------------------------------ type */
+
+static PyMethodDef aw_methods[] = {
+    {"send", (PyCFunction)aw_send, METH_O,
+     "send(value, /)\n--\n\nResume the operation; raises StopIteration(result) when done."},
+    {"throw", (PyCFunction)(void (*)(void))aw_throw, METH_FASTCALL,
+     "throw(typ, val=None, tb=None, /)\n--\n\nAbandon the operation and raise the exception."},
+    {"close", aw_close, METH_NOARGS,
+     "close($self, /)\n--\n\nAbandon the operation; a late result is dropped."},
+    {"__await__", aw_await_meth, METH_NOARGS,
+     "__await__($self, /)\n--\n\nReturn an iterator to be used in await expression."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyGetSetDef aw_getset[] = {
+    {"__qualname__", aw_get_qualname, NULL, "Name of the cache operation.", NULL},
+    {"__name__", aw_get_qualname, NULL, "Name of the cache operation.", NULL},
+    {"done", aw_get_done, NULL, "True once the result is known.", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyType_Slot aw_slots[] = {
+    {Py_tp_doc, "Awaitable result of a cache operation.\n\n"
+                "Behaves like a coroutine: await it, or pass it to asyncio.create_task,\n"
+                "gather, wait_for, shield. The operation started when the method was\n"
+                "called; an awaitable that is never awaited still completes it."},
+    {Py_tp_dealloc, aw_dealloc},
+    {Py_tp_traverse, aw_traverse},
+    {Py_tp_clear, aw_clear},
+    {Py_tp_repr, aw_repr},
+    {Py_tp_iter, aw_await},
+    {Py_tp_iternext, aw_iternext},
+    {Py_tp_methods, aw_methods},
+    {Py_tp_getset, aw_getset},
+    {Py_am_await, aw_await},
+    {Py_am_send, aw_am_send},
+    {0, NULL},
+};
+
+static PyType_Spec aw_spec = {
+    .name = "bruno_memory_c._core.CacheAwaitable",
+    .basicsize = sizeof(BrunoAwaitable),
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_IMMUTABLETYPE |
+             Py_TPFLAGS_DISALLOW_INSTANTIATION,
+    .slots = aw_slots,
+};
+
+int
+bruno_awaitable_init(PyObject *module, bruno_state *st)
+{
+    st->AwaitableType = (PyTypeObject *)PyType_FromModuleAndSpec(module, &aw_spec, NULL);
+    if (st->AwaitableType == NULL) {
+        return -1;
+    }
+    return PyModule_AddType(module, st->AwaitableType);
+}

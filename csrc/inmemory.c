@@ -1,0 +1,930 @@
+/* inmemory.c: InMemoryCache, an LRU + TTL cache of Python objects, in C.
+ *
+ * Semantics follow bruno_memory.utils.cache.InMemoryCache (0.1.5) exactly, counters
+ * included; SPEC.md lists the deliberate differences (input checks, a monotonic
+ * clock). Every method does its work when called and returns a ready awaitable.
+ *
+ * Re-entrancy: Python code can run in a key's __hash__/__eq__ (lookup) and in the
+ * __del__ of a released key or value. Each method hashes and validates before it
+ * changes anything, and releases references only after the table is consistent. */
+#include "awaitable.h"
+#include "lru.h"
+
+#include <math.h>
+#include <structmember.h>
+
+typedef struct {
+    PyObject_HEAD
+    lru_table table;
+    Py_ssize_t max_size;
+    double default_ttl;              /* seconds; INFINITY when default_ttl is None */
+    double cleanup_interval;         /* seconds */
+    PyObject *default_ttl_obj;       /* owned: default_ttl as given (None or a number) */
+    PyObject *cleanup_interval_obj;  /* owned: cleanup_interval as given */
+    unsigned long long hits, misses, evictions, expirations;
+    PyObject *loop;                  /* owned or NULL: loop the periodic cleanup runs on */
+    PyObject *timer;                 /* owned or NULL: its pending TimerHandle */
+    PyObject *cleanup_cb;            /* owned or NULL: callable bound to a weakref of self */
+    PyObject *weakreflist;           /* managed by PyObject_ClearWeakRefs */
+    bruno_state *st;                 /* borrowed: module state, alive while our type is */
+} InMemoryCache;
+
+/* ------------------------------------------------------------------ helpers */
+
+/* A ttl argument as seconds: None gives `dflt`; a number must be >= 0 and not NaN.
+ * `what` names the argument in messages. Returns 0, or -1 with TypeError/ValueError. */
+static int
+ttl_seconds(PyObject *ttl, double dflt, const char *what, double *out)
+{
+    double v;
+    if (ttl == NULL || ttl == Py_None) {
+        *out = dflt;
+        return 0;
+    }
+    if (PyFloat_CheckExact(ttl)) {
+        v = PyFloat_AS_DOUBLE(ttl);
+    }
+    else if (PyLong_Check(ttl)) {
+        v = PyLong_AsDouble(ttl);
+        if (v == -1.0 && PyErr_Occurred()) {
+            if (!PyErr_ExceptionMatches(PyExc_OverflowError)) {
+                return -1;
+            }
+            PyErr_Clear();
+            v = Py_SIZE(ttl) < 0 ? -INFINITY : INFINITY;
+        }
+    }
+    else if (PyFloat_Check(ttl) ||
+             (Py_TYPE(ttl)->tp_as_number != NULL &&
+              (Py_TYPE(ttl)->tp_as_number->nb_float != NULL ||
+               Py_TYPE(ttl)->tp_as_number->nb_index != NULL) &&
+              !PyUnicode_Check(ttl))) {
+        v = PyFloat_AsDouble(ttl);
+        if (v == -1.0 && PyErr_Occurred()) {
+            return -1;
+        }
+    }
+    else {
+        PyErr_Format(PyExc_TypeError, "%s must be a number or None, not %.100s",
+                     what, Py_TYPE(ttl)->tp_name);
+        return -1;
+    }
+    if (isnan(v)) {
+        PyErr_Format(PyExc_ValueError, "%s must not be NaN", what);
+        return -1;
+    }
+    if (v < 0) {
+        PyErr_Format(PyExc_ValueError, "%s must be >= 0", what);
+        return -1;
+    }
+    *out = v;
+    return 0;
+}
+
+static inline double
+expiry_for(double ttl)
+{
+    return isinf(ttl) ? INFINITY : lru_now() + ttl;
+}
+
+static inline int
+is_expired(lru_node *n, double *now)
+{
+    if (n->expiry == INFINITY) {
+        return 0;
+    }
+    if (*now < 0) {
+        *now = lru_now();
+    }
+    return n->expiry < *now;
+}
+
+/* Evict least recently used entries while over max_size. */
+static void
+imc_evict(InMemoryCache *self)
+{
+    while ((Py_ssize_t)self->table.size > self->max_size) {
+        lru_node *old = lru_oldest(&self->table);
+        lru_unlink(&self->table, old);
+        self->evictions++;
+        LRU_ASSERT_CONSISTENT(&self->table);
+        lru_node_free(old);  /* may re-enter; the loop re-reads the size */
+    }
+}
+
+/* Store one entry (hash already known, ttl already validated). Returns 0 or -1. */
+static int
+imc_store(InMemoryCache *self, PyObject *key, Py_hash_t hash, PyObject *value, double ttl)
+{
+    lru_node *n;
+    if (lru_lookup(&self->table, key, hash, &n) < 0) {
+        return -1;
+    }
+    double expiry = expiry_for(ttl);
+    if (n != NULL) {
+        PyObject *old = n->value;
+        n->value = Py_NewRef(value);
+        n->expiry = expiry;
+        lru_touch(&self->table, n);
+        imc_evict(self);
+        LRU_ASSERT_CONSISTENT(&self->table);
+        Py_DECREF(old);  /* last: may run __del__ */
+        return 0;
+    }
+    if (lru_insert(&self->table, key, hash, value, expiry) == NULL) {
+        return -1;
+    }
+    imc_evict(self);
+    LRU_ASSERT_CONSISTENT(&self->table);
+    return 0;
+}
+
+/* Look a key up as get() does, counting hits, misses and expirations.
+ * *value receives a new reference, or NULL on a miss. Returns 0 or -1. */
+static int
+imc_read(InMemoryCache *self, PyObject *key, Py_hash_t hash, double *now, PyObject **value)
+{
+    lru_node *n;
+    *value = NULL;
+    if (lru_lookup(&self->table, key, hash, &n) < 0) {
+        return -1;
+    }
+    if (n == NULL) {
+        self->misses++;
+        return 0;
+    }
+    if (is_expired(n, now)) {
+        lru_unlink(&self->table, n);
+        self->expirations++;
+        self->misses++;
+        LRU_ASSERT_CONSISTENT(&self->table);
+        lru_node_free(n);
+        return 0;
+    }
+    lru_touch(&self->table, n);
+    self->hits++;
+    *value = Py_NewRef(n->value);
+    return 0;
+}
+
+/* ------------------------------------------------------------------ data methods */
+
+static PyObject *
+imc_get(InMemoryCache *self, PyObject *key)
+{
+    Py_hash_t hash = PyObject_Hash(key);
+    if (hash == -1) {
+        return NULL;
+    }
+    double now = -1;
+    PyObject *value;
+    if (imc_read(self, key, hash, &now, &value) < 0) {
+        return NULL;
+    }
+    if (value == NULL) {
+        return bruno_aw_none(self->st, "InMemoryCache.get");
+    }
+    return bruno_aw_ready(self->st, "InMemoryCache.get", value);
+}
+
+static PyObject *
+imc_set(InMemoryCache *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
+{
+    static const char *const names[] = {"key", "value", "ttl", NULL};
+    PyObject *a[3];
+    if (bruno_parse_args("set", args, nargs, kwnames, names, 2, a) < 0) {
+        return NULL;
+    }
+    double ttl;
+    if (ttl_seconds(a[2], self->default_ttl, "ttl", &ttl) < 0) {
+        return NULL;
+    }
+    Py_hash_t hash = PyObject_Hash(a[0]);
+    if (hash == -1) {
+        return NULL;
+    }
+    /* Hold the arguments: re-entrant code must not free them under us. */
+    Py_INCREF(a[0]);
+    Py_INCREF(a[1]);
+    int rc = imc_store(self, a[0], hash, a[1], ttl);
+    Py_DECREF(a[1]);
+    Py_DECREF(a[0]);
+    if (rc < 0) {
+        return NULL;
+    }
+    return bruno_aw_none(self->st, "InMemoryCache.set");
+}
+
+static PyObject *
+imc_delete(InMemoryCache *self, PyObject *key)
+{
+    Py_hash_t hash = PyObject_Hash(key);
+    if (hash == -1) {
+        return NULL;
+    }
+    lru_node *n;
+    if (lru_lookup(&self->table, key, hash, &n) < 0) {
+        return NULL;
+    }
+    if (n == NULL) {
+        return bruno_aw_ready(self->st, "InMemoryCache.delete", Py_NewRef(Py_False));
+    }
+    /* As in the reference, an entry that has expired but is still stored is
+     * deleted and reported as deleted. */
+    lru_unlink(&self->table, n);
+    LRU_ASSERT_CONSISTENT(&self->table);
+    lru_node_free(n);
+    return bruno_aw_ready(self->st, "InMemoryCache.delete", Py_NewRef(Py_True));
+}
+
+static PyObject *
+imc_exists(InMemoryCache *self, PyObject *key)
+{
+    Py_hash_t hash = PyObject_Hash(key);
+    if (hash == -1) {
+        return NULL;
+    }
+    lru_node *n;
+    if (lru_lookup(&self->table, key, hash, &n) < 0) {
+        return NULL;
+    }
+    PyObject *answer = Py_False;
+    double now = -1;
+    if (n != NULL) {
+        if (is_expired(n, &now)) {
+            lru_unlink(&self->table, n);
+            self->expirations++;
+            LRU_ASSERT_CONSISTENT(&self->table);
+            lru_node_free(n);
+        }
+        else {
+            answer = Py_True;  /* exists() does not change recency (reference) */
+        }
+    }
+    return bruno_aw_ready(self->st, "InMemoryCache.exists", Py_NewRef(answer));
+}
+
+static PyObject *
+imc_clear(InMemoryCache *self, PyObject *Py_UNUSED(ignored))
+{
+    lru_node *chain = lru_detach_all(&self->table);
+    LRU_ASSERT_CONSISTENT(&self->table);
+    lru_free_chain(chain);
+    return bruno_aw_none(self->st, "InMemoryCache.clear");
+}
+
+#define SMALL_BATCH 128
+
+static PyObject *
+imc_get_many(InMemoryCache *self, PyObject *keys)
+{
+    /* A private tuple: code run by __eq__/__del__ cannot change what we iterate. */
+    PyObject *tuple = PySequence_Tuple(keys);
+    if (tuple == NULL) {
+        if (PyErr_ExceptionMatches(PyExc_TypeError)) {
+            PyErr_Format(PyExc_TypeError, "get_many() expects an iterable of keys, not %.100s",
+                         Py_TYPE(keys)->tp_name);
+        }
+        return NULL;
+    }
+    Py_ssize_t n = PyTuple_GET_SIZE(tuple);
+    Py_hash_t small[SMALL_BATCH];
+    Py_hash_t *hashes = n <= SMALL_BATCH ? small : PyMem_Malloc((size_t)n * sizeof(Py_hash_t));
+    PyObject *result = NULL;
+    if (hashes == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    /* Hash every key first: an unhashable key fails the call before any change. */
+    for (Py_ssize_t i = 0; i < n; i++) {
+        hashes[i] = PyObject_Hash(PyTuple_GET_ITEM(tuple, i));
+        if (hashes[i] == -1) {
+            goto done;
+        }
+    }
+    result = PyDict_New();
+    if (result == NULL) {
+        goto done;
+    }
+    double now = -1;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *key = PyTuple_GET_ITEM(tuple, i), *value;
+        if (imc_read(self, key, hashes[i], &now, &value) < 0) {
+            Py_CLEAR(result);
+            goto done;
+        }
+        if (value == NULL) {
+            continue;
+        }
+        /* A stored None counts as absent here, as in the reference. */
+        int rc = value == Py_None ? 0 : PyDict_SetItem(result, key, value);
+        Py_DECREF(value);
+        if (rc < 0) {
+            Py_CLEAR(result);
+            goto done;
+        }
+    }
+done:
+    if (hashes != small) {
+        PyMem_Free(hashes);
+    }
+    Py_DECREF(tuple);
+    if (result == NULL) {
+        return NULL;
+    }
+    return bruno_aw_ready(self->st, "InMemoryCache.get_many", result);
+}
+
+/* The (key, value) pairs of a mapping as a new list of 2-tuples or, for an exact
+ * dict, as a flat tuple (k0, v0, k1, v1, ...) snapshot. Sets *flat accordingly. */
+static PyObject *
+mapping_snapshot(bruno_state *st, PyObject *mapping, int *flat)
+{
+    if (PyDict_CheckExact(mapping)) {
+        Py_ssize_t pos = 0, i = 0, n = PyDict_GET_SIZE(mapping);
+        PyObject *k, *v;
+        PyObject *snap = PyTuple_New(2 * n);
+        if (snap == NULL) {
+            return NULL;
+        }
+        while (PyDict_Next(mapping, &pos, &k, &v)) {  /* runs no Python code */
+            PyTuple_SET_ITEM(snap, i++, Py_NewRef(k));
+            PyTuple_SET_ITEM(snap, i++, Py_NewRef(v));
+        }
+        *flat = 1;
+        return snap;
+    }
+    PyObject *items = PyObject_GetAttr(mapping, st->str_items);
+    if (items == NULL) {
+        if (PyErr_ExceptionMatches(PyExc_AttributeError)) {
+            PyErr_Format(PyExc_TypeError, "set_many() expects a mapping, not %.100s",
+                         Py_TYPE(mapping)->tp_name);
+        }
+        return NULL;
+    }
+    PyObject *view = PyObject_CallNoArgs(items);
+    Py_DECREF(items);
+    if (view == NULL) {
+        return NULL;
+    }
+    PyObject *list = PySequence_List(view);
+    Py_DECREF(view);
+    if (list == NULL) {
+        return NULL;
+    }
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(list); i++) {
+        PyObject *pair = PyList_GET_ITEM(list, i);
+        if (!PyTuple_Check(pair) || PyTuple_GET_SIZE(pair) != 2) {
+            PyErr_SetString(PyExc_TypeError, "set_many() mapping items must be (key, value) pairs");
+            Py_DECREF(list);
+            return NULL;
+        }
+    }
+    *flat = 0;
+    return list;
+}
+
+static PyObject *
+imc_set_many(InMemoryCache *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
+{
+    static const char *const names[] = {"items", "ttl", NULL};
+    PyObject *a[2];
+    if (bruno_parse_args("set_many", args, nargs, kwnames, names, 1, a) < 0) {
+        return NULL;
+    }
+    double ttl;
+    if (ttl_seconds(a[1], self->default_ttl, "ttl", &ttl) < 0) {
+        return NULL;
+    }
+    int flat;
+    PyObject *snap = mapping_snapshot(self->st, a[0], &flat);
+    if (snap == NULL) {
+        return NULL;
+    }
+    Py_ssize_t n = flat ? PyTuple_GET_SIZE(snap) / 2 : PyList_GET_SIZE(snap);
+    Py_hash_t small[SMALL_BATCH];
+    Py_hash_t *hashes = n <= SMALL_BATCH ? small : PyMem_Malloc((size_t)n * sizeof(Py_hash_t));
+    PyObject *ret = NULL;
+    if (hashes == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
+#define PAIR_KEY(i) (flat ? PyTuple_GET_ITEM(snap, 2 * (i)) \
+                          : PyTuple_GET_ITEM(PyList_GET_ITEM(snap, i), 0))
+#define PAIR_VALUE(i) (flat ? PyTuple_GET_ITEM(snap, 2 * (i) + 1) \
+                            : PyTuple_GET_ITEM(PyList_GET_ITEM(snap, i), 1))
+    for (Py_ssize_t i = 0; i < n; i++) {
+        hashes[i] = PyObject_Hash(PAIR_KEY(i));
+        if (hashes[i] == -1) {
+            goto done;
+        }
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        if (imc_store(self, PAIR_KEY(i), hashes[i], PAIR_VALUE(i), ttl) < 0) {
+            goto done;
+        }
+    }
+#undef PAIR_KEY
+#undef PAIR_VALUE
+    ret = bruno_aw_none(self->st, "InMemoryCache.set_many");
+done:
+    if (hashes != small && hashes != NULL) {
+        PyMem_Free(hashes);
+    }
+    Py_DECREF(snap);
+    return ret;
+}
+
+/* ------------------------------------------------------------------ statistics */
+
+/* The counters as a new dict; hit_rate as a percentage rounded to 2 decimals
+ * (get_stats, reference form) or as a fraction (stats, doc form). */
+static PyObject *
+imc_stats_dict(InMemoryCache *self, int percent)
+{
+    unsigned long long total = self->hits + self->misses;
+    double rate = 0.0;
+    PyObject *hit_rate;
+    if (total > 0) {
+        rate = (double)self->hits / (double)total;
+    }
+    if (percent) {
+        /* Python's round(x, 2), so the figure equals the reference's exactly. */
+        PyObject *f = PyFloat_FromDouble(rate * 100);
+        if (f == NULL) {
+            return NULL;
+        }
+        hit_rate = PyObject_CallMethod(f, "__round__", "i", 2);
+        Py_DECREF(f);
+    }
+    else {
+        hit_rate = PyFloat_FromDouble(rate);
+    }
+    if (hit_rate == NULL) {
+        return NULL;
+    }
+    PyObject *d = Py_BuildValue(
+        "{s:s,s:n,s:n,s:K,s:K,s:N,s:K,s:K}",
+        "type", "in_memory",
+        "size", (Py_ssize_t)self->table.size,
+        "max_size", self->max_size,
+        "hits", self->hits,
+        "misses", self->misses,
+        "hit_rate", hit_rate,
+        "evictions", self->evictions,
+        "expirations", self->expirations);
+    return d;
+}
+
+static PyObject *
+imc_get_stats(InMemoryCache *self, PyObject *Py_UNUSED(ignored))
+{
+    PyObject *d = imc_stats_dict(self, 1);
+    if (d == NULL) {
+        return NULL;
+    }
+    return bruno_aw_ready(self->st, "InMemoryCache.get_stats", d);
+}
+
+static PyObject *
+imc_stats(InMemoryCache *self, PyObject *Py_UNUSED(ignored))
+{
+    return imc_stats_dict(self, 0);
+}
+
+/* ------------------------------------------------------------------ cleanup */
+
+/* Remove every expired entry; returns how many. */
+static Py_ssize_t
+imc_remove_expired(InMemoryCache *self)
+{
+    double now = lru_now();
+    lru_node *chain = NULL;
+    Py_ssize_t removed = 0;
+    lru_node *n = self->table.list.next;
+    while (n != &self->table.list) {
+        lru_node *next = n->next;
+        if (n->expiry < now) {
+            lru_unlink(&self->table, n);
+            n->next = chain;
+            chain = n;
+            removed++;
+        }
+        n = next;
+    }
+    self->expirations += (unsigned long long)removed;
+    LRU_ASSERT_CONSISTENT(&self->table);
+    lru_free_chain(chain);
+    return removed;
+}
+
+static int imc_arm_timer(InMemoryCache *self);
+
+/* The TimerHandle callback; `wr` is a weak reference to the cache, so a started
+ * cache that is dropped without stop() is still freed (its timer then cancelled). */
+static PyObject *
+imc_cleanup_fire(PyObject *wr, PyObject *Py_UNUSED(ignored))
+{
+    PyObject *obj = PyWeakref_GetObject(wr);  /* borrowed */
+    if (obj == NULL) {
+        return NULL;
+    }
+    if (obj == Py_None) {
+        Py_RETURN_NONE;
+    }
+    InMemoryCache *self = (InMemoryCache *)Py_NewRef(obj);
+    Py_CLEAR(self->timer);  /* this one has fired */
+    imc_remove_expired(self);
+    int rc = 0;
+    /* Re-arm unless stop() ran meanwhile, or start() already armed a new timer. */
+    if (self->loop != NULL && self->timer == NULL) {
+        rc = imc_arm_timer(self);
+    }
+    Py_DECREF(self);
+    if (rc < 0) {
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef cleanup_def = {
+    "_cleanup", imc_cleanup_fire, METH_NOARGS, "Remove expired entries, then re-arm."};
+
+static int
+imc_arm_timer(InMemoryCache *self)
+{
+    PyObject *timer = PyObject_CallMethodObjArgs(self->loop, self->st->str_call_later,
+                                                 self->cleanup_interval_obj,
+                                                 self->cleanup_cb, NULL);
+    if (timer == NULL) {
+        return -1;
+    }
+    Py_XSETREF(self->timer, timer);
+    return 0;
+}
+
+static void
+imc_cancel_timer(InMemoryCache *self)
+{
+    PyObject *timer = self->timer;
+    self->timer = NULL;
+    if (timer != NULL) {
+        PyObject *r = PyObject_CallMethodNoArgs(timer, self->st->str_cancel);
+        if (r == NULL) {
+            PyErr_WriteUnraisable((PyObject *)self);
+        }
+        Py_XDECREF(r);
+        Py_DECREF(timer);
+    }
+}
+
+static PyObject *
+imc_start(InMemoryCache *self, PyObject *Py_UNUSED(ignored))
+{
+    PyObject *loop = PyObject_CallNoArgs(self->st->get_running_loop);
+    if (loop == NULL) {
+        return NULL;
+    }
+    if (self->loop == loop && self->timer != NULL) {
+        Py_DECREF(loop);  /* already running on this loop */
+        return bruno_aw_none(self->st, "InMemoryCache.start");
+    }
+    /* Not started, or started on another (possibly closed) loop: arm here. */
+    imc_cancel_timer(self);
+    Py_XSETREF(self->loop, loop);
+    if (self->cleanup_cb == NULL) {
+        PyObject *wr = PyWeakref_NewRef((PyObject *)self, NULL);
+        if (wr == NULL) {
+            goto fail;
+        }
+        self->cleanup_cb = PyCFunction_New(&cleanup_def, wr);
+        Py_DECREF(wr);
+        if (self->cleanup_cb == NULL) {
+            goto fail;
+        }
+    }
+    if (imc_arm_timer(self) < 0) {
+        goto fail;
+    }
+    return bruno_aw_none(self->st, "InMemoryCache.start");
+fail:
+    Py_CLEAR(self->loop);
+    return NULL;
+}
+
+static PyObject *
+imc_stop(InMemoryCache *self, PyObject *Py_UNUSED(ignored))
+{
+    imc_cancel_timer(self);
+    Py_CLEAR(self->loop);
+    return bruno_aw_none(self->st, "InMemoryCache.stop");
+}
+
+/* ------------------------------------------------------------------ debug */
+
+static PyObject *
+imc_check(InMemoryCache *self, PyObject *Py_UNUSED(ignored))
+{
+    if (lru_check(&self->table) < 0) {
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
+/* ------------------------------------------------------------------ attributes */
+
+static PyObject *
+imc_get_max_size(InMemoryCache *self, void *Py_UNUSED(closure))
+{
+    return PyLong_FromSsize_t(self->max_size);
+}
+
+static int
+parse_max_size(PyObject *v, Py_ssize_t *out)
+{
+    if (!PyLong_Check(v) || PyBool_Check(v)) {
+        PyErr_Format(PyExc_TypeError, "max_size must be an int, not %.100s",
+                     Py_TYPE(v)->tp_name);
+        return -1;
+    }
+    int overflow;
+    long long n = PyLong_AsLongLongAndOverflow(v, &overflow);
+    if (n == -1 && PyErr_Occurred()) {
+        return -1;
+    }
+    if (overflow < 0 || (overflow == 0 && n < 1)) {
+        PyErr_SetString(PyExc_ValueError, "max_size must be >= 1");
+        return -1;
+    }
+    *out = (overflow > 0 || n > PY_SSIZE_T_MAX) ? PY_SSIZE_T_MAX : (Py_ssize_t)n;
+    return 0;
+}
+
+static int
+imc_set_max_size(InMemoryCache *self, PyObject *v, void *Py_UNUSED(closure))
+{
+    if (v == NULL) {
+        PyErr_SetString(PyExc_AttributeError, "cannot delete max_size");
+        return -1;
+    }
+    /* As in the reference, a smaller max_size takes effect at the next set(). */
+    return parse_max_size(v, &self->max_size);
+}
+
+static PyObject *
+imc_get_default_ttl(InMemoryCache *self, void *Py_UNUSED(closure))
+{
+    return Py_NewRef(self->default_ttl_obj);
+}
+
+static int
+imc_set_default_ttl(InMemoryCache *self, PyObject *v, void *Py_UNUSED(closure))
+{
+    if (v == NULL) {
+        PyErr_SetString(PyExc_AttributeError, "cannot delete default_ttl");
+        return -1;
+    }
+    double ttl;
+    if (ttl_seconds(v, INFINITY, "default_ttl", &ttl) < 0) {
+        return -1;
+    }
+    self->default_ttl = ttl;
+    Py_SETREF(self->default_ttl_obj, Py_NewRef(v));
+    return 0;
+}
+
+static PyObject *
+imc_get_cleanup_interval(InMemoryCache *self, void *Py_UNUSED(closure))
+{
+    return Py_NewRef(self->cleanup_interval_obj);
+}
+
+static PyObject *
+imc_get_running(InMemoryCache *self, void *Py_UNUSED(closure))
+{
+    return PyBool_FromLong(self->timer != NULL);
+}
+
+/* ------------------------------------------------------------------ lifecycle */
+
+static PyObject *
+imc_new(PyTypeObject *type, PyObject *Py_UNUSED(args), PyObject *Py_UNUSED(kwds))
+{
+    bruno_state *st = bruno_state_from_type(type);
+    if (st == NULL) {
+        return NULL;
+    }
+    InMemoryCache *self = (InMemoryCache *)type->tp_alloc(type, 0);
+    if (self == NULL) {
+        return NULL;
+    }
+    self->st = st;
+    self->max_size = 1000;
+    self->default_ttl = 3600;
+    self->cleanup_interval = 60;
+    self->default_ttl_obj = PyLong_FromLong(3600);
+    self->cleanup_interval_obj = PyLong_FromLong(60);
+    if (self->default_ttl_obj == NULL || self->cleanup_interval_obj == NULL ||
+        lru_init(&self->table) < 0) {
+        Py_DECREF(self);
+        return NULL;
+    }
+    return (PyObject *)self;
+}
+
+static int
+imc_init(InMemoryCache *self, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"max_size", "default_ttl", "cleanup_interval", NULL};
+    PyObject *max_size = NULL, *default_ttl = NULL, *interval = NULL;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "|OOO:InMemoryCache", kwlist,
+                                     &max_size, &default_ttl, &interval)) {
+        return -1;
+    }
+    Py_ssize_t size = 1000;
+    double ttl = 3600, every = 60;
+    if (max_size != NULL && parse_max_size(max_size, &size) < 0) {
+        return -1;
+    }
+    if (default_ttl != NULL && ttl_seconds(default_ttl, INFINITY, "default_ttl", &ttl) < 0) {
+        return -1;
+    }
+    if (interval != NULL) {
+        if (interval == Py_None) {
+            PyErr_SetString(PyExc_TypeError, "cleanup_interval must be a number, not None");
+            return -1;
+        }
+        if (ttl_seconds(interval, 0, "cleanup_interval", &every) < 0) {
+            return -1;
+        }
+        if (every <= 0) {
+            PyErr_SetString(PyExc_ValueError, "cleanup_interval must be > 0");
+            return -1;
+        }
+    }
+    self->max_size = size;
+    self->default_ttl = ttl;
+    self->cleanup_interval = every;
+    if (default_ttl != NULL) {
+        Py_SETREF(self->default_ttl_obj, Py_NewRef(default_ttl));
+    }
+    if (interval != NULL) {
+        Py_SETREF(self->cleanup_interval_obj, Py_NewRef(interval));
+    }
+    return 0;
+}
+
+static int
+imc_traverse(InMemoryCache *self, visitproc visit, void *arg)
+{
+    Py_VISIT(Py_TYPE(self));
+    Py_VISIT(self->default_ttl_obj);
+    Py_VISIT(self->cleanup_interval_obj);
+    Py_VISIT(self->loop);
+    Py_VISIT(self->timer);
+    Py_VISIT(self->cleanup_cb);
+    if (self->table.buckets != NULL) {
+        for (lru_node *n = self->table.list.next; n != &self->table.list; n = n->next) {
+            Py_VISIT(n->key);
+            Py_VISIT(n->value);
+        }
+    }
+    return 0;
+}
+
+static int
+imc_clear_refs(InMemoryCache *self)
+{
+    imc_cancel_timer(self);
+    Py_CLEAR(self->loop);
+    Py_CLEAR(self->cleanup_cb);
+    if (self->table.buckets != NULL) {
+        lru_free_chain(lru_detach_all(&self->table));
+    }
+    return 0;
+}
+
+static void
+imc_dealloc(InMemoryCache *self)
+{
+    PyTypeObject *tp = Py_TYPE(self);
+    PyObject_GC_UnTrack(self);
+    if (self->weakreflist != NULL) {
+        PyObject_ClearWeakRefs((PyObject *)self);
+    }
+    imc_clear_refs(self);
+    lru_fini(&self->table);
+    Py_CLEAR(self->default_ttl_obj);
+    Py_CLEAR(self->cleanup_interval_obj);
+    tp->tp_free((PyObject *)self);
+    Py_DECREF(tp);
+}
+
+static PyObject *
+imc_repr(InMemoryCache *self)
+{
+    return PyUnicode_FromFormat("<%s size=%zu max_size=%zd>", Py_TYPE(self)->tp_name,
+                                self->table.size, self->max_size);
+}
+
+/* ------------------------------------------------------------------ type */
+
+static PyMethodDef imc_methods[] = {
+    {"get", (PyCFunction)imc_get, METH_O,
+     "get($self, key, /)\n--\n\n"
+     "Return an awaitable giving the value stored under key, or None when absent\n"
+     "or expired. A hit makes the key the most recently used."},
+    {"set", (PyCFunction)(void (*)(void))imc_set, METH_FASTCALL | METH_KEYWORDS,
+     "set($self, /, key, value, ttl=None)\n--\n\n"
+     "Store value under key (by reference). ttl is in seconds (int or float);\n"
+     "None means default_ttl, and default_ttl None means no expiry. Past max_size\n"
+     "entries the least recently used one is evicted. Returns an awaitable."},
+    {"delete", (PyCFunction)imc_delete, METH_O,
+     "delete($self, key, /)\n--\n\nRemove key; the awaitable gives True if it was stored."},
+    {"exists", (PyCFunction)imc_exists, METH_O,
+     "exists($self, key, /)\n--\n\n"
+     "Awaitable giving True if key is stored and not expired (recency unchanged)."},
+    {"clear", (PyCFunction)imc_clear, METH_NOARGS,
+     "clear($self, /)\n--\n\nRemove every entry; statistics are kept. Returns an awaitable."},
+    {"get_many", (PyCFunction)imc_get_many, METH_O,
+     "get_many($self, keys, /)\n--\n\n"
+     "Awaitable giving a dict of the keys found (a stored None counts as absent)."},
+    {"set_many", (PyCFunction)(void (*)(void))imc_set_many, METH_FASTCALL | METH_KEYWORDS,
+     "set_many($self, /, items, ttl=None)\n--\n\n"
+     "Store every (key, value) of the mapping items with the same ttl."},
+    {"get_stats", (PyCFunction)imc_get_stats, METH_NOARGS,
+     "get_stats($self, /)\n--\n\n"
+     "Awaitable giving {type, size, max_size, hits, misses, hit_rate, evictions,\n"
+     "expirations}; hit_rate is a percentage rounded to 2 decimals."},
+    {"stats", (PyCFunction)imc_stats, METH_NOARGS,
+     "stats($self, /)\n--\n\n"
+     "The same counters as get_stats(), returned directly, with hit_rate as a\n"
+     "fraction between 0 and 1."},
+    {"start", (PyCFunction)imc_start, METH_NOARGS,
+     "start($self, /)\n--\n\n"
+     "Remove expired entries every cleanup_interval seconds on the running loop.\n"
+     "Idempotent. Returns an awaitable."},
+    {"stop", (PyCFunction)imc_stop, METH_NOARGS,
+     "stop($self, /)\n--\n\nEnd the periodic cleanup. Idempotent. Returns an awaitable."},
+    {"_check_consistency", (PyCFunction)imc_check, METH_NOARGS,
+     "_check_consistency($self, /)\n--\n\n"
+     "Verify every invariant of the table; raises AssertionError if one is broken."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyGetSetDef imc_getset[] = {
+    {"max_size", (getter)imc_get_max_size, (setter)imc_set_max_size,
+     "Maximum number of entries (>= 1).", NULL},
+    {"default_ttl", (getter)imc_get_default_ttl, (setter)imc_set_default_ttl,
+     "TTL in seconds used when set() gets ttl=None; None means no expiry.", NULL},
+    {"cleanup_interval", (getter)imc_get_cleanup_interval, NULL,
+     "Seconds between two sweeps of the periodic cleanup.", NULL},
+    {"running", (getter)imc_get_running, NULL,
+     "True while the periodic cleanup is scheduled.", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyMemberDef imc_members[] = {
+    {"__weaklistoffset__", T_PYSSIZET, offsetof(InMemoryCache, weakreflist), READONLY, NULL},
+    {NULL, 0, 0, 0, NULL},
+};
+
+static PyType_Slot imc_slots[] = {
+    {Py_tp_doc,
+     "InMemoryCache(max_size=1000, default_ttl=3600, cleanup_interval=60)\n"
+     "--\n\n"
+     "In-memory LRU cache with TTL, in C.\n\n"
+     "Keys are any hashable objects; values are stored by reference. Every data\n"
+     "method returns an awaitable whose work is already done when it returns.\n\n"
+     "max_size: maximum number of entries (int >= 1).\n"
+     "default_ttl: seconds an entry lives when set() gets no ttl (None: forever).\n"
+     "cleanup_interval: seconds between sweeps of expired entries after start()."},
+    {Py_tp_new, imc_new},
+    {Py_tp_init, imc_init},
+    {Py_tp_dealloc, imc_dealloc},
+    {Py_tp_traverse, imc_traverse},
+    {Py_tp_clear, imc_clear_refs},
+    {Py_tp_repr, imc_repr},
+    {Py_tp_methods, imc_methods},
+    {Py_tp_getset, imc_getset},
+    {Py_tp_members, imc_members},
+    {0, NULL},
+};
+
+static PyType_Spec imc_spec = {
+    .name = "bruno_memory_c._core.InMemoryCache",
+    .basicsize = sizeof(InMemoryCache),
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC |
+             Py_TPFLAGS_IMMUTABLETYPE,
+    .slots = imc_slots,
+};
+
+int
+bruno_inmemory_init(PyObject *module, bruno_state *st)
+{
+    st->InMemoryCacheType = (PyTypeObject *)PyType_FromModuleAndSpec(module, &imc_spec, NULL);
+    if (st->InMemoryCacheType == NULL) {
+        return -1;
+    }
+    return PyModule_AddType(module, st->InMemoryCacheType);
+}

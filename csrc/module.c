@@ -1,0 +1,142 @@
+/* module.c: module init (multi-phase, per-module state), CacheError, argument
+ * parsing shared by the types. Kept thin: each type lives in its own file. */
+#include "module.h"
+
+#include <string.h>
+
+int
+bruno_parse_args(const char *fname, PyObject *const *args, Py_ssize_t nargs,
+                 PyObject *kwnames, const char *const *names, int required,
+                 PyObject **out)
+{
+    int total = 0;
+    while (names[total] != NULL) {
+        total++;
+    }
+    if (nargs > total) {
+        PyErr_Format(PyExc_TypeError, "%s() takes at most %d arguments (%zd given)",
+                     fname, total, nargs);
+        return -1;
+    }
+    for (int i = 0; i < total; i++) {
+        out[i] = i < nargs ? args[i] : NULL;
+    }
+    if (kwnames != NULL) {
+        Py_ssize_t nkw = PyTuple_GET_SIZE(kwnames);
+        for (Py_ssize_t k = 0; k < nkw; k++) {
+            PyObject *name = PyTuple_GET_ITEM(kwnames, k);
+            int found = -1;
+            for (int i = 0; i < total; i++) {
+                if (PyUnicode_CompareWithASCIIString(name, names[i]) == 0) {
+                    found = i;
+                    break;
+                }
+            }
+            if (found < 0) {
+                PyErr_Format(PyExc_TypeError, "%s() got an unexpected keyword argument '%U'",
+                             fname, name);
+                return -1;
+            }
+            if (out[found] != NULL) {
+                PyErr_Format(PyExc_TypeError, "%s() got multiple values for argument '%s'",
+                             fname, names[found]);
+                return -1;
+            }
+            out[found] = args[nargs + k];
+        }
+    }
+    for (int i = 0; i < required; i++) {
+        if (out[i] == NULL) {
+            PyErr_Format(PyExc_TypeError, "%s() missing required argument '%s'",
+                         fname, names[i]);
+            return -1;
+        }
+    }
+    return 0;
+}
+
+static int
+module_exec(PyObject *module)
+{
+    bruno_state *st = PyModule_GetState(module);
+    st->CacheError = PyErr_NewExceptionWithDoc(
+        "bruno_memory_c._core.CacheError",
+        "Raised when a cache operation fails (Redis unreachable, a value JSON\n"
+        "cannot encode, ...).", NULL, NULL);
+    if (st->CacheError == NULL || PyModule_AddObjectRef(module, "CacheError", st->CacheError) < 0) {
+        return -1;
+    }
+    PyObject *asyncio = PyImport_ImportModule("asyncio");
+    if (asyncio == NULL) {
+        return -1;
+    }
+    st->get_running_loop = PyObject_GetAttrString(asyncio, "get_running_loop");
+    Py_DECREF(asyncio);
+    if (st->get_running_loop == NULL) {
+        return -1;
+    }
+    if ((st->str_call_later = PyUnicode_InternFromString("call_later")) == NULL ||
+        (st->str_cancel = PyUnicode_InternFromString("cancel")) == NULL ||
+        (st->str_is_closed = PyUnicode_InternFromString("is_closed")) == NULL ||
+        (st->str_items = PyUnicode_InternFromString("items")) == NULL) {
+        return -1;
+    }
+    if (bruno_awaitable_init(module, st) < 0 || bruno_inmemory_init(module, st) < 0) {
+        return -1;
+    }
+    return 0;
+}
+
+static int
+module_traverse(PyObject *module, visitproc visit, void *arg)
+{
+    bruno_state *st = PyModule_GetState(module);
+    Py_VISIT(st->AwaitableType);
+    Py_VISIT(st->InMemoryCacheType);
+    Py_VISIT(st->CacheError);
+    Py_VISIT(st->get_running_loop);
+    return 0;
+}
+
+static int
+module_clear(PyObject *module)
+{
+    bruno_state *st = PyModule_GetState(module);
+    Py_CLEAR(st->AwaitableType);
+    Py_CLEAR(st->InMemoryCacheType);
+    Py_CLEAR(st->CacheError);
+    Py_CLEAR(st->get_running_loop);
+    Py_CLEAR(st->str_call_later);
+    Py_CLEAR(st->str_cancel);
+    Py_CLEAR(st->str_is_closed);
+    Py_CLEAR(st->str_items);
+    return 0;
+}
+
+static void
+module_free(void *module)
+{
+    module_clear((PyObject *)module);
+}
+
+static PyModuleDef_Slot module_slots[] = {
+    {Py_mod_exec, module_exec},
+    {0, NULL},
+};
+
+PyModuleDef bruno_module_def = {
+    PyModuleDef_HEAD_INIT,
+    .m_name = "bruno_memory_c._core",
+    .m_doc = "C core of bruno_memory_c: the cache types and their awaitable.",
+    .m_size = sizeof(bruno_state),
+    .m_slots = module_slots,
+    .m_traverse = module_traverse,
+    .m_clear = module_clear,
+    .m_free = module_free,
+};
+
+PyMODINIT_FUNC
+PyInit__core(void)
+{
+    return PyModuleDef_Init(&bruno_module_def);
+}

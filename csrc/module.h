@@ -1,0 +1,41 @@
+/* module.h: per-module state shared by every type of bruno_memory_c._core. */
+#ifndef BRUNO_MODULE_H
+#define BRUNO_MODULE_H
+
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+typedef struct {
+    PyTypeObject *AwaitableType;      /* owned */
+    PyTypeObject *InMemoryCacheType;  /* owned */
+    PyObject *CacheError;             /* owned: exception class */
+    PyObject *get_running_loop;       /* owned: asyncio.get_running_loop */
+    PyObject *str_call_later;         /* owned: interned "call_later" */
+    PyObject *str_cancel;             /* owned: interned "cancel" */
+    PyObject *str_is_closed;          /* owned: interned "is_closed" */
+    PyObject *str_items;              /* owned: interned "items" */
+} bruno_state;
+
+extern PyModuleDef bruno_module_def;
+
+/* Module state from a type created by this module (or a subclass of one). */
+static inline bruno_state *
+bruno_state_from_type(PyTypeObject *tp)
+{
+    PyObject *mod = PyType_GetModuleByDef(tp, &bruno_module_def);
+    return mod ? (bruno_state *)PyModule_GetState(mod) : NULL;
+}
+
+/* Argument parsing for METH_FASTCALL | METH_KEYWORDS functions.
+ * names: NULL-terminated parameter names; the first `required` are mandatory.
+ * out: receives borrowed references (NULL for an omitted optional argument).
+ * Returns 0, or -1 with TypeError set. */
+int bruno_parse_args(const char *fname, PyObject *const *args, Py_ssize_t nargs,
+                     PyObject *kwnames, const char *const *names, int required,
+                     PyObject **out);
+
+/* Type registration hooks, one per file. Each returns 0 or -1 with an exception. */
+int bruno_awaitable_init(PyObject *module, bruno_state *st);
+int bruno_inmemory_init(PyObject *module, bruno_state *st);
+
+#endif
