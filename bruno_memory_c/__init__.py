@@ -4,8 +4,14 @@ A drop-in replacement for ``bruno_memory.utils.cache``: ``InMemoryCache`` (LRU +
 with ``RedisCache`` and ``MultiLevelCache`` to follow. Every data method returns an
 awaitable that works wherever the reference's coroutine does.
 """
+from . import _core
+from ._asyncmethods import AsyncMethodsMeta as _AsyncMethodsMeta
 from ._core import CacheAwaitable, CacheError, InMemoryCache
 from ._interface import CacheInterface
+
+# Async methods read from the class look like `async def` to asyncio, inspect and
+# unittest.mock (AsyncMock(spec=InMemoryCache)); instances are untouched.
+_core._set_metatype(InMemoryCache, _AsyncMethodsMeta)
 
 __version__ = "0.1.0"
 

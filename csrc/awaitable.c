@@ -11,9 +11,16 @@ static const char *const REUSED_MSG = "cannot reuse already awaited coroutine";
 static BrunoAwaitable *
 aw_alloc(bruno_state *st, const char *qualname, int state)
 {
-    BrunoAwaitable *aw = PyObject_GC_New(BrunoAwaitable, st->AwaitableType);
-    if (aw == NULL) {
-        return NULL;
+    BrunoAwaitable *aw;
+    if (st->aw_nfree > 0) {
+        aw = (BrunoAwaitable *)st->aw_free[--st->aw_nfree];
+        (void)PyObject_Init((PyObject *)aw, st->AwaitableType);  /* increfs the type */
+    }
+    else {
+        aw = PyObject_GC_New(BrunoAwaitable, st->AwaitableType);
+        if (aw == NULL) {
+            return NULL;
+        }
     }
     aw->state = state;
     aw->started = 0;
@@ -394,10 +401,24 @@ static void
 aw_dealloc(PyObject *op)
 {
     PyTypeObject *tp = Py_TYPE(op);
+    bruno_state *st = ((BrunoAwaitable *)op)->st;
     PyObject_GC_UnTrack(op);
     aw_clear(op);
-    PyObject_GC_Del(op);
+    if (st->aw_nfree < BRUNO_AW_FREELIST && tp == st->AwaitableType) {
+        st->aw_free[st->aw_nfree++] = op;  /* recycled by aw_alloc */
+    }
+    else {
+        PyObject_GC_Del(op);
+    }
     Py_DECREF(tp);
+}
+
+void
+bruno_awaitable_fini(bruno_state *st)
+{
+    while (st->aw_nfree > 0) {
+        PyObject_GC_Del(st->aw_free[--st->aw_nfree]);
+    }
 }
 
 /* ------------------------------------------------------------------ type */

@@ -88,15 +88,9 @@ expiry_for(double ttl)
 }
 
 static inline int
-is_expired(lru_node *n, double *now)
+is_expired(lru_node *n, double *coarse)
 {
-    if (n->expiry == INFINITY) {
-        return 0;
-    }
-    if (*now < 0) {
-        *now = lru_now();
-    }
-    return n->expiry < *now;
+    return lru_expired(n->expiry, coarse);
 }
 
 /* Evict least recently used entries while over max_size. */
@@ -129,6 +123,22 @@ imc_store(InMemoryCache *self, PyObject *key, Py_hash_t hash, PyObject *value, d
         imc_evict(self);
         LRU_ASSERT_CONSISTENT(&self->table);
         Py_DECREF(old);  /* last: may run __del__ */
+        imc_evict(self);
+        return 0;
+    }
+    if ((Py_ssize_t)self->table.size >= self->max_size && self->table.size > 0) {
+        /* Full: the new entry takes over the least recently used node. The
+         * reference inserts and then evicts the oldest; the outcome is the same. */
+        PyObject *old_key, *old_value;
+        lru_replace_oldest(&self->table, key, hash, value, expiry, &old_key, &old_value);
+        self->evictions++;
+        imc_evict(self);  /* max_size may have been lowered */
+        LRU_ASSERT_CONSISTENT(&self->table);
+        Py_DECREF(old_value);  /* last: may run __del__ */
+        Py_DECREF(old_key);
+        /* A __del__ may have lowered max_size: the reference's eviction loop
+         * re-reads it after each deletion, and so do we. */
+        imc_evict(self);
         return 0;
     }
     if (lru_insert(&self->table, key, hash, value, expiry) == NULL) {
@@ -142,7 +152,7 @@ imc_store(InMemoryCache *self, PyObject *key, Py_hash_t hash, PyObject *value, d
 /* Look a key up as get() does, counting hits, misses and expirations.
  * *value receives a new reference, or NULL on a miss. Returns 0 or -1. */
 static int
-imc_read(InMemoryCache *self, PyObject *key, Py_hash_t hash, double *now, PyObject **value)
+imc_read(InMemoryCache *self, PyObject *key, Py_hash_t hash, double *coarse, PyObject **value)
 {
     lru_node *n;
     *value = NULL;
@@ -153,7 +163,7 @@ imc_read(InMemoryCache *self, PyObject *key, Py_hash_t hash, double *now, PyObje
         self->misses++;
         return 0;
     }
-    if (is_expired(n, now)) {
+    if (is_expired(n, coarse)) {
         lru_unlink(&self->table, n);
         self->expirations++;
         self->misses++;
@@ -169,16 +179,30 @@ imc_read(InMemoryCache *self, PyObject *key, Py_hash_t hash, double *now, PyObje
 
 /* ------------------------------------------------------------------ data methods */
 
+/* One argument, positional or by keyword (as the reference's methods take it). */
+#define ONE_ARG(fname, argname)                                                  \
+    PyObject *key;                                                               \
+    if (kwnames == NULL && nargs == 1) {                                         \
+        key = args[0];                                                           \
+    }                                                                            \
+    else {                                                                       \
+        static const char *const names[] = {argname, NULL};                      \
+        if (bruno_parse_args(fname, args, nargs, kwnames, names, 1, &key) < 0) { \
+            return NULL;                                                         \
+        }                                                                        \
+    }
+
 static PyObject *
-imc_get(InMemoryCache *self, PyObject *key)
+imc_get(InMemoryCache *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
 {
+    ONE_ARG("get", "key")
     Py_hash_t hash = PyObject_Hash(key);
     if (hash == -1) {
         return NULL;
     }
-    double now = -1;
+    double coarse = -1;
     PyObject *value;
-    if (imc_read(self, key, hash, &now, &value) < 0) {
+    if (imc_read(self, key, hash, &coarse, &value) < 0) {
         return NULL;
     }
     if (value == NULL) {
@@ -216,8 +240,9 @@ imc_set(InMemoryCache *self, PyObject *const *args, Py_ssize_t nargs, PyObject *
 }
 
 static PyObject *
-imc_delete(InMemoryCache *self, PyObject *key)
+imc_delete(InMemoryCache *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
 {
+    ONE_ARG("delete", "key")
     Py_hash_t hash = PyObject_Hash(key);
     if (hash == -1) {
         return NULL;
@@ -238,8 +263,9 @@ imc_delete(InMemoryCache *self, PyObject *key)
 }
 
 static PyObject *
-imc_exists(InMemoryCache *self, PyObject *key)
+imc_exists(InMemoryCache *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
 {
+    ONE_ARG("exists", "key")
     Py_hash_t hash = PyObject_Hash(key);
     if (hash == -1) {
         return NULL;
@@ -249,9 +275,9 @@ imc_exists(InMemoryCache *self, PyObject *key)
         return NULL;
     }
     PyObject *answer = Py_False;
-    double now = -1;
+    double coarse = -1;
     if (n != NULL) {
-        if (is_expired(n, &now)) {
+        if (is_expired(n, &coarse)) {
             lru_unlink(&self->table, n);
             self->expirations++;
             LRU_ASSERT_CONSISTENT(&self->table);
@@ -276,8 +302,10 @@ imc_clear(InMemoryCache *self, PyObject *Py_UNUSED(ignored))
 #define SMALL_BATCH 128
 
 static PyObject *
-imc_get_many(InMemoryCache *self, PyObject *keys)
+imc_get_many(InMemoryCache *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
 {
+    ONE_ARG("get_many", "keys")
+    PyObject *keys = key;
     /* A private tuple: code run by __eq__/__del__ cannot change what we iterate. */
     PyObject *tuple = PySequence_Tuple(keys);
     if (tuple == NULL) {
@@ -306,10 +334,10 @@ imc_get_many(InMemoryCache *self, PyObject *keys)
     if (result == NULL) {
         goto done;
     }
-    double now = -1;
+    double coarse = -1;
     for (Py_ssize_t i = 0; i < n; i++) {
         PyObject *key = PyTuple_GET_ITEM(tuple, i), *value;
-        if (imc_read(self, key, hashes[i], &now, &value) < 0) {
+        if (imc_read(self, key, hashes[i], &coarse, &value) < 0) {
             Py_CLEAR(result);
             goto done;
         }
@@ -553,9 +581,15 @@ static PyMethodDef cleanup_def = {
 static int
 imc_arm_timer(InMemoryCache *self)
 {
+    /* The validated delay as a float: the loop adds it to loop.time(), which a
+     * Decimal or Fraction interval would not survive. */
+    PyObject *delay = PyFloat_FromDouble(self->cleanup_interval);
+    if (delay == NULL) {
+        return -1;
+    }
     PyObject *timer = PyObject_CallMethodObjArgs(self->loop, self->st->str_call_later,
-                                                 self->cleanup_interval_obj,
-                                                 self->cleanup_cb, NULL);
+                                                 delay, self->cleanup_cb, NULL);
+    Py_DECREF(delay);
     if (timer == NULL) {
         return -1;
     }
@@ -563,19 +597,26 @@ imc_arm_timer(InMemoryCache *self)
     return 0;
 }
 
+/* Cancel the pending cleanup timer, if any. Safe from dealloc: the exception being
+ * raised (if any) is kept, and a failure of cancel() is reported as unraisable
+ * without naming the (possibly dying) cache. */
 static void
 imc_cancel_timer(InMemoryCache *self)
 {
     PyObject *timer = self->timer;
     self->timer = NULL;
-    if (timer != NULL) {
-        PyObject *r = PyObject_CallMethodNoArgs(timer, self->st->str_cancel);
-        if (r == NULL) {
-            PyErr_WriteUnraisable((PyObject *)self);
-        }
-        Py_XDECREF(r);
-        Py_DECREF(timer);
+    if (timer == NULL) {
+        return;
     }
+    PyObject *type, *value, *tb;
+    PyErr_Fetch(&type, &value, &tb);
+    PyObject *r = PyObject_CallMethodNoArgs(timer, self->st->str_cancel);
+    if (r == NULL) {
+        PyErr_WriteUnraisable(NULL);
+    }
+    Py_XDECREF(r);
+    Py_DECREF(timer);
+    PyErr_Restore(type, value, tb);
 }
 
 static PyObject *
@@ -809,6 +850,9 @@ imc_dealloc(InMemoryCache *self)
 {
     PyTypeObject *tp = Py_TYPE(self);
     PyObject_GC_UnTrack(self);
+    /* Caches stored in caches free each other recursively: the trashcan bounds
+     * the C stack depth, as for any container. */
+    Py_TRASHCAN_BEGIN(self, imc_dealloc)
     if (self->weakreflist != NULL) {
         PyObject_ClearWeakRefs((PyObject *)self);
     }
@@ -818,6 +862,7 @@ imc_dealloc(InMemoryCache *self)
     Py_CLEAR(self->cleanup_interval_obj);
     tp->tp_free((PyObject *)self);
     Py_DECREF(tp);
+    Py_TRASHCAN_END
 }
 
 static PyObject *
@@ -830,8 +875,8 @@ imc_repr(InMemoryCache *self)
 /* ------------------------------------------------------------------ type */
 
 static PyMethodDef imc_methods[] = {
-    {"get", (PyCFunction)imc_get, METH_O,
-     "get($self, key, /)\n--\n\n"
+    {"get", (PyCFunction)(void (*)(void))imc_get, METH_FASTCALL | METH_KEYWORDS,
+     "get($self, /, key)\n--\n\n"
      "Return an awaitable giving the value stored under key, or None when absent\n"
      "or expired. A hit makes the key the most recently used."},
     {"set", (PyCFunction)(void (*)(void))imc_set, METH_FASTCALL | METH_KEYWORDS,
@@ -839,15 +884,15 @@ static PyMethodDef imc_methods[] = {
      "Store value under key (by reference). ttl is in seconds (int or float);\n"
      "None means default_ttl, and default_ttl None means no expiry. Past max_size\n"
      "entries the least recently used one is evicted. Returns an awaitable."},
-    {"delete", (PyCFunction)imc_delete, METH_O,
-     "delete($self, key, /)\n--\n\nRemove key; the awaitable gives True if it was stored."},
-    {"exists", (PyCFunction)imc_exists, METH_O,
-     "exists($self, key, /)\n--\n\n"
+    {"delete", (PyCFunction)(void (*)(void))imc_delete, METH_FASTCALL | METH_KEYWORDS,
+     "delete($self, /, key)\n--\n\nRemove key; the awaitable gives True if it was stored."},
+    {"exists", (PyCFunction)(void (*)(void))imc_exists, METH_FASTCALL | METH_KEYWORDS,
+     "exists($self, /, key)\n--\n\n"
      "Awaitable giving True if key is stored and not expired (recency unchanged)."},
     {"clear", (PyCFunction)imc_clear, METH_NOARGS,
      "clear($self, /)\n--\n\nRemove every entry; statistics are kept. Returns an awaitable."},
-    {"get_many", (PyCFunction)imc_get_many, METH_O,
-     "get_many($self, keys, /)\n--\n\n"
+    {"get_many", (PyCFunction)(void (*)(void))imc_get_many, METH_FASTCALL | METH_KEYWORDS,
+     "get_many($self, /, keys)\n--\n\n"
      "Awaitable giving a dict of the keys found (a stored None counts as absent)."},
     {"set_many", (PyCFunction)(void (*)(void))imc_set_many, METH_FASTCALL | METH_KEYWORDS,
      "set_many($self, /, items, ttl=None)\n--\n\n"

@@ -16,6 +16,31 @@ lru_now(void)
     return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
 }
 
+double lru_coarse_margin = 0;
+static clockid_t coarse_clock = CLOCK_MONOTONIC;
+
+void
+lru_clock_init(void)
+{
+#ifdef CLOCK_MONOTONIC_COARSE
+    struct timespec res;
+    if (clock_getres(CLOCK_MONOTONIC_COARSE, &res) == 0 && res.tv_sec == 0 &&
+        res.tv_nsec <= 20000000) {
+        coarse_clock = CLOCK_MONOTONIC_COARSE;
+        /* Two ticks of slack: the lag is at most one tick plus update jitter. */
+        lru_coarse_margin = 2 * (double)res.tv_nsec * 1e-9;
+    }
+#endif
+}
+
+double
+lru_now_coarse(void)
+{
+    struct timespec ts;
+    clock_gettime(coarse_clock, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
 int
 lru_init(lru_table *t)
 {
@@ -158,6 +183,29 @@ lru_insert(lru_table *t, PyObject *key, Py_hash_t hash, PyObject *value, double 
     t->size++;
     t->version++;
     return n;
+}
+
+void
+lru_replace_oldest(lru_table *t, PyObject *key, Py_hash_t hash, PyObject *value,
+                   double expiry, PyObject **old_key, PyObject **old_value)
+{
+    lru_node *n = t->list.next;
+    lru_unlink(t, n);
+    *old_key = n->key;
+    *old_value = n->value;
+    n->hash = hash;
+    n->expiry = expiry;
+    n->key = Py_NewRef(key);
+    n->value = Py_NewRef(value);
+    size_t b = (size_t)hash & t->mask;
+    n->chain = t->buckets[b];
+    t->buckets[b] = n;
+    n->prev = t->list.prev;
+    n->next = &t->list;
+    t->list.prev->next = n;
+    t->list.prev = n;
+    t->size++;
+    t->version++;
 }
 
 void

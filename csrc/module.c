@@ -1,6 +1,7 @@
 /* module.c: module init (multi-phase, per-module state), CacheError, argument
  * parsing shared by the types. Kept thin: each type lives in its own file. */
 #include "module.h"
+#include "lru.h"
 
 #include <string.h>
 
@@ -54,6 +55,54 @@ bruno_parse_args(const char *fname, PyObject *const *args, Py_ssize_t nargs,
     }
     return 0;
 }
+
+/* _set_metatype(cls, meta): make `meta` (a Python subclass of type that adds no
+ * fields) the metatype of one of our types. The public classes use it so that
+ * reading an async method from the class gives a marked wrapper (see
+ * _asyncmethods.py) while instances keep our C type, and with it CPython's
+ * specialised calls of C methods (a Python subclass would cost ~10 ns per call). */
+static PyObject *
+set_metatype(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    bruno_state *st = PyModule_GetState(module);
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "_set_metatype expects (cls, meta)");
+        return NULL;
+    }
+    PyObject *cls = args[0], *meta = args[1];
+    if (cls != (PyObject *)st->InMemoryCacheType) {
+        PyErr_SetString(PyExc_TypeError, "_set_metatype: not a bruno_memory_c type");
+        return NULL;
+    }
+    if (!PyType_Check(meta) || !PyType_IsSubtype((PyTypeObject *)meta, &PyType_Type) ||
+        ((PyTypeObject *)meta)->tp_basicsize != PyType_Type.tp_basicsize ||
+        ((PyTypeObject *)meta)->tp_itemsize != PyType_Type.tp_itemsize ||
+        !(((PyTypeObject *)meta)->tp_flags & Py_TPFLAGS_HEAPTYPE)) {
+        PyErr_SetString(PyExc_TypeError,
+                        "_set_metatype: meta must be a field-less Python subclass of type");
+        return NULL;
+    }
+    if (Py_TYPE(cls) == (PyTypeObject *)meta) {
+        Py_RETURN_NONE;
+    }
+    if (Py_TYPE(cls) != &PyType_Type) {
+        PyErr_SetString(PyExc_TypeError, "_set_metatype: metatype already set");
+        return NULL;
+    }
+    /* The type is now an instance of meta: its dealloc (subtype_dealloc) releases
+     * this reference to meta. (PyType_Type is static: creating our type took no
+     * reference to it, so none is released here.) */
+    Py_INCREF(meta);
+    Py_SET_TYPE(cls, (PyTypeObject *)meta);
+    PyType_Modified((PyTypeObject *)cls);
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef module_methods[] = {
+    {"_set_metatype", (PyCFunction)(void (*)(void))set_metatype, METH_FASTCALL,
+     "_set_metatype(cls, meta, /)\n--\n\nInternal: install the public metaclass."},
+    {NULL, NULL, 0, NULL},
+};
 
 static int
 module_exec(PyObject *module)
@@ -110,6 +159,7 @@ module_clear(PyObject *module)
     Py_CLEAR(st->str_cancel);
     Py_CLEAR(st->str_is_closed);
     Py_CLEAR(st->str_items);
+    bruno_awaitable_fini(st);
     return 0;
 }
 
@@ -130,6 +180,7 @@ PyModuleDef bruno_module_def = {
     .m_doc = "C core of bruno_memory_c: the cache types and their awaitable.",
     .m_size = sizeof(bruno_state),
     .m_slots = module_slots,
+    .m_methods = module_methods,
     .m_traverse = module_traverse,
     .m_clear = module_clear,
     .m_free = module_free,
@@ -138,5 +189,6 @@ PyModuleDef bruno_module_def = {
 PyMODINIT_FUNC
 PyInit__core(void)
 {
+    lru_clock_init();
     return PyModuleDef_Init(&bruno_module_def);
 }

@@ -5,6 +5,8 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 
+#define BRUNO_AW_FREELIST 256
+
 typedef struct {
     PyTypeObject *AwaitableType;      /* owned */
     PyTypeObject *InMemoryCacheType;  /* owned */
@@ -14,6 +16,10 @@ typedef struct {
     PyObject *str_cancel;             /* owned: interned "cancel" */
     PyObject *str_is_closed;          /* owned: interned "is_closed" */
     PyObject *str_items;              /* owned: interned "items" */
+    /* Free list of awaitable memory blocks (untracked, type reference dropped):
+     * most awaitables live for one await, so recycling them saves malloc/free. */
+    PyObject *aw_free[BRUNO_AW_FREELIST];  /* owned memory blocks, not objects */
+    int aw_nfree;
 } bruno_state;
 
 extern PyModuleDef bruno_module_def;
@@ -37,5 +43,6 @@ int bruno_parse_args(const char *fname, PyObject *const *args, Py_ssize_t nargs,
 /* Type registration hooks, one per file. Each returns 0 or -1 with an exception. */
 int bruno_awaitable_init(PyObject *module, bruno_state *st);
 int bruno_inmemory_init(PyObject *module, bruno_state *st);
+void bruno_awaitable_fini(bruno_state *st);
 
 #endif

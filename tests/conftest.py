@@ -1,0 +1,85 @@
+"""Shared test machinery: every async test runs under the default asyncio loop and uvloop.
+
+pytest-asyncio 1.5 offers the ``pytest_asyncio_loop_factories`` hook for this (overriding
+the ``event_loop_policy`` fixture is deprecated there and warns): each async test is
+parametrized once per factory, with the factory names as test ids, so that
+``test_x[asyncio]`` and ``test_x[uvloop]`` are both collected and run.
+
+Synchronous tests that create their own loops (``asyncio.run``, ``asyncio.Runner``,
+start()/stop() across loops) take the ``loop_factory`` / ``loop_name`` fixtures, which are
+parametrized the same way.
+"""
+import asyncio
+
+import pytest
+import uvloop
+
+
+def _asyncio_loop() -> asyncio.AbstractEventLoop:
+    """The default asyncio loop, whatever policy happens to be installed."""
+    return asyncio.SelectorEventLoop()
+
+
+LOOP_FACTORIES = {
+    "asyncio": _asyncio_loop,
+    "uvloop": uvloop.new_event_loop,
+}
+
+#: What the running loop of a test parametrized with each factory must be.
+EXPECTED_LOOP_TYPE = {
+    "asyncio": asyncio.SelectorEventLoop,
+    "uvloop": uvloop.Loop,
+}
+
+
+def pytest_asyncio_loop_factories(config, item):
+    """pytest-asyncio hook: run every async test once per event-loop implementation."""
+    return LOOP_FACTORIES
+
+
+def _factory_name(factory) -> str:
+    for name, f in LOOP_FACTORIES.items():
+        if f is factory:
+            return name
+    raise AssertionError(f"unknown loop factory {factory!r}")
+
+
+@pytest.fixture
+def async_loop_name(request) -> str:
+    """For an async test: the name ("asyncio"/"uvloop") of the loop it runs under."""
+    callspec = getattr(request.node, "callspec", None)
+    assert callspec is not None, "async test was not parametrized by loop factory"
+    return _factory_name(callspec.params["_asyncio_loop_factory"])
+
+
+@pytest.fixture(params=list(LOOP_FACTORIES), ids=list(LOOP_FACTORIES))
+def loop_name(request) -> str:
+    """For a synchronous test: the name of the loop implementation to use."""
+    return request.param
+
+
+@pytest.fixture
+def loop_factory(loop_name):
+    """For a synchronous test: a callable creating a new loop of the selected kind."""
+    return LOOP_FACTORIES[loop_name]
+
+
+@pytest.fixture
+def run_in_new_loop(loop_factory):
+    """run_in_new_loop(coro_or_awaitable) -> result, on a fresh loop that is closed after."""
+
+    def run(main):
+        with asyncio.Runner(loop_factory=loop_factory) as runner:
+            return runner.run(main)
+
+    return run
+
+
+def drive(aw):
+    """Run a cache awaitable synchronously (no event loop): it must finish on its first
+    send(). Test modules import it: ``from conftest import drive``."""
+    try:
+        aw.send(None)
+    except StopIteration as stop:
+        return stop.value
+    raise AssertionError(f"{aw!r} suspended instead of completing")
