@@ -20,8 +20,11 @@ sysdeps:
 	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq libhiredis-dev redis-server >/dev/null; \
 	fi
 
-$(STAMP): requirements-dev.txt
-	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+
+# Re-run when the requirements change or the venv's interpreter was recreated.
+$(STAMP): requirements-dev.txt $(PY)
 	$(PIP) install --upgrade pip
 	$(PIP) install -r requirements-dev.txt
 	# the reference implementation, for differential tests and benchmarks (its cache

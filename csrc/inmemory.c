@@ -239,16 +239,23 @@ imc_set(InMemoryCache *self, PyObject *const *args, Py_ssize_t nargs, PyObject *
     return bruno_aw_none(self->st, "InMemoryCache.set");
 }
 
+/* Hash and look up one key: *n is its node or NULL. Returns 0, or -1 on error. */
+static int
+imc_find(InMemoryCache *self, PyObject *key, lru_node **n)
+{
+    Py_hash_t hash = PyObject_Hash(key);
+    if (hash == -1) {
+        return -1;
+    }
+    return lru_lookup(&self->table, key, hash, n);
+}
+
 static PyObject *
 imc_delete(InMemoryCache *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
 {
     ONE_ARG("delete", "key")
-    Py_hash_t hash = PyObject_Hash(key);
-    if (hash == -1) {
-        return NULL;
-    }
     lru_node *n;
-    if (lru_lookup(&self->table, key, hash, &n) < 0) {
+    if (imc_find(self, key, &n) < 0) {
         return NULL;
     }
     if (n == NULL) {
@@ -266,12 +273,8 @@ static PyObject *
 imc_exists(InMemoryCache *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
 {
     ONE_ARG("exists", "key")
-    Py_hash_t hash = PyObject_Hash(key);
-    if (hash == -1) {
-        return NULL;
-    }
     lru_node *n;
-    if (lru_lookup(&self->table, key, hash, &n) < 0) {
+    if (imc_find(self, key, &n) < 0) {
         return NULL;
     }
     PyObject *answer = Py_False;

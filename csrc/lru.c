@@ -158,6 +158,26 @@ lru_grow(lru_table *t)
     return 0;
 }
 
+/* Fill node n with a new entry and link it as the most recently used. */
+static void
+lru_link_new(lru_table *t, lru_node *n, PyObject *key, Py_hash_t hash, PyObject *value,
+             double expiry)
+{
+    n->hash = hash;
+    n->expiry = expiry;
+    n->key = Py_NewRef(key);
+    n->value = Py_NewRef(value);
+    size_t b = (size_t)hash & t->mask;
+    n->chain = t->buckets[b];
+    t->buckets[b] = n;
+    n->prev = t->list.prev;
+    n->next = &t->list;
+    t->list.prev->next = n;
+    t->list.prev = n;
+    t->size++;
+    t->version++;
+}
+
 lru_node *
 lru_insert(lru_table *t, PyObject *key, Py_hash_t hash, PyObject *value, double expiry)
 {
@@ -169,19 +189,7 @@ lru_insert(lru_table *t, PyObject *key, Py_hash_t hash, PyObject *value, double 
         PyErr_NoMemory();
         return NULL;
     }
-    n->hash = hash;
-    n->expiry = expiry;
-    n->key = Py_NewRef(key);
-    n->value = Py_NewRef(value);
-    size_t b = (size_t)hash & t->mask;
-    n->chain = t->buckets[b];
-    t->buckets[b] = n;
-    n->prev = t->list.prev;
-    n->next = &t->list;
-    t->list.prev->next = n;
-    t->list.prev = n;
-    t->size++;
-    t->version++;
+    lru_link_new(t, n, key, hash, value, expiry);
     return n;
 }
 
@@ -193,19 +201,7 @@ lru_replace_oldest(lru_table *t, PyObject *key, Py_hash_t hash, PyObject *value,
     lru_unlink(t, n);
     *old_key = n->key;
     *old_value = n->value;
-    n->hash = hash;
-    n->expiry = expiry;
-    n->key = Py_NewRef(key);
-    n->value = Py_NewRef(value);
-    size_t b = (size_t)hash & t->mask;
-    n->chain = t->buckets[b];
-    t->buckets[b] = n;
-    n->prev = t->list.prev;
-    n->next = &t->list;
-    t->list.prev->next = n;
-    t->list.prev = n;
-    t->size++;
-    t->version++;
+    lru_link_new(t, n, key, hash, value, expiry);
 }
 
 void

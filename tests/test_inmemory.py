@@ -1088,34 +1088,20 @@ def test_start_after_loop_gone_rearms_on_new_loop(first, second):
 # ---------------------------------------------------------------------------- documentation examples
 
 
-async def test_doc_example_in_memory_caching(capsys):
-    # /work/shared/cache-utilities.md, "In-Memory Caching", as written (import adapted)
-    from bruno_memory_c.utils import InMemoryCache
+async def test_doc_examples_run_as_written(capsys):
+    # examples/demo.py holds the page's in-memory examples as written (`make demo`)
+    import importlib.util
+    import os
 
-    # Create cache with max 1000 items
-    cache = InMemoryCache(max_size=1000)
-
-    # Set with TTL
-    await cache.set("key1", "value1", ttl=300)  # 5 minutes
-
-    # Get value
-    value = await cache.get("key1")
-
-    # Batch operations
-    await cache.set_many({
-        "key2": "value2",
-        "key3": "value3"
-    }, ttl=600)
-
-    values = await cache.get_many(["key1", "key2", "key3"])
-
-    # Statistics
-    stats = cache.stats()
-    print(f"Hit rate: {stats['hit_rate']:.2%}")
-
-    assert value == "value1"
-    assert values == {"key1": "value1", "key2": "value2", "key3": "value3"}
-    assert capsys.readouterr().out == "Hit rate: 100.00%\n"
+    path = os.path.join(os.path.dirname(os.path.dirname(__file__)), "examples", "demo.py")
+    spec = importlib.util.spec_from_file_location("bruno_demo", path)
+    demo = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(demo)
+    await demo.main()
+    out = capsys.readouterr().out
+    assert "Hit rate: 100.00%" in out
+    assert "size: 100 evictions: 50" in out
+    assert out.rstrip().endswith("demo: all examples ran")
 
 
 async def test_doc_example_lru_eviction():
