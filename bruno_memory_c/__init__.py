@@ -6,12 +6,13 @@ awaitable that works wherever the reference's coroutine does.
 """
 from . import _core
 from ._asyncmethods import AsyncMethodsMeta as _AsyncMethodsMeta
-from ._core import CacheAwaitable, CacheError, InMemoryCache
+from ._core import CacheAwaitable, CacheError, InMemoryCache, RedisCache
 from ._interface import CacheInterface
 
 # Async methods read from the class look like `async def` to asyncio, inspect and
 # unittest.mock (AsyncMock(spec=InMemoryCache)); instances are untouched.
 _core._set_metatype(InMemoryCache, _AsyncMethodsMeta)
+_core._set_metatype(RedisCache, _AsyncMethodsMeta)
 
 __version__ = "0.1.0"
 
@@ -19,6 +20,7 @@ __version__ = "0.1.0"
 REDIS_AVAILABLE = True
 
 CacheInterface.register(InMemoryCache)
+CacheInterface.register(RedisCache)
 
 __all__ = [
     "CacheAwaitable",
@@ -26,5 +28,6 @@ __all__ = [
     "CacheInterface",
     "InMemoryCache",
     "REDIS_AVAILABLE",
+    "RedisCache",
     "__version__",
 ]

@@ -5,6 +5,8 @@
 
 static const char *const REUSED_MSG = "cannot reuse already awaited coroutine";
 
+static PySendResult aw_am_send(PyObject *op, PyObject *arg, PyObject **presult);
+
 /* ------------------------------------------------------------------ creation */
 
 /* Returns a new reference with all fields clear, or NULL. */
@@ -28,6 +30,10 @@ aw_alloc(bruno_state *st, const char *qualname, int state)
     aw->result = NULL;
     aw->exc = NULL;
     aw->future = NULL;
+    aw->ctx = NULL;
+    aw->deferred = NULL;
+    aw->start = NULL;
+    aw->drop = NULL;
     aw->st = st;
     return aw;
 }
@@ -138,14 +144,26 @@ bruno_aw_fail(BrunoAwaitable *aw, PyObject *exc)
 /* Drop everything the awaitable holds and mark it finished. The decrefs happen
  * after the fields are cleared, so re-entrant code sees a consistent object. */
 static void
+aw_drop_deferred(BrunoAwaitable *aw)
+{
+    void *deferred = aw->deferred;
+    aw->deferred = NULL;
+    if (deferred != NULL) {
+        aw->drop(deferred);
+    }
+}
+
+static void
 aw_finish(BrunoAwaitable *aw)
 {
-    PyObject *result = aw->result, *exc = aw->exc, *fut = aw->future;
-    aw->result = aw->exc = aw->future = NULL;
+    PyObject *result = aw->result, *exc = aw->exc, *fut = aw->future, *ctx = aw->ctx;
+    aw->result = aw->exc = aw->future = aw->ctx = NULL;
     aw->state = AW_DONE;
+    aw_drop_deferred(aw);
     Py_XDECREF(result);
     Py_XDECREF(exc);
     Py_XDECREF(fut);
+    Py_XDECREF(ctx);
 }
 
 /* ------------------------------------------------------------------ am_send */
@@ -155,6 +173,16 @@ aw_finish(BrunoAwaitable *aw)
 static PySendResult
 aw_park(BrunoAwaitable *aw, PyObject **presult)
 {
+    if (aw->deferred != NULL) {
+        /* Made outside a loop: submit now that a loop awaits it. */
+        if (aw->start((PyObject *)aw) < 0) {
+            *presult = NULL;
+            return PYGEN_ERROR;
+        }
+        if (aw->state == AW_READY) {  /* completed while starting */
+            return aw_am_send((PyObject *)aw, Py_None, presult);
+        }
+    }
     if (aw->future == NULL) {
         PyObject *loop = PyObject_CallNoArgs(aw->st->get_running_loop);
         if (loop == NULL) {
@@ -384,6 +412,7 @@ aw_traverse(PyObject *op, visitproc visit, void *arg)
     Py_VISIT(aw->result);
     Py_VISIT(aw->exc);
     Py_VISIT(aw->future);
+    Py_VISIT(aw->ctx);
     return 0;
 }
 
@@ -394,6 +423,8 @@ aw_clear(PyObject *op)
     Py_CLEAR(aw->result);
     Py_CLEAR(aw->exc);
     Py_CLEAR(aw->future);
+    Py_CLEAR(aw->ctx);
+    aw_drop_deferred(aw);
     return 0;
 }
 

@@ -24,6 +24,13 @@ typedef struct {
     PyObject *result;     /* owned, or NULL: the value the await returns */
     PyObject *exc;        /* owned, or NULL: the exception instance the await raises */
     PyObject *future;     /* owned, or NULL: the asyncio Future a task is parked on */
+    PyObject *ctx;        /* owned, or NULL: state of a multi-step operation */
+    /* An operation made without a running loop (`asyncio.run(cache.get(k))`) starts
+     * at its first send, inside the loop: `deferred` is its unsubmitted request,
+     * `start` submits it (0, or -1 with an exception), `drop` frees it unsent. */
+    void *deferred;
+    int (*start)(PyObject *aw);
+    void (*drop)(void *deferred);
     bruno_state *st;      /* borrowed: module state (alive as long as our type) */
 } BrunoAwaitable;
 

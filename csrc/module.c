@@ -70,7 +70,7 @@ set_metatype(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         return NULL;
     }
     PyObject *cls = args[0], *meta = args[1];
-    if (cls != (PyObject *)st->InMemoryCacheType) {
+    if (cls != (PyObject *)st->InMemoryCacheType && cls != (PyObject *)st->RedisCacheType) {
         PyErr_SetString(PyExc_TypeError, "_set_metatype: not a bruno_memory_c type");
         return NULL;
     }
@@ -104,6 +104,19 @@ static PyMethodDef module_methods[] = {
     {NULL, NULL, 0, NULL},
 };
 
+/* *out = module.attr (new reference). 0 or -1. */
+static int
+import_attr(const char *module, const char *attr, PyObject **out)
+{
+    PyObject *m = PyImport_ImportModule(module);
+    if (m == NULL) {
+        return -1;
+    }
+    *out = PyObject_GetAttrString(m, attr);
+    Py_DECREF(m);
+    return *out ? 0 : -1;
+}
+
 static int
 module_exec(PyObject *module)
 {
@@ -130,7 +143,27 @@ module_exec(PyObject *module)
         (st->str_items = PyUnicode_InternFromString("items")) == NULL) {
         return -1;
     }
-    if (bruno_awaitable_init(module, st) < 0 || bruno_inmemory_init(module, st) < 0) {
+    if ((st->str_localhost = PyUnicode_InternFromString("localhost")) == NULL ||
+        (st->str_default_prefix = PyUnicode_InternFromString("bruno:cache:")) == NULL ||
+        (st->int_3600 = PyLong_FromLong(3600)) == NULL) {
+        return -1;
+    }
+    if (import_attr("json", "dumps", &st->json_dumps) < 0 ||
+        import_attr("json", "loads", &st->json_loads) < 0 ||
+        import_attr("urllib.parse", "urlsplit", &st->urlsplit) < 0) {
+        return -1;
+    }
+    PyObject *logging = PyImport_ImportModule("logging");
+    if (logging == NULL) {
+        return -1;
+    }
+    st->logger = PyObject_CallMethod(logging, "getLogger", "s", "bruno_memory_c");
+    Py_DECREF(logging);
+    if (st->logger == NULL) {
+        return -1;
+    }
+    if (bruno_awaitable_init(module, st) < 0 || bruno_inmemory_init(module, st) < 0 ||
+        bruno_bridge_init(module, st) < 0 || bruno_redis_init(module, st) < 0) {
         return -1;
     }
     return 0;
@@ -144,6 +177,14 @@ module_traverse(PyObject *module, visitproc visit, void *arg)
     Py_VISIT(st->InMemoryCacheType);
     Py_VISIT(st->CacheError);
     Py_VISIT(st->get_running_loop);
+    Py_VISIT(st->RedisCacheType);
+    Py_VISIT(st->LoopBridgeType);
+    Py_VISIT(st->bridges);
+    Py_VISIT(st->retired_bridges);
+    Py_VISIT(st->json_dumps);
+    Py_VISIT(st->json_loads);
+    Py_VISIT(st->logger);
+    Py_VISIT(st->urlsplit);
     return 0;
 }
 
@@ -159,6 +200,17 @@ module_clear(PyObject *module)
     Py_CLEAR(st->str_cancel);
     Py_CLEAR(st->str_is_closed);
     Py_CLEAR(st->str_items);
+    Py_CLEAR(st->str_localhost);
+    Py_CLEAR(st->str_default_prefix);
+    Py_CLEAR(st->int_3600);
+    Py_CLEAR(st->RedisCacheType);
+    Py_CLEAR(st->LoopBridgeType);
+    Py_CLEAR(st->bridges);
+    Py_CLEAR(st->retired_bridges);
+    Py_CLEAR(st->json_dumps);
+    Py_CLEAR(st->json_loads);
+    Py_CLEAR(st->logger);
+    Py_CLEAR(st->urlsplit);
     bruno_awaitable_fini(st);
     return 0;
 }

@@ -10,12 +10,23 @@
 typedef struct {
     PyTypeObject *AwaitableType;      /* owned */
     PyTypeObject *InMemoryCacheType;  /* owned */
+    PyTypeObject *RedisCacheType;     /* owned */
+    PyTypeObject *LoopBridgeType;     /* owned */
     PyObject *CacheError;             /* owned: exception class */
+    PyObject *bridges;                /* owned dict: id(loop) -> LoopBridge */
+    PyObject *retired_bridges;        /* owned list: bridges of dead loops, draining */
+    PyObject *json_dumps;             /* owned: json.dumps */
+    PyObject *json_loads;             /* owned: json.loads */
+    PyObject *logger;                 /* owned: logging.getLogger("bruno_memory_c") */
+    PyObject *urlsplit;               /* owned: urllib.parse.urlsplit */
     PyObject *get_running_loop;       /* owned: asyncio.get_running_loop */
     PyObject *str_call_later;         /* owned: interned "call_later" */
     PyObject *str_cancel;             /* owned: interned "cancel" */
     PyObject *str_is_closed;          /* owned: interned "is_closed" */
     PyObject *str_items;              /* owned: interned "items" */
+    PyObject *str_localhost;          /* owned: "localhost" */
+    PyObject *str_default_prefix;     /* owned: "bruno:cache:" */
+    PyObject *int_3600;               /* owned: 3600 */
     /* Free list of awaitable memory blocks (untracked, type reference dropped):
      * most awaitables live for one await, so recycling them saves malloc/free. */
     PyObject *aw_free[BRUNO_AW_FREELIST];  /* owned memory blocks, not objects */
@@ -44,5 +55,7 @@ int bruno_parse_args(const char *fname, PyObject *const *args, Py_ssize_t nargs,
 int bruno_awaitable_init(PyObject *module, bruno_state *st);
 int bruno_inmemory_init(PyObject *module, bruno_state *st);
 void bruno_awaitable_fini(bruno_state *st);
+int bruno_bridge_init(PyObject *module, bruno_state *st);
+int bruno_redis_init(PyObject *module, bruno_state *st);
 
 #endif

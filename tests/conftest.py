@@ -14,6 +14,9 @@ import asyncio
 import pytest
 import uvloop
 
+# The `redis_server` fixture: a real redis-server on a free port, per test.
+pytest_plugins = ["bruno_memory_c.testing"]
+
 
 def _asyncio_loop() -> asyncio.AbstractEventLoop:
     """The default asyncio loop, whatever policy happens to be installed."""

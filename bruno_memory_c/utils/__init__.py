@@ -4,6 +4,7 @@ from bruno_memory_c.utils.cache import (  # noqa: F401
     CacheError,
     CacheInterface,
     InMemoryCache,
+    RedisCache,
 )
 
-__all__ = ["CacheError", "CacheInterface", "InMemoryCache", "REDIS_AVAILABLE"]
+__all__ = ["CacheError", "CacheInterface", "InMemoryCache", "REDIS_AVAILABLE", "RedisCache"]

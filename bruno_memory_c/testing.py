@@ -1,0 +1,200 @@
+"""Throwaway redis-server instances for tests.
+
+``RedisServer`` starts a real ``redis-server`` on a free loopback port, in a private
+temporary directory, without persistence, and stops it (and removes the directory)
+afterwards::
+
+    from bruno_memory_c.testing import RedisServer
+
+    with RedisServer() as server:
+        cache = RedisCache.from_url(server.url)
+        ...
+
+It can also misbehave on purpose, for fault tests: ``kill()`` (SIGKILL), ``restart()``
+on the same port, ``stall(seconds)`` (``DEBUG SLEEP``), ``command(...)`` for anything
+else (``CONFIG SET``, ``CLIENT KILL``, ...). With pytest, use the ``redis_server``
+fixture from ``bruno_memory_c.testing`` (``pytest_plugins = ["bruno_memory_c.testing"]``).
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+from typing import Any, Iterator
+
+__all__ = ["RedisServer", "redis_server", "free_port"]
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _encode(*args: Any) -> bytes:
+    out = [b"*%d\r\n" % len(args)]
+    for a in args:
+        b = a if isinstance(a, bytes) else str(a).encode()
+        out.append(b"$%d\r\n%s\r\n" % (len(b), b))
+    return b"".join(out)
+
+
+def _read_reply(f: Any) -> Any:
+    line = f.readline()
+    if not line:
+        raise ConnectionError("connection closed")
+    kind, rest = line[:1], line[1:-2]
+    if kind == b"+":
+        return rest.decode()
+    if kind == b"-":
+        raise RuntimeError(rest.decode())
+    if kind == b":":
+        return int(rest)
+    if kind == b"$":
+        n = int(rest)
+        if n < 0:
+            return None
+        data = f.read(n + 2)
+        return data[:-2]
+    if kind == b"*":
+        n = int(rest)
+        return None if n < 0 else [_read_reply(f) for _ in range(n)]
+    raise RuntimeError(f"bad reply {line!r}")
+
+
+class RedisServer:
+    """A redis-server process of one's own (see the module docstring)."""
+
+    def __init__(self, password: str | None = None, port: int | None = None,
+                 extra_args: tuple[str, ...] = (), executable: str | None = None,
+                 unix_socket: bool = False) -> None:
+        self.executable = executable or shutil.which("redis-server")
+        if self.executable is None:
+            raise FileNotFoundError(
+                "redis-server not found: install it (Debian: apt-get install redis-server)")
+        self.password = password
+        self.port = port or free_port()
+        self.extra_args = tuple(extra_args)
+        self.dir = tempfile.mkdtemp(prefix="bruno-redis-")
+        self.unix_path = os.path.join(self.dir, "redis.sock") if unix_socket else None
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    # -- lifecycle --------------------------------------------------------------
+    @property
+    def url(self) -> str:
+        auth = f":{self.password}@" if self.password else ""
+        return f"redis://{auth}127.0.0.1:{self.port}/0"
+
+    def _args(self) -> list[str]:
+        args = [self.executable, "--port", str(self.port), "--bind", "127.0.0.1",
+                "--save", "", "--appendonly", "no", "--dir", self.dir,
+                "--daemonize", "no", "--loglevel", "warning",
+                "--enable-debug-command", "local"]
+        if self.password:
+            args += ["--requirepass", self.password]
+        if self.unix_path:
+            args += ["--unixsocket", self.unix_path, "--unixsocketperm", "700"]
+        return args + list(self.extra_args)
+
+    def start(self, timeout: float = 10.0) -> "RedisServer":
+        if self.proc is not None and self.proc.poll() is None:
+            return self
+        self.proc = subprocess.Popen(self._args(), stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                if self.command("PING") == "PONG":
+                    return self
+            except (OSError, RuntimeError, ConnectionError):
+                pass
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"redis-server exited with {self.proc.returncode}")
+            if time.monotonic() > deadline:
+                self.stop()
+                raise TimeoutError("redis-server did not start")
+            time.sleep(0.02)
+
+    def stop(self) -> None:
+        """Stop the server (SIGTERM, then SIGKILL) and wait for it."""
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+
+    def kill(self) -> None:
+        """SIGKILL the server, as a crash would."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait()
+        self.proc = None
+
+    def restart(self) -> None:
+        """Start again on the same port (after kill() or stop())."""
+        self.stop()
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                self.start()
+                return
+            except RuntimeError:  # the port may linger for a moment
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
+
+    def close(self) -> None:
+        """Stop the server and remove its directory."""
+        self.stop()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def __enter__(self) -> "RedisServer":
+        return self.start()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    # -- talking to it ----------------------------------------------------------
+    def command(self, *args: Any, timeout: float = 10.0) -> Any:
+        """Run one command on a fresh connection (authenticating if needed)."""
+        with socket.create_connection(("127.0.0.1", self.port), timeout=timeout) as s:
+            f = s.makefile("rb")
+            if self.password:
+                s.sendall(_encode("AUTH", self.password))
+                _read_reply(f)
+            s.sendall(_encode(*args))
+            return _read_reply(f)
+
+    def stall(self, seconds: float) -> threading.Thread:
+        """Make the server sleep (DEBUG SLEEP) without blocking the caller."""
+        t = threading.Thread(target=self.command, args=("DEBUG", "SLEEP", seconds),
+                             kwargs={"timeout": seconds + 10}, daemon=True)
+        t.start()
+        time.sleep(0.05)  # let the server start sleeping
+        return t
+
+
+try:  # a pytest fixture, when pytest is there
+    import pytest
+
+    @pytest.fixture
+    def redis_server() -> Iterator[RedisServer]:
+        """A fresh redis-server for one test, stopped and removed afterwards."""
+        server = RedisServer().start()
+        try:
+            yield server
+        finally:
+            server.close()
+except ImportError:  # pragma: no cover
+    pass

@@ -1,0 +1,267 @@
+/* bridge.c: the per-event-loop bridge between the I/O thread and asyncio.
+ *
+ * Each event loop that awaits Redis results gets one LoopBridge: a bio_bridge
+ * (completion queue + eventfd) whose eventfd is registered with loop.add_reader.
+ * The I/O thread pushes finished requests and writes the eventfd once per batch;
+ * the reader callback (_drain) takes the whole batch and calls each request's
+ * on_done on the loop's thread, with the GIL: that is where replies become Python
+ * objects and awaitables are resolved.
+ *
+ * Bridges are found by loop (module state dict keyed by id(loop), checked through
+ * a weak reference). When a loop is gone or closed its bridge is retired: its
+ * reader is removed and it is kept on a list until the requests still holding it
+ * have come back, which are then dropped without touching the dead loop. */
+#include "bridge.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <unistd.h>
+#include <string.h>
+
+typedef struct {
+    PyObject_HEAD
+    bio_bridge *b;        /* owned C reference */
+    PyObject *loop_wr;    /* owned: weak reference to the loop */
+    int retired;          /* loop gone: completions are dropped, not delivered */
+    bruno_state *st;      /* borrowed */
+} LoopBridge;
+
+bio_bridge *
+bruno_bridge_c(PyObject *bridge)
+{
+    return ((LoopBridge *)bridge)->b;
+}
+
+/* Drop finished requests nobody can receive (their loop is gone). */
+static void
+drop_list(bio_req *r)
+{
+    while (r) {
+        bio_req *next = r->next;
+        r->status = BIO_ECLOSED;
+        snprintf(r->err, sizeof r->err, "event loop closed");
+        r->on_done(r);  /* resolves an awaitable nobody awaits; frees r */
+        r = next;
+    }
+}
+
+static PyObject *
+bridge_drain(PyObject *op, PyObject *Py_UNUSED(ignored))
+{
+    LoopBridge *self = (LoopBridge *)op;
+    bio_req *r = bio_bridge_take(self->b);
+    while (r) {
+        bio_req *next = r->next;
+        r->on_done(r);
+        r = next;
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+bridge_loop(LoopBridge *self)
+{
+    PyObject *loop = PyWeakref_GetObject(self->loop_wr);  /* borrowed */
+    return loop == Py_None ? NULL : loop;
+}
+
+/* Is this bridge's loop gone or closed? */
+static int
+bridge_dead(LoopBridge *self)
+{
+    PyObject *loop = bridge_loop(self);
+    if (loop == NULL || self->b->pid != getpid()) {
+        return 1;
+    }
+    PyObject *closed = PyObject_CallMethodNoArgs(loop, self->st->str_is_closed);
+    if (closed == NULL) {
+        PyErr_Clear();
+        return 1;
+    }
+    int dead = PyObject_IsTrue(closed);
+    Py_DECREF(closed);
+    return dead != 0;
+}
+
+static void
+bridge_retire(LoopBridge *self)
+{
+    if (self->retired) {
+        return;
+    }
+    self->retired = 1;
+    PyObject *loop = bridge_loop(self);
+    if (loop != NULL && self->b->pid == getpid()) {
+        PyObject *r = PyObject_CallMethod(loop, "remove_reader", "i", self->b->efd);
+        if (r == NULL) {
+            PyErr_Clear();
+        }
+        Py_XDECREF(r);
+    }
+}
+
+/* Retire bridges of dead loops; forget retired ones nothing refers to any more. */
+static int
+sweep(bruno_state *st)
+{
+    PyObject *key, *value;
+    Py_ssize_t pos = 0;
+    PyObject *dead = PyList_New(0);
+    if (dead == NULL) {
+        return -1;
+    }
+    while (PyDict_Next(st->bridges, &pos, &key, &value)) {
+        if (bridge_dead((LoopBridge *)value) && PyList_Append(dead, key) < 0) {
+            Py_DECREF(dead);
+            return -1;
+        }
+    }
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(dead); i++) {
+        PyObject *k = PyList_GET_ITEM(dead, i);
+        LoopBridge *b = (LoopBridge *)PyDict_GetItemWithError(st->bridges, k);
+        if (b == NULL) {
+            continue;
+        }
+        bridge_retire(b);
+        if (PyList_Append(st->retired_bridges, (PyObject *)b) < 0 ||
+            PyDict_DelItem(st->bridges, k) < 0) {
+            Py_DECREF(dead);
+            return -1;
+        }
+    }
+    Py_DECREF(dead);
+    /* Retired bridges: drop what came back; forget those no request holds. */
+    Py_ssize_t n = PyList_GET_SIZE(st->retired_bridges);
+    for (Py_ssize_t i = n - 1; i >= 0; i--) {
+        LoopBridge *b = (LoopBridge *)PyList_GET_ITEM(st->retired_bridges, i);
+        if (b->b->pid == getpid()) {
+            drop_list(bio_bridge_take(b->b));
+        }
+        if (atomic_load(&b->b->refs) == 1 &&
+            PyList_SetSlice(st->retired_bridges, i, i + 1, NULL) < 0) {
+            return -1;
+        }
+    }
+    return 0;
+}
+
+int
+bruno_bridge_serves(PyObject *bridge, PyObject *loop)
+{
+    LoopBridge *self = (LoopBridge *)bridge;
+    return !self->retired && bridge_loop(self) == loop && self->b->pid == getpid();
+}
+
+PyObject *
+bruno_bridge_for_loop(bruno_state *st, PyObject *loop)
+{
+    PyObject *key = PyLong_FromVoidPtr(loop);
+    if (key == NULL) {
+        return NULL;
+    }
+    LoopBridge *found = (LoopBridge *)PyDict_GetItemWithError(st->bridges, key);
+    if (found != NULL && bruno_bridge_serves((PyObject *)found, loop)) {
+        Py_DECREF(key);
+        return Py_NewRef(found);
+    }
+    if (PyErr_Occurred() || sweep(st) < 0) {
+        Py_DECREF(key);
+        return NULL;
+    }
+    LoopBridge *self = PyObject_GC_New(LoopBridge, st->LoopBridgeType);
+    if (self == NULL) {
+        Py_DECREF(key);
+        return NULL;
+    }
+    self->st = st;
+    self->retired = 0;
+    self->loop_wr = NULL;
+    self->b = bio_bridge_new();
+    if (self->b == NULL) {
+        PyErr_SetFromErrno(PyExc_OSError);
+        goto fail;
+    }
+    PyObject_GC_Track(self);
+    self->loop_wr = PyWeakref_NewRef(loop, NULL);
+    if (self->loop_wr == NULL) {
+        goto fail;
+    }
+    PyObject *drain = PyObject_GetAttrString((PyObject *)self, "_drain");
+    if (drain == NULL) {
+        goto fail;
+    }
+    PyObject *r = PyObject_CallMethod(loop, "add_reader", "iO", self->b->efd, drain);
+    Py_DECREF(drain);
+    if (r == NULL) {
+        goto fail;
+    }
+    Py_DECREF(r);
+    if (PyDict_SetItem(st->bridges, key, (PyObject *)self) < 0) {
+        goto fail;
+    }
+    Py_DECREF(key);
+    return (PyObject *)self;
+fail:
+    Py_DECREF(key);
+    Py_DECREF(self);
+    return NULL;
+}
+
+static int
+bridge_traverse(PyObject *op, visitproc visit, void *arg)
+{
+    Py_VISIT(Py_TYPE(op));
+    Py_VISIT(((LoopBridge *)op)->loop_wr);
+    return 0;
+}
+
+static void
+bridge_dealloc(PyObject *op)
+{
+    LoopBridge *self = (LoopBridge *)op;
+    PyTypeObject *tp = Py_TYPE(op);
+    PyObject_GC_UnTrack(op);
+    Py_CLEAR(self->loop_wr);
+    if (self->b != NULL) {
+        bio_bridge_decref(self->b);
+    }
+    PyObject_GC_Del(op);
+    Py_DECREF(tp);
+}
+
+static PyMethodDef bridge_methods[] = {
+    {"_drain", bridge_drain, METH_NOARGS,
+     "_drain($self, /)\n--\n\nResolve every request the I/O thread finished."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyType_Slot bridge_slots[] = {
+    {Py_tp_doc, "Completion queue between the Redis I/O thread and one event loop."},
+    {Py_tp_dealloc, bridge_dealloc},
+    {Py_tp_traverse, bridge_traverse},
+    {Py_tp_methods, bridge_methods},
+    {0, NULL},
+};
+
+static PyType_Spec bridge_spec = {
+    .name = "bruno_memory_c._core.LoopBridge",
+    .basicsize = sizeof(LoopBridge),
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_IMMUTABLETYPE |
+             Py_TPFLAGS_DISALLOW_INSTANTIATION,
+    .slots = bridge_slots,
+};
+
+int
+bruno_bridge_init(PyObject *module, bruno_state *st)
+{
+    st->LoopBridgeType = (PyTypeObject *)PyType_FromModuleAndSpec(module, &bridge_spec, NULL);
+    if (st->LoopBridgeType == NULL) {
+        return -1;
+    }
+    st->bridges = PyDict_New();
+    st->retired_bridges = PyList_New(0);
+    if (st->bridges == NULL || st->retired_bridges == NULL) {
+        return -1;
+    }
+    return 0;
+}

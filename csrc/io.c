@@ -1,0 +1,1231 @@
+/* io.c: the background I/O thread. No Python in this file (see io.h).
+ *
+ * Threads: the submitters (Python threads) touch only the submit queue (E.lock),
+ * the bridges' queues (bridge->lock) and the atomics; everything else in a client
+ * belongs to the I/O thread. */
+#define _GNU_SOURCE
+#include "io.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <hiredis/hiredis.h>
+#include <math.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <signal.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <time.h>
+#include <unistd.h>
+
+#define READ_CHUNK 65536
+#define MAX_READ_PER_PASS (4 * 1024 * 1024)
+#define BACKOFF_MIN 0.05
+#define BACKOFF_MAX 2.0
+#define STATS_FLUSH_EVERY 1.0
+
+enum { ST_IDLE, ST_CONNECTING, ST_HANDSHAKE, ST_READY, ST_BACKOFF };
+enum { SLOT_USER, SLOT_HANDSHAKE, SLOT_STATS };
+
+/* One entry of the in-flight FIFO: the request whose replies come next, or NULL
+ * once it was completed early (timeout, disconnect) and its replies are discarded. */
+typedef struct {
+    bio_req *req;
+    int remaining;
+    int kind;  /* SLOT_* */
+} slot;
+
+struct bio_client {
+    atomic_int refs;
+    pid_t pid;
+    bio_config cfg;
+    bio_counters counters;
+    /* Everything below belongs to the I/O thread. */
+    bio_client *next;            /* engine's list of registered clients */
+    int registered;
+    int state;                   /* ST_* */
+    int fd;
+    int want_out;                /* EPOLLOUT registered */
+    redisReader *reader;
+    char *out;                   /* bytes to write: out[pos..len) */
+    size_t out_len, out_pos, out_cap;
+    slot *ring;                  /* in-flight FIFO */
+    size_t r_head, r_count, r_cap;
+    bio_req *wait_head, *wait_tail;  /* requests waiting for a ready connection */
+    bio_req *close_req;          /* a CLOSE waiting for the final statistics flush */
+    double close_deadline;
+    double hs_deadline;          /* connect + handshake must finish by then */
+    double backoff, backoff_until;
+    double last_read;
+    double next_flush;
+    int ever_connected;
+    int reconnect_wanted;        /* keep reconnecting after failures (not after CLOSE) */
+    char last_err[BIO_ERRLEN];
+};
+
+static struct {
+    pthread_mutex_t lock;
+    bio_req *head, *tail;        /* submitted, not yet taken by the thread */
+    int wake_pending;
+    int wake_fd;
+    int epfd;
+    int started;
+    pid_t pid;
+    pthread_t thread;
+    bio_client *clients;         /* I/O thread only */
+} E = {.lock = PTHREAD_MUTEX_INITIALIZER, .wake_fd = -1, .epfd = -1};
+
+double
+bio_now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+/* ------------------------------------------------------------------ buffers */
+
+void
+bio_buf_init(bio_buf *b)
+{
+    b->data = NULL;
+    b->len = b->cap = 0;
+    b->ncmd = 0;
+    b->oom = 0;
+}
+
+void
+bio_buf_free(bio_buf *b)
+{
+    free(b->data);
+    bio_buf_init(b);
+}
+
+static int
+buf_reserve(bio_buf *b, size_t extra)
+{
+    if (b->oom) {
+        return -1;
+    }
+    if (b->len + extra <= b->cap) {
+        return 0;
+    }
+    size_t cap = b->cap ? b->cap : 128;
+    while (cap < b->len + extra) {
+        cap *= 2;
+    }
+    char *d = realloc(b->data, cap);
+    if (d == NULL) {
+        b->oom = 1;
+        return -1;
+    }
+    b->data = d;
+    b->cap = cap;
+    return 0;
+}
+
+static void
+buf_append(bio_buf *b, const char *s, size_t n)
+{
+    if (buf_reserve(b, n) == 0) {
+        memcpy(b->data + b->len, s, n);
+        b->len += n;
+    }
+}
+
+void
+bio_buf_array(bio_buf *b, size_t n)
+{
+    char head[32];
+    int len = snprintf(head, sizeof head, "*%zu\r\n", n);
+    buf_append(b, head, (size_t)len);
+    b->ncmd++;
+}
+
+void
+bio_buf_bulk2(bio_buf *b, const char *s1, size_t n1, const char *s2, size_t n2)
+{
+    char head[32];
+    int len = snprintf(head, sizeof head, "$%zu\r\n", n1 + n2);
+    if (buf_reserve(b, (size_t)len + n1 + n2 + 2) < 0) {
+        return;
+    }
+    buf_append(b, head, (size_t)len);
+    buf_append(b, s1, n1);
+    buf_append(b, s2, n2);
+    buf_append(b, "\r\n", 2);
+}
+
+void
+bio_buf_bulk(bio_buf *b, const char *s, size_t n)
+{
+    bio_buf_bulk2(b, s, n, "", 0);
+}
+
+void
+bio_buf_command(bio_buf *b, int argc, const char *const *argv, const size_t *argvlen)
+{
+    bio_buf_array(b, (size_t)argc);
+    for (int i = 0; i < argc; i++) {
+        bio_buf_bulk(b, argv[i], argvlen[i]);
+    }
+}
+
+/* ------------------------------------------------------------------ bridges */
+
+bio_bridge *
+bio_bridge_new(void)
+{
+    bio_bridge *b = calloc(1, sizeof *b);
+    if (b == NULL) {
+        return NULL;
+    }
+    b->efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    if (b->efd < 0) {
+        free(b);
+        return NULL;
+    }
+    pthread_mutex_init(&b->lock, NULL);
+    atomic_init(&b->refs, 1);
+    b->pid = getpid();
+    return b;
+}
+
+void
+bio_bridge_incref(bio_bridge *b)
+{
+    atomic_fetch_add(&b->refs, 1);
+}
+
+void
+bio_bridge_decref(bio_bridge *b)
+{
+    if (atomic_fetch_sub(&b->refs, 1) == 1) {
+        if (b->pid == getpid()) {
+            close(b->efd);
+        }
+        pthread_mutex_destroy(&b->lock);
+        free(b);
+    }
+}
+
+bio_req *
+bio_bridge_take(bio_bridge *b)
+{
+    uint64_t v;
+    while (read(b->efd, &v, sizeof v) < 0 && errno == EINTR) {
+    }
+    pthread_mutex_lock(&b->lock);
+    bio_req *list = b->head;
+    b->head = b->tail = NULL;
+    pthread_mutex_unlock(&b->lock);
+    return list;
+}
+
+static void
+bridge_push(bio_bridge *b, bio_req *r)
+{
+    r->next = NULL;
+    pthread_mutex_lock(&b->lock);
+    int was_empty = b->head == NULL;
+    if (b->tail) {
+        b->tail->next = r;
+    }
+    else {
+        b->head = r;
+    }
+    b->tail = r;
+    pthread_mutex_unlock(&b->lock);
+    if (was_empty) {
+        uint64_t one = 1;
+        while (write(b->efd, &one, sizeof one) < 0 && errno == EINTR) {
+        }
+    }
+}
+
+/* ------------------------------------------------------------------ clients */
+
+static char *
+dup_or_null(const char *s)
+{
+    return s ? strdup(s) : NULL;
+}
+
+bio_client *
+bio_client_new(const bio_config *cfg)
+{
+    bio_client *c = calloc(1, sizeof *c);
+    if (c == NULL) {
+        return NULL;
+    }
+    atomic_init(&c->refs, 1);
+    c->pid = getpid();
+    c->cfg = *cfg;
+    c->cfg.host = dup_or_null(cfg->host);
+    c->cfg.unix_path = dup_or_null(cfg->unix_path);
+    c->cfg.username = dup_or_null(cfg->username);
+    c->cfg.password = dup_or_null(cfg->password);
+    c->cfg.stats_key = malloc(cfg->stats_key_len + 1);
+    if ((cfg->host && !c->cfg.host) || (cfg->unix_path && !c->cfg.unix_path) ||
+        (cfg->username && !c->cfg.username) || (cfg->password && !c->cfg.password) ||
+        !c->cfg.stats_key) {
+        bio_client_decref(c);
+        return NULL;
+    }
+    memcpy(c->cfg.stats_key, cfg->stats_key, cfg->stats_key_len);
+    c->cfg.stats_key[cfg->stats_key_len] = '\0';
+    c->fd = -1;
+    c->state = ST_IDLE;
+    return c;
+}
+
+void
+bio_client_incref(bio_client *c)
+{
+    atomic_fetch_add(&c->refs, 1);
+}
+
+void
+bio_client_decref(bio_client *c)
+{
+    if (atomic_fetch_sub(&c->refs, 1) == 1) {
+        if (c->fd >= 0) {
+            close(c->fd);
+        }
+        if (c->reader) {
+            redisReaderFree(c->reader);
+        }
+        free(c->out);
+        free(c->ring);
+        free(c->cfg.host);
+        free(c->cfg.unix_path);
+        free(c->cfg.username);
+        free(c->cfg.password);
+        free(c->cfg.stats_key);
+        free(c);
+    }
+}
+
+bio_counters *
+bio_client_counters(bio_client *c)
+{
+    return &c->counters;
+}
+
+pid_t
+bio_client_pid(bio_client *c)
+{
+    return c->pid;
+}
+
+/* ------------------------------------------------------------------ requests */
+
+bio_req *
+bio_req_new(bio_client *c, bio_bridge *b, int op, int ncmd)
+{
+    bio_req *r = calloc(1, sizeof *r);
+    if (r == NULL) {
+        return NULL;
+    }
+    if (ncmd > 0) {
+        r->replies = calloc((size_t)ncmd, sizeof(void *));
+        if (r->replies == NULL) {
+            free(r);
+            return NULL;
+        }
+    }
+    r->op = op;
+    r->ncmd = ncmd;
+    r->client = c;
+    bio_client_incref(c);
+    r->bridge = b;
+    if (b) {
+        bio_bridge_incref(b);
+    }
+    return r;
+}
+
+void
+bio_req_free(bio_req *r)
+{
+    if (r == NULL) {
+        return;
+    }
+    free(r->buf);
+    for (int i = 0; i < r->nrep; i++) {
+        freeReplyObject(r->replies[i]);
+    }
+    free(r->replies);
+    if (r->client) {
+        bio_client_decref(r->client);
+    }
+    if (r->bridge) {
+        bio_bridge_decref(r->bridge);
+    }
+    free(r);
+}
+
+/* Finish a request: its bridge's loop will pick it up. */
+static void
+complete(bio_req *r, int status, const char *msg)
+{
+    r->status = status;
+    if (status != BIO_OK) {
+        snprintf(r->err, sizeof r->err, "%s", msg ? msg : "error");
+        atomic_fetch_add(&r->client->counters.errors, 1);
+        if (status == BIO_ETIMEOUT) {
+            atomic_fetch_add(&r->client->counters.timeouts, 1);
+        }
+    }
+    free(r->buf);
+    r->buf = NULL;
+    if (r->bridge) {
+        bridge_push(r->bridge, r);
+    }
+    else {
+        bio_req_free(r);
+    }
+}
+
+/* ------------------------------------------------------------------ FIFO */
+
+static int
+ring_push(bio_client *c, bio_req *r, int remaining, int kind)
+{
+    if (c->r_count == c->r_cap) {
+        size_t cap = c->r_cap ? c->r_cap * 2 : 64;
+        slot *ring = malloc(cap * sizeof(slot));
+        if (ring == NULL) {
+            return -1;
+        }
+        for (size_t i = 0; i < c->r_count; i++) {
+            ring[i] = c->ring[(c->r_head + i) % c->r_cap];
+        }
+        free(c->ring);
+        c->ring = ring;
+        c->r_cap = cap;
+        c->r_head = 0;
+    }
+    slot *s = &c->ring[(c->r_head + c->r_count) % c->r_cap];
+    s->req = r;
+    s->remaining = remaining;
+    s->kind = kind;
+    c->r_count++;
+    return 0;
+}
+
+static slot *
+ring_front(bio_client *c)
+{
+    return c->r_count ? &c->ring[c->r_head] : NULL;
+}
+
+static void
+ring_pop(bio_client *c)
+{
+    c->r_head = (c->r_head + 1) % c->r_cap;
+    c->r_count--;
+}
+
+static int
+out_append(bio_client *c, const char *data, size_t len)
+{
+    if (c->out_len + len > c->out_cap) {
+        size_t cap = c->out_cap ? c->out_cap : 16384;
+        while (cap < c->out_len + len) {
+            cap *= 2;
+        }
+        char *out = realloc(c->out, cap);
+        if (out == NULL) {
+            return -1;
+        }
+        c->out = out;
+        c->out_cap = cap;
+    }
+    memcpy(c->out + c->out_len, data, len);
+    c->out_len += len;
+    return 0;
+}
+
+/* Queue the bytes of buf as `ncmd` commands of a slot. */
+static int
+send_slot(bio_client *c, const char *buf, size_t len, int ncmd, bio_req *r, int kind)
+{
+    if (out_append(c, buf, len) < 0 || ring_push(c, r, ncmd, kind) < 0) {
+        return -1;
+    }
+    atomic_fetch_add(&c->counters.commands, (unsigned long long)ncmd);
+    return 0;
+}
+
+/* ------------------------------------------------------------------ connection */
+
+static void start_connect(bio_client *c, double now);
+
+static void
+epoll_set(bio_client *c, int out)
+{
+    struct epoll_event ev = {.events = EPOLLIN | (out ? EPOLLOUT : 0), .data.ptr = c};
+    if (epoll_ctl(E.epfd, EPOLL_CTL_MOD, c->fd, &ev) < 0) {
+        epoll_ctl(E.epfd, EPOLL_CTL_ADD, c->fd, &ev);
+    }
+    c->want_out = out;
+}
+
+static void
+fail_waiting(bio_client *c, int status, const char *msg)
+{
+    bio_req *r = c->wait_head;
+    c->wait_head = c->wait_tail = NULL;
+    while (r) {
+        bio_req *next = r->next;
+        complete(r, status, msg);
+        r = next;
+    }
+}
+
+static void
+fail_inflight(bio_client *c, int status, const char *msg)
+{
+    while (c->r_count) {
+        slot *s = ring_front(c);
+        if (s->req) {
+            complete(s->req, status, msg);
+        }
+        ring_pop(c);
+    }
+}
+
+/* Drop the socket and everything in flight on it. */
+static void
+close_socket(bio_client *c)
+{
+    if (c->fd >= 0) {
+        epoll_ctl(E.epfd, EPOLL_CTL_DEL, c->fd, NULL);
+        close(c->fd);
+        c->fd = -1;
+    }
+    if (c->reader) {
+        redisReaderFree(c->reader);
+        c->reader = NULL;
+    }
+    c->out_len = c->out_pos = 0;
+    c->want_out = 0;
+    atomic_store(&c->counters.connected, 0);
+}
+
+static void
+finish_close(bio_client *c)
+{
+    bio_req *r = c->close_req;
+    c->close_req = NULL;
+    close_socket(c);
+    fail_inflight(c, BIO_ECLOSED, "disconnected");
+    c->state = ST_IDLE;
+    if (r) {
+        complete(r, BIO_OK, NULL);
+    }
+}
+
+/* The connection failed (or could not be made): fail what was sent on it, then
+ * reconnect at once if it had been working, or back off if connecting failed. */
+static void
+connection_failed(bio_client *c, const char *msg, double now)
+{
+    int was_ready = c->state == ST_READY;
+    snprintf(c->last_err, sizeof c->last_err, "%s", msg);
+    close_socket(c);
+    fail_inflight(c, BIO_ECONN, msg);
+    if (c->close_req) {
+        finish_close(c);
+        return;
+    }
+    if (was_ready) {
+        start_connect(c, now);  /* waiting requests stay queued */
+        return;
+    }
+    fail_waiting(c, BIO_ECONN, msg);
+    c->backoff = c->backoff <= 0 ? BACKOFF_MIN : fmin(c->backoff * 2, BACKOFF_MAX);
+    c->backoff_until = now + c->backoff;
+    c->state = ST_BACKOFF;
+}
+
+static void
+append_stats_flush(bio_client *c)
+{
+    unsigned long long hits = atomic_exchange(&c->counters.pending_hits, 0);
+    unsigned long long misses = atomic_exchange(&c->counters.pending_misses, 0);
+    if (hits == 0 && misses == 0) {
+        return;
+    }
+    bio_buf b;
+    bio_buf_init(&b);
+    char num[32];
+    const char *argv[4] = {"HINCRBY", c->cfg.stats_key, NULL, num};
+    size_t argvlen[4] = {7, c->cfg.stats_key_len, 0, 0};
+    if (hits) {
+        argv[2] = "hits";
+        argvlen[2] = 4;
+        argvlen[3] = (size_t)snprintf(num, sizeof num, "%llu", hits);
+        bio_buf_command(&b, 4, argv, argvlen);
+    }
+    if (misses) {
+        argv[2] = "misses";
+        argvlen[2] = 6;
+        argvlen[3] = (size_t)snprintf(num, sizeof num, "%llu", misses);
+        bio_buf_command(&b, 4, argv, argvlen);
+    }
+    if (!b.oom) {
+        send_slot(c, b.data, b.len, b.ncmd, NULL, SLOT_STATS);
+    }
+    bio_buf_free(&b);
+}
+
+/* TCP connected (or unix socket): send AUTH/SELECT/PING and wait for the replies. */
+static void
+start_handshake(bio_client *c, double now)
+{
+    c->reader = redisReaderCreate();
+    if (c->reader == NULL) {
+        connection_failed(c, "out of memory", now);
+        return;
+    }
+    bio_buf b;
+    bio_buf_init(&b);
+    if (c->cfg.password) {
+        if (c->cfg.username) {
+            const char *argv[3] = {"AUTH", c->cfg.username, c->cfg.password};
+            size_t len[3] = {4, strlen(c->cfg.username), strlen(c->cfg.password)};
+            bio_buf_command(&b, 3, argv, len);
+        }
+        else {
+            const char *argv[2] = {"AUTH", c->cfg.password};
+            size_t len[2] = {4, strlen(c->cfg.password)};
+            bio_buf_command(&b, 2, argv, len);
+        }
+    }
+    if (c->cfg.db != 0) {
+        char db[16];
+        const char *argv[2] = {"SELECT", db};
+        size_t len[2] = {6, (size_t)snprintf(db, sizeof db, "%d", c->cfg.db)};
+        bio_buf_command(&b, 2, argv, len);
+    }
+    const char *ping[1] = {"PING"};
+    size_t pinglen[1] = {4};
+    bio_buf_command(&b, 1, ping, pinglen);
+    int rc = b.oom ? -1 : send_slot(c, b.data, b.len, b.ncmd, NULL, SLOT_HANDSHAKE);
+    bio_buf_free(&b);
+    if (rc < 0) {
+        connection_failed(c, "out of memory", now);
+        return;
+    }
+    c->state = ST_HANDSHAKE;
+    c->last_read = now;
+}
+
+static void
+handshake_done(bio_client *c, double now)
+{
+    c->state = ST_READY;
+    c->backoff = 0;
+    c->last_read = now;
+    c->next_flush = now + STATS_FLUSH_EVERY;
+    if (c->ever_connected) {
+        atomic_fetch_add(&c->counters.reconnects, 1);
+    }
+    c->ever_connected = 1;
+    atomic_store(&c->counters.connected, 1);
+    bio_req *r = c->wait_head;
+    c->wait_head = c->wait_tail = NULL;
+    while (r) {
+        bio_req *next = r->next;
+        if (r->op == BIO_OP_CONNECT) {
+            complete(r, BIO_OK, NULL);
+        }
+        else if (send_slot(c, r->buf, r->len, r->ncmd, r, SLOT_USER) < 0) {
+            complete(r, BIO_ECONN, "out of memory");
+        }
+        else {
+            free(r->buf);
+            r->buf = NULL;
+        }
+        r = next;
+    }
+}
+
+static int
+open_socket(bio_client *c, char *err, size_t errlen)
+{
+    if (c->cfg.unix_path) {
+        struct sockaddr_un sa = {.sun_family = AF_UNIX};
+        if (strlen(c->cfg.unix_path) >= sizeof sa.sun_path) {
+            snprintf(err, errlen, "unix socket path too long");
+            return -1;
+        }
+        strcpy(sa.sun_path, c->cfg.unix_path);
+        int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+        if (fd < 0) {
+            snprintf(err, errlen, "socket: %s", strerror(errno));
+            return -1;
+        }
+        if (connect(fd, (struct sockaddr *)&sa, sizeof sa) < 0 && errno != EINPROGRESS &&
+            errno != EAGAIN) {
+            snprintf(err, errlen, "Error %d connecting to unix socket: %s. %s.", errno,
+                     c->cfg.unix_path, strerror(errno));
+            close(fd);
+            return -1;
+        }
+        return fd;
+    }
+    char port[16];
+    snprintf(port, sizeof port, "%d", c->cfg.port);
+    struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM};
+    struct addrinfo *res = NULL;
+    int gai = getaddrinfo(c->cfg.host, port, &hints, &res);
+    if (gai != 0) {
+        snprintf(err, errlen, "Error connecting to %s:%d: %s", c->cfg.host, c->cfg.port,
+                 gai_strerror(gai));
+        return -1;
+    }
+    /* Prefer IPv4 ("localhost" often lists ::1 first; redis binds 127.0.0.1). */
+    struct addrinfo *ai = res;
+    for (struct addrinfo *p = res; p; p = p->ai_next) {
+        if (p->ai_family == AF_INET) {
+            ai = p;
+            break;
+        }
+    }
+    int fd = socket(ai->ai_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0) {
+        snprintf(err, errlen, "socket: %s", strerror(errno));
+        freeaddrinfo(res);
+        return -1;
+    }
+    int one = 1;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &one, sizeof one);
+    if (connect(fd, ai->ai_addr, ai->ai_addrlen) < 0 && errno != EINPROGRESS) {
+        snprintf(err, errlen, "Error %d connecting to %s:%d. %s.", errno, c->cfg.host,
+                 c->cfg.port, strerror(errno));
+        close(fd);
+        freeaddrinfo(res);
+        return -1;
+    }
+    freeaddrinfo(res);
+    return fd;
+}
+
+static void
+start_connect(bio_client *c, double now)
+{
+    char err[BIO_ERRLEN];
+    c->state = ST_CONNECTING;
+    c->hs_deadline = now + c->cfg.connect_timeout;
+    int fd = open_socket(c, err, sizeof err);
+    if (fd < 0) {
+        connection_failed(c, err, now);
+        return;
+    }
+    c->fd = fd;
+    epoll_set(c, 1);  /* writable once connected */
+}
+
+static void
+connect_ready(bio_client *c, double now)
+{
+    int soerr = 0;
+    socklen_t len = sizeof soerr;
+    if (getsockopt(c->fd, SOL_SOCKET, SO_ERROR, &soerr, &len) < 0) {
+        soerr = errno;
+    }
+    if (soerr != 0) {
+        char err[BIO_ERRLEN];
+        if (c->cfg.unix_path) {
+            snprintf(err, sizeof err, "Error %d connecting to unix socket: %s. %s.", soerr,
+                     c->cfg.unix_path, strerror(soerr));
+        }
+        else {
+            snprintf(err, sizeof err, "Error %d connecting to %s:%d. %s.", soerr,
+                     c->cfg.host, c->cfg.port, strerror(soerr));
+        }
+        connection_failed(c, err, now);
+        return;
+    }
+    epoll_set(c, 0);
+    start_handshake(c, now);
+}
+
+/* ------------------------------------------------------------------ I/O */
+
+static void
+flush_out(bio_client *c, double now)
+{
+    if (c->fd < 0 || c->state == ST_CONNECTING || c->out_pos >= c->out_len) {
+        return;
+    }
+    int wrote = 0;
+    while (c->out_pos < c->out_len) {
+        ssize_t n = send(c->fd, c->out + c->out_pos, c->out_len - c->out_pos, MSG_NOSIGNAL);
+        if (n > 0) {
+            c->out_pos += (size_t)n;
+            wrote = 1;
+            continue;
+        }
+        if (n < 0 && errno == EINTR) {
+            continue;
+        }
+        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+            break;
+        }
+        char err[BIO_ERRLEN];
+        snprintf(err, sizeof err, "Error while writing to the socket: %s", strerror(errno));
+        connection_failed(c, err, now);
+        return;
+    }
+    if (wrote) {
+        atomic_fetch_add(&c->counters.batches, 1);
+    }
+    if (c->out_pos >= c->out_len) {
+        c->out_pos = c->out_len = 0;
+        if (c->want_out) {
+            epoll_set(c, 0);
+        }
+    }
+    else if (!c->want_out) {
+        epoll_set(c, 1);
+    }
+}
+
+static int
+reply_is_error(void *reply)
+{
+    return ((redisReply *)reply)->type == REDIS_REPLY_ERROR;
+}
+
+/* One reply arrived: give it to the slot at the front of the FIFO. */
+static void
+on_reply(bio_client *c, void *reply, double now)
+{
+    slot *s = ring_front(c);
+    if (s == NULL) {
+        freeReplyObject(reply);
+        connection_failed(c, "Protocol error: unexpected reply", now);
+        return;
+    }
+    if (s->kind == SLOT_HANDSHAKE && reply_is_error(reply)) {
+        char err[BIO_ERRLEN];
+        snprintf(err, sizeof err, "%.*s", (int)((redisReply *)reply)->len,
+                 ((redisReply *)reply)->str);
+        freeReplyObject(reply);
+        ring_pop(c);  /* its other replies will never be read */
+        connection_failed(c, err, now);
+        return;
+    }
+    if (s->req) {
+        s->req->replies[s->req->nrep++] = reply;
+    }
+    else {
+        freeReplyObject(reply);
+    }
+    if (--s->remaining > 0) {
+        return;
+    }
+    bio_req *r = s->req;
+    int kind = s->kind;
+    ring_pop(c);
+    if (r) {
+        complete(r, BIO_OK, NULL);
+    }
+    if (kind == SLOT_HANDSHAKE) {
+        handshake_done(c, now);
+    }
+    else if (kind == SLOT_STATS && c->close_req && c->r_count == 0) {
+        finish_close(c);
+    }
+}
+
+static void
+do_read(bio_client *c, double now)
+{
+    char buf[READ_CHUNK];
+    size_t total = 0;
+    while (c->fd >= 0 && total < MAX_READ_PER_PASS) {
+        ssize_t n = recv(c->fd, buf, sizeof buf, 0);
+        if (n > 0) {
+            total += (size_t)n;
+            c->last_read = now;
+            if (redisReaderFeed(c->reader, buf, (size_t)n) != REDIS_OK) {
+                connection_failed(c, "Protocol error", now);
+                return;
+            }
+            for (;;) {
+                void *reply = NULL;
+                if (redisReaderGetReply(c->reader, &reply) != REDIS_OK) {
+                    connection_failed(c, "Protocol error", now);
+                    return;
+                }
+                if (reply == NULL) {
+                    break;
+                }
+                on_reply(c, reply, now);
+                if (c->fd < 0 || c->reader == NULL) {
+                    return;  /* the reply closed or failed the connection */
+                }
+            }
+            if ((size_t)n < sizeof buf) {
+                return;
+            }
+            continue;
+        }
+        if (n < 0 && errno == EINTR) {
+            continue;
+        }
+        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+            return;
+        }
+        char err[BIO_ERRLEN];
+        if (n == 0) {
+            snprintf(err, sizeof err, "Connection closed by server.");
+        }
+        else {
+            snprintf(err, sizeof err, "Error while reading from the socket: %s",
+                     strerror(errno));
+        }
+        connection_failed(c, err, now);
+        return;
+    }
+}
+
+/* ------------------------------------------------------------------ routing */
+
+static void
+wait_push(bio_client *c, bio_req *r)
+{
+    r->next = NULL;
+    if (c->wait_tail) {
+        c->wait_tail->next = r;
+    }
+    else {
+        c->wait_head = r;
+    }
+    c->wait_tail = r;
+}
+
+static void
+route(bio_req *r, double now)
+{
+    bio_client *c = r->client;
+    if (!c->registered) {
+        c->registered = 1;
+        bio_client_incref(c);
+        c->next = E.clients;
+        E.clients = c;
+    }
+    switch (r->op) {
+    case BIO_OP_CLOSE:
+        c->reconnect_wanted = 0;
+        fail_waiting(c, BIO_ECLOSED, "disconnected");
+        if (c->close_req) {  /* already closing: finish with the first */
+            complete(r, BIO_OK, NULL);
+            return;
+        }
+        c->close_req = r;
+        if (c->state == ST_READY) {
+            /* Fail the requests in flight now (their replies are discarded), send
+             * the statistics, and close once their reply arrives. */
+            for (size_t i = 0; i < c->r_count; i++) {
+                slot *s = &c->ring[(c->r_head + i) % c->r_cap];
+                if (s->req) {
+                    complete(s->req, BIO_ECLOSED, "disconnected");
+                    s->req = NULL;
+                }
+            }
+            size_t before = c->r_count;
+            append_stats_flush(c);
+            if (c->r_count > before) {
+                c->close_deadline = now + c->cfg.socket_timeout;
+                return;
+            }
+        }
+        finish_close(c);
+        return;
+    case BIO_OP_CONNECT:
+        c->reconnect_wanted = 1;
+        if (c->state == ST_READY) {
+            complete(r, BIO_OK, NULL);
+            return;
+        }
+        wait_push(c, r);
+        if (c->state == ST_IDLE || c->state == ST_BACKOFF) {
+            start_connect(c, now);
+        }
+        return;
+    default:
+        c->reconnect_wanted = 1;
+        if (c->state == ST_READY) {
+            if (send_slot(c, r->buf, r->len, r->ncmd, r, SLOT_USER) < 0) {
+                complete(r, BIO_ECONN, "out of memory");
+            }
+            else {
+                free(r->buf);
+                r->buf = NULL;
+            }
+            return;
+        }
+        if (c->state == ST_BACKOFF) {
+            /* Fail fast while the server is known to be unreachable. */
+            complete(r, BIO_ECONN, c->last_err);
+            return;
+        }
+        wait_push(c, r);
+        if (c->state == ST_IDLE) {
+            start_connect(c, now);
+        }
+        return;
+    }
+}
+
+/* ------------------------------------------------------------------ timers */
+
+static double
+client_timers(bio_client *c, double now)
+{
+    double next = INFINITY;
+    /* Requests waiting for a connection. */
+    bio_req **pp = &c->wait_head, *prev = NULL;
+    while (*pp) {
+        bio_req *r = *pp;
+        if (r->deadline <= now) {
+            *pp = r->next;
+            if (c->wait_tail == r) {
+                c->wait_tail = prev;
+            }
+            complete(r, BIO_ETIMEOUT, r->op == BIO_OP_CONNECT
+                     ? "Timeout connecting to server" : "Timeout waiting for a connection");
+            continue;
+        }
+        next = fmin(next, r->deadline);
+        prev = r;
+        pp = &r->next;
+    }
+    /* Requests in flight, oldest first. */
+    int expired = 0;
+    for (size_t i = 0; i < c->r_count; i++) {
+        slot *s = &c->ring[(c->r_head + i) % c->r_cap];
+        if (s->req == NULL) {
+            continue;
+        }
+        if (s->req->deadline > now) {
+            next = fmin(next, s->req->deadline);
+            break;
+        }
+        complete(s->req, BIO_ETIMEOUT, "Timeout reading from socket");
+        s->req = NULL;
+        expired = 1;
+    }
+    if (expired && now - c->last_read >= c->cfg.socket_timeout) {
+        /* Nothing heard for a whole socket_timeout: the connection is dead. */
+        connection_failed(c, "Timeout reading from socket", now);
+        return now;
+    }
+    switch (c->state) {
+    case ST_CONNECTING:
+    case ST_HANDSHAKE:
+        if (c->hs_deadline <= now) {
+            connection_failed(c, "Timeout connecting to server", now);
+            return now;
+        }
+        next = fmin(next, c->hs_deadline);
+        break;
+    case ST_BACKOFF:
+        if (c->backoff_until <= now) {
+            if (c->reconnect_wanted && atomic_load(&c->refs) > 1) {
+                start_connect(c, now);
+                return now;
+            }
+            c->state = ST_IDLE;
+        }
+        else {
+            next = fmin(next, c->backoff_until);
+        }
+        break;
+    case ST_READY:
+        if (c->next_flush <= now) {
+            append_stats_flush(c);
+            c->next_flush = now + STATS_FLUSH_EVERY;
+        }
+        next = fmin(next, c->next_flush);
+        break;
+    }
+    if (c->close_req) {
+        if (c->close_deadline <= now) {
+            finish_close(c);
+        }
+        else {
+            next = fmin(next, c->close_deadline);
+        }
+    }
+    return next;
+}
+
+/* ------------------------------------------------------------------ thread */
+
+static void
+take_submitted(double now)
+{
+    uint64_t v;
+    while (read(E.wake_fd, &v, sizeof v) < 0 && errno == EINTR) {
+    }
+    pthread_mutex_lock(&E.lock);
+    bio_req *r = E.head;
+    E.head = E.tail = NULL;
+    E.wake_pending = 0;
+    pthread_mutex_unlock(&E.lock);
+    while (r) {
+        bio_req *next = r->next;
+        route(r, now);
+        r = next;
+    }
+}
+
+static void *
+io_main(void *arg)
+{
+    (void)arg;
+    struct epoll_event events[64];
+    int timeout_ms = 0;
+    for (;;) {
+        int n = epoll_wait(E.epfd, events, 64, timeout_ms);
+        double now = bio_now();
+        for (int i = 0; i < n; i++) {
+            bio_client *c = events[i].data.ptr;
+            if (c == NULL) {
+                take_submitted(now);
+                continue;
+            }
+            if (c->fd < 0) {
+                continue;
+            }
+            uint32_t ev = events[i].events;
+            if (c->state == ST_CONNECTING) {
+                if (ev & (EPOLLOUT | EPOLLERR | EPOLLHUP)) {
+                    connect_ready(c, now);
+                }
+                continue;
+            }
+            if (ev & (EPOLLIN | EPOLLERR | EPOLLHUP)) {
+                do_read(c, now);
+            }
+        }
+        /* Write what this pass produced (one write per connection), run timers,
+         * and let go of clients nobody uses any more. */
+        double next = INFINITY;
+        bio_client **pp = &E.clients;
+        while (*pp) {
+            bio_client *c = *pp;
+            flush_out(c, now);
+            next = fmin(next, client_timers(c, now));
+            flush_out(c, now);
+            if (atomic_load(&c->refs) == 1 && c->r_count == 0 && c->wait_head == NULL &&
+                c->close_req == NULL) {
+                *pp = c->next;
+                close_socket(c);
+                bio_client_decref(c);
+                continue;
+            }
+            pp = &c->next;
+        }
+        if (isinf(next)) {
+            timeout_ms = 1000;
+        }
+        else {
+            double ms = ceil((next - bio_now()) * 1000.0);
+            timeout_ms = ms < 0 ? 0 : ms > 1000 ? 1000 : (int)ms;
+        }
+    }
+    return NULL;
+}
+
+static int
+engine_start(void)
+{
+    pid_t pid = getpid();
+    if (E.started && E.pid == pid) {
+        return 0;
+    }
+    if (E.started) {
+        /* A forked child: the parent's thread does not exist here. Start afresh;
+         * the parent's clients and queues are left alone (never touched again). */
+        pthread_mutex_init(&E.lock, NULL);
+        if (E.wake_fd >= 0) {
+            close(E.wake_fd);
+        }
+        if (E.epfd >= 0) {
+            close(E.epfd);
+        }
+        E.head = E.tail = NULL;
+        E.wake_pending = 0;
+        E.clients = NULL;
+        E.started = 0;
+    }
+    E.epfd = epoll_create1(EPOLL_CLOEXEC);
+    E.wake_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    if (E.epfd < 0 || E.wake_fd < 0) {
+        return -1;
+    }
+    struct epoll_event ev = {.events = EPOLLIN, .data.ptr = NULL};
+    if (epoll_ctl(E.epfd, EPOLL_CTL_ADD, E.wake_fd, &ev) < 0) {
+        return -1;
+    }
+    /* The thread must not take signals meant for the interpreter's main thread. */
+    sigset_t all, old;
+    sigfillset(&all);
+    pthread_sigmask(SIG_SETMASK, &all, &old);
+    pthread_attr_t attr;
+    pthread_attr_init(&attr);
+    pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+    int rc = pthread_create(&E.thread, &attr, io_main, NULL);
+    pthread_attr_destroy(&attr);
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    if (rc != 0) {
+        errno = rc;
+        return -1;
+    }
+    E.pid = pid;
+    E.started = 1;
+    return 0;
+}
+
+int
+bio_submit(bio_req *r)
+{
+    /* Callers are serialised by the GIL, so starting the engine needs no lock. */
+    if (engine_start() < 0) {
+        return -1;
+    }
+    r->next = NULL;
+    pthread_mutex_lock(&E.lock);
+    if (E.tail) {
+        E.tail->next = r;
+    }
+    else {
+        E.head = r;
+    }
+    E.tail = r;
+    int wake = !E.wake_pending;
+    E.wake_pending = 1;
+    pthread_mutex_unlock(&E.lock);
+    if (wake) {
+        uint64_t one = 1;
+        while (write(E.wake_fd, &one, sizeof one) < 0 && errno == EINTR) {
+        }
+    }
+    return 0;
+}

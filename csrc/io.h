@@ -1,0 +1,142 @@
+/* io.h: the background I/O thread (no Python in here).
+ *
+ * One thread per process multiplexes every Redis connection with epoll. Callers
+ * (holding the GIL, but that is their business) hand it requests: RESP bytes for one
+ * or more commands plus opaque pointers. Everything submitted since the thread's last
+ * pass goes out in one write per connection (automatic pipelining); replies are
+ * parsed by hiredis' reader and matched to requests in FIFO order. A finished
+ * request is pushed on its bridge's completion queue and the bridge's eventfd is
+ * written, once per batch. The thread never dereferences the opaque pointers.
+ *
+ * Every request has a deadline (socket_timeout after submission); a connection
+ * that fails fails its in-flight requests; the thread reconnects with backoff.
+ */
+#ifndef BRUNO_IO_H
+#define BRUNO_IO_H
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stddef.h>
+#include <sys/types.h>
+
+typedef struct bio_bridge bio_bridge;
+typedef struct bio_client bio_client;
+typedef struct bio_req bio_req;
+
+/* Outcome of a request. */
+enum {
+    BIO_OK = 0,        /* every reply arrived (a reply may itself be a Redis error) */
+    BIO_ETIMEOUT,      /* no complete answer within socket_timeout */
+    BIO_ECONN,         /* could not connect, or the connection failed */
+    BIO_ECLOSED,       /* disconnect() was called while it was pending */
+};
+
+/* What a request asks of the I/O thread. */
+enum {
+    BIO_OP_CMD = 0,    /* send buf (ncmd commands), collect ncmd replies */
+    BIO_OP_CONNECT,    /* complete once connected (or failed) */
+    BIO_OP_CLOSE,      /* flush statistics, fail what is pending, close */
+};
+
+#define BIO_ERRLEN 200
+
+struct bio_req {
+    bio_req *next;            /* queue link: submit queue, then completion queue */
+    bio_client *client;       /* reference held by the request */
+    bio_bridge *bridge;       /* reference held by the request: where it completes */
+    int op;                   /* BIO_OP_* */
+    int ncmd;                 /* commands in buf, replies expected */
+    char *buf;                /* RESP bytes (malloc'd, owned; freed once written) */
+    size_t len;
+    void **replies;           /* redisReply *[ncmd] (owned), filled by the thread */
+    int nrep;                 /* replies received */
+    double deadline;          /* monotonic seconds */
+    int status;               /* BIO_OK or BIO_E* */
+    char err[BIO_ERRLEN];     /* message when status != BIO_OK */
+    /* Opaque to the I/O thread, which never reads them: the submitter's (Python
+     * objects and the function the loop bridge calls with the finished request). */
+    void *user;
+    void *ctx;
+    int kind;
+    void (*on_done)(bio_req *r);
+};
+
+/* A completion queue with an eventfd: one per event loop. */
+struct bio_bridge {
+    pthread_mutex_t lock;
+    bio_req *head, *tail;     /* completed requests, oldest first */
+    int efd;                  /* eventfd: readable while completions wait */
+    atomic_int refs;
+    pid_t pid;                /* process that created it (a forked child makes its own) */
+};
+
+typedef struct {
+    char *host;               /* owned copies */
+    int port;
+    char *unix_path;          /* NULL for TCP */
+    char *username;           /* NULL: AUTH with password only */
+    char *password;           /* NULL: no AUTH */
+    int db;
+    double connect_timeout;
+    double socket_timeout;
+    char *stats_key;          /* prefix + "stats" */
+    size_t stats_key_len;
+} bio_config;
+
+/* Local, process-wide counters of a client, read by RedisCache.stats(). */
+typedef struct {
+    atomic_ullong commands;   /* commands written */
+    atomic_ullong batches;    /* write() batches that carried them */
+    atomic_ullong errors;     /* requests that failed (timeout, connection) */
+    atomic_ullong timeouts;
+    atomic_ullong reconnects; /* successful connections after the first */
+    atomic_int connected;     /* 1 while a connection is ready */
+    atomic_ullong pending_hits;    /* not yet sent with HINCRBY */
+    atomic_ullong pending_misses;
+} bio_counters;
+
+double bio_now(void);
+
+/* Bridges. bio_bridge_new returns one reference (efd created), or NULL (errno). */
+bio_bridge *bio_bridge_new(void);
+void bio_bridge_incref(bio_bridge *b);
+void bio_bridge_decref(bio_bridge *b);
+/* Take every completed request (oldest first, linked through next) and reset the
+ * eventfd. Called by the loop thread. */
+bio_req *bio_bridge_take(bio_bridge *b);
+
+/* Clients. bio_client_new copies cfg (one reference); NULL on allocation failure. */
+bio_client *bio_client_new(const bio_config *cfg);
+void bio_client_incref(bio_client *c);
+void bio_client_decref(bio_client *c);
+bio_counters *bio_client_counters(bio_client *c);
+pid_t bio_client_pid(bio_client *c);
+
+/* Requests. */
+bio_req *bio_req_new(bio_client *c, bio_bridge *b, int op, int ncmd);
+void bio_req_free(bio_req *r);  /* frees buffers and replies, drops references */
+
+/* Hand a request to the I/O thread (started on first use, and again in a forked
+ * child). Never blocks on the network. Returns 0, or -1 if the thread cannot be
+ * started (errno set); the request is then not taken. */
+int bio_submit(bio_req *r);
+
+/* RESP building: a growable buffer. */
+typedef struct {
+    char *data;
+    size_t len, cap;
+    int ncmd;
+    int oom;
+} bio_buf;
+
+void bio_buf_init(bio_buf *b);
+void bio_buf_free(bio_buf *b);
+/* Append one command of argc arguments. */
+void bio_buf_command(bio_buf *b, int argc, const char *const *argv, const size_t *argvlen);
+/* Or build it piece by piece: the array header (counts one command), then bulk
+ * strings; bio_buf_bulk2 writes one bulk string made of two parts (prefix + key). */
+void bio_buf_array(bio_buf *b, size_t n);
+void bio_buf_bulk(bio_buf *b, const char *s, size_t n);
+void bio_buf_bulk2(bio_buf *b, const char *s1, size_t n1, const char *s2, size_t n2);
+
+#endif

@@ -1,0 +1,1740 @@
+/* rediscache.c: RedisCache, a Redis-backed cache over the background I/O thread.
+ *
+ * Storage layout is the reference's (bruno_memory.utils.cache.RedisCache 0.1.5):
+ * key prefix + format(key), value json.dumps text, SET EX (PX for fractions),
+ * statistics in the hash prefix + "stats". Each method builds its RESP commands,
+ * submits one request and returns a pending awaitable; rc_done (run by the loop
+ * bridge on the awaiting loop) turns the replies into the result. */
+#include "awaitable.h"
+#include "bridge.h"
+#include "io.h"
+
+#include <hiredis/hiredis.h>
+#include <math.h>
+#include <structmember.h>
+#include <unistd.h>
+
+/* Requests allowed in flight per cache; past it, requests wait in the cache (never
+ * failing for it) and are handed to the I/O thread as earlier ones finish. */
+#define MAX_IN_FLIGHT 65536
+#define SCAN_COUNT "1000"
+
+enum {
+    K_CONNECT = 1, K_CLOSE, K_GET, K_SET, K_DELETE, K_EXISTS, K_MGET, K_SETMANY,
+    K_CLEAR, K_STATS, K_STATS_SCAN,
+    K_AUTOCONNECT = 0x100,  /* flag: the cache was not connected when called */
+    K_ENTER = 0x200,        /* flag: connect() for __aenter__, returns the cache */
+};
+
+typedef struct {
+    PyObject_HEAD
+    bio_client *client;          /* owned C reference, or NULL before first use */
+    PyObject *host;              /* owned str */
+    int port;
+    int db;
+    PyObject *password;          /* owned str or None */
+    PyObject *username;          /* owned str or None */
+    PyObject *unix_socket_path;  /* owned str or None */
+    PyObject *prefix;            /* owned str */
+    PyObject *prefix_bytes;      /* owned bytes: prefix in UTF-8 */
+    PyObject *default_ttl;       /* owned: None or a number, as given */
+    PyObject *max_connections;   /* owned: as given (requests are multiplexed) */
+    PyObject *pool_size;         /* owned: as given, or None */
+    PyObject *max_overflow;      /* owned: as given, or None */
+    double socket_timeout;       /* seconds; INFINITY for None */
+    double connect_timeout;
+    int connected;               /* connect() succeeded and no disconnect() since */
+    unsigned long long hits, misses;  /* this process's counts */
+    Py_ssize_t in_flight;        /* submitted, not yet finished */
+    bio_req *backlog_head, *backlog_tail;  /* over MAX_IN_FLIGHT, not yet submitted */
+    PyObject *last_bridge;       /* owned LoopBridge of the last loop used, or NULL */
+    PyObject *weakreflist;
+    bruno_state *st;             /* borrowed */
+} RedisCache;
+
+static PyObject *rc_error(RedisCache *self, const char *fmt, const char *detail);
+
+/* ------------------------------------------------------------------ helpers */
+
+static double
+timeout_arg(PyObject *v, const char *what, int *err)
+{
+    if (v == NULL) {
+        return 5.0;
+    }
+    if (v == Py_None) {
+        return INFINITY;
+    }
+    double d = PyFloat_AsDouble(v);
+    if (d == -1.0 && PyErr_Occurred()) {
+        PyErr_Format(PyExc_TypeError, "%s must be a number or None", what);
+        *err = 1;
+        return 0;
+    }
+    if (!(d > 0)) {
+        PyErr_Format(PyExc_ValueError, "%s must be > 0", what);
+        *err = 1;
+        return 0;
+    }
+    return d;
+}
+
+/* ttl (None: default_ttl) as an expiry option: *mode 0 = none, 1 = EX secs, 2 = PX ms.
+ * Falsy ttl stores without expiry, as in the reference. */
+static int
+ttl_option(RedisCache *self, PyObject *ttl, int *mode, long long *amount)
+{
+    if (ttl == NULL || ttl == Py_None) {
+        ttl = self->default_ttl;
+    }
+    *mode = 0;
+    if (ttl == Py_None) {
+        return 0;
+    }
+    double v;
+    if (PyLong_Check(ttl)) {
+        v = PyLong_AsDouble(ttl);
+        if (v == -1.0 && PyErr_Occurred()) {
+            if (!PyErr_ExceptionMatches(PyExc_OverflowError)) {
+                return -1;
+            }
+            PyErr_Clear();
+            v = Py_SIZE(ttl) < 0 ? -INFINITY : INFINITY;
+        }
+    }
+    else if (PyFloat_Check(ttl) || (!PyUnicode_Check(ttl) && Py_TYPE(ttl)->tp_as_number &&
+                                    Py_TYPE(ttl)->tp_as_number->nb_float)) {
+        v = PyFloat_AsDouble(ttl);
+        if (v == -1.0 && PyErr_Occurred()) {
+            return -1;
+        }
+    }
+    else {
+        PyErr_Format(PyExc_TypeError, "ttl must be a number or None, not %.100s",
+                     Py_TYPE(ttl)->tp_name);
+        return -1;
+    }
+    if (isnan(v)) {
+        PyErr_SetString(PyExc_ValueError, "ttl must not be NaN");
+        return -1;
+    }
+    if (v < 0) {
+        PyErr_SetString(PyExc_ValueError, "ttl must be >= 0");
+        return -1;
+    }
+    if (v == 0 || v > 1e15) {
+        return 0;  /* falsy: no expiry; beyond any real horizon: none either */
+    }
+    if (v == floor(v)) {
+        *mode = 1;
+        *amount = (long long)v;
+    }
+    else {
+        *mode = 2;
+        *amount = (long long)ceil(v * 1000.0);
+    }
+    return 0;
+}
+
+/* format(key) in UTF-8, as the reference's f"{prefix}{key}" spells it.
+ * *holder receives the str owning the bytes (new reference). */
+static const char *
+key_text(PyObject *key, Py_ssize_t *len, PyObject **holder)
+{
+    PyObject *s;
+    if (PyUnicode_CheckExact(key)) {
+        s = Py_NewRef(key);
+    }
+    else {
+        s = PyObject_Format(key, NULL);
+        if (s == NULL) {
+            return NULL;
+        }
+    }
+    const char *text = PyUnicode_AsUTF8AndSize(s, len);
+    if (text == NULL) {
+        Py_DECREF(s);
+        return NULL;
+    }
+    *holder = s;
+    return text;
+}
+
+/* Append the bulk string prefix + format(key). Returns 0 or -1. */
+static int
+append_key(RedisCache *self, bio_buf *b, PyObject *key)
+{
+    Py_ssize_t len;
+    PyObject *holder;
+    const char *text = key_text(key, &len, &holder);
+    if (text == NULL) {
+        return -1;
+    }
+    bio_buf_bulk2(b, PyBytes_AS_STRING(self->prefix_bytes),
+                  (size_t)PyBytes_GET_SIZE(self->prefix_bytes), text, (size_t)len);
+    Py_DECREF(holder);
+    return 0;
+}
+
+static void
+append_str(bio_buf *b, const char *s)
+{
+    bio_buf_bulk(b, s, strlen(s));
+}
+
+/* SCAN cursor MATCH <prefix with glob characters escaped>* COUNT n */
+static void
+append_scan(RedisCache *self, bio_buf *b, const char *cursor, size_t cursor_len)
+{
+    const char *p = PyBytes_AS_STRING(self->prefix_bytes);
+    size_t n = (size_t)PyBytes_GET_SIZE(self->prefix_bytes);
+    char small[256];
+    char *pat = 2 * n + 2 <= sizeof small ? small : malloc(2 * n + 2);
+    if (pat == NULL) {
+        b->oom = 1;
+        return;
+    }
+    size_t k = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (p[i] == '*' || p[i] == '?' || p[i] == '[' || p[i] == ']' || p[i] == '\\') {
+            pat[k++] = '\\';
+        }
+        pat[k++] = p[i];
+    }
+    pat[k++] = '*';
+    bio_buf_array(b, 6);
+    append_str(b, "SCAN");
+    bio_buf_bulk(b, cursor, cursor_len);
+    append_str(b, "MATCH");
+    bio_buf_bulk(b, pat, k);
+    append_str(b, "COUNT");
+    append_str(b, SCAN_COUNT);
+    if (pat != small) {
+        free(pat);
+    }
+}
+
+/* json.dumps(value) as UTF-8; *holder owns the bytes. NULL with the exception. */
+static const char *
+encode_value(RedisCache *self, PyObject *value, Py_ssize_t *len, PyObject **holder)
+{
+    PyObject *s = PyObject_CallOneArg(self->st->json_dumps, value);
+    if (s == NULL) {
+        return NULL;
+    }
+    const char *text = PyUnicode_AsUTF8AndSize(s, len);
+    if (text == NULL) {
+        Py_DECREF(s);
+        return NULL;
+    }
+    *holder = s;
+    return text;
+}
+
+/* ------------------------------------------------------------------ client */
+
+static bio_client *
+rc_client(RedisCache *self)
+{
+    if (self->client != NULL && bio_client_pid(self->client) != getpid()) {
+        /* A forked child: the parent's connection is not ours. Leave it alone
+         * (the C reference is abandoned) and start afresh. */
+        self->client = NULL;
+        self->connected = 0;
+        self->in_flight = 0;
+        self->backlog_head = self->backlog_tail = NULL;
+        Py_CLEAR(self->last_bridge);
+    }
+    if (self->client != NULL) {
+        return self->client;
+    }
+    bio_config cfg = {0};
+    cfg.port = self->port;
+    cfg.db = self->db;
+    cfg.connect_timeout = self->connect_timeout;
+    cfg.socket_timeout = self->socket_timeout;
+    cfg.host = (char *)PyUnicode_AsUTF8(self->host);
+    if (cfg.host == NULL) {
+        return NULL;
+    }
+    if (self->unix_socket_path != Py_None &&
+        (cfg.unix_path = (char *)PyUnicode_AsUTF8(self->unix_socket_path)) == NULL) {
+        return NULL;
+    }
+    if (self->password != Py_None &&
+        (cfg.password = (char *)PyUnicode_AsUTF8(self->password)) == NULL) {
+        return NULL;
+    }
+    if (self->username != Py_None &&
+        (cfg.username = (char *)PyUnicode_AsUTF8(self->username)) == NULL) {
+        return NULL;
+    }
+    size_t plen = (size_t)PyBytes_GET_SIZE(self->prefix_bytes);
+    char *key = malloc(plen + 6);
+    if (key == NULL) {
+        PyErr_NoMemory();
+        return NULL;
+    }
+    memcpy(key, PyBytes_AS_STRING(self->prefix_bytes), plen);
+    memcpy(key + plen, "stats", 5);
+    cfg.stats_key = key;
+    cfg.stats_key_len = plen + 5;
+    self->client = bio_client_new(&cfg);
+    free(key);
+    if (self->client == NULL) {
+        PyErr_NoMemory();
+    }
+    return self->client;
+}
+
+/* The bridge of the running loop (borrowed from self->last_bridge), or NULL with
+ * *no_loop set when no loop runs (no exception), or NULL with an exception. */
+static PyObject *
+rc_bridge(RedisCache *self, int *no_loop)
+{
+    *no_loop = 0;
+    PyObject *loop = PyObject_CallNoArgs(self->st->get_running_loop);
+    if (loop == NULL) {
+        if (PyErr_ExceptionMatches(PyExc_RuntimeError)) {
+            PyErr_Clear();
+            *no_loop = 1;
+        }
+        return NULL;
+    }
+    if (self->last_bridge != NULL && bruno_bridge_serves(self->last_bridge, loop)) {
+        Py_DECREF(loop);
+        return self->last_bridge;
+    }
+    PyObject *bridge = bruno_bridge_for_loop(self->st, loop);
+    Py_DECREF(loop);
+    if (bridge == NULL) {
+        return NULL;
+    }
+    Py_XSETREF(self->last_bridge, bridge);
+    return bridge;
+}
+
+static void rc_done(bio_req *r);
+
+static void
+backlog_push(RedisCache *self, bio_req *r)
+{
+    r->next = NULL;
+    if (self->backlog_tail) {
+        self->backlog_tail->next = r;
+    }
+    else {
+        self->backlog_head = r;
+    }
+    self->backlog_tail = r;
+}
+
+/* Hand r to the I/O thread, or to the backlog past MAX_IN_FLIGHT. 0 or -1. */
+static int
+rc_submit(RedisCache *self, bio_req *r)
+{
+    self->in_flight++;
+    if (self->in_flight > MAX_IN_FLIGHT || self->backlog_head != NULL) {
+        backlog_push(self, r);
+        return 0;
+    }
+    if (bio_submit(r) < 0) {
+        self->in_flight--;
+        PyErr_SetFromErrno(PyExc_OSError);
+        return -1;
+    }
+    return 0;
+}
+
+static void
+rc_release_backlog(RedisCache *self)
+{
+    while (self->backlog_head != NULL && self->in_flight <= MAX_IN_FLIGHT) {
+        bio_req *r = self->backlog_head;
+        self->backlog_head = r->next;
+        if (self->backlog_head == NULL) {
+            self->backlog_tail = NULL;
+        }
+        if (bio_submit(r) < 0) {
+            r->status = BIO_ECONN;
+            snprintf(r->err, sizeof r->err, "cannot start the I/O thread");
+            r->on_done(r);
+        }
+    }
+}
+
+/* Free a request that was never submitted (its references included). */
+static void
+drop_unsent(void *p)
+{
+    bio_req *r = p;
+    Py_XDECREF((PyObject *)r->ctx);
+    r->ctx = NULL;
+    bio_req_free(r);
+}
+
+/* Start a deferred request: the awaitable is being awaited in a loop now. */
+static int
+start_deferred(PyObject *awobj)
+{
+    BrunoAwaitable *aw = (BrunoAwaitable *)awobj;
+    bio_req *r = aw->deferred;
+    RedisCache *self = (RedisCache *)r->ctx;
+    int no_loop;
+    PyObject *bridge = rc_bridge(self, &no_loop);
+    if (bridge == NULL) {
+        if (no_loop) {
+            PyErr_SetString(PyExc_RuntimeError, "no running event loop");
+        }
+        return -1;
+    }
+    aw->deferred = NULL;
+    r->bridge = bruno_bridge_c(bridge);
+    bio_bridge_incref(r->bridge);
+    r->deadline = bio_now() + (r->op == BIO_OP_CONNECT ? self->connect_timeout
+                                                       : self->socket_timeout);
+    r->user = Py_NewRef(awobj);
+    if (rc_submit(self, r) < 0) {
+        Py_DECREF(awobj);
+        r->user = NULL;
+        drop_unsent(r);
+        return -1;
+    }
+    return 0;
+}
+
+/* Make a request of `kind` from the commands in b (taken), submit it, and return
+ * its pending awaitable. Without a running loop the request waits in the
+ * awaitable until it is awaited. */
+static PyObject *
+rc_request(RedisCache *self, const char *qualname, int kind, int op, bio_buf *b)
+{
+    if (b->oom) {
+        bio_buf_free(b);
+        return PyErr_NoMemory();
+    }
+    bio_client *client = rc_client(self);
+    if (client == NULL) {
+        bio_buf_free(b);
+        return NULL;
+    }
+    if (!self->connected && op == BIO_OP_CMD) {
+        kind |= K_AUTOCONNECT;
+    }
+    bio_req *r = bio_req_new(client, NULL, op, b->ncmd);
+    if (r == NULL) {
+        bio_buf_free(b);
+        return PyErr_NoMemory();
+    }
+    r->buf = b->data;
+    r->len = b->len;
+    b->data = NULL;
+    bio_buf_free(b);
+    r->kind = kind;
+    r->on_done = rc_done;
+    r->ctx = Py_NewRef(self);
+    PyObject *awobj = bruno_aw_pending(self->st, qualname);
+    if (awobj == NULL) {
+        drop_unsent(r);
+        return NULL;
+    }
+    BrunoAwaitable *aw = (BrunoAwaitable *)awobj;
+    aw->deferred = r;
+    aw->start = start_deferred;
+    aw->drop = drop_unsent;
+    int no_loop;
+    PyObject *bridge = rc_bridge(self, &no_loop);
+    if (bridge == NULL) {
+        if (no_loop) {
+            return awobj;  /* started by its first send */
+        }
+        Py_DECREF(awobj);
+        return NULL;
+    }
+    if (start_deferred(awobj) < 0) {
+        Py_DECREF(awobj);
+        return NULL;
+    }
+    return awobj;
+}
+
+/* ------------------------------------------------------------------ completion */
+
+static void
+log_error(RedisCache *self, const char *fmt, PyObject *arg)
+{
+    PyObject *type, *value, *tb;
+    PyErr_Fetch(&type, &value, &tb);
+    PyObject *r = PyObject_CallMethod(self->st->logger, "error", "sO", fmt, arg);
+    if (r == NULL) {
+        PyErr_Clear();
+    }
+    Py_XDECREF(r);
+    PyErr_Restore(type, value, tb);
+}
+
+static void
+log_error2(RedisCache *self, const char *fmt, PyObject *key, PyObject *detail)
+{
+    PyObject *type, *value, *tb;
+    PyErr_Fetch(&type, &value, &tb);
+    PyObject *r = PyObject_CallMethod(self->st->logger, "error", "sOO", fmt,
+                                      key ? key : Py_None, detail);
+    if (r == NULL) {
+        PyErr_Clear();
+    }
+    Py_XDECREF(r);
+    PyErr_Restore(type, value, tb);
+}
+
+/* CacheError(prefix + detail), as an exception instance (new reference). */
+static PyObject *
+rc_error(RedisCache *self, const char *fmt, const char *detail)
+{
+    PyObject *msg = PyUnicode_FromFormat(fmt, detail);
+    if (msg == NULL) {
+        return NULL;
+    }
+    PyObject *exc = PyObject_CallOneArg(self->st->CacheError, msg);
+    Py_DECREF(msg);
+    return exc;
+}
+
+static PyObject *
+reply_error_text(redisReply *rep)
+{
+    return PyUnicode_DecodeUTF8(rep->str, (Py_ssize_t)rep->len, "replace");
+}
+
+/* JSON text from Redis -> Python value (new reference), or NULL with exception. */
+static PyObject *
+decode_value(RedisCache *self, redisReply *rep)
+{
+    PyObject *bytes = PyBytes_FromStringAndSize(rep->str, (Py_ssize_t)rep->len);
+    if (bytes == NULL) {
+        return NULL;
+    }
+    PyObject *v = PyObject_CallOneArg(self->st->json_loads, bytes);
+    Py_DECREF(bytes);
+    return v;
+}
+
+static void
+count(RedisCache *self, int hit)
+{
+    bio_counters *c = bio_client_counters(self->client);
+    if (hit) {
+        self->hits++;
+        atomic_fetch_add(&c->pending_hits, 1);
+    }
+    else {
+        self->misses++;
+        atomic_fetch_add(&c->pending_misses, 1);
+    }
+}
+
+/* What a failed request gives, per method (the reference's error semantics). */
+static PyObject *
+failed_result(RedisCache *self, int kind, const char *what, PyObject *key, PyObject **exc)
+{
+    PyObject *text = PyUnicode_FromString(what);
+    if (text == NULL) {
+        return NULL;
+    }
+    switch (kind) {
+    case K_GET:
+        log_error2(self, "Error getting key %s: %s", key, text);
+        Py_DECREF(text);
+        Py_RETURN_NONE;
+    case K_MGET:
+        log_error(self, "Error getting multiple keys: %s", text);
+        Py_DECREF(text);
+        return PyDict_New();
+    case K_DELETE:
+        log_error2(self, "Error deleting key %s: %s", key, text);
+        Py_DECREF(text);
+        Py_RETURN_FALSE;
+    case K_EXISTS:
+        log_error2(self, "Error checking key %s: %s", key, text);
+        Py_DECREF(text);
+        Py_RETURN_FALSE;
+    case K_SET:
+        *exc = rc_error(self, "Failed to set cache key: %s", what);
+        break;
+    case K_SETMANY:
+        *exc = rc_error(self, "Failed to set multiple keys: %s", what);
+        break;
+    case K_CLEAR:
+        *exc = rc_error(self, "Failed to clear cache: %s", what);
+        break;
+    case K_STATS:
+    case K_STATS_SCAN:
+        Py_DECREF(text);
+        return Py_BuildValue("{s:s,s:s}", "type", "redis", "error", what);
+    default:
+        *exc = rc_error(self, "Redis connection failed: %s", what);
+        break;
+    }
+    Py_DECREF(text);
+    return NULL;
+}
+
+/* A follow-up request for a multi-step operation, reusing the awaitable. */
+static int
+rc_continue(RedisCache *self, BrunoAwaitable *aw, int kind, bio_buf *b)
+{
+    bio_req *r = bio_req_new(self->client, bruno_bridge_c(self->last_bridge), BIO_OP_CMD,
+                             b->ncmd);
+    if (r == NULL || b->oom) {
+        bio_req_free(r);
+        bio_buf_free(b);
+        PyErr_NoMemory();
+        return -1;
+    }
+    r->buf = b->data;
+    r->len = b->len;
+    b->data = NULL;
+    bio_buf_free(b);
+    r->kind = kind;
+    r->on_done = rc_done;
+    r->ctx = Py_NewRef(self);
+    r->user = Py_NewRef(aw);
+    r->deadline = bio_now() + self->socket_timeout;
+    if (rc_submit(self, r) < 0) {
+        Py_DECREF(aw);
+        Py_DECREF(self);
+        r->user = r->ctx = NULL;
+        bio_req_free(r);
+        return -1;
+    }
+    return 0;
+}
+
+/* SCAN reply: [cursor, [keys...]]. Returns 0 and fills cursor/keys, or -1. */
+static int
+scan_parts(redisReply *rep, redisReply **cursor, redisReply **keys)
+{
+    if (rep->type != REDIS_REPLY_ARRAY || rep->elements != 2 ||
+        rep->element[0]->type != REDIS_REPLY_STRING ||
+        rep->element[1]->type != REDIS_REPLY_ARRAY) {
+        return -1;
+    }
+    *cursor = rep->element[0];
+    *keys = rep->element[1];
+    return 0;
+}
+
+static int
+cursor_done(redisReply *cursor)
+{
+    return cursor->len == 1 && cursor->str[0] == '0';
+}
+
+/* clear(): replies are [DEL]? [SCAN]?; continue until the cursor is 0.
+ * Returns a new reference (None when done), or NULL with *exc or an exception;
+ * *pending = 1 when a follow-up was submitted. */
+static PyObject *
+clear_step(RedisCache *self, BrunoAwaitable *aw, bio_req *r, PyObject **exc, int *pending)
+{
+    for (int i = 0; i < r->nrep; i++) {
+        redisReply *rep = r->replies[i];
+        if (rep->type == REDIS_REPLY_ERROR) {
+            PyObject *t = reply_error_text(rep);
+            *exc = rc_error(self, "Failed to clear cache: %s", t ? PyUnicode_AsUTF8(t) : "");
+            Py_XDECREF(t);
+            return NULL;
+        }
+    }
+    redisReply *last = r->replies[r->nrep - 1], *cursor, *keys;
+    if (last->type != REDIS_REPLY_ARRAY) {
+        Py_RETURN_NONE;  /* the final DEL */
+    }
+    if (scan_parts(last, &cursor, &keys) < 0) {
+        *exc = rc_error(self, "Failed to clear cache: %s", "unexpected SCAN reply");
+        return NULL;
+    }
+    if (keys->elements == 0 && cursor_done(cursor)) {
+        Py_RETURN_NONE;
+    }
+    bio_buf b;
+    bio_buf_init(&b);
+    if (keys->elements > 0) {
+        bio_buf_array(&b, keys->elements + 1);
+        append_str(&b, "DEL");
+        for (size_t i = 0; i < keys->elements; i++) {
+            bio_buf_bulk(&b, keys->element[i]->str, keys->element[i]->len);
+        }
+    }
+    if (!cursor_done(cursor)) {
+        append_scan(self, &b, cursor->str, cursor->len);
+    }
+    if (rc_continue(self, aw, K_CLEAR, &b) < 0) {
+        return NULL;
+    }
+    *pending = 1;
+    return NULL;
+}
+
+/* get_stats(): [HINCRBY...]* HGETALL SCAN, then SCAN until the cursor is 0.
+ * aw->ctx is a list [hits, misses, size]. */
+static PyObject *
+stats_step(RedisCache *self, BrunoAwaitable *aw, bio_req *r, int *pending)
+{
+    redisReply *scan = r->replies[r->nrep - 1], *cursor, *keys;
+    PyObject *acc = aw->ctx;
+    if ((r->kind & 0xff) == K_STATS) {
+        redisReply *h = r->replies[r->nrep - 2];
+        long long hits = 0, misses = 0;
+        if (h->type == REDIS_REPLY_ARRAY) {
+            for (size_t i = 0; i + 1 < h->elements; i += 2) {
+                redisReply *f = h->element[i], *v = h->element[i + 1];
+                if (f->type != REDIS_REPLY_STRING || v->type != REDIS_REPLY_STRING) {
+                    continue;
+                }
+                long long n = strtoll(v->str, NULL, 10);
+                if (f->len == 4 && memcmp(f->str, "hits", 4) == 0) {
+                    hits = n;
+                }
+                else if (f->len == 6 && memcmp(f->str, "misses", 6) == 0) {
+                    misses = n;
+                }
+            }
+        }
+        else {
+            /* A user value sits at prefix + "stats" (WRONGTYPE): the persisted
+             * counters are unavailable; report this process's own. */
+            hits = (long long)self->hits;
+            misses = (long long)self->misses;
+        }
+        acc = Py_BuildValue("[LLi]", hits, misses, 0);
+        if (acc == NULL) {
+            return NULL;
+        }
+        Py_XSETREF(aw->ctx, acc);
+    }
+    if (scan->type == REDIS_REPLY_ERROR) {
+        PyObject *t = reply_error_text(scan);
+        PyObject *d = Py_BuildValue("{s:s,s:N}", "type", "redis", "error", t);
+        return d;
+    }
+    if (scan_parts(scan, &cursor, &keys) < 0) {
+        return Py_BuildValue("{s:s,s:s}", "type", "redis", "error", "unexpected SCAN reply");
+    }
+    long long size = PyLong_AsLongLong(PyList_GET_ITEM(acc, 2)) + (long long)keys->elements;
+    PyObject *sz = PyLong_FromLongLong(size);
+    if (sz == NULL) {
+        return NULL;
+    }
+    PyList_SetItem(acc, 2, sz);
+    if (!cursor_done(cursor)) {
+        bio_buf b;
+        bio_buf_init(&b);
+        append_scan(self, &b, cursor->str, cursor->len);
+        if (rc_continue(self, aw, K_STATS_SCAN, &b) < 0) {
+            return NULL;
+        }
+        *pending = 1;
+        return NULL;
+    }
+    long long hits = PyLong_AsLongLong(PyList_GET_ITEM(acc, 0));
+    long long misses = PyLong_AsLongLong(PyList_GET_ITEM(acc, 1));
+    long long total = hits + misses;
+    PyObject *rate = PyFloat_FromDouble(total > 0 ? (double)hits / (double)total * 100 : 0.0);
+    if (rate == NULL) {
+        return NULL;
+    }
+    PyObject *rounded = PyObject_CallMethod(rate, "__round__", "i", 2);
+    Py_DECREF(rate);
+    if (rounded == NULL) {
+        return NULL;
+    }
+    return Py_BuildValue("{s:s,s:L,s:L,s:L,s:N,s:O}", "type", "redis", "size", size,
+                         "hits", hits, "misses", misses, "hit_rate", rounded,
+                         "connected", self->connected ? Py_True : Py_False);
+}
+
+/* The result of a successful round trip (all replies present). */
+static PyObject *
+ok_result(RedisCache *self, BrunoAwaitable *aw, bio_req *r, PyObject **exc, int *pending)
+{
+    int kind = r->kind & 0xff;
+    redisReply *rep = r->nrep > 0 ? r->replies[0] : NULL;
+    switch (kind) {
+    case K_CONNECT:
+        self->connected = 1;
+        if (r->kind & K_ENTER) {
+            return Py_NewRef(self);
+        }
+        Py_RETURN_NONE;
+    case K_CLOSE:
+        self->connected = 0;
+        Py_RETURN_NONE;
+    case K_GET:
+        if (rep->type == REDIS_REPLY_NIL) {
+            count(self, 0);
+            Py_RETURN_NONE;
+        }
+        if (rep->type == REDIS_REPLY_STRING) {
+            count(self, 1);
+            if (aw->state == AW_DONE) {
+                Py_RETURN_NONE;  /* nobody will read it: skip decoding */
+            }
+            PyObject *v = decode_value(self, rep);
+            if (v == NULL) {
+                /* Stored text that is not JSON: None, and the error logged. */
+                PyObject *type, *value, *tb;
+                PyErr_Fetch(&type, &value, &tb);
+                PyObject *s = value ? PyObject_Str(value) : NULL;
+                log_error(self, "Error decoding cached value: %s", s ? s : Py_None);
+                Py_XDECREF(s);
+                Py_XDECREF(type);
+                Py_XDECREF(value);
+                Py_XDECREF(tb);
+                PyErr_Clear();
+                Py_RETURN_NONE;
+            }
+            return v;
+        }
+        break;
+    case K_SET:
+        if (rep->type == REDIS_REPLY_STATUS) {
+            Py_RETURN_NONE;
+        }
+        break;
+    case K_DELETE:
+    case K_EXISTS:
+        if (rep->type == REDIS_REPLY_INTEGER) {
+            return PyBool_FromLong(rep->integer > 0);
+        }
+        break;
+    case K_MGET: {
+        PyObject *keys = aw->ctx;  /* tuple of the requested keys */
+        if (rep->type != REDIS_REPLY_ARRAY ||
+            (Py_ssize_t)rep->elements != PyTuple_GET_SIZE(keys)) {
+            break;
+        }
+        PyObject *d = PyDict_New();
+        if (d == NULL) {
+            return NULL;
+        }
+        for (size_t i = 0; i < rep->elements; i++) {
+            redisReply *e = rep->element[i];
+            if (e->type != REDIS_REPLY_STRING) {
+                count(self, 0);
+                continue;
+            }
+            count(self, 1);
+            PyObject *v = decode_value(self, e);
+            if (v == NULL || PyDict_SetItem(d, PyTuple_GET_ITEM(keys, (Py_ssize_t)i), v) < 0) {
+                /* As the reference: a bad value fails the whole call ({}). */
+                Py_XDECREF(v);
+                Py_DECREF(d);
+                PyObject *type, *value, *tb;
+                PyErr_Fetch(&type, &value, &tb);
+                PyObject *s = value ? PyObject_Str(value) : NULL;
+                log_error(self, "Error getting multiple keys: %s", s ? s : Py_None);
+                Py_XDECREF(s);
+                Py_XDECREF(type);
+                Py_XDECREF(value);
+                Py_XDECREF(tb);
+                return PyDict_New();
+            }
+            Py_DECREF(v);
+        }
+        return d;
+    }
+    case K_SETMANY:
+        for (int i = 0; i < r->nrep; i++) {
+            redisReply *e = r->replies[i];
+            if (e->type == REDIS_REPLY_ERROR) {
+                PyObject *t = reply_error_text(e);
+                *exc = rc_error(self, "Failed to set multiple keys: %s",
+                                t ? PyUnicode_AsUTF8(t) : "");
+                Py_XDECREF(t);
+                return NULL;
+            }
+        }
+        Py_RETURN_NONE;
+    case K_CLEAR:
+        return clear_step(self, aw, r, exc, pending);
+    case K_STATS:
+    case K_STATS_SCAN:
+        return stats_step(self, aw, r, pending);
+    }
+    /* A Redis error reply (WRONGTYPE, OOM, ...) or an unexpected reply type. */
+    const char *what = "unexpected reply";
+    PyObject *t = NULL;
+    if (rep != NULL && rep->type == REDIS_REPLY_ERROR) {
+        t = reply_error_text(rep);
+        what = t ? PyUnicode_AsUTF8(t) : "error";
+    }
+    PyObject *res = failed_result(self, kind, what, kind == K_MGET ? NULL : aw->ctx, exc);
+    Py_XDECREF(t);
+    return res;
+}
+
+/* Called by the loop bridge, on the awaiting loop, for each finished request. */
+static void
+rc_done(bio_req *r)
+{
+    BrunoAwaitable *aw = (BrunoAwaitable *)r->user;  /* owned */
+    RedisCache *self = (RedisCache *)r->ctx;         /* owned */
+    r->user = r->ctx = NULL;
+    self->in_flight--;
+    PyObject *exc = NULL, *result = NULL;
+    int pending = 0;
+    int kind = r->kind & 0xff;
+    if (r->status == BIO_OK) {
+        if (r->kind & K_AUTOCONNECT) {
+            self->connected = 1;  /* connected on the way, as the reference's connect() */
+        }
+        result = ok_result(self, aw, r, &exc, &pending);
+    }
+    else if ((r->kind & K_AUTOCONNECT) || kind == K_CONNECT) {
+        /* As the reference: a method that had to connect first raises the
+         * connection failure. */
+        exc = rc_error(self, "Redis connection failed: %s", r->err);
+    }
+    else if (kind == K_CLOSE) {
+        self->connected = 0;
+        result = Py_NewRef(Py_None);
+    }
+    else {
+        result = failed_result(self, kind, r->err, aw->ctx, &exc);
+    }
+    if (!pending) {
+        if (result == NULL && exc == NULL) {
+            /* A Python error while converting: the awaiting task gets it. */
+            PyObject *type, *value, *tb;
+            PyErr_Fetch(&type, &value, &tb);
+            PyErr_NormalizeException(&type, &value, &tb);
+            if (tb != NULL && value != NULL) {
+                PyException_SetTraceback(value, tb);
+            }
+            Py_XDECREF(type);
+            Py_XDECREF(tb);
+            exc = value ? value : rc_error(self, "internal error: %s", "no result");
+        }
+        int rc = result != NULL ? bruno_aw_complete(aw, result) : bruno_aw_fail(aw, exc);
+        if (rc < 0) {
+            PyErr_Clear();  /* e.g. the loop closed under a parked task */
+        }
+    }
+    bio_req_free(r);
+    rc_release_backlog(self);
+    Py_DECREF(aw);
+    Py_DECREF(self);
+}
+
+/* ------------------------------------------------------------------ methods */
+
+#define ONE_ARG(fname, argname)                                                  \
+    PyObject *key;                                                               \
+    if (kwnames == NULL && nargs == 1) {                                         \
+        key = args[0];                                                           \
+    }                                                                            \
+    else {                                                                       \
+        static const char *const names[] = {argname, NULL};                      \
+        if (bruno_parse_args(fname, args, nargs, kwnames, names, 1, &key) < 0) { \
+            return NULL;                                                         \
+        }                                                                        \
+    }
+
+/* A one-key command: NAME prefix+key. */
+static PyObject *
+rc_key_command(RedisCache *self, const char *qualname, const char *cmd, int kind,
+               PyObject *key)
+{
+    bio_buf b;
+    bio_buf_init(&b);
+    bio_buf_array(&b, 2);
+    append_str(&b, cmd);
+    if (append_key(self, &b, key) < 0) {
+        bio_buf_free(&b);
+        return NULL;
+    }
+    PyObject *aw = rc_request(self, qualname, kind, BIO_OP_CMD, &b);
+    if (aw != NULL) {
+        ((BrunoAwaitable *)aw)->ctx = Py_NewRef(key);  /* for the error log */
+    }
+    return aw;
+}
+
+static PyObject *
+rc_get(RedisCache *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
+{
+    ONE_ARG("get", "key")
+    return rc_key_command(self, "RedisCache.get", "GET", K_GET, key);
+}
+
+static PyObject *
+rc_delete(RedisCache *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
+{
+    ONE_ARG("delete", "key")
+    return rc_key_command(self, "RedisCache.delete", "DEL", K_DELETE, key);
+}
+
+static PyObject *
+rc_exists(RedisCache *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
+{
+    ONE_ARG("exists", "key")
+    return rc_key_command(self, "RedisCache.exists", "EXISTS", K_EXISTS, key);
+}
+
+/* SET prefix+key json [EX n | PX ms] appended to b. Returns 0, 1 when the value
+ * cannot be encoded (*exc set to a CacheError), or -1 on another error. */
+static int
+append_set(RedisCache *self, bio_buf *b, PyObject *key, PyObject *value, int mode,
+           long long amount, const char *errfmt, PyObject **exc)
+{
+    Py_ssize_t vlen;
+    PyObject *holder;
+    const char *text = encode_value(self, value, &vlen, &holder);
+    if (text == NULL) {
+        if (!PyErr_ExceptionMatches(PyExc_TypeError) &&
+            !PyErr_ExceptionMatches(PyExc_ValueError) &&
+            !PyErr_ExceptionMatches(PyExc_RecursionError) &&
+            !PyErr_ExceptionMatches(PyExc_OverflowError)) {
+            return -1;
+        }
+        PyObject *type, *val, *tb;
+        PyErr_Fetch(&type, &val, &tb);
+        PyObject *s = val ? PyObject_Str(val) : NULL;
+        *exc = rc_error(self, errfmt, s ? PyUnicode_AsUTF8(s) : "cannot encode value");
+        Py_XDECREF(s);
+        Py_XDECREF(type);
+        Py_XDECREF(val);
+        Py_XDECREF(tb);
+        PyErr_Clear();
+        return *exc ? 1 : -1;
+    }
+    bio_buf_array(b, mode ? 5 : 3);
+    append_str(b, "SET");
+    if (append_key(self, b, key) < 0) {
+        Py_DECREF(holder);
+        return -1;
+    }
+    bio_buf_bulk(b, text, (size_t)vlen);
+    Py_DECREF(holder);
+    if (mode) {
+        char num[32];
+        int n = snprintf(num, sizeof num, "%lld", amount);
+        append_str(b, mode == 1 ? "EX" : "PX");
+        bio_buf_bulk(b, num, (size_t)n);
+    }
+    return 0;
+}
+
+static PyObject *
+rc_set(RedisCache *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
+{
+    static const char *const names[] = {"key", "value", "ttl", NULL};
+    PyObject *a[3];
+    if (bruno_parse_args("set", args, nargs, kwnames, names, 2, a) < 0) {
+        return NULL;
+    }
+    int mode;
+    long long amount = 0;
+    if (ttl_option(self, a[2], &mode, &amount) < 0) {
+        return NULL;
+    }
+    bio_buf b;
+    bio_buf_init(&b);
+    PyObject *exc = NULL;
+    int rc = append_set(self, &b, a[0], a[1], mode, amount, "Failed to set cache key: %s", &exc);
+    if (rc != 0) {
+        bio_buf_free(&b);
+        return rc < 0 ? NULL : bruno_aw_error(self->st, "RedisCache.set", exc);
+    }
+    return rc_request(self, "RedisCache.set", K_SET, BIO_OP_CMD, &b);
+}
+
+static PyObject *
+rc_get_many(RedisCache *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
+{
+    ONE_ARG("get_many", "keys")
+    PyObject *keys = PySequence_Tuple(key);
+    if (keys == NULL) {
+        if (PyErr_ExceptionMatches(PyExc_TypeError)) {
+            PyErr_Format(PyExc_TypeError, "get_many() expects an iterable of keys, not %.100s",
+                         Py_TYPE(key)->tp_name);
+        }
+        return NULL;
+    }
+    Py_ssize_t n = PyTuple_GET_SIZE(keys);
+    if (n == 0) {
+        Py_DECREF(keys);
+        PyObject *d = PyDict_New();
+        return d ? bruno_aw_ready(self->st, "RedisCache.get_many", d) : NULL;
+    }
+    bio_buf b;
+    bio_buf_init(&b);
+    bio_buf_array(&b, (size_t)n + 1);
+    append_str(&b, "MGET");
+    for (Py_ssize_t i = 0; i < n; i++) {
+        if (append_key(self, &b, PyTuple_GET_ITEM(keys, i)) < 0) {
+            bio_buf_free(&b);
+            Py_DECREF(keys);
+            return NULL;
+        }
+    }
+    PyObject *aw = rc_request(self, "RedisCache.get_many", K_MGET, BIO_OP_CMD, &b);
+    if (aw == NULL) {
+        Py_DECREF(keys);
+        return NULL;
+    }
+    ((BrunoAwaitable *)aw)->ctx = keys;  /* stolen */
+    return aw;
+}
+
+static PyObject *
+rc_set_many(RedisCache *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
+{
+    static const char *const names[] = {"items", "ttl", NULL};
+    PyObject *a[2];
+    if (bruno_parse_args("set_many", args, nargs, kwnames, names, 1, a) < 0) {
+        return NULL;
+    }
+    int mode;
+    long long amount = 0;
+    if (ttl_option(self, a[1], &mode, &amount) < 0) {
+        return NULL;
+    }
+    PyObject *items;
+    if (PyDict_Check(a[0])) {
+        items = PyDict_Items(a[0]);
+    }
+    else {
+        PyObject *meth = PyObject_GetAttr(a[0], self->st->str_items);
+        if (meth == NULL) {
+            if (PyErr_ExceptionMatches(PyExc_AttributeError)) {
+                PyErr_Format(PyExc_TypeError, "set_many() expects a mapping, not %.100s",
+                             Py_TYPE(a[0])->tp_name);
+            }
+            return NULL;
+        }
+        PyObject *view = PyObject_CallNoArgs(meth);
+        Py_DECREF(meth);
+        items = view ? PySequence_List(view) : NULL;
+        Py_XDECREF(view);
+    }
+    if (items == NULL) {
+        return NULL;
+    }
+    Py_ssize_t n = PyList_GET_SIZE(items);
+    if (n == 0) {
+        Py_DECREF(items);
+        return bruno_aw_none(self->st, "RedisCache.set_many");
+    }
+    bio_buf b;
+    bio_buf_init(&b);
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *pair = PyList_GET_ITEM(items, i);
+        if (!PyTuple_Check(pair) || PyTuple_GET_SIZE(pair) != 2) {
+            PyErr_SetString(PyExc_TypeError, "set_many() mapping items must be (key, value) pairs");
+            goto fail;
+        }
+        PyObject *exc = NULL;
+        int rc = append_set(self, &b, PyTuple_GET_ITEM(pair, 0), PyTuple_GET_ITEM(pair, 1),
+                            mode, amount, "Failed to set multiple keys: %s", &exc);
+        if (rc < 0) {
+            goto fail;
+        }
+        if (rc > 0) {  /* nothing is written when one value cannot be encoded */
+            bio_buf_free(&b);
+            Py_DECREF(items);
+            return bruno_aw_error(self->st, "RedisCache.set_many", exc);
+        }
+    }
+    Py_DECREF(items);
+    return rc_request(self, "RedisCache.set_many", K_SETMANY, BIO_OP_CMD, &b);
+fail:
+    bio_buf_free(&b);
+    Py_DECREF(items);
+    return NULL;
+}
+
+static PyObject *
+rc_clear(RedisCache *self, PyObject *Py_UNUSED(ignored))
+{
+    bio_buf b;
+    bio_buf_init(&b);
+    append_scan(self, &b, "0", 1);
+    return rc_request(self, "RedisCache.clear", K_CLEAR, BIO_OP_CMD, &b);
+}
+
+static PyObject *
+rc_get_stats(RedisCache *self, PyObject *Py_UNUSED(ignored))
+{
+    if (rc_client(self) == NULL) {
+        return NULL;
+    }
+    bio_counters *c = bio_client_counters(self->client);
+    unsigned long long hits = atomic_exchange(&c->pending_hits, 0);
+    unsigned long long misses = atomic_exchange(&c->pending_misses, 0);
+    bio_buf b;
+    bio_buf_init(&b);
+    const char *stats_key = PyBytes_AS_STRING(self->prefix_bytes);
+    size_t plen = (size_t)PyBytes_GET_SIZE(self->prefix_bytes);
+    char num[32];
+    /* Flush this process's pending increments first, in the same pipeline. */
+    for (int i = 0; i < 2; i++) {
+        unsigned long long v = i == 0 ? hits : misses;
+        if (v == 0) {
+            continue;
+        }
+        bio_buf_array(&b, 4);
+        append_str(&b, "HINCRBY");
+        bio_buf_bulk2(&b, stats_key, plen, "stats", 5);
+        append_str(&b, i == 0 ? "hits" : "misses");
+        bio_buf_bulk(&b, num, (size_t)snprintf(num, sizeof num, "%llu", v));
+    }
+    bio_buf_array(&b, 2);
+    append_str(&b, "HGETALL");
+    bio_buf_bulk2(&b, stats_key, plen, "stats", 5);
+    append_scan(self, &b, "0", 1);
+    return rc_request(self, "RedisCache.get_stats", K_STATS, BIO_OP_CMD, &b);
+}
+
+static PyObject *
+rc_connect_impl(RedisCache *self, int flags, const char *qualname)
+{
+    if (self->connected && rc_client(self) != NULL && self->connected) {
+        return bruno_aw_ready(self->st, qualname,
+                              Py_NewRef(flags & K_ENTER ? (PyObject *)self : Py_None));
+    }
+    bio_buf b;
+    bio_buf_init(&b);
+    return rc_request(self, qualname, K_CONNECT | flags, BIO_OP_CONNECT, &b);
+}
+
+static PyObject *
+rc_connect(RedisCache *self, PyObject *Py_UNUSED(ignored))
+{
+    return rc_connect_impl(self, 0, "RedisCache.connect");
+}
+
+static PyObject *
+rc_aenter(RedisCache *self, PyObject *Py_UNUSED(ignored))
+{
+    return rc_connect_impl(self, K_ENTER, "RedisCache.__aenter__");
+}
+
+static PyObject *
+rc_disconnect(RedisCache *self, PyObject *Py_UNUSED(ignored))
+{
+    if (self->client == NULL || bio_client_pid(self->client) != getpid()) {
+        self->connected = 0;
+        return bruno_aw_none(self->st, "RedisCache.disconnect");
+    }
+    self->connected = 0;
+    bio_buf b;
+    bio_buf_init(&b);
+    return rc_request(self, "RedisCache.disconnect", K_CLOSE, BIO_OP_CLOSE, &b);
+}
+
+static PyObject *
+rc_aexit(RedisCache *self, PyObject *const *Py_UNUSED(args), Py_ssize_t Py_UNUSED(nargs))
+{
+    return rc_disconnect(self, NULL);
+}
+
+static PyObject *
+rc_stats(RedisCache *self, PyObject *Py_UNUSED(ignored))
+{
+    unsigned long long commands = 0, batches = 0, errors = 0, timeouts = 0, reconnects = 0;
+    int up = 0;
+    if (self->client != NULL) {
+        bio_counters *c = bio_client_counters(self->client);
+        commands = atomic_load(&c->commands);
+        batches = atomic_load(&c->batches);
+        errors = atomic_load(&c->errors);
+        timeouts = atomic_load(&c->timeouts);
+        reconnects = atomic_load(&c->reconnects);
+        up = atomic_load(&c->connected);
+    }
+    unsigned long long total = self->hits + self->misses;
+    return Py_BuildValue("{s:s,s:K,s:K,s:d,s:K,s:K,s:K,s:n,s:O,s:K,s:K}",
+                         "type", "redis", "hits", self->hits, "misses", self->misses,
+                         "hit_rate", total ? (double)self->hits / (double)total : 0.0,
+                         "errors", errors, "timeouts", timeouts, "reconnects", reconnects,
+                         "in_flight", self->in_flight,
+                         "connected", up ? Py_True : Py_False,
+                         "commands", commands, "batches", batches);
+}
+
+/* ------------------------------------------------------------------ construction */
+
+static int
+int_arg(PyObject *v, const char *what, long lo, long hi, int *out)
+{
+    if (!PyLong_Check(v) || PyBool_Check(v)) {
+        PyErr_Format(PyExc_TypeError, "%s must be an int, not %.100s", what, Py_TYPE(v)->tp_name);
+        return -1;
+    }
+    long n = PyLong_AsLong(v);
+    if ((n == -1 && PyErr_Occurred()) || n < lo || n > hi) {
+        PyErr_Clear();
+        PyErr_Format(PyExc_ValueError, "%s must be between %ld and %ld", what, lo, hi);
+        return -1;
+    }
+    *out = (int)n;
+    return 0;
+}
+
+static int
+opt_str(PyObject *v, const char *what)
+{
+    if (v != Py_None && !PyUnicode_Check(v)) {
+        PyErr_Format(PyExc_TypeError, "%s must be a str or None, not %.100s", what,
+                     Py_TYPE(v)->tp_name);
+        return -1;
+    }
+    return 0;
+}
+
+static int
+opt_count(PyObject *v, const char *what, long lo)
+{
+    int dummy;
+    return v == Py_None ? 0 : int_arg(v, what, lo, 1L << 30, &dummy);
+}
+
+static int
+rc_init(RedisCache *self, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"host", "port", "db", "password", "prefix", "default_ttl",
+                             "max_connections", "username", "pool_size", "max_overflow",
+                             "socket_timeout", "connect_timeout", "unix_socket_path", NULL};
+    PyObject *host = NULL, *port = NULL, *db = NULL, *password = Py_None, *prefix = NULL,
+             *default_ttl = NULL, *max_conn = NULL, *username = Py_None, *pool_size = Py_None,
+             *max_overflow = Py_None, *sock_to = NULL, *conn_to = NULL, *unix_path = Py_None;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "|OOOOOOO$OOOOOO:RedisCache", kwlist, &host,
+                                     &port, &db, &password, &prefix, &default_ttl, &max_conn,
+                                     &username, &pool_size, &max_overflow, &sock_to, &conn_to,
+                                     &unix_path)) {
+        return -1;
+    }
+    if (self->client != NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "RedisCache is already initialised");
+        return -1;
+    }
+    int iport = 6379, idb = 0, err = 0;
+    if (host == NULL) {
+        host = self->st->str_localhost;
+    }
+    if (!PyUnicode_Check(host)) {
+        PyErr_Format(PyExc_TypeError, "host must be a str, not %.100s", Py_TYPE(host)->tp_name);
+        return -1;
+    }
+    if ((port && int_arg(port, "port", 1, 65535, &iport) < 0) ||
+        (db && int_arg(db, "db", 0, 1 << 20, &idb) < 0) ||
+        opt_str(password, "password") < 0 || opt_str(username, "username") < 0 ||
+        opt_str(unix_path, "unix_socket_path") < 0 ||
+        (max_conn && opt_count(max_conn, "max_connections", 1) < 0) ||
+        opt_count(pool_size, "pool_size", 1) < 0 ||
+        opt_count(max_overflow, "max_overflow", 0) < 0) {
+        return -1;
+    }
+    if (prefix == NULL) {
+        prefix = self->st->str_default_prefix;
+    }
+    if (!PyUnicode_Check(prefix)) {
+        PyErr_Format(PyExc_TypeError, "prefix must be a str, not %.100s", Py_TYPE(prefix)->tp_name);
+        return -1;
+    }
+    double st_ = timeout_arg(sock_to, "socket_timeout", &err);
+    double ct = err ? 0 : timeout_arg(conn_to, "connect_timeout", &err);
+    if (err) {
+        return -1;
+    }
+    PyObject *pbytes = PyUnicode_AsUTF8String(prefix);
+    if (pbytes == NULL) {
+        return -1;
+    }
+    PyObject *ttl = default_ttl ? default_ttl : self->st->int_3600;
+    Py_XSETREF(self->default_ttl, Py_NewRef(ttl));
+    int mode;
+    long long amount;
+    if (ttl_option(self, NULL, &mode, &amount) < 0) {  /* validates default_ttl */
+        Py_DECREF(pbytes);
+        return -1;
+    }
+    self->port = iport;
+    self->db = idb;
+    self->socket_timeout = st_;
+    self->connect_timeout = ct;
+    Py_XSETREF(self->host, Py_NewRef(host));
+    Py_XSETREF(self->password, Py_NewRef(password));
+    Py_XSETREF(self->username, Py_NewRef(username));
+    Py_XSETREF(self->unix_socket_path, Py_NewRef(unix_path));
+    Py_XSETREF(self->prefix, Py_NewRef(prefix));
+    Py_XSETREF(self->prefix_bytes, pbytes);
+    Py_XSETREF(self->max_connections, max_conn ? Py_NewRef(max_conn) : PyLong_FromLong(10));
+    Py_XSETREF(self->pool_size, Py_NewRef(pool_size));
+    Py_XSETREF(self->max_overflow, Py_NewRef(max_overflow));
+    return self->max_connections ? 0 : -1;
+}
+
+static PyObject *
+rc_new(PyTypeObject *type, PyObject *Py_UNUSED(args), PyObject *Py_UNUSED(kwds))
+{
+    bruno_state *st = bruno_state_from_type(type);
+    if (st == NULL) {
+        return NULL;
+    }
+    RedisCache *self = (RedisCache *)type->tp_alloc(type, 0);
+    if (self == NULL) {
+        return NULL;
+    }
+    self->st = st;
+    self->port = 6379;
+    self->socket_timeout = self->connect_timeout = 5.0;
+    self->host = Py_NewRef(st->str_localhost);
+    self->password = Py_NewRef(Py_None);
+    self->username = Py_NewRef(Py_None);
+    self->unix_socket_path = Py_NewRef(Py_None);
+    self->prefix = Py_NewRef(st->str_default_prefix);
+    self->prefix_bytes = PyUnicode_AsUTF8String(self->prefix);
+    self->default_ttl = Py_NewRef(st->int_3600);
+    self->max_connections = PyLong_FromLong(10);
+    self->pool_size = Py_NewRef(Py_None);
+    self->max_overflow = Py_NewRef(Py_None);
+    if (self->prefix_bytes == NULL || self->max_connections == NULL) {
+        Py_DECREF(self);
+        return NULL;
+    }
+    return (PyObject *)self;
+}
+
+/* from_url("redis://[user:password@]host[:port][/db]" | "unix:///path?db=N", **kw) */
+static PyObject *
+rc_from_url(PyObject *cls, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
+{
+    bruno_state *st = bruno_state_from_type((PyTypeObject *)cls);
+    if (st == NULL) {
+        return NULL;
+    }
+    if (nargs != 1) {
+        PyErr_SetString(PyExc_TypeError, "from_url() takes the url as its only positional argument");
+        return NULL;
+    }
+    PyObject *url = args[0];
+    if (!PyUnicode_Check(url)) {
+        PyErr_Format(PyExc_TypeError, "url must be a str, not %.100s", Py_TYPE(url)->tp_name);
+        return NULL;
+    }
+    PyObject *kw = PyDict_New(), *parts = NULL, *result = NULL;
+    if (kw == NULL) {
+        return NULL;
+    }
+    parts = PyObject_CallOneArg(st->urlsplit, url);
+    if (parts == NULL) {
+        goto done;
+    }
+    PyObject *scheme = PyObject_GetAttrString(parts, "scheme");
+    if (scheme == NULL) {
+        goto done;
+    }
+    int is_unix = PyUnicode_CompareWithASCIIString(scheme, "unix") == 0;
+    int is_redis = PyUnicode_CompareWithASCIIString(scheme, "redis") == 0;
+    Py_DECREF(scheme);
+    if (!is_unix && !is_redis) {
+        PyErr_SetString(PyExc_ValueError, "url scheme must be redis:// or unix://");
+        goto done;
+    }
+    static const char *const attrs[] = {"username", "password", "hostname", "port", "path",
+                                        "query"};
+    PyObject *v[6] = {NULL};
+    for (int i = 0; i < 6; i++) {
+        v[i] = PyObject_GetAttrString(parts, attrs[i]);
+        if (v[i] == NULL) {
+            for (int j = 0; j < i; j++) {
+                Py_DECREF(v[j]);
+            }
+            goto done;  /* e.g. ValueError for a bad port */
+        }
+    }
+    int rc = 0;
+    PyObject *unquote = NULL;
+    {
+        PyObject *parse = PyImport_ImportModule("urllib.parse");
+        unquote = parse ? PyObject_GetAttrString(parse, "unquote") : NULL;
+        Py_XDECREF(parse);
+        if (unquote == NULL) {
+            rc = -1;
+        }
+    }
+    for (int i = 0; i < 2 && rc == 0; i++) {  /* username, password: percent-decoded */
+        if (v[i] != Py_None && PyUnicode_GET_LENGTH(v[i]) > 0) {
+            PyObject *u = PyObject_CallOneArg(unquote, v[i]);
+            rc = u ? PyDict_SetItemString(kw, attrs[i], u) : -1;
+            Py_XDECREF(u);
+        }
+    }
+    if (rc == 0 && !is_unix && v[2] != Py_None) {
+        rc = PyDict_SetItemString(kw, "host", v[2]);
+    }
+    if (rc == 0 && !is_unix && v[3] != Py_None) {
+        rc = PyDict_SetItemString(kw, "port", v[3]);
+    }
+    if (rc == 0 && is_unix) {
+        rc = PyDict_SetItemString(kw, "unix_socket_path", v[4]);
+    }
+    if (rc == 0 && !is_unix && PyUnicode_GET_LENGTH(v[4]) > 1) {  /* "/db" */
+        PyObject *digits = PyUnicode_Substring(v[4], 1, PyUnicode_GET_LENGTH(v[4]));
+        PyObject *n = digits ? PyLong_FromUnicodeObject(digits, 10) : NULL;
+        Py_XDECREF(digits);
+        rc = n ? PyDict_SetItemString(kw, "db", n) : -1;
+        Py_XDECREF(n);
+    }
+    if (rc == 0 && PyUnicode_GET_LENGTH(v[5]) > 0) {  /* ?db=N */
+        PyObject *parse = PyImport_ImportModule("urllib.parse");
+        PyObject *q = parse ? PyObject_CallMethod(parse, "parse_qs", "O", v[5]) : NULL;
+        Py_XDECREF(parse);
+        PyObject *dbs = q ? PyDict_GetItemString(q, "db") : NULL;
+        if (q == NULL) {
+            rc = -1;
+        }
+        else if (dbs != NULL && PyList_Check(dbs) && PyList_GET_SIZE(dbs) > 0) {
+            PyObject *n = PyLong_FromUnicodeObject(PyList_GET_ITEM(dbs, 0), 10);
+            rc = n ? PyDict_SetItemString(kw, "db", n) : -1;
+            Py_XDECREF(n);
+        }
+        Py_XDECREF(q);
+    }
+    Py_XDECREF(unquote);
+    for (int i = 0; i < 6; i++) {
+        Py_DECREF(v[i]);
+    }
+    if (rc < 0) {
+        goto done;
+    }
+    if (kwnames != NULL) {  /* explicit keywords win over the url */
+        for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(kwnames); i++) {
+            if (PyDict_SetItem(kw, PyTuple_GET_ITEM(kwnames, i), args[nargs + i]) < 0) {
+                goto done;
+            }
+        }
+    }
+    {
+        PyObject *empty = PyTuple_New(0);
+        if (empty != NULL) {
+            result = PyObject_Call(cls, empty, kw);
+            Py_DECREF(empty);
+        }
+    }
+done:
+    Py_XDECREF(parts);
+    Py_DECREF(kw);
+    return result;
+}
+
+/* ------------------------------------------------------------------ attributes */
+
+static PyObject *
+rc_get_connected(RedisCache *self, void *Py_UNUSED(closure))
+{
+    return PyBool_FromLong(self->connected);
+}
+
+static PyObject *
+rc_get_stats_key(RedisCache *self, void *Py_UNUSED(closure))
+{
+    return PyUnicode_FromFormat("%Ustats", self->prefix);
+}
+
+static PyObject *
+rc_get_socket_timeout(RedisCache *self, void *Py_UNUSED(closure))
+{
+    return isinf(self->socket_timeout) ? Py_NewRef(Py_None) : PyFloat_FromDouble(self->socket_timeout);
+}
+
+static PyObject *
+rc_get_connect_timeout(RedisCache *self, void *Py_UNUSED(closure))
+{
+    return isinf(self->connect_timeout) ? Py_NewRef(Py_None) : PyFloat_FromDouble(self->connect_timeout);
+}
+
+static PyObject *
+rc_get_port(RedisCache *self, void *Py_UNUSED(closure))
+{
+    return PyLong_FromLong(self->port);
+}
+
+static PyObject *
+rc_get_db(RedisCache *self, void *Py_UNUSED(closure))
+{
+    return PyLong_FromLong(self->db);
+}
+
+/* ------------------------------------------------------------------ lifecycle */
+
+static int
+rc_traverse(RedisCache *self, visitproc visit, void *arg)
+{
+    Py_VISIT(Py_TYPE(self));
+    Py_VISIT(self->default_ttl);
+    Py_VISIT(self->last_bridge);
+    return 0;
+}
+
+static int
+rc_clear_refs(RedisCache *self)
+{
+    Py_CLEAR(self->last_bridge);
+    return 0;
+}
+
+static void
+rc_dealloc(RedisCache *self)
+{
+    PyTypeObject *tp = Py_TYPE(self);
+    PyObject_GC_UnTrack(self);
+    if (self->weakreflist != NULL) {
+        PyObject_ClearWeakRefs((PyObject *)self);
+    }
+    /* No request can be in flight or in the backlog: each holds a reference to
+     * us. Dropping our client reference lets the I/O thread close the socket. */
+    if (self->client != NULL && bio_client_pid(self->client) == getpid()) {
+        bio_client_decref(self->client);
+    }
+    self->client = NULL;
+    rc_clear_refs(self);
+    Py_CLEAR(self->host);
+    Py_CLEAR(self->password);
+    Py_CLEAR(self->username);
+    Py_CLEAR(self->unix_socket_path);
+    Py_CLEAR(self->prefix);
+    Py_CLEAR(self->prefix_bytes);
+    Py_CLEAR(self->default_ttl);
+    Py_CLEAR(self->max_connections);
+    Py_CLEAR(self->pool_size);
+    Py_CLEAR(self->max_overflow);
+    tp->tp_free((PyObject *)self);
+    Py_DECREF(tp);
+}
+
+static PyObject *
+rc_repr(RedisCache *self)
+{
+    if (self->unix_socket_path != Py_None) {
+        return PyUnicode_FromFormat("<%s unix:%U db=%d prefix=%R>", Py_TYPE(self)->tp_name,
+                                    self->unix_socket_path, self->db, self->prefix);
+    }
+    return PyUnicode_FromFormat("<%s %U:%d db=%d prefix=%R>", Py_TYPE(self)->tp_name,
+                                self->host, self->port, self->db, self->prefix);
+}
+
+static PyMethodDef rc_methods[] = {
+    {"connect", (PyCFunction)rc_connect, METH_NOARGS,
+     "connect($self, /)\n--\n\nConnect (idempotent). Failure raises CacheError."},
+    {"disconnect", (PyCFunction)rc_disconnect, METH_NOARGS,
+     "disconnect($self, /)\n--\n\n"
+     "Flush statistics and close; requests still in flight fail with CacheError."},
+    {"get", (PyCFunction)(void (*)(void))rc_get, METH_FASTCALL | METH_KEYWORDS,
+     "get($self, /, key)\n--\n\nThe value stored under key, or None (also on errors, logged)."},
+    {"set", (PyCFunction)(void (*)(void))rc_set, METH_FASTCALL | METH_KEYWORDS,
+     "set($self, /, key, value, ttl=None)\n--\n\n"
+     "Store json.dumps(value) under prefix + str(key); a truthy ttl expires it (EX, or PX\n"
+     "for a fraction of a second). Errors raise CacheError."},
+    {"delete", (PyCFunction)(void (*)(void))rc_delete, METH_FASTCALL | METH_KEYWORDS,
+     "delete($self, /, key)\n--\n\nTrue if the key was deleted (False on errors, logged)."},
+    {"exists", (PyCFunction)(void (*)(void))rc_exists, METH_FASTCALL | METH_KEYWORDS,
+     "exists($self, /, key)\n--\n\nTrue if the key exists (False on errors, logged)."},
+    {"clear", (PyCFunction)rc_clear, METH_NOARGS,
+     "clear($self, /)\n--\n\nDelete every key under the prefix. Errors raise CacheError."},
+    {"get_many", (PyCFunction)(void (*)(void))rc_get_many, METH_FASTCALL | METH_KEYWORDS,
+     "get_many($self, /, keys)\n--\n\nDict of the keys found, in one MGET ({} on errors)."},
+    {"set_many", (PyCFunction)(void (*)(void))rc_set_many, METH_FASTCALL | METH_KEYWORDS,
+     "set_many($self, /, items, ttl=None)\n--\n\nStore every pair in one pipeline."},
+    {"get_stats", (PyCFunction)rc_get_stats, METH_NOARGS,
+     "get_stats($self, /)\n--\n\n"
+     "{type, size, hits, misses, hit_rate (percent), connected}, aggregated over every\n"
+     "process through the hash prefix + 'stats'; {type, error} on failure."},
+    {"stats", (PyCFunction)rc_stats, METH_NOARGS,
+     "stats($self, /)\n--\n\n"
+     "This process's counters: hits, misses, hit_rate (fraction), errors, timeouts,\n"
+     "reconnects, in_flight, connected, commands, batches."},
+    {"__aenter__", (PyCFunction)rc_aenter, METH_NOARGS,
+     "__aenter__($self, /)\n--\n\nConnect; gives the cache."},
+    {"__aexit__", (PyCFunction)(void (*)(void))rc_aexit, METH_FASTCALL,
+     "__aexit__($self, *exc_info)\n--\n\nDisconnect."},
+    {"from_url", (PyCFunction)(void (*)(void))rc_from_url,
+     METH_FASTCALL | METH_KEYWORDS | METH_CLASS,
+     "from_url($cls, url, /, **kwargs)\n--\n\n"
+     "RedisCache from redis://[user:password@]host[:port][/db] or unix:///path?db=N;\n"
+     "keyword arguments override what the url says."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyMemberDef rc_members[] = {
+    {"host", T_OBJECT, offsetof(RedisCache, host), READONLY, "Redis host."},
+    {"password", T_OBJECT, offsetof(RedisCache, password), READONLY, "Password, or None."},
+    {"username", T_OBJECT, offsetof(RedisCache, username), READONLY, "ACL user name, or None."},
+    {"unix_socket_path", T_OBJECT, offsetof(RedisCache, unix_socket_path), READONLY,
+     "Unix socket path, or None for TCP."},
+    {"prefix", T_OBJECT, offsetof(RedisCache, prefix), READONLY, "Key prefix."},
+    {"default_ttl", T_OBJECT, offsetof(RedisCache, default_ttl), READONLY,
+     "TTL used when set() gets none."},
+    {"max_connections", T_OBJECT, offsetof(RedisCache, max_connections), READONLY,
+     "Accepted for compatibility: requests are multiplexed on one connection."},
+    {"pool_size", T_OBJECT, offsetof(RedisCache, pool_size), READONLY,
+     "Accepted for compatibility (see max_connections)."},
+    {"max_overflow", T_OBJECT, offsetof(RedisCache, max_overflow), READONLY,
+     "Accepted for compatibility (see max_connections)."},
+    {"__weaklistoffset__", T_PYSSIZET, offsetof(RedisCache, weakreflist), READONLY, NULL},
+    {NULL, 0, 0, 0, NULL},
+};
+
+static PyGetSetDef rc_getset[] = {
+    {"port", (getter)rc_get_port, NULL, "Redis port.", NULL},
+    {"db", (getter)rc_get_db, NULL, "Database number.", NULL},
+    {"connected", (getter)rc_get_connected, NULL,
+     "True after connect() until disconnect() (the reference's _connected).", NULL},
+    {"_connected", (getter)rc_get_connected, NULL, "Alias of connected.", NULL},
+    {"stats_key", (getter)rc_get_stats_key, NULL, "The statistics hash: prefix + 'stats'.", NULL},
+    {"socket_timeout", (getter)rc_get_socket_timeout, NULL, "Seconds, or None.", NULL},
+    {"connect_timeout", (getter)rc_get_connect_timeout, NULL, "Seconds, or None.", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyType_Slot rc_slots[] = {
+    {Py_tp_doc,
+     "RedisCache(host='localhost', port=6379, db=0, password=None, prefix='bruno:cache:',\n"
+     "           default_ttl=3600, max_connections=10, *, username=None, pool_size=None,\n"
+     "           max_overflow=None, socket_timeout=5.0, connect_timeout=5.0,\n"
+     "           unix_socket_path=None)\n"
+     "--\n\n"
+     "Redis-backed cache, in C: a background I/O thread pipelines every request on one\n"
+     "connection, so no request waits for (or fails for want of) a pooled connection.\n"
+     "Storage is the reference's: prefix + str(key) -> json.dumps(value)."},
+    {Py_tp_new, rc_new},
+    {Py_tp_init, rc_init},
+    {Py_tp_dealloc, rc_dealloc},
+    {Py_tp_traverse, rc_traverse},
+    {Py_tp_clear, rc_clear_refs},
+    {Py_tp_repr, rc_repr},
+    {Py_tp_methods, rc_methods},
+    {Py_tp_members, rc_members},
+    {Py_tp_getset, rc_getset},
+    {0, NULL},
+};
+
+static PyType_Spec rc_spec = {
+    .name = "bruno_memory_c._core.RedisCache",
+    .basicsize = sizeof(RedisCache),
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC |
+             Py_TPFLAGS_IMMUTABLETYPE,
+    .slots = rc_slots,
+};
+
+int
+bruno_redis_init(PyObject *module, bruno_state *st)
+{
+    st->RedisCacheType = (PyTypeObject *)PyType_FromModuleAndSpec(module, &rc_spec, NULL);
+    if (st->RedisCacheType == NULL) {
+        return -1;
+    }
+    return PyModule_AddType(module, st->RedisCacheType);
+}
