@@ -87,7 +87,8 @@ bruno_aw_pending(bruno_state *st, const char *qualname)
 
 /* ------------------------------------------------------------------ completion */
 
-/* Wake a parked task: resolve its Future (if still pending). Returns 0 or -1. */
+/* Wake a parked task: resolve its Future. A Future cancelled meanwhile refuses
+ * (InvalidStateError): nobody waits for the result then. Returns 0 or -1. */
 static int
 aw_wake(BrunoAwaitable *aw)
 {
@@ -95,17 +96,13 @@ aw_wake(BrunoAwaitable *aw)
     if (fut == NULL) {
         return 0;
     }
-    PyObject *done = PyObject_CallMethod(fut, "done", NULL);
-    if (done == NULL) {
-        return -1;
-    }
-    int is_done = PyObject_IsTrue(done);
-    Py_DECREF(done);
-    if (is_done != 0) {
-        return is_done < 0 ? -1 : 0;
-    }
-    PyObject *r = PyObject_CallMethod(fut, "set_result", "O", Py_None);
+    PyObject *r = PyObject_CallMethodOneArg(fut, aw->st->str_set_result, Py_None);
     if (r == NULL) {
+        if (aw->st->InvalidStateError != NULL &&
+            PyErr_ExceptionMatches(aw->st->InvalidStateError)) {
+            PyErr_Clear();
+            return 0;
+        }
         return -1;
     }
     Py_DECREF(r);
@@ -189,7 +186,7 @@ aw_park(BrunoAwaitable *aw, PyObject **presult)
             *presult = NULL;
             return PYGEN_ERROR;
         }
-        PyObject *fut = PyObject_CallMethod(loop, "create_future", NULL);
+        PyObject *fut = PyObject_CallMethodNoArgs(loop, aw->st->str_create_future);
         Py_DECREF(loop);
         if (fut == NULL) {
             *presult = NULL;
@@ -199,7 +196,7 @@ aw_park(BrunoAwaitable *aw, PyObject **presult)
     }
     /* The protocol Future.__await__ follows: a yielded future with
      * _asyncio_future_blocking set tells the Task to wait for it. */
-    if (PyObject_SetAttrString(aw->future, "_asyncio_future_blocking", Py_True) < 0) {
+    if (PyObject_SetAttr(aw->future, aw->st->str_future_blocking, Py_True) < 0) {
         *presult = NULL;
         return PYGEN_ERROR;
     }

@@ -23,8 +23,44 @@ typedef struct {
     bio_bridge *b;        /* owned C reference */
     PyObject *loop_wr;    /* owned: weak reference to the loop */
     int retired;          /* loop gone: completions are dropped, not delivered */
+    /* Requests made during this loop iteration, handed over together by _flush
+     * (scheduled with call_soon): one lock and one wake-up per batch. */
+    bio_req *pend_head, *pend_tail;
+    int flush_scheduled;
     bruno_state *st;      /* borrowed */
 } LoopBridge;
+
+static void
+fail_list(bio_req *r, int status, const char *msg)
+{
+    while (r) {
+        bio_req *next = r->next;
+        r->status = status;
+        snprintf(r->err, sizeof r->err, "%s", msg);
+        r->on_done(r);
+        r = next;
+    }
+}
+
+static int
+submit_pending(LoopBridge *self)
+{
+    bio_req *head = self->pend_head, *tail = self->pend_tail;
+    self->pend_head = self->pend_tail = NULL;
+    if (head != NULL && bio_submit_list(head, tail) < 0) {
+        fail_list(head, BIO_ECONN, "cannot start the I/O thread");
+    }
+    return 0;
+}
+
+static PyObject *
+bridge_flush(PyObject *op, PyObject *Py_UNUSED(ignored))
+{
+    LoopBridge *self = (LoopBridge *)op;
+    self->flush_scheduled = 0;
+    submit_pending(self);
+    Py_RETURN_NONE;
+}
 
 bio_bridge *
 bruno_bridge_c(PyObject *bridge)
@@ -36,13 +72,7 @@ bruno_bridge_c(PyObject *bridge)
 static void
 drop_list(bio_req *r)
 {
-    while (r) {
-        bio_req *next = r->next;
-        r->status = BIO_ECLOSED;
-        snprintf(r->err, sizeof r->err, "event loop closed");
-        r->on_done(r);  /* resolves an awaitable nobody awaits; frees r */
-        r = next;
-    }
+    fail_list(r, BIO_ECLOSED, "event loop closed");
 }
 
 static PyObject *
@@ -70,7 +100,7 @@ static int
 bridge_dead(LoopBridge *self)
 {
     PyObject *loop = bridge_loop(self);
-    if (loop == NULL || self->b->pid != getpid()) {
+    if (loop == NULL || self->b->pid != bio_pid()) {
         return 1;
     }
     PyObject *closed = PyObject_CallMethodNoArgs(loop, self->st->str_is_closed);
@@ -90,8 +120,11 @@ bridge_retire(LoopBridge *self)
         return;
     }
     self->retired = 1;
+    bio_req *pending = self->pend_head;
+    self->pend_head = self->pend_tail = NULL;
+    drop_list(pending);
     PyObject *loop = bridge_loop(self);
-    if (loop != NULL && self->b->pid == getpid()) {
+    if (loop != NULL && self->b->pid == bio_pid()) {
         PyObject *r = PyObject_CallMethod(loop, "remove_reader", "i", self->b->efd);
         if (r == NULL) {
             PyErr_Clear();
@@ -134,7 +167,7 @@ sweep(bruno_state *st)
     Py_ssize_t n = PyList_GET_SIZE(st->retired_bridges);
     for (Py_ssize_t i = n - 1; i >= 0; i--) {
         LoopBridge *b = (LoopBridge *)PyList_GET_ITEM(st->retired_bridges, i);
-        if (b->b->pid == getpid()) {
+        if (b->b->pid == bio_pid()) {
             drop_list(bio_bridge_take(b->b));
         }
         if (atomic_load(&b->b->refs) == 1 &&
@@ -146,10 +179,46 @@ sweep(bruno_state *st)
 }
 
 int
+bruno_bridge_submit(PyObject *bridge, bio_req *r, int now)
+{
+    LoopBridge *self = (LoopBridge *)bridge;
+    r->next = NULL;
+    if (now && self->pend_head == NULL) {
+        if (bio_submit(r) < 0) {
+            PyErr_SetFromErrno(PyExc_OSError);
+            return -1;
+        }
+        return 0;
+    }
+    if (self->pend_tail) {
+        self->pend_tail->next = r;
+    }
+    else {
+        self->pend_head = r;
+    }
+    self->pend_tail = r;
+    if (!self->flush_scheduled) {
+        PyObject *loop = bridge_loop(self);
+        PyObject *cb = loop ? PyObject_GetAttrString(bridge, "_flush") : NULL;
+        PyObject *h = cb ? PyObject_CallMethod(loop, "call_soon", "O", cb) : NULL;
+        Py_XDECREF(cb);
+        if (h == NULL) {
+            /* Cannot schedule (loop closing): hand everything over right away. */
+            PyErr_Clear();
+            submit_pending(self);
+            return 0;
+        }
+        Py_DECREF(h);
+        self->flush_scheduled = 1;
+    }
+    return 0;
+}
+
+int
 bruno_bridge_serves(PyObject *bridge, PyObject *loop)
 {
     LoopBridge *self = (LoopBridge *)bridge;
-    return !self->retired && bridge_loop(self) == loop && self->b->pid == getpid();
+    return !self->retired && bridge_loop(self) == loop && self->b->pid == bio_pid();
 }
 
 PyObject *
@@ -176,6 +245,8 @@ bruno_bridge_for_loop(bruno_state *st, PyObject *loop)
     self->st = st;
     self->retired = 0;
     self->loop_wr = NULL;
+    self->pend_head = self->pend_tail = NULL;
+    self->flush_scheduled = 0;
     self->b = bio_bridge_new();
     if (self->b == NULL) {
         PyErr_SetFromErrno(PyExc_OSError);
@@ -232,6 +303,8 @@ bridge_dealloc(PyObject *op)
 static PyMethodDef bridge_methods[] = {
     {"_drain", bridge_drain, METH_NOARGS,
      "_drain($self, /)\n--\n\nResolve every request the I/O thread finished."},
+    {"_flush", bridge_flush, METH_NOARGS,
+     "_flush($self, /)\n--\n\nHand this iteration's requests to the I/O thread."},
     {NULL, NULL, 0, NULL},
 };
 

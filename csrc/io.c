@@ -82,6 +82,29 @@ static struct {
     bio_client *clients;         /* I/O thread only */
 } E = {.lock = PTHREAD_MUTEX_INITIALIZER, .wake_fd = -1, .epfd = -1};
 
+static pid_t cached_pid;
+static pthread_once_t pid_once = PTHREAD_ONCE_INIT;
+
+static void
+pid_refresh(void)
+{
+    cached_pid = getpid();
+}
+
+static void
+pid_init(void)
+{
+    cached_pid = getpid();
+    pthread_atfork(NULL, NULL, pid_refresh);
+}
+
+pid_t
+bio_pid(void)
+{
+    pthread_once(&pid_once, pid_init);
+    return cached_pid;
+}
+
 double
 bio_now(void)
 {
@@ -140,24 +163,35 @@ buf_append(bio_buf *b, const char *s, size_t n)
     }
 }
 
+/* "<c><n>\r\n" without snprintf (this is on every request's path). */
+static void
+buf_header(bio_buf *b, char c, size_t n)
+{
+    char tmp[24], *p = tmp + sizeof tmp;
+    *--p = '\n';
+    *--p = '\r';
+    do {
+        *--p = (char)('0' + n % 10);
+        n /= 10;
+    } while (n);
+    *--p = c;
+    buf_append(b, p, (size_t)(tmp + sizeof tmp - p));
+}
+
 void
 bio_buf_array(bio_buf *b, size_t n)
 {
-    char head[32];
-    int len = snprintf(head, sizeof head, "*%zu\r\n", n);
-    buf_append(b, head, (size_t)len);
+    buf_header(b, '*', n);
     b->ncmd++;
 }
 
 void
 bio_buf_bulk2(bio_buf *b, const char *s1, size_t n1, const char *s2, size_t n2)
 {
-    char head[32];
-    int len = snprintf(head, sizeof head, "$%zu\r\n", n1 + n2);
-    if (buf_reserve(b, (size_t)len + n1 + n2 + 2) < 0) {
+    if (buf_reserve(b, 24 + n1 + n2 + 2) < 0) {
         return;
     }
-    buf_append(b, head, (size_t)len);
+    buf_header(b, '$', n1 + n2);
     buf_append(b, s1, n1);
     buf_append(b, s2, n2);
     buf_append(b, "\r\n", 2);
@@ -194,7 +228,7 @@ bio_bridge_new(void)
     }
     pthread_mutex_init(&b->lock, NULL);
     atomic_init(&b->refs, 1);
-    b->pid = getpid();
+    b->pid = bio_pid();
     return b;
 }
 
@@ -208,7 +242,7 @@ void
 bio_bridge_decref(bio_bridge *b)
 {
     if (atomic_fetch_sub(&b->refs, 1) == 1) {
-        if (b->pid == getpid()) {
+        if (b->pid == bio_pid()) {
             close(b->efd);
         }
         pthread_mutex_destroy(&b->lock);
@@ -266,7 +300,7 @@ bio_client_new(const bio_config *cfg)
         return NULL;
     }
     atomic_init(&c->refs, 1);
-    c->pid = getpid();
+    c->pid = bio_pid();
     c->cfg = *cfg;
     c->cfg.host = dup_or_null(cfg->host);
     c->cfg.unix_path = dup_or_null(cfg->unix_path);
@@ -1156,7 +1190,7 @@ io_main(void *arg)
 static int
 engine_start(void)
 {
-    pid_t pid = getpid();
+    pid_t pid = bio_pid();
     if (E.started && E.pid == pid) {
         return 0;
     }
@@ -1206,19 +1240,26 @@ engine_start(void)
 int
 bio_submit(bio_req *r)
 {
+    r->next = NULL;
+    return bio_submit_list(r, r);
+}
+
+int
+bio_submit_list(bio_req *head, bio_req *tail)
+{
     /* Callers are serialised by the GIL, so starting the engine needs no lock. */
     if (engine_start() < 0) {
         return -1;
     }
-    r->next = NULL;
+    tail->next = NULL;
     pthread_mutex_lock(&E.lock);
     if (E.tail) {
-        E.tail->next = r;
+        E.tail->next = head;
     }
     else {
-        E.head = r;
+        E.head = head;
     }
-    E.tail = r;
+    E.tail = tail;
     int wake = !E.wake_pending;
     E.wake_pending = 1;
     pthread_mutex_unlock(&E.lock);

@@ -97,6 +97,14 @@ typedef struct {
 
 double bio_now(void);
 
+/* The current process id, cached (getpid() is a system call) and refreshed in a
+ * forked child by a pthread_atfork handler. */
+pid_t bio_pid(void);
+
+/* Hand a list of requests (linked through next, oldest first) to the I/O thread in
+ * one go: one lock, at most one wake-up. Returns 0, or -1 (errno) with nothing taken. */
+int bio_submit_list(bio_req *head, bio_req *tail);
+
 /* Bridges. bio_bridge_new returns one reference (efd created), or NULL (errno). */
 bio_bridge *bio_bridge_new(void);
 void bio_bridge_incref(bio_bridge *b);

@@ -2,6 +2,7 @@
  * parsing shared by the types. Kept thin: each type lives in its own file. */
 #include "module.h"
 #include "lru.h"
+#include "codec.h"
 
 #include <string.h>
 
@@ -145,12 +146,20 @@ module_exec(PyObject *module)
     }
     if ((st->str_localhost = PyUnicode_InternFromString("localhost")) == NULL ||
         (st->str_default_prefix = PyUnicode_InternFromString("bruno:cache:")) == NULL ||
-        (st->int_3600 = PyLong_FromLong(3600)) == NULL) {
+        (st->int_3600 = PyLong_FromLong(3600)) == NULL ||
+        (st->str_set_result = PyUnicode_InternFromString("set_result")) == NULL ||
+        (st->str_create_future = PyUnicode_InternFromString("create_future")) == NULL ||
+        (st->str_future_blocking =
+             PyUnicode_InternFromString("_asyncio_future_blocking")) == NULL) {
         return -1;
     }
-    if (import_attr("json", "dumps", &st->json_dumps) < 0 ||
+    if (import_attr("asyncio", "InvalidStateError", &st->InvalidStateError) < 0 ||
+        import_attr("json", "dumps", &st->json_dumps) < 0 ||
         import_attr("json", "loads", &st->json_loads) < 0 ||
         import_attr("urllib.parse", "urlsplit", &st->urlsplit) < 0) {
+        return -1;
+    }
+    if (bruno_codec_init(st) < 0) {
         return -1;
     }
     PyObject *logging = PyImport_ImportModule("logging");
@@ -185,6 +194,9 @@ module_traverse(PyObject *module, visitproc visit, void *arg)
     Py_VISIT(st->json_loads);
     Py_VISIT(st->logger);
     Py_VISIT(st->urlsplit);
+    Py_VISIT(st->json_encoder);
+    Py_VISIT(st->json_markers);
+    Py_VISIT(st->json_scan_once);
     return 0;
 }
 
@@ -211,6 +223,11 @@ module_clear(PyObject *module)
     Py_CLEAR(st->json_loads);
     Py_CLEAR(st->logger);
     Py_CLEAR(st->urlsplit);
+    Py_CLEAR(st->str_set_result);
+    Py_CLEAR(st->str_create_future);
+    Py_CLEAR(st->str_future_blocking);
+    Py_CLEAR(st->InvalidStateError);
+    bruno_codec_clear(st);
     bruno_awaitable_fini(st);
     return 0;
 }

@@ -17,6 +17,9 @@ typedef struct {
     PyObject *retired_bridges;        /* owned list: bridges of dead loops, draining */
     PyObject *json_dumps;             /* owned: json.dumps */
     PyObject *json_loads;             /* owned: json.loads */
+    PyObject *json_encoder;           /* owned or NULL: _json encoder, json.dumps' settings */
+    PyObject *json_markers;           /* owned or NULL: its circular-reference dict */
+    PyObject *json_scan_once;         /* owned or NULL: _json scanner of a JSONDecoder */
     PyObject *logger;                 /* owned: logging.getLogger("bruno_memory_c") */
     PyObject *urlsplit;               /* owned: urllib.parse.urlsplit */
     PyObject *get_running_loop;       /* owned: asyncio.get_running_loop */
@@ -27,6 +30,10 @@ typedef struct {
     PyObject *str_localhost;          /* owned: "localhost" */
     PyObject *str_default_prefix;     /* owned: "bruno:cache:" */
     PyObject *int_3600;               /* owned: 3600 */
+    PyObject *str_set_result;         /* owned: interned "set_result" */
+    PyObject *str_create_future;      /* owned: interned "create_future" */
+    PyObject *str_future_blocking;    /* owned: interned "_asyncio_future_blocking" */
+    PyObject *InvalidStateError;      /* owned: asyncio.InvalidStateError */
     /* Free list of awaitable memory blocks (untracked, type reference dropped):
      * most awaitables live for one await, so recycling them saves malloc/free. */
     PyObject *aw_free[BRUNO_AW_FREELIST];  /* owned memory blocks, not objects */

@@ -7,6 +7,7 @@
  * bridge on the awaiting loop) turns the replies into the result. */
 #include "awaitable.h"
 #include "bridge.h"
+#include "codec.h"
 #include "io.h"
 
 #include <hiredis/hiredis.h>
@@ -218,7 +219,7 @@ append_scan(RedisCache *self, bio_buf *b, const char *cursor, size_t cursor_len)
 static const char *
 encode_value(RedisCache *self, PyObject *value, Py_ssize_t *len, PyObject **holder)
 {
-    PyObject *s = PyObject_CallOneArg(self->st->json_dumps, value);
+    PyObject *s = bruno_json_dumps(self->st, value);
     if (s == NULL) {
         return NULL;
     }
@@ -236,7 +237,7 @@ encode_value(RedisCache *self, PyObject *value, Py_ssize_t *len, PyObject **hold
 static bio_client *
 rc_client(RedisCache *self)
 {
-    if (self->client != NULL && bio_client_pid(self->client) != getpid()) {
+    if (self->client != NULL && bio_client_pid(self->client) != bio_pid()) {
         /* A forked child: the parent's connection is not ours. Leave it alone
          * (the C reference is abandoned) and start afresh. */
         self->client = NULL;
@@ -329,18 +330,18 @@ backlog_push(RedisCache *self, bio_req *r)
     self->backlog_tail = r;
 }
 
-/* Hand r to the I/O thread, or to the backlog past MAX_IN_FLIGHT. 0 or -1. */
+/* Hand r to the I/O thread through the running loop's bridge, or to the backlog
+ * past MAX_IN_FLIGHT. 0 or -1. */
 static int
-rc_submit(RedisCache *self, bio_req *r)
+rc_submit(RedisCache *self, bio_req *r, PyObject *bridge)
 {
     self->in_flight++;
     if (self->in_flight > MAX_IN_FLIGHT || self->backlog_head != NULL) {
         backlog_push(self, r);
         return 0;
     }
-    if (bio_submit(r) < 0) {
+    if (bruno_bridge_submit(bridge, r, self->in_flight == 1) < 0) {
         self->in_flight--;
-        PyErr_SetFromErrno(PyExc_OSError);
         return -1;
     }
     return 0;
@@ -394,7 +395,7 @@ start_deferred(PyObject *awobj)
     r->deadline = bio_now() + (r->op == BIO_OP_CONNECT ? self->connect_timeout
                                                        : self->socket_timeout);
     r->user = Py_NewRef(awobj);
-    if (rc_submit(self, r) < 0) {
+    if (rc_submit(self, r, bridge) < 0) {
         Py_DECREF(awobj);
         r->user = NULL;
         drop_unsent(r);
@@ -510,13 +511,7 @@ reply_error_text(redisReply *rep)
 static PyObject *
 decode_value(RedisCache *self, redisReply *rep)
 {
-    PyObject *bytes = PyBytes_FromStringAndSize(rep->str, (Py_ssize_t)rep->len);
-    if (bytes == NULL) {
-        return NULL;
-    }
-    PyObject *v = PyObject_CallOneArg(self->st->json_loads, bytes);
-    Py_DECREF(bytes);
-    return v;
+    return bruno_json_loads(self->st, rep->str, rep->len);
 }
 
 static void
@@ -583,8 +578,16 @@ failed_result(RedisCache *self, int kind, const char *what, PyObject *key, PyObj
 static int
 rc_continue(RedisCache *self, BrunoAwaitable *aw, int kind, bio_buf *b)
 {
-    bio_req *r = bio_req_new(self->client, bruno_bridge_c(self->last_bridge), BIO_OP_CMD,
-                             b->ncmd);
+    int no_loop;
+    PyObject *bridge = rc_bridge(self, &no_loop);  /* the loop draining us */
+    if (bridge == NULL) {
+        bio_buf_free(b);
+        if (no_loop) {
+            PyErr_SetString(PyExc_RuntimeError, "no running event loop");
+        }
+        return -1;
+    }
+    bio_req *r = bio_req_new(self->client, bruno_bridge_c(bridge), BIO_OP_CMD, b->ncmd);
     if (r == NULL || b->oom) {
         bio_req_free(r);
         bio_buf_free(b);
@@ -600,7 +603,7 @@ rc_continue(RedisCache *self, BrunoAwaitable *aw, int kind, bio_buf *b)
     r->ctx = Py_NewRef(self);
     r->user = Py_NewRef(aw);
     r->deadline = bio_now() + self->socket_timeout;
-    if (rc_submit(self, r) < 0) {
+    if (rc_submit(self, r, bridge) < 0) {
         Py_DECREF(aw);
         Py_DECREF(self);
         r->user = r->ctx = NULL;
@@ -1223,7 +1226,7 @@ rc_aenter(RedisCache *self, PyObject *Py_UNUSED(ignored))
 static PyObject *
 rc_disconnect(RedisCache *self, PyObject *Py_UNUSED(ignored))
 {
-    if (self->client == NULL || bio_client_pid(self->client) != getpid()) {
+    if (self->client == NULL || bio_client_pid(self->client) != bio_pid()) {
         self->connected = 0;
         return bruno_aw_none(self->st, "RedisCache.disconnect");
     }
@@ -1596,7 +1599,7 @@ rc_dealloc(RedisCache *self)
     }
     /* No request can be in flight or in the backlog: each holds a reference to
      * us. Dropping our client reference lets the I/O thread close the socket. */
-    if (self->client != NULL && bio_client_pid(self->client) == getpid()) {
+    if (self->client != NULL && bio_client_pid(self->client) == bio_pid()) {
         bio_client_decref(self->client);
     }
     self->client = NULL;
