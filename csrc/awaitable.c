@@ -31,6 +31,7 @@ aw_alloc(bruno_state *st, const char *qualname, int state)
     aw->exc = NULL;
     aw->future = NULL;
     aw->ctx = NULL;
+    aw->loop = NULL;
     aw->deferred = NULL;
     aw->start = NULL;
     aw->drop = NULL;
@@ -77,12 +78,7 @@ bruno_aw_error(bruno_state *st, const char *qualname, PyObject *exc)
 PyObject *
 bruno_aw_pending(bruno_state *st, const char *qualname)
 {
-    BrunoAwaitable *aw = aw_alloc(st, qualname, AW_PENDING);
-    if (aw == NULL) {
-        return NULL;
-    }
-    PyObject_GC_Track(aw);
-    return (PyObject *)aw;
+    return (PyObject *)aw_alloc(st, qualname, AW_PENDING);
 }
 
 /* ------------------------------------------------------------------ completion */
@@ -121,6 +117,9 @@ aw_resolve(BrunoAwaitable *aw, PyObject *result, PyObject *exc)
     }
     aw->result = result;
     aw->exc = exc;
+    if (!PyObject_GC_IsTracked((PyObject *)aw)) {
+        PyObject_GC_Track(aw);
+    }
     int was_waiting = aw->state == AW_WAITING;
     aw->state = AW_READY;
     return was_waiting ? aw_wake(aw) : 0;
@@ -154,9 +153,11 @@ static void
 aw_finish(BrunoAwaitable *aw)
 {
     PyObject *result = aw->result, *exc = aw->exc, *fut = aw->future, *ctx = aw->ctx;
-    aw->result = aw->exc = aw->future = aw->ctx = NULL;
+    PyObject *loop = aw->loop;
+    aw->result = aw->exc = aw->future = aw->ctx = aw->loop = NULL;
     aw->state = AW_DONE;
     aw_drop_deferred(aw);
+    Py_XDECREF(loop);
     Py_XDECREF(result);
     Py_XDECREF(exc);
     Py_XDECREF(fut);
@@ -181,7 +182,10 @@ aw_park(BrunoAwaitable *aw, PyObject **presult)
         }
     }
     if (aw->future == NULL) {
-        PyObject *loop = PyObject_CallNoArgs(aw->st->get_running_loop);
+        /* The loop that delivers the result (known when the request was made in a
+         * loop), else the running one. */
+        PyObject *loop = aw->loop ? Py_NewRef(aw->loop)
+                                  : PyObject_CallNoArgs(aw->st->get_running_loop);
         if (loop == NULL) {
             *presult = NULL;
             return PYGEN_ERROR;
@@ -410,6 +414,7 @@ aw_traverse(PyObject *op, visitproc visit, void *arg)
     Py_VISIT(aw->exc);
     Py_VISIT(aw->future);
     Py_VISIT(aw->ctx);
+    Py_VISIT(aw->loop);
     return 0;
 }
 
@@ -421,6 +426,7 @@ aw_clear(PyObject *op)
     Py_CLEAR(aw->exc);
     Py_CLEAR(aw->future);
     Py_CLEAR(aw->ctx);
+    Py_CLEAR(aw->loop);
     aw_drop_deferred(aw);
     return 0;
 }

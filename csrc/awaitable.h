@@ -25,6 +25,7 @@ typedef struct {
     PyObject *exc;        /* owned, or NULL: the exception instance the await raises */
     PyObject *future;     /* owned, or NULL: the asyncio Future a task is parked on */
     PyObject *ctx;        /* owned, or NULL: state of a multi-step operation */
+    PyObject *loop;       /* owned, or NULL: the loop the result is delivered on */
     /* An operation made without a running loop (`asyncio.run(cache.get(k))`) starts
      * at its first send, inside the loop: `deferred` is its unsubmitted request,
      * `start` submits it (0, or -1 with an exception), `drop` frees it unsent. */
@@ -44,7 +45,9 @@ PyObject *bruno_aw_none(bruno_state *st, const char *qualname);
 /* A ready awaitable that raises `exc` (an exception instance; reference stolen). */
 PyObject *bruno_aw_error(bruno_state *st, const char *qualname, PyObject *exc);
 
-/* A pending awaitable; complete it later with bruno_aw_complete/bruno_aw_fail. */
+/* A pending awaitable; complete it later with bruno_aw_complete/bruno_aw_fail.
+ * It is not tracked by the collector while pending (the request's reference to it
+ * keeps it alive anyway); it is tracked once resolved. */
 PyObject *bruno_aw_pending(bruno_state *st, const char *qualname);
 
 /* Resolve a pending awaitable (steals result / exc). Must hold the GIL; if a task is

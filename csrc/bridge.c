@@ -16,6 +16,9 @@
 #include <errno.h>
 #include <stdio.h>
 #include <unistd.h>
+
+#define BRIDGE_FLUSH_MIN 16
+#define BRIDGE_FLUSH_MAX 256
 #include <string.h>
 
 typedef struct {
@@ -26,6 +29,7 @@ typedef struct {
     /* Requests made during this loop iteration, handed over together by _flush
      * (scheduled with call_soon): one lock and one wake-up per batch. */
     bio_req *pend_head, *pend_tail;
+    int pend_count;
     int flush_scheduled;
     bruno_state *st;      /* borrowed */
 } LoopBridge;
@@ -47,6 +51,7 @@ submit_pending(LoopBridge *self)
 {
     bio_req *head = self->pend_head, *tail = self->pend_tail;
     self->pend_head = self->pend_tail = NULL;
+    self->pend_count = 0;
     if (head != NULL && bio_submit_list(head, tail) < 0) {
         fail_list(head, BIO_ECONN, "cannot start the I/O thread");
     }
@@ -122,6 +127,7 @@ bridge_retire(LoopBridge *self)
     self->retired = 1;
     bio_req *pending = self->pend_head;
     self->pend_head = self->pend_tail = NULL;
+    self->pend_count = 0;
     drop_list(pending);
     PyObject *loop = bridge_loop(self);
     if (loop != NULL && self->b->pid == bio_pid()) {
@@ -178,12 +184,18 @@ sweep(bruno_state *st)
     return 0;
 }
 
+PyObject *
+bruno_bridge_loop(PyObject *bridge)
+{
+    return bridge_loop((LoopBridge *)bridge);
+}
+
 int
-bruno_bridge_submit(PyObject *bridge, bio_req *r, int now)
+bruno_bridge_submit(PyObject *bridge, bio_req *r, Py_ssize_t in_flight)
 {
     LoopBridge *self = (LoopBridge *)bridge;
     r->next = NULL;
-    if (now && self->pend_head == NULL) {
+    if (in_flight <= 1 && self->pend_head == NULL) {
         if (bio_submit(r) < 0) {
             PyErr_SetFromErrno(PyExc_OSError);
             return -1;
@@ -197,6 +209,17 @@ bruno_bridge_submit(PyObject *bridge, bio_req *r, int now)
         self->pend_head = r;
     }
     self->pend_tail = r;
+    /* Half of what is in flight: two batches alternate, Redis working on one while
+     * this loop produces the other. */
+    Py_ssize_t flush_at = in_flight / 2;
+    flush_at = flush_at < BRIDGE_FLUSH_MIN ? BRIDGE_FLUSH_MIN
+             : flush_at > BRIDGE_FLUSH_MAX ? BRIDGE_FLUSH_MAX : flush_at;
+    if (++self->pend_count >= flush_at) {
+        /* A full batch: hand it over now, so that Redis works on it while this
+         * loop iteration goes on producing the next one. */
+        submit_pending(self);
+        return 0;
+    }
     if (!self->flush_scheduled) {
         PyObject *loop = bridge_loop(self);
         PyObject *cb = loop ? PyObject_GetAttrString(bridge, "_flush") : NULL;
@@ -246,6 +269,7 @@ bruno_bridge_for_loop(bruno_state *st, PyObject *loop)
     self->retired = 0;
     self->loop_wr = NULL;
     self->pend_head = self->pend_tail = NULL;
+    self->pend_count = 0;
     self->flush_scheduled = 0;
     self->b = bio_bridge_new();
     if (self->b == NULL) {

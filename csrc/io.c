@@ -1133,6 +1133,7 @@ static void *
 io_main(void *arg)
 {
     (void)arg;
+    pthread_setname_np(pthread_self(), "bruno-io");
     struct epoll_event events[64];
     int timeout_ms = 0;
     for (;;) {

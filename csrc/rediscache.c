@@ -340,7 +340,7 @@ rc_submit(RedisCache *self, bio_req *r, PyObject *bridge)
         backlog_push(self, r);
         return 0;
     }
-    if (bruno_bridge_submit(bridge, r, self->in_flight == 1) < 0) {
+    if (bruno_bridge_submit(bridge, r, self->in_flight) < 0) {
         self->in_flight--;
         return -1;
     }
@@ -390,6 +390,7 @@ start_deferred(PyObject *awobj)
         return -1;
     }
     aw->deferred = NULL;
+    Py_XSETREF(aw->loop, Py_XNewRef(bruno_bridge_loop(bridge)));
     r->bridge = bruno_bridge_c(bridge);
     bio_bridge_incref(r->bridge);
     r->deadline = bio_now() + (r->op == BIO_OP_CONNECT ? self->connect_timeout

@@ -2,11 +2,16 @@
 
 `make demo` runs this file. Each example is the documentation's code, as written,
 inside an async function (the page uses top-level await); names the page leaves
-undefined (`data`) are given small values here.
+undefined (`data`, `user_data`) are given small values here. The Redis examples use
+the server named by REDIS_URL or, when it is not set, a throwaway redis-server started
+on a free port (and stopped afterwards).
 """
 import asyncio
+import contextlib
+import os
+from urllib.parse import urlsplit
 
-from bruno_memory_c.utils import InMemoryCache
+from bruno_memory_c.utils import InMemoryCache, RedisCache
 
 
 async def in_memory_caching() -> None:
@@ -93,13 +98,56 @@ async def batch_operations() -> None:
     print("entries:", len(found), "hit rate:", f"{cache.stats()['hit_rate']:.2%}")
 
 
-async def main() -> None:
+async def redis_caching(host: str, port: int) -> None:
+    print("== Redis Caching")
+    user_data = {"name": "Ada", "roles": ["admin"]}
+    # Create Redis cache
+    cache = RedisCache(
+        host=host,
+        port=port,
+        prefix="myapp:"
+    )
+
+    await cache.connect()
+
+    # Use same API as InMemoryCache
+    await cache.set("session:123", user_data, ttl=3600)
+    data = await cache.get("session:123")
+
+    assert data == user_data
+    print("data:", data)
+    print("get_stats():", await cache.get_stats())
+    stats = cache.stats()
+    print(f"Hit rate: {stats['hit_rate']:.2%}")
+    await cache.clear()
+    await cache.disconnect()
+
+
+@contextlib.contextmanager
+def redis_location():
+    """(host, port) of REDIS_URL, or of a throwaway server started here."""
+    url = os.environ.get("REDIS_URL")
+    if url:
+        parts = urlsplit(url)
+        yield parts.hostname or "localhost", parts.port or 6379
+        return
+    from bruno_memory_c.testing import RedisServer
+
+    with RedisServer() as server:
+        print(f"(started a throwaway redis-server on port {server.port})")
+        yield "127.0.0.1", server.port
+
+
+async def main(host: str | None = None, port: int | None = None) -> None:
     await in_memory_caching()
     await lru_eviction()
     await ttl_management()
     await batch_operations()
+    if host is not None:
+        await redis_caching(host, port)
     print("demo: all examples ran")
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    with redis_location() as (host, port):
+        asyncio.run(main(host, port))
