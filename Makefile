@@ -54,7 +54,9 @@ demo: build
 	$(PY) examples/demo.py
 
 bench: build
+	$(PIP) install -r requirements-bench.txt
 	$(PY) benchmarks/bench_inmemory.py
+	$(PY) benchmarks/bench_redis.py
 
 clean:
 	rm -rf build dist *.egg-info bruno_memory_c/*.so .pytest_cache

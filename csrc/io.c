@@ -292,6 +292,20 @@ dup_or_null(const char *s)
     return s ? strdup(s) : NULL;
 }
 
+static char *
+dup_bytes(const char *s, size_t n)
+{
+    if (s == NULL) {
+        return NULL;
+    }
+    char *d = malloc(n + 1);
+    if (d != NULL) {
+        memcpy(d, s, n);
+        d[n] = '\0';
+    }
+    return d;
+}
+
 bio_client *
 bio_client_new(const bio_config *cfg)
 {
@@ -304,8 +318,8 @@ bio_client_new(const bio_config *cfg)
     c->cfg = *cfg;
     c->cfg.host = dup_or_null(cfg->host);
     c->cfg.unix_path = dup_or_null(cfg->unix_path);
-    c->cfg.username = dup_or_null(cfg->username);
-    c->cfg.password = dup_or_null(cfg->password);
+    c->cfg.username = dup_bytes(cfg->username, cfg->username_len);
+    c->cfg.password = dup_bytes(cfg->password, cfg->password_len);
     c->cfg.stats_key = malloc(cfg->stats_key_len + 1);
     if ((cfg->host && !c->cfg.host) || (cfg->unix_path && !c->cfg.unix_path) ||
         (cfg->username && !c->cfg.username) || (cfg->password && !c->cfg.password) ||
@@ -636,12 +650,12 @@ start_handshake(bio_client *c, double now)
     if (c->cfg.password) {
         if (c->cfg.username) {
             const char *argv[3] = {"AUTH", c->cfg.username, c->cfg.password};
-            size_t len[3] = {4, strlen(c->cfg.username), strlen(c->cfg.password)};
+            size_t len[3] = {4, c->cfg.username_len, c->cfg.password_len};
             bio_buf_command(&b, 3, argv, len);
         }
         else {
             const char *argv[2] = {"AUTH", c->cfg.password};
-            size_t len[2] = {4, strlen(c->cfg.password)};
+            size_t len[2] = {4, c->cfg.password_len};
             bio_buf_command(&b, 2, argv, len);
         }
     }
@@ -852,6 +866,12 @@ on_reply(bio_client *c, void *reply, double now)
         freeReplyObject(reply);
         connection_failed(c, "Protocol error: unexpected reply", now);
         return;
+    }
+    if (s->kind == SLOT_HANDSHAKE && reply_is_error(reply) &&
+        strstr(((redisReply *)reply)->str, "without any password configured") != NULL) {
+        /* A password given to a server that requires none: redis-py connects
+         * anyway, and so do we. */
+        ((redisReply *)reply)->type = REDIS_REPLY_STATUS;
     }
     if (s->kind == SLOT_HANDSHAKE && reply_is_error(reply)) {
         char err[BIO_ERRLEN];
@@ -1168,6 +1188,12 @@ io_main(void *arg)
             flush_out(c, now);
             next = fmin(next, client_timers(c, now));
             flush_out(c, now);
+            if (atomic_load(&c->refs) == 1 && c->r_count == 0 && c->wait_head == NULL &&
+                c->close_req == NULL && c->state == ST_READY) {
+                /* The cache was dropped: send its last statistics before letting go. */
+                append_stats_flush(c);
+                flush_out(c, now);
+            }
             if (atomic_load(&c->refs) == 1 && c->r_count == 0 && c->wait_head == NULL &&
                 c->close_req == NULL) {
                 *pp = c->next;

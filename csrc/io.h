@@ -74,8 +74,10 @@ typedef struct {
     char *host;               /* owned copies */
     int port;
     char *unix_path;          /* NULL for TCP */
-    char *username;           /* NULL: AUTH with password only */
+    char *username;           /* NULL: AUTH with password only (binary-safe: see _len) */
+    size_t username_len;
     char *password;           /* NULL: no AUTH */
+    size_t password_len;
     int db;
     double connect_timeout;
     double socket_timeout;

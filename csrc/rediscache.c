@@ -262,14 +262,17 @@ rc_client(RedisCache *self)
         (cfg.unix_path = (char *)PyUnicode_AsUTF8(self->unix_socket_path)) == NULL) {
         return NULL;
     }
+    Py_ssize_t n;
     if (self->password != Py_None &&
-        (cfg.password = (char *)PyUnicode_AsUTF8(self->password)) == NULL) {
+        (cfg.password = (char *)PyUnicode_AsUTF8AndSize(self->password, &n)) == NULL) {
         return NULL;
     }
+    cfg.password_len = self->password != Py_None ? (size_t)n : 0;
     if (self->username != Py_None &&
-        (cfg.username = (char *)PyUnicode_AsUTF8(self->username)) == NULL) {
+        (cfg.username = (char *)PyUnicode_AsUTF8AndSize(self->username, &n)) == NULL) {
         return NULL;
     }
+    cfg.username_len = self->username != Py_None ? (size_t)n : 0;
     size_t plen = (size_t)PyBytes_GET_SIZE(self->prefix_bytes);
     char *key = malloc(plen + 6);
     if (key == NULL) {
@@ -812,8 +815,14 @@ ok_result(RedisCache *self, BrunoAwaitable *aw, bio_req *r, PyObject **exc, int 
         }
         break;
     case K_MGET: {
-        PyObject *keys = aw->ctx;  /* tuple of the requested keys */
-        if (rep->type != REDIS_REPLY_ARRAY ||
+        PyObject *keys = aw->ctx;  /* tuple of the requested keys; NULL once abandoned */
+        if (keys == NULL && rep->type == REDIS_REPLY_ARRAY) {
+            for (size_t i = 0; i < rep->elements; i++) {  /* nobody reads: count only */
+                count(self, rep->element[i]->type == REDIS_REPLY_STRING);
+            }
+            Py_RETURN_NONE;
+        }
+        if (keys == NULL || rep->type != REDIS_REPLY_ARRAY ||
             (Py_ssize_t)rep->elements != PyTuple_GET_SIZE(keys)) {
             break;
         }
@@ -863,6 +872,9 @@ ok_result(RedisCache *self, BrunoAwaitable *aw, bio_req *r, PyObject **exc, int 
         return clear_step(self, aw, r, exc, pending);
     case K_STATS:
     case K_STATS_SCAN:
+        if (aw->state == AW_DONE) {
+            Py_RETURN_NONE;  /* abandoned (cancelled, closed): stop scanning */
+        }
         return stats_step(self, aw, r, pending);
     }
     /* A Redis error reply (WRONGTYPE, OOM, ...) or an unexpected reply type. */
@@ -1297,6 +1309,25 @@ opt_str(PyObject *v, const char *what)
     return 0;
 }
 
+/* Host names and socket paths go to the OS as C strings: no NUL inside. */
+static int
+no_nul(PyObject *v, const char *what)
+{
+    if (v == Py_None) {
+        return 0;
+    }
+    Py_ssize_t n;
+    const char *s = PyUnicode_AsUTF8AndSize(v, &n);
+    if (s == NULL) {
+        return -1;
+    }
+    if ((Py_ssize_t)strlen(s) != n) {
+        PyErr_Format(PyExc_ValueError, "%s must not contain NUL characters", what);
+        return -1;
+    }
+    return 0;
+}
+
 static int
 opt_count(PyObject *v, const char *what, long lo)
 {
@@ -1334,7 +1365,8 @@ rc_init(RedisCache *self, PyObject *args, PyObject *kwds)
     if ((port && int_arg(port, "port", 1, 65535, &iport) < 0) ||
         (db && int_arg(db, "db", 0, 1 << 20, &idb) < 0) ||
         opt_str(password, "password") < 0 || opt_str(username, "username") < 0 ||
-        opt_str(unix_path, "unix_socket_path") < 0 ||
+        opt_str(unix_path, "unix_socket_path") < 0 || no_nul(host, "host") < 0 ||
+        no_nul(unix_path, "unix_socket_path") < 0 ||
         (max_conn && opt_count(max_conn, "max_connections", 1) < 0) ||
         opt_count(pool_size, "pool_size", 1) < 0 ||
         opt_count(max_overflow, "max_overflow", 0) < 0) {

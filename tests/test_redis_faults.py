@@ -1,0 +1,1127 @@
+"""RedisCache under faults: a real redis-server that dies, stalls, drops us, refuses us.
+
+What is checked (SPEC.md, "RedisCache"; DESIGN.md, rule 3):
+- once connected, a failing request gives what the reference gives -- get -> None,
+  get_many -> {}, delete/exists -> False, set/set_many/clear -> CacheError,
+  get_stats -> {"type": "redis", "error": ...} -- and no await hangs;
+- after the fault ends the cache works again with no user action (reconnect), and the
+  replies of requests that failed are never handed to later requests;
+- cancelling awaiting tasks, disconnect() under load, and failures leak nothing
+  (refcounts, tracemalloc, glibc malloc, CacheAwaitable objects).
+
+Every fault is real: SIGKILL / SIGSTOP of the server process, DEBUG SLEEP, CLIENT KILL,
+requirepass, maxclients, the server's idle timeout, a closed port, a listener that never
+answers. Nothing asserts on time except hang detection: every await is bounded by
+``HANG`` (many times the socket_timeout), every "works again" poll by ``RECOVER``.
+"""
+from __future__ import annotations
+
+import asyncio
+import collections
+import ctypes
+import gc
+import json
+import logging
+import random
+import signal
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+import tracemalloc
+
+import pytest
+
+from bruno_memory_c import CacheAwaitable, CacheError, RedisCache
+from bruno_memory_c.testing import RedisServer, free_port
+
+TIMEOUT = 0.5   # socket_timeout and connect_timeout of the caches under test
+HANG = 10.0     # an await taking this long (20x socket_timeout) is a hang
+RECOVER = 15.0  # bound for "the cache works again" after a fault ends
+PREFIX = "flt:"
+LOGGER = logging.getLogger("bruno_memory_c")
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(autouse=True)
+def quiet_cache_logger():
+    """Failures are logged by design (get -> None "and the error logged"); thousands of
+    them would only slow the tests down, and captured log records would hold references
+    to keys (which the refcount tests count)."""
+    old = LOGGER.level
+    LOGGER.setLevel(logging.CRITICAL)
+    yield
+    LOGGER.setLevel(old)
+
+
+# ---------------------------------------------------------------------- helpers
+
+
+def make_cache(server, **kw) -> RedisCache:
+    kw.setdefault("socket_timeout", TIMEOUT)
+    kw.setdefault("connect_timeout", TIMEOUT)
+    kw.setdefault("prefix", PREFIX)
+    return RedisCache(host="127.0.0.1", port=server.port, **kw)
+
+
+async def bounded(aw, limit: float = HANG):
+    """Await with hang detection (asyncio.TimeoutError means: it hung)."""
+    return await asyncio.wait_for(aw, limit)
+
+
+async def works(cache: RedisCache, tag: str) -> bool:
+    """Does a set followed by a get round-trip right now?"""
+    value = [tag, random.random()]
+    try:
+        await bounded(cache.set(f"probe:{tag}", value))
+    except CacheError:
+        return False
+    return await bounded(cache.get(f"probe:{tag}")) == value
+
+
+async def wait_until_works(cache: RedisCache, limit: float = RECOVER) -> int:
+    """Poll (bounded) until the cache works again; returns the attempts it took."""
+    deadline = time.monotonic() + limit
+    attempt = 0
+    while True:
+        attempt += 1
+        if await works(cache, f"w{attempt}"):
+            return attempt
+        assert time.monotonic() < deadline, f"no recovery within {limit}s: {cache.stats()}"
+        await asyncio.sleep(0.05)
+
+
+async def wait_in_flight_zero(cache: RedisCache, limit: float = HANG) -> None:
+    deadline = time.monotonic() + limit
+    while cache.stats()["in_flight"] != 0:
+        assert time.monotonic() < deadline, f"requests stuck in flight: {cache.stats()}"
+        await asyncio.sleep(0.01)
+
+
+async def assert_error_table(cache: RedisCache) -> None:
+    """Every method fails as the reference's does, one after the other, and promptly."""
+    assert await bounded(cache.get("k")) is None
+    assert await bounded(cache.get_many(["k", "k2"])) == {}
+    assert await bounded(cache.delete("k")) is False
+    assert await bounded(cache.exists("k")) is False
+    with pytest.raises(CacheError, match="Failed to set cache key"):
+        await bounded(cache.set("k", 1))
+    with pytest.raises(CacheError, match="Failed to set multiple keys"):
+        await bounded(cache.set_many({"k": 1, "k2": 2}))
+    with pytest.raises(CacheError, match="Failed to clear cache"):
+        await bounded(cache.clear())
+    stats = await bounded(cache.get_stats())
+    assert stats["type"] == "redis" and "error" in stats, stats
+
+
+async def assert_error_table_concurrently(cache: RedisCache, n: int = 50) -> None:
+    """The same, with many requests of every kind failing at once."""
+    aws = []
+    for i in range(n):
+        aws += [cache.get(f"k{i}"), cache.get_many([f"k{i}", "x"]), cache.delete(f"k{i}"),
+                cache.exists(f"k{i}"), cache.set(f"k{i}", i), cache.set_many({f"k{i}": i})]
+    aws.append(cache.clear())
+    results = await bounded(asyncio.gather(*aws, return_exceptions=True))
+    for i in range(n):
+        get, many, delete, exists, set_, set_many = results[6 * i:6 * i + 6]
+        assert get is None and many == {} and delete is False and exists is False, results
+        assert isinstance(set_, CacheError) and isinstance(set_many, CacheError), results
+    assert isinstance(results[-1], CacheError), results[-1]
+
+
+async def store_distinct(cache: RedisCache, n: int, tag: str = "d") -> dict:
+    """n keys with distinct values, stored; returns {key: value}."""
+    data = {f"{tag}{i}": {"i": i, "tag": tag, "pad": "x" * (i % 13)} for i in range(n)}
+    await bounded(cache.set_many(data))
+    return data
+
+
+async def assert_all_readable(cache: RedisCache, data: dict) -> None:
+    keys = list(data)
+    got = await bounded(asyncio.gather(*(cache.get(k) for k in keys)))
+    assert got == [data[k] for k in keys]
+
+
+def run_script(code: str, *args, timeout: float = 120.0) -> subprocess.CompletedProcess:
+    """Run `code` in a fresh interpreter (crash and hang proof): killed after `timeout`."""
+    try:
+        return subprocess.run([sys.executable, "-X", "faulthandler", "-c", code,
+                               *map(str, args)], capture_output=True, text=True,
+                              timeout=timeout, cwd=REPO)
+    except subprocess.TimeoutExpired as e:
+        pytest.fail(f"script hung (killed after {timeout}s): {e.stderr!r}")
+
+
+def freeze(server: RedisServer) -> None:
+    server.proc.send_signal(signal.SIGSTOP)
+
+
+def thaw(server: RedisServer) -> None:
+    if server.proc is not None and server.proc.poll() is None:
+        server.proc.send_signal(signal.SIGCONT)
+
+
+# ------------------------------------------------------- the error table, once connected
+
+
+async def test_error_table_after_server_killed(redis_server):
+    cache = make_cache(redis_server)
+    await bounded(cache.connect())
+    await bounded(cache.set("k", "v"))
+    before = cache.stats()
+    redis_server.kill()
+    await assert_error_table(cache)           # the connection has just failed
+    await assert_error_table_concurrently(cache)
+    await asyncio.sleep(3 * TIMEOUT)          # reconnect attempts, backoff
+    await assert_error_table(cache)
+    await assert_error_table_concurrently(cache)
+    after = cache.stats()
+    assert after["errors"] > before["errors"]
+    assert after["connected"] is False
+    assert cache.connected  # connect() succeeded and nobody called disconnect()
+    await wait_in_flight_zero(cache)
+    await asyncio.to_thread(redis_server.restart)
+    await wait_until_works(cache)
+    assert cache.stats()["reconnects"] > before["reconnects"]
+    await bounded(cache.disconnect())
+
+
+async def test_error_table_while_server_frozen(redis_server):
+    """SIGSTOP: the kernel still accepts connections, nothing ever answers. Requests in
+    flight and requests waiting for a (re)connection all give up by socket_timeout."""
+    cache = make_cache(redis_server)
+    await bounded(cache.connect())
+    data = await store_distinct(cache, 100)
+    freeze(redis_server)
+    try:
+        await assert_error_table(cache)
+        await assert_error_table_concurrently(cache)
+        assert cache.stats()["timeouts"] > 0
+    finally:
+        thaw(redis_server)
+    await wait_until_works(cache)
+    await assert_all_readable(cache, data)
+    await wait_in_flight_zero(cache)
+
+
+async def test_error_table_while_reconnect_is_refused_by_auth(redis_server):
+    """The server starts requiring a password and drops us: every reconnection fails in
+    its handshake (NOAUTH). Requests fail per the table; once the password is removed
+    again, the cache reconnects by itself."""
+    cache = make_cache(redis_server)
+    await bounded(cache.connect())
+    data = await store_distinct(cache, 50)
+    redis_server.command("CONFIG", "SET", "requirepass", "later-pw")
+    redis_server.password = "later-pw"
+    try:
+        assert redis_server.command("CLIENT", "KILL", "TYPE", "normal") >= 1
+        await assert_error_table(cache)
+        await assert_error_table_concurrently(cache)
+    finally:
+        redis_server.command("CONFIG", "SET", "requirepass", "")
+        redis_server.password = None
+    await wait_until_works(cache)
+    await assert_all_readable(cache, data)
+
+
+# ------------------------------------------------------------------ kill -9 under load
+
+
+async def test_kill9_mid_load_then_restart(redis_server):
+    """Many tasks loop over get/set/exists/get_many on their own keys; the server is
+    SIGKILLed under them and restarted on the same port. Every await returns (a right
+    value, None/False/{} or CacheError), none hangs, and the cache works again."""
+    cache = make_cache(redis_server)
+    await bounded(cache.connect())
+    before = cache.stats()
+    stop = False
+    seen = collections.Counter()
+
+    async def worker(w: int) -> int:
+        key, n, last_attempt = f"w{w}", 0, -1
+        while not stop:
+            n += 1
+            op = n % 5
+            failed = False
+            if op == 0:
+                last_attempt = n
+                try:
+                    assert await bounded(cache.set(key, [w, n])) is None
+                    seen["set ok"] += 1
+                except CacheError:
+                    seen["set failed"] += 1
+                    failed = True
+            elif op == 1:
+                r = await bounded(cache.get_many([key, "nothing"]))
+                assert r == {} or (list(r) == [key] and r[key][0] == w
+                                   and r[key][1] <= last_attempt), r
+            elif op == 2:
+                assert await bounded(cache.exists(key)) in (True, False)
+            else:
+                v = await bounded(cache.get(key))
+                if v is None:
+                    seen["get none"] += 1
+                    failed = True
+                else:
+                    # Our own value: a failed set may still have been applied, so any
+                    # value up to the last one attempted, never another key's.
+                    assert v[0] == w and v[1] <= last_attempt, (w, v, last_attempt)
+                    seen["get ok"] += 1
+            if failed:
+                await asyncio.sleep(0.002)  # fail-fast loops must not starve the loop
+        return n
+
+    workers = [asyncio.create_task(worker(w)) for w in range(200)]
+    try:
+        await asyncio.sleep(0.5)
+        redis_server.kill()
+        await asyncio.sleep(1.0)   # the load goes on against a dead server
+        await asyncio.to_thread(redis_server.restart)
+        await wait_until_works(cache)
+        ok_before = seen["get ok"]
+        await asyncio.sleep(0.5)   # the load goes on against the new server
+    finally:
+        stop = True
+        counts = await bounded(asyncio.gather(*workers), 60)
+    assert min(counts) > 0
+    assert seen["set failed"] + seen["get none"] > 0, seen
+    assert seen["get ok"] > ok_before, seen
+    after = cache.stats()
+    assert after["errors"] > before["errors"]
+    assert after["reconnects"] > before["reconnects"]
+    await wait_in_flight_zero(cache)
+    # Every worker's key works again, no user action needed.
+    await bounded(cache.set_many({f"w{w}": [w, -1] for w in range(200)}))
+    got = await bounded(asyncio.gather(*(cache.get(f"w{w}") for w in range(200))))
+    assert got == [[w, -1] for w in range(200)]
+
+
+async def test_kill9_repeatedly(redis_server):
+    """Several crash/restart cycles: each time the cache comes back by itself."""
+    cache = make_cache(redis_server)
+    await bounded(cache.connect())
+    for cycle in range(3):
+        data = await store_distinct(cache, 30, tag=f"c{cycle}_")
+        await assert_all_readable(cache, data)
+        pending = [asyncio.ensure_future(cache.get(k)) for k in data]
+        await asyncio.sleep(0)
+        redis_server.kill()
+        results = await bounded(asyncio.gather(*pending))
+        assert all(r is None or r == data[k] for r, k in zip(results, data))
+        assert await bounded(cache.get("x")) is None
+        await asyncio.to_thread(redis_server.restart)
+        await wait_until_works(cache)
+    assert cache.stats()["reconnects"] >= 3
+
+
+# --------------------------------------------------------------------------- stalls
+
+
+async def test_debug_sleep_longer_than_socket_timeout(redis_server):
+    cache = make_cache(redis_server)
+    await bounded(cache.connect())
+    data = await store_distinct(cache, 200)
+    before = cache.stats()
+    staller = redis_server.stall(2)
+    try:
+        started = time.monotonic()
+        got = await bounded(asyncio.gather(*(cache.get(k) for k in data)))
+        assert got == [None] * len(data)
+        with pytest.raises(CacheError):
+            await bounded(cache.set("k", 1))
+        assert await bounded(cache.exists("d1")) is False
+        assert await bounded(cache.get_many(list(data)[:10])) == {}
+        # Loose hang check only: all of that gave up long before HANG.
+        assert time.monotonic() - started < HANG
+        assert cache.stats()["timeouts"] > before["timeouts"]
+    finally:
+        staller.join(20)
+    await wait_until_works(cache)
+    # The replies the sleeping server finally sent for the abandoned requests were not
+    # handed to anybody else: every key reads its own value.
+    await assert_all_readable(cache, data)
+    await wait_in_flight_zero(cache)
+
+
+async def test_stall_shorter_than_socket_timeout_is_not_an_error(redis_server):
+    cache = make_cache(redis_server, socket_timeout=8.0, connect_timeout=8.0)
+    await bounded(cache.connect())
+    data = await store_distinct(cache, 100)
+    staller = redis_server.stall(0.3)
+    try:
+        await assert_all_readable(cache, data)
+    finally:
+        staller.join(20)
+    assert cache.stats()["timeouts"] == 0
+
+
+async def test_stall_with_continuous_load(redis_server):
+    """Stalls hit while requests stream in: the ones caught give up, the rest are
+    right, and afterwards everything is right again."""
+    cache = make_cache(redis_server)
+    await bounded(cache.connect())
+    data = await store_distinct(cache, 50)
+    keys = list(data)
+    stop = False
+    results = collections.Counter()
+
+    async def reader(i):
+        while not stop:
+            k = keys[(i * 7 + results["n"]) % len(keys)]
+            results["n"] += 1
+            v = await bounded(cache.get(k))
+            if v is None:
+                results["none"] += 1
+                await asyncio.sleep(0.005)
+            else:
+                assert v == data[k]
+                results["ok"] += 1
+
+    readers = [asyncio.create_task(reader(i)) for i in range(50)]
+    try:
+        await asyncio.sleep(0.3)
+        for _ in range(2):
+            staller = await asyncio.to_thread(redis_server.stall, 1.2)
+            await asyncio.to_thread(staller.join, 20)
+            await asyncio.sleep(0.3)
+    finally:
+        stop = True
+        await bounded(asyncio.gather(*readers), 60)
+    assert results["ok"] > 0 and results["none"] > 0, results
+    await wait_until_works(cache)
+    await assert_all_readable(cache, data)
+
+
+# ----------------------------------------------------------------------- CLIENT KILL
+
+
+async def test_client_kill_in_flight_then_reconnect(redis_server):
+    cache = make_cache(redis_server)
+    await bounded(cache.connect())
+    data = await store_distinct(cache, 100)
+    keys = list(data)
+    before = cache.stats()
+    stop = False
+    seen = collections.Counter()
+
+    async def worker(i):
+        n = 0
+        while not stop:
+            n += 1
+            k = keys[(i + n) % len(keys)]
+            if n % 4 == 0:
+                try:
+                    await bounded(cache.set(k, data[k]))
+                    seen["set ok"] += 1
+                except CacheError:
+                    seen["set failed"] += 1
+                continue
+            v = await bounded(cache.get(k))
+            if v is None:
+                seen["none"] += 1
+            else:
+                assert v == data[k], (k, v)
+                seen["ok"] += 1
+
+    workers = [asyncio.create_task(worker(i)) for i in range(100)]
+    killed = 0
+    try:
+        await asyncio.sleep(0.3)
+        for _ in range(3):
+            killed += await asyncio.to_thread(redis_server.command, "CLIENT", "KILL",
+                                              "TYPE", "normal")
+            await asyncio.sleep(0.3)
+    finally:
+        stop = True
+        await bounded(asyncio.gather(*workers), 60)
+    assert killed >= 3
+    assert seen["ok"] > 0, seen
+    await wait_until_works(cache)
+    await assert_all_readable(cache, data)
+    deadline = time.monotonic() + RECOVER
+    while cache.stats()["reconnects"] < before["reconnects"] + 3:
+        assert time.monotonic() < deadline, cache.stats()
+        await asyncio.sleep(0.05)
+    await wait_in_flight_zero(cache)
+
+
+async def test_client_kill_while_idle(redis_server):
+    """Dropped while nobody was using it: the next requests work (at worst after the
+    reconnection: the first may fail per the table)."""
+    cache = make_cache(redis_server)
+    await bounded(cache.connect())
+    data = await store_distinct(cache, 20)
+    assert redis_server.command("CLIENT", "KILL", "TYPE", "normal") >= 1
+    await wait_until_works(cache)
+    await assert_all_readable(cache, data)
+
+
+# ------------------------------------------------------------------- refused connects
+
+
+async def test_wrong_password_then_right_password():
+    server = RedisServer(password="s3cret-pw").start()
+    try:
+        wrong = make_cache(server, password="not-it")
+        for _ in range(2):  # and again, from the backoff state
+            with pytest.raises(CacheError) as info:
+                await bounded(wrong.connect())
+            msg = str(info.value)
+            assert msg.startswith("Redis connection failed: "), msg
+            assert "WRONGPASS" in msg or "invalid password" in msg, msg
+        assert not wrong.connected
+
+        anonymous = make_cache(server)
+        with pytest.raises(CacheError) as info:
+            await bounded(anonymous.connect())
+        assert str(info.value).startswith("Redis connection failed: ")
+        assert "NOAUTH" in str(info.value), str(info.value)
+
+        right = make_cache(server, password="s3cret-pw")
+        await bounded(right.connect())
+        await bounded(right.set("a", [1, "two"]))
+        assert await bounded(right.get("a")) == [1, "two"]
+
+        acl = make_cache(server, username="default", password="s3cret-pw")
+        await bounded(acl.connect())
+        assert await bounded(acl.get("a")) == [1, "two"]
+
+        url = RedisCache.from_url(server.url, prefix=PREFIX, socket_timeout=TIMEOUT,
+                                  connect_timeout=TIMEOUT)
+        await bounded(url.connect())
+        assert await bounded(url.get("a")) == [1, "two"]
+        for c in (right, acl, url):
+            await bounded(c.disconnect())
+    finally:
+        server.close()
+
+
+async def test_closed_port():
+    port = free_port()
+    cache = RedisCache(host="127.0.0.1", port=port, socket_timeout=TIMEOUT,
+                       connect_timeout=TIMEOUT)
+    for _ in range(3):  # first attempt, then from the backoff state
+        with pytest.raises(CacheError) as info:
+            await bounded(cache.connect())
+        assert str(info.value).startswith("Redis connection failed: "), str(info.value)
+        assert not cache.connected
+    # A data method called before connect() connects first, as the reference does:
+    # the connection failure is raised.
+    with pytest.raises(CacheError, match="^Redis connection failed: "):
+        await bounded(cache.get("k"))
+    results = await bounded(asyncio.gather(cache.connect(), cache.get("k"),
+                                           return_exceptions=True))
+    assert all(isinstance(r, CacheError) for r in results), results
+    # Once something listens there, connect() succeeds.
+    server = RedisServer(port=port)
+    try:
+        await asyncio.to_thread(server.restart)
+        deadline = time.monotonic() + RECOVER
+        while True:
+            try:
+                await bounded(cache.connect())
+                break
+            except CacheError:
+                assert time.monotonic() < deadline
+                await asyncio.sleep(0.1)
+        assert await works(cache, "port-now-open")
+        await bounded(cache.disconnect())
+    finally:
+        server.close()
+
+
+class SilentListener:
+    """A TCP listener that accepts connections and never answers (or closes at once)."""
+
+    def __init__(self, close_at_once: bool = False):
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(64)
+        self.port = self.sock.getsockname()[1]
+        self.close_at_once = close_at_once
+        self.conns: list[socket.socket] = []
+        self.done = False
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self):
+        self.sock.settimeout(0.1)
+        while not self.done:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                continue
+            if self.close_at_once:
+                conn.close()
+            else:
+                self.conns.append(conn)
+
+    def close(self):
+        self.done = True
+        self.thread.join(5)
+        for c in self.conns:
+            c.close()
+        self.sock.close()
+
+
+@pytest.mark.parametrize("close_at_once", [False, True], ids=["silent", "hangs-up"])
+async def test_server_that_never_answers(close_at_once):
+    listener = SilentListener(close_at_once)
+    try:
+        cache = RedisCache(host="127.0.0.1", port=listener.port, socket_timeout=TIMEOUT,
+                           connect_timeout=TIMEOUT)
+        for _ in range(2):
+            with pytest.raises(CacheError, match="^Redis connection failed: "):
+                await bounded(cache.connect())
+        with pytest.raises(CacheError, match="^Redis connection failed: "):
+            await bounded(cache.get("k"))
+        results = await bounded(asyncio.gather(*(cache.connect() for _ in range(20)),
+                                               return_exceptions=True))
+        assert all(isinstance(r, CacheError) for r in results), results
+    finally:
+        listener.close()
+
+
+async def test_maxclients_reached_then_freed():
+    server = RedisServer(extra_args=("--maxclients", "1")).start()
+    hog = None
+    try:
+        hog = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+        hog.sendall(b"*1\r\n$4\r\nPING\r\n")
+        assert hog.recv(64).startswith(b"+PONG")  # the one slot is ours
+        cache = make_cache(server)
+        for _ in range(2):
+            with pytest.raises(CacheError) as info:
+                await bounded(cache.connect())
+            assert str(info.value).startswith("Redis connection failed: "), str(info.value)
+        assert not cache.connected
+        hog.close()
+        hog = None
+        deadline = time.monotonic() + RECOVER
+        while True:
+            try:
+                await bounded(cache.connect())
+                break
+            except CacheError:
+                assert time.monotonic() < deadline
+                await asyncio.sleep(0.1)
+        assert await works(cache, "slot-free")
+        await bounded(cache.disconnect())
+    finally:
+        if hog is not None:
+            hog.close()
+        server.close()
+
+
+async def test_server_closes_idle_connections():
+    server = RedisServer(extra_args=("--timeout", "1")).start()
+    try:
+        cache = make_cache(server)
+        await bounded(cache.connect())
+        data = await store_distinct(cache, 20)
+        for _ in range(2):
+            await asyncio.sleep(2.5)  # idle: the server closes our connection
+            await wait_until_works(cache)  # the first request may fail, then it works
+            await assert_all_readable(cache, data)
+        assert cache.stats()["reconnects"] >= 1
+        await bounded(cache.disconnect())
+    finally:
+        server.close()
+
+
+# ----------------------------------------------------------------------- cancellation
+
+
+async def test_cancel_at_random_moments(redis_server):
+    cache = make_cache(redis_server, socket_timeout=5.0, connect_timeout=5.0)
+    await bounded(cache.connect())
+    data = await store_distinct(cache, 200)
+    keys = list(data)
+    rng = random.Random(20240611)
+
+    async def via_coroutine(k):
+        return await cache.get(k)
+
+    for _round in range(6):
+        tasks, expected = [], []
+        to_cancel = []
+        for i in range(600):
+            k = keys[rng.randrange(len(keys))]
+            mode = i % 5
+            if mode == 0:
+                t = asyncio.ensure_future(asyncio.wait_for(
+                    cache.get(k), rng.choice([0, 1e-6, 1e-4, 1e-3, 0.01, 1.0])))
+            elif mode == 1:
+                t = asyncio.create_task(via_coroutine(k))
+                to_cancel.append(t)
+            elif mode == 2:
+                t = asyncio.ensure_future(cache.get(k))  # the awaitable itself as a task
+                to_cancel.append(t)
+            elif mode == 3:
+                t = asyncio.ensure_future(asyncio.wait_for(
+                    cache.get(k), rng.choice([0, 1e-4, 0.01])))
+            else:
+                t = asyncio.ensure_future(cache.get(k))  # left alone: must be right
+            tasks.append(t)
+            expected.append(k)
+        await asyncio.sleep(0)
+        rng.shuffle(to_cancel)
+        half = len(to_cancel) // 2
+        for t in to_cancel[:half]:
+            t.cancel()
+        await asyncio.sleep(rng.random() * 0.003)
+        for t in to_cancel[half:]:
+            t.cancel()
+        results = await bounded(asyncio.gather(*tasks, return_exceptions=True), 30)
+        for r, k in zip(results, expected):
+            if isinstance(r, (asyncio.CancelledError, asyncio.TimeoutError)):
+                continue
+            assert not isinstance(r, BaseException), r
+            assert r == data[k], (k, r)
+    await wait_in_flight_zero(cache)
+    await assert_all_readable(cache, data)
+    assert cache.stats()["errors"] == 0
+
+
+async def test_cancel_other_operations(redis_server):
+    """Cancel set/set_many/delete/exists/clear/connect awaits mid-way (get_many and
+    get_stats: see test_cancel_get_many_and_get_stats, run in a subprocess)."""
+    cache = make_cache(redis_server, socket_timeout=5.0, connect_timeout=5.0)
+    await bounded(cache.connect())
+    await bounded(cache.set_many({f"many{i}": i for i in range(5000)}))
+    makers = [lambda i: cache.set(f"s{i}", i), lambda i: cache.set_many({f"m{i}": i}),
+              lambda i: cache.delete(f"s{i}"), lambda i: cache.exists(f"s{i}"),
+              lambda i: cache.connect(), lambda i: cache.clear()]
+    for delay in (0, 0.0005, 0.002):
+        tasks = [asyncio.ensure_future(makers[i % len(makers)](i)) for i in range(120)]
+        await asyncio.sleep(delay)
+        for t in tasks:
+            t.cancel()
+        results = await bounded(asyncio.gather(*tasks, return_exceptions=True), 30)
+        assert not [r for r in results
+                    if isinstance(r, BaseException)
+                    and not isinstance(r, asyncio.CancelledError)], results
+    await wait_in_flight_zero(cache)
+    assert await works(cache, "after-cancel")
+
+
+CANCEL_SCRIPT = r"""
+import asyncio, sys
+from bruno_memory_c import RedisCache
+port, what, loop_name = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+
+async def main():
+    cache = RedisCache(host="127.0.0.1", port=port, socket_timeout=5, connect_timeout=5)
+    await cache.connect()
+    await cache.set_many({f"d{i}": i for i in range(20000)})  # get_stats: 20 SCAN pages
+    for i in range(40):
+        if what == "get_many-task":
+            t = asyncio.ensure_future(cache.get_many(["d1", "d2"]))
+            await asyncio.sleep(0)
+            t.cancel()
+            await asyncio.gather(t, return_exceptions=True)
+        elif what == "get_many-close":
+            cache.get_many(["d1", "d2"]).close()  # abandoned while pending
+            await asyncio.sleep(0.002)
+        elif what == "get_many-wait_for":
+            try:
+                await asyncio.wait_for(cache.get_many(["d1", "d2"]), 0)
+            except asyncio.TimeoutError:
+                pass
+        elif what == "get_stats-task":
+            t = asyncio.ensure_future(cache.get_stats())
+            await asyncio.sleep(0.002)  # mid-way through the SCAN pages
+            t.cancel()
+            await asyncio.gather(t, return_exceptions=True)
+    await asyncio.sleep(0.3)
+    assert await cache.get_many(["d1", "d2"]) == {"d1": 1, "d2": 2}
+    assert (await cache.get_stats())["size"] >= 20000
+    print("ok", cache.stats()["in_flight"])
+
+if loop_name == "uvloop":
+    import uvloop
+    uvloop.run(main())
+else:
+    asyncio.run(main())
+"""
+
+
+@pytest.mark.parametrize("what", ["get_many-task", "get_many-close", "get_many-wait_for",
+                                  "get_stats-task"])
+def test_cancel_get_many_and_get_stats(redis_server, loop_name, what):
+    """Cancelling an awaited get_many/get_stats is safe at any moment (SPEC: "Cancelling
+    the awaiting task is safe at any moment"). Run in a subprocess: the bug crashes."""
+    proc = run_script(CANCEL_SCRIPT, redis_server.port, what, loop_name)
+    assert proc.returncode == 0 and "ok 0" in proc.stdout, (proc.returncode, proc.stderr[-2000:])
+
+
+async def test_shield_keeps_the_request(redis_server):
+    cache = make_cache(redis_server, socket_timeout=5.0, connect_timeout=5.0)
+    await bounded(cache.connect())
+    data = await store_distinct(cache, 100)
+    inner = [asyncio.ensure_future(cache.get(k)) for k in data]
+    outer = [asyncio.ensure_future(asyncio.shield(t)) for t in inner]
+    await asyncio.sleep(0)
+    for t in outer:
+        t.cancel()
+    await asyncio.gather(*outer, return_exceptions=True)
+    assert await bounded(asyncio.gather(*inner)) == list(data.values())
+
+
+async def test_cancel_while_server_stalled(redis_server):
+    """Tasks cancelled while their requests sit unanswered in a sleeping server."""
+    cache = make_cache(redis_server, socket_timeout=1.0)
+    await bounded(cache.connect())
+    data = await store_distinct(cache, 100)
+    staller = redis_server.stall(1.5)
+    try:
+        tasks = [asyncio.ensure_future(cache.get(k)) for k in data]
+        await asyncio.sleep(0.2)
+        for t in tasks[::2]:
+            t.cancel()
+        results = await bounded(asyncio.gather(*tasks, return_exceptions=True))
+        for r in results[1::2]:
+            assert r is None
+        assert all(isinstance(r, asyncio.CancelledError) for r in results[::2])
+    finally:
+        staller.join(20)
+    await wait_until_works(cache)
+    await wait_in_flight_zero(cache)
+    await assert_all_readable(cache, data)
+
+
+async def test_dropped_unawaited_requests(redis_server):
+    """Awaitables dropped without being awaited still complete; nothing stays in flight."""
+    cache = make_cache(redis_server)
+    await bounded(cache.connect())
+    data = await store_distinct(cache, 50)
+    for i in range(2000):
+        cache.get(f"d{i % 50}")
+        if i % 10 == 0:
+            cache.set(f"x{i}", i)
+    await asyncio.sleep(0)
+    await wait_in_flight_zero(cache)
+    await assert_all_readable(cache, data)
+    assert await bounded(cache.get("x1990")) == 1990
+
+
+# ------------------------------------------------------------------------ disconnect
+
+
+async def test_disconnect_under_load(redis_server):
+    cache = make_cache(redis_server)
+    await bounded(cache.connect())
+    data = await store_distinct(cache, 100)
+    keys = list(data)
+    gets = [asyncio.ensure_future(cache.get(keys[i % 100])) for i in range(3000)]
+    sets = [asyncio.ensure_future(cache.set(keys[i % 100], data[keys[i % 100]]))
+            for i in range(300)]
+    others = [asyncio.ensure_future(aw) for aw in
+              (cache.get_many(keys), cache.exists(keys[0]), cache.delete("nothing"))]
+    await asyncio.sleep(0)
+    await bounded(cache.disconnect())  # returns promptly
+    assert not cache.connected
+    got = await bounded(asyncio.gather(*gets))
+    assert all(v is None or v == data[keys[i % 100]] for i, v in enumerate(got))
+    for r in await bounded(asyncio.gather(*sets, return_exceptions=True)):
+        assert r is None or isinstance(r, CacheError), r
+    many, exists, deleted = await bounded(asyncio.gather(*others))
+    assert many in ({}, data)
+    assert exists in (True, False) and deleted is False
+    await wait_in_flight_zero(cache)
+    # A method called again connects again (reference: connect() if not connected).
+    assert await bounded(cache.get(keys[5])) == data[keys[5]]
+    assert cache.connected
+    await assert_all_readable(cache, data)
+    await bounded(cache.disconnect())
+
+
+async def test_disconnect_twice_concurrently_with_requests(redis_server):
+    cache = make_cache(redis_server)
+    await bounded(cache.connect())
+    data = await store_distinct(cache, 20)
+    aws = [cache.get(k) for k in data] + [cache.disconnect(), cache.disconnect()]
+    results = await bounded(asyncio.gather(*aws, return_exceptions=True))
+    assert results[-2:] == [None, None]
+    assert all(r is None or r == v for r, v in zip(results, data.values()))
+    assert await bounded(cache.disconnect()) is None
+    await bounded(cache.connect())
+    await assert_all_readable(cache, data)
+
+
+async def test_disconnect_with_server_dead(redis_server):
+    cache = make_cache(redis_server)
+    await bounded(cache.connect())
+    redis_server.kill()
+    assert await bounded(cache.get("k")) is None
+    assert await bounded(cache.disconnect()) is None
+    assert not cache.connected
+    with pytest.raises(CacheError, match="^Redis connection failed: "):
+        await bounded(cache.connect())
+    await asyncio.to_thread(redis_server.restart)
+    deadline = time.monotonic() + RECOVER
+    while True:
+        try:
+            await bounded(cache.connect())
+            break
+        except CacheError:
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.1)
+    assert await works(cache, "after-dead-disconnect")
+
+
+async def test_async_with_under_load_and_reuse(redis_server):
+    cache = make_cache(redis_server)
+    for round_ in range(3):
+        async with cache as c:
+            assert c is cache
+            data = await store_distinct(cache, 50, tag=f"r{round_}_")
+            pending = [asyncio.ensure_future(cache.get(k)) for k in data]
+            await asyncio.sleep(0)
+        got = await bounded(asyncio.gather(*pending))
+        assert all(g is None or g == v for g, v in zip(got, data.values()))
+    await wait_in_flight_zero(cache)
+
+
+# ------------------------------------------------------------------------ big values
+
+
+async def test_16mb_value_while_small_requests_in_flight(redis_server):
+    cache = make_cache(redis_server, socket_timeout=30.0, connect_timeout=5.0)
+    await bounded(cache.connect())
+    small = await store_distinct(cache, 200)
+    keys = list(small)
+    unit = "".join(chr(0x61 + i % 26) for i in range(1000)) + "é€\U0001F600\"\\\n"
+    big = (unit * (16 * 1024 * 1024 // len(unit) + 1))[:16 * 1024 * 1024]
+    aws = [cache.get(keys[i % 200]) for i in range(1000)]
+    aws.insert(500, cache.set("big", big))
+    aws += [cache.get(keys[i % 200]) for i in range(1000)]
+    results = await bounded(asyncio.gather(*aws), 120)
+    assert results[500] is None
+    del results[500]
+    assert results == [small[keys[i % 200]] for i in range(1000)] * 2
+    aws = [cache.get(keys[i % 200]) for i in range(1000)]
+    aws.insert(300, cache.get("big"))
+    aws.insert(700, cache.get_many(["big", keys[0]]))
+    results = await bounded(asyncio.gather(*aws), 120)
+    assert results[300] == big
+    assert results[700] == {"big": big, keys[0]: small[keys[0]]}
+    del results[700], results[300]
+    assert results == [small[keys[i % 200]] for i in range(1000)]
+    assert cache.stats()["errors"] == 0
+    assert redis_server.command("STRLEN", PREFIX + "big") == len(json.dumps(big))
+
+
+async def test_16mb_value_when_server_dies_mid_transfer(redis_server):
+    cache = make_cache(redis_server, socket_timeout=5.0)
+    await bounded(cache.connect())
+    big = "x" * (16 * 1024 * 1024)
+    await bounded(cache.set("big", big), 60)
+    reading = [asyncio.ensure_future(cache.get("big")) for _ in range(4)]
+    writing = [asyncio.ensure_future(cache.set(f"big{i}", big)) for i in range(4)]
+    await asyncio.sleep(0.01)
+    redis_server.kill()
+    for r in await bounded(asyncio.gather(*reading), 60):
+        assert r is None or r == big
+    for r in await bounded(asyncio.gather(*writing, return_exceptions=True), 60):
+        assert r is None or isinstance(r, CacheError)
+    await asyncio.to_thread(redis_server.restart)
+    await wait_until_works(cache)
+    await wait_in_flight_zero(cache)
+
+
+# ----------------------------------------------------------------------------- leaks
+
+
+class _MallInfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in (
+        "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks",
+        "uordblks", "fordblks", "keepcost")]
+
+
+def malloc_in_use() -> int:
+    """Bytes glibc malloc has handed out (every arena, mmapped chunks included): what
+    the I/O thread allocates (requests, replies, buffers) is not seen by tracemalloc."""
+    fn = ctypes.CDLL(None).mallinfo2
+    fn.restype = _MallInfo2
+    info = fn()
+    return info.uordblks + info.hblkhd
+
+
+def awaitables_alive() -> int:
+    return sum(1 for o in gc.get_objects() if type(o) is CacheAwaitable)
+
+
+async def mixed_load(cache, n: int, workers: int = 100, key_obj=None, value_obj=None):
+    """n requests from `workers` tasks: get/set/exists/delete/get_many on own keys.
+    Failures are allowed (the leak tests also run it against a dead server)."""
+
+    async def worker(w):
+        key = key_obj if key_obj is not None else f"L{w}"
+        value = value_obj if value_obj is not None else [w, "v"]
+        for j in range(n // workers):
+            op = j % 8
+            if op == 0:
+                try:
+                    await cache.set(key, value)
+                except CacheError:
+                    pass
+            elif op == 1:
+                await cache.exists(key)
+            elif op == 2:
+                await cache.get_many([key, "absent"])
+            elif op == 3:
+                await cache.delete("absent")
+            else:
+                await cache.get(key)
+
+    await bounded(asyncio.gather(*(worker(w) for w in range(workers))), 300)
+
+
+async def test_refcounts_stable_across_success_and_failure(redis_server):
+    cache = make_cache(redis_server)
+    await bounded(cache.connect())
+    key = "".join(["refcount-", "key"])      # a fresh, uninterned str
+    value = {"list": [1, 2, 3], "s": "v"}    # stored as JSON, never kept
+    keys = [key, "".join(["other-", "key"])]
+
+    async def cycles(n):
+        for _ in range(n):
+            try:
+                await cache.set(key, value)
+            except CacheError:
+                pass
+            try:
+                await cache.set_many({key: value})
+            except CacheError:
+                pass
+            await cache.get(key)
+            await cache.exists(key)
+            await cache.get_many(keys)
+            await cache.delete(key)
+
+    await cycles(50)  # warm-up
+    gc.collect()
+    base = [sys.getrefcount(o) for o in (key, value, keys, cache)]
+    await cycles(500)
+    await wait_in_flight_zero(cache)
+    gc.collect()
+    assert [sys.getrefcount(o) for o in (key, value, keys, cache)] == base
+    redis_server.kill()
+    await cycles(300)  # every request fails now
+    await wait_in_flight_zero(cache)
+    gc.collect()
+    assert [sys.getrefcount(o) for o in (key, value, keys, cache)] == base
+    await asyncio.to_thread(redis_server.restart)
+    await wait_until_works(cache)
+    await cycles(50)
+    await wait_in_flight_zero(cache)
+    gc.collect()
+    assert [sys.getrefcount(o) for o in (key, value, keys, cache)] == base
+
+
+async def test_refcounts_of_cancelled_and_timed_out_requests(redis_server):
+    cache = make_cache(redis_server, socket_timeout=TIMEOUT)
+    await bounded(cache.connect())
+    key = "".join(["cancel-", "key"])
+    value = ["".join(["cancel-", "value"])]
+    base = [sys.getrefcount(key), sys.getrefcount(value), sys.getrefcount(cache)]
+    for _ in range(20):
+        tasks = [asyncio.ensure_future(cache.get(key)) for _ in range(50)]
+        tasks += [asyncio.ensure_future(cache.set(key, value)) for _ in range(10)]
+        await asyncio.sleep(0)
+        for t in tasks[::2]:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        del tasks
+    staller = redis_server.stall(1.5)  # timeouts too
+    try:
+        got = await bounded(asyncio.gather(*(cache.get(key) for _ in range(50))))
+        assert got == [None] * 50
+    finally:
+        staller.join(20)
+    await wait_until_works(cache)
+    await wait_in_flight_zero(cache)
+    gc.collect()
+    assert [sys.getrefcount(key), sys.getrefcount(value), sys.getrefcount(cache)] == base
+
+
+async def test_memory_flat_over_200k_requests(redis_server):
+    cache = make_cache(redis_server, socket_timeout=10.0, connect_timeout=5.0)
+    await bounded(cache.connect())
+    await mixed_load(cache, 40_000)  # warm-up: free lists, buffers, rings at size
+    gc.collect()
+    aw_before = awaitables_alive()
+    malloc_before = malloc_in_use()
+    tracemalloc.start()
+    try:
+        gc.collect()
+        traced_before = tracemalloc.get_traced_memory()[0]
+        await mixed_load(cache, 200_000)
+        await wait_in_flight_zero(cache)
+        gc.collect()
+        traced_growth = tracemalloc.get_traced_memory()[0] - traced_before
+    finally:
+        tracemalloc.stop()
+    gc.collect()
+    malloc_growth = malloc_in_use() - malloc_before
+    assert traced_growth < 3 * 1024 * 1024, traced_growth
+    assert malloc_growth < 16 * 1024 * 1024, malloc_growth
+    assert awaitables_alive() <= aw_before
+    assert cache.stats()["errors"] == 0
+
+
+async def test_memory_flat_while_every_request_fails(redis_server):
+    cache = make_cache(redis_server)
+    await bounded(cache.connect())
+    redis_server.kill()
+    await mixed_load(cache, 10_000)  # warm-up, against the dead server
+    gc.collect()
+    aw_before = awaitables_alive()
+    malloc_before = malloc_in_use()
+    tracemalloc.start()
+    try:
+        gc.collect()
+        traced_before = tracemalloc.get_traced_memory()[0]
+        await mixed_load(cache, 60_000)
+        await wait_in_flight_zero(cache)
+        gc.collect()
+        traced_growth = tracemalloc.get_traced_memory()[0] - traced_before
+    finally:
+        tracemalloc.stop()
+    gc.collect()
+    malloc_growth = malloc_in_use() - malloc_before
+    assert traced_growth < 3 * 1024 * 1024, traced_growth
+    assert malloc_growth < 16 * 1024 * 1024, malloc_growth
+    assert awaitables_alive() <= aw_before
+    assert cache.stats()["errors"] > 0
+
+
+async def test_dropping_caches_releases_them(redis_server):
+    """A cache dropped while connected (and with requests just finished, or failed) is
+    freed, and many such caches do not accumulate memory or awaitables."""
+    import weakref
+
+    async def one(i, kill_conn):
+        cache = make_cache(redis_server)
+        await bounded(cache.connect())
+        await bounded(cache.set("k", i))
+        assert await bounded(cache.get("k")) == i
+        if kill_conn:
+            redis_server.command("CLIENT", "KILL", "TYPE", "normal")
+            await bounded(cache.get("k"))
+        await wait_in_flight_zero(cache)
+        return weakref.ref(cache)
+
+    refs = [await one(i, i % 3 == 0) for i in range(10)]
+    gc.collect()
+    assert all(r() is None for r in refs)
+    aw_before = awaitables_alive()
+    malloc_before = malloc_in_use()
+    for i in range(60):
+        await one(i, i % 3 == 0)
+    gc.collect()
+    assert awaitables_alive() <= aw_before
+    assert malloc_in_use() - malloc_before < 16 * 1024 * 1024
