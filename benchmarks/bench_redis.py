@@ -318,7 +318,7 @@ def measure_sequential(contender: str, port: int, names: list[str]) -> dict:
             await client.close()
 
     gc.collect()
-    lat, out = asyncio.run(run())
+    lat, out = run_loop(run())
     return {"latencies_ns": lat, "bad": count_bad(names, out)}
 
 
@@ -350,7 +350,7 @@ def measure_throughput(contender: str, port: int, names: list[str], concurrency:
             await client.close()
 
     gc.collect()
-    elapsed, out = asyncio.run(run())
+    elapsed, out = run_loop(run())
     return {"elapsed_ns": elapsed, "requests": total, "ops_per_s": total / (elapsed / 1e9),
             "bad": count_bad(names, out)}
 
@@ -385,7 +385,7 @@ def measure_batch(contender: str, port: int, op: str, calls: int, batches, serve
             await client.close()
 
     gc.collect()
-    elapsed, results = asyncio.run(run())
+    elapsed, results = run_loop(run())
     bad = {"lost": 0, "error": 0, "wrong": 0}
     if op == "get_many(100)":
         for j, res in enumerate(results):
@@ -522,14 +522,34 @@ def fmt_bad(b: dict, requests: int) -> str:
     return f"**{total:,}** / {requests:,} ({', '.join(parts)})"
 
 
+#: Event loop the measurements run on: "asyncio" (default) or "uvloop" (--loop).
+LOOP = "asyncio"
+
+
+def run_loop(coro):
+    """asyncio.run on the chosen event loop."""
+    if LOOP == "uvloop":
+        import uvloop
+
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+            return runner.run(coro)
+    return asyncio.run(coro)
+
+
 def main(argv=None) -> int:
+    global LOOP
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--loop", choices=["asyncio", "uvloop"], default="asyncio",
+                   help="event loop for every contender (default asyncio)")
     p.add_argument("--quick", action="store_true", help="a short run (1 round, fewer ops)")
     p.add_argument("--rounds", type=int, default=None, help="rounds (default 3, quick 1)")
     p.add_argument("--output", default=os.path.join(HERE, "results", "redis.json"),
                    help="where to write the JSON figures")
     p.add_argument("--strict", action="store_true", help="exit 1 if a target fails")
     opts = p.parse_args(argv)
+    LOOP = opts.loop
+    if LOOP == "uvloop" and opts.output == os.path.join(HERE, "results", "redis.json"):
+        opts.output = os.path.join(HERE, "results", "redis-uvloop.json")
 
     q = 1 if opts.quick else 0
     rounds = opts.rounds or (1 if opts.quick else 3)
@@ -579,7 +599,7 @@ def main(argv=None) -> int:
             finally:
                 await c.close()
 
-        asyncio.run(preload())
+        run_loop(preload())
         stored = server.command("GET", PREFIX + "k7")
         assert stored is not None and json.loads(stored) == EXPECTED["k7"], stored
         # redis-benchmark's GET reads "key:__rand_int__": give it a value of the same size.
@@ -782,6 +802,7 @@ def main(argv=None) -> int:
         "duration_s": round(time.time() - started, 1),
         "machine": info,
         "config": {
+            "loop": LOOP,
             "rounds": rounds,
             "quick": opts.quick,
             "contenders": contenders,

@@ -707,11 +707,16 @@ stats_step(RedisCache *self, BrunoAwaitable *aw, bio_req *r, int *pending)
                 }
             }
         }
-        else {
-            /* A user value sits at prefix + "stats" (WRONGTYPE): the persisted
-             * counters are unavailable; report this process's own. */
+        else if (h->type == REDIS_REPLY_ERROR && strncmp(h->str, "WRONGTYPE", 9) == 0) {
+            /* A user value sits at prefix + "stats": the persisted counters are
+             * unavailable; report this process's own. */
             hits = (long long)self->hits;
             misses = (long long)self->misses;
+        }
+        else {
+            PyObject *t = h->type == REDIS_REPLY_ERROR ? reply_error_text(h)
+                                                       : PyUnicode_FromString("unexpected reply");
+            return t ? Py_BuildValue("{s:s,s:N}", "type", "redis", "error", t) : NULL;
         }
         acc = Py_BuildValue("[LLi]", hits, misses, 0);
         if (acc == NULL) {
