@@ -105,8 +105,10 @@ class RedisServer:
     def start(self, timeout: float = 10.0) -> "RedisServer":
         if self.proc is not None and self.proc.poll() is None:
             return self
+        # The server is not ours to instrument: no preloaded sanitizer runtime.
+        env = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", "ASAN_OPTIONS")}
         self.proc = subprocess.Popen(self._args(), stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.DEVNULL)
+                                     stderr=subprocess.DEVNULL, env=env)
         deadline = time.monotonic() + timeout
         while True:
             try:
