@@ -80,6 +80,8 @@ drop_list(bio_req *r)
     fail_list(r, BIO_ECLOSED, "event loop closed");
 }
 
+static int sweep_retired(bruno_state *st);
+
 static PyObject *
 bridge_drain(PyObject *op, PyObject *Py_UNUSED(ignored))
 {
@@ -89,6 +91,11 @@ bridge_drain(PyObject *op, PyObject *Py_UNUSED(ignored))
         bio_req *next = r->next;
         r->on_done(r);
         r = next;
+    }
+    /* Requests of closed loops that came back meanwhile are released here, by
+     * whichever loop is still working. */
+    if (PyList_GET_SIZE(self->st->retired_bridges) > 0 && sweep_retired(self->st) < 0) {
+        return NULL;
     }
     Py_RETURN_NONE;
 }
@@ -139,6 +146,8 @@ bridge_retire(LoopBridge *self)
     }
 }
 
+static int sweep_retired(bruno_state *st);
+
 /* Retire bridges of dead loops; forget retired ones nothing refers to any more. */
 static int
 sweep(bruno_state *st)
@@ -169,7 +178,13 @@ sweep(bruno_state *st)
         }
     }
     Py_DECREF(dead);
-    /* Retired bridges: drop what came back; forget those no request holds. */
+    return sweep_retired(st);
+}
+
+/* Retired bridges: drop what came back; forget those no request holds. */
+static int
+sweep_retired(bruno_state *st)
+{
     Py_ssize_t n = PyList_GET_SIZE(st->retired_bridges);
     for (Py_ssize_t i = n - 1; i >= 0; i--) {
         LoopBridge *b = (LoopBridge *)PyList_GET_ITEM(st->retired_bridges, i);

@@ -428,6 +428,8 @@ async def test_unix_socket_path_too_long():
 
 @pytest.mark.parametrize("field", ["password", "username", "host", "unix_socket_path"])
 async def test_embedded_nul_is_not_truncated(field):
+    """Regression: host/password/username/socket path once went to the I/O thread as
+    C strings, so "s3cret\\x00garbage" authenticated as "s3cret"."""
     with RedisServer(password="s3cret", unix_socket=True) as server:
         server.command("ACL", "SETUSER", "alice", "on", ">alicepw", "~*", "+@all")
         kw = {"host": "127.0.0.1", "port": server.port, "password": "s3cret"}
@@ -755,6 +757,8 @@ async def test_empty_prefix(redis_server):
 # ---------------------------------------------------------------------- values / JSON layout
 
 
+_SHARED = [1, {"x": 2}]  # the same list twice is not a cycle
+
 VALUES = [
     ("str", "hello"),
     ("empty str", ""),
@@ -782,6 +786,9 @@ VALUES = [
     ("int dict keys", {1: "one", 2.5: "x", True: "t", None: "n"}),
     ("nested", {"l": [{"t": (1, [2, {"u": "ü"}])}], "e": {}, "n": [[], [[]]]}),
     ("deep", [[[[[[[[[[["deep"]]]]]]]]]]]),
+    ("shared sublist", [_SHARED, _SHARED, {"a": _SHARED, "b": (_SHARED,)}]),
+    ("lone surrogate", "\ud800 \udfff"),
+    ("control chars", "\x01\x1f\x7f\"\\/"),
 ]
 
 
@@ -913,6 +920,112 @@ async def test_set_many_unencodable_writes_nothing(cache, redis_server, value):
 async def test_unencodable_value_json_error_is_the_cause_text(cache):
     with pytest.raises(CacheError, match="not JSON serializable"):
         await cache.set("k", object())
+
+
+async def test_failed_encoding_leaves_nothing_behind(cache):
+    # a failed encoding must not poison later ones (circular-reference bookkeeping)
+    for i in range(300):
+        with pytest.raises(CacheError):
+            await cache.set("k", [[i], {"n": [object()]}])
+        await cache.set("k", [[i], {"n": [i]}])
+        assert await cache.get("k") == [[i], {"n": [i]}]
+    with pytest.raises(CacheError, match="[Cc]ircular"):
+        await cache.set("k", _cycle())
+    await cache.set("k", [_SHARED, _SHARED])
+
+
+async def test_reentrant_encoding(cache, redis_server):
+    class Hooked(dict):
+        """Runs Python code (a nested cache.set) while it is being encoded."""
+
+        def items(self):
+            cache.set("inner", [1, [2, {"three": 3}]])  # not awaited: still happens
+            return super().items()
+
+    await cache.set("outer", [Hooked(a=[1, 2]), Hooked(b={"c": []})])
+    assert await cache.get("outer") == [{"a": [1, 2]}, {"b": {"c": []}}]
+    assert raw_get(redis_server, PREFIX + "outer") == json.dumps(
+        [{"a": [1, 2]}, {"b": {"c": []}}]).encode()
+    assert await cache.get("inner") == [1, [2, {"three": 3}]]
+
+    class Failing(dict):
+        def items(self):
+            cache.set("inner2", ["ok"])
+            raise RuntimeError("hook failed")
+
+    with pytest.raises((CacheError, RuntimeError)):
+        await cache.set("bad", [Failing(a=1)])
+    assert not raw_exists(redis_server, PREFIX + "bad")
+    assert await cache.get("inner2") == ["ok"]
+    await cache.set("after", [[1], [2]])
+    assert await cache.get("after") == [[1], [2]]
+
+
+def test_encoding_from_threads(redis_server):
+    import threading
+
+    class Slow(dict):
+        def items(self):
+            time.sleep(0.001)  # lets the other threads run mid-encoding
+            return super().items()
+
+    errors = []
+
+    def worker(n):
+        async def main():
+            async with make(redis_server) as c:
+                for i in range(30):
+                    value = [Slow(n=n, i=i), [n, [i]], [n, [i]]]
+                    await c.set(f"{n}:{i}", value)
+                    assert await c.get(f"{n}:{i}") == [{"n": n, "i": i}, [n, [i]], [n, [i]]]
+
+        try:
+            asyncio.run(main())
+        except BaseException as e:  # pragma: no cover - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=worker, args=(n,)) for n in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert not errors, errors
+
+
+# Raw stored bytes: what get() gives must be what json.loads gives (None where it fails).
+RAW_TEXTS = [
+    b"1", b" 1", b"1 ", b"\n[1, 2]\n", b"\t{\"a\": 1}\r\n", b"1 2", b"[1] x", b"[1]]",
+    b"NaN", b"Infinity", b"-Infinity", b"-", b"nul", b"null", b"true", b"false",
+    b'"plain"', b'"\\ud800"', b'"\xed\xa0\x80"', b'"\\ud83d\\ude00"', b'"\xf0\x9f\x98\x80"',
+    b'"\xff"', b'"unterminated', b'{"a": 1, "a": 2}', b'{"a" 1}', b"{'a': 1}",
+    b"\xef\xbb\xbf[1]", '[1, "\u00e9"]'.encode("utf-16"), '"x"'.encode("utf-16-le"),
+    '{"a": 1}'.encode("utf-32"), b"1" * 5000, b"-" + b"9" * 4000, b"1e400", b"-1e400",
+    b"0.1e-400", b"01", b"1.", b".5", b"+1", b"[1,]", b"[" * 100_000 + b"]" * 100_000,
+    b'"' + b"\\\\" * 1000 + b'"', b"[" + b"1," * 10_000 + b"1]", b"\x00", b"",
+]
+
+
+def _expected_get(raw):
+    try:
+        return json.loads(raw)
+    except (ValueError, RecursionError):
+        return None
+
+
+@pytest.mark.parametrize("raw", RAW_TEXTS, ids=lambda r: repr(r[:20]))
+async def test_decoding_matches_json_loads(cache, redis_server, raw):
+    redis_server.command("SET", PREFIX + "k", raw)
+    want = _expected_get(raw)
+    got = await cache.get("k")
+    if isinstance(want, float) and math.isnan(want):
+        assert math.isnan(got)
+    else:
+        assert got == want and type(got) is type(want)
+    many = await cache.get_many(["k"])
+    if want is None and raw.strip() not in (b"null",):
+        assert many == {}
+    elif not (isinstance(want, float) and math.isnan(want)):
+        assert many == {"k": want}
 
 
 # ---------------------------------------------------------------------- stored text that is not JSON
@@ -1479,6 +1592,8 @@ async def test_get_stats_aggregates_two_caches(redis_server):
 
 
 async def test_stats_flushed_when_cache_is_dropped_while_others_work(redis_server):
+    """Regression: the I/O thread released a dropped cache's client without flushing its
+    pending counts when it passed through for another client before the flush timer."""
     other = make(redis_server, prefix="other:")
     await other.connect()
     c = make(redis_server)
@@ -1765,6 +1880,45 @@ def test_created_outside_loop_never_awaited_does_nothing(redis_server, recwarn):
     assert not [w for w in recwarn if "never awaited" in str(w.message)]
     asyncio.run(c.set("j", 2))  # the cache is unaffected
     assert raw_json(redis_server, PREFIX + "j") == 2
+
+
+def test_never_awaited_completes_when_the_loop_stops_at_once(redis_server, loop_factory):
+    c = make(redis_server)
+    loop = loop_factory()
+    try:
+        loop.run_until_complete(c.connect())
+
+        def last_callback():
+            c.set("k", "last words")  # never awaited
+            loop.stop()
+
+        loop.call_soon(last_callback)
+        loop.run_forever()
+    finally:
+        loop.close()
+    deadline = time.monotonic() + 10
+    while not raw_exists(redis_server, PREFIX + "k"):
+        assert time.monotonic() < deadline, "the operation never happened"
+        time.sleep(0.05)
+    assert raw_json(redis_server, PREFIX + "k") == "last words"
+    asyncio.run(c.disconnect())
+
+
+def test_never_awaited_completes_at_the_end_of_run(redis_server, loop_factory):
+    c = make(redis_server)
+
+    async def main():
+        await c.connect()
+        c.set("k1", 1)  # never awaited, the last thing main does
+        c.set("k2", 2)
+
+    with asyncio.Runner(loop_factory=loop_factory) as runner:
+        runner.run(main())
+    deadline = time.monotonic() + 10
+    while redis_server.command("EXISTS", PREFIX + "k1", PREFIX + "k2") != 2:
+        assert time.monotonic() < deadline, "the operations never happened"
+        time.sleep(0.05)
+    asyncio.run(c.disconnect())
 
 
 def test_one_cache_across_loops(redis_server, loop_factory):

@@ -22,9 +22,9 @@ import ctypes
 import gc
 import json
 import logging
+import os
 import random
 import signal
-import os
 import socket
 import subprocess
 import sys
@@ -35,7 +35,7 @@ import tracemalloc
 import pytest
 
 from bruno_memory_c import CacheAwaitable, CacheError, RedisCache
-from bruno_memory_c.testing import RedisServer, free_port
+from bruno_memory_c.testing import RedisServer, _encode, free_port
 
 TIMEOUT = 0.5   # socket_timeout and connect_timeout of the caches under test
 HANG = 10.0     # an await taking this long (20x socket_timeout) is a hang
@@ -316,6 +316,70 @@ async def test_kill9_repeatedly(redis_server):
     assert cache.stats()["reconnects"] >= 3
 
 
+async def test_kill9_unix_socket():
+    """The same over a unix socket: the socket file disappears with the server and comes
+    back with the restart."""
+    server = RedisServer(unix_socket=True).start()
+    try:
+        cache = RedisCache(unix_socket_path=server.unix_path, prefix=PREFIX,
+                           socket_timeout=TIMEOUT, connect_timeout=TIMEOUT)
+        await bounded(cache.connect())
+        data = await store_distinct(cache, 50)
+        pending = [asyncio.ensure_future(cache.get(k)) for k in data]
+        await asyncio.sleep(0)
+        server.kill()
+        got = await bounded(asyncio.gather(*pending))
+        assert all(g is None or g == data[k] for g, k in zip(got, data))
+        await assert_error_table(cache)
+        await asyncio.to_thread(server.restart)
+        await wait_until_works(cache)
+        assert cache.stats()["reconnects"] >= 1
+        await bounded(cache.disconnect())
+    finally:
+        server.close()
+
+
+async def test_reconnect_keeps_db_and_password():
+    """A reconnection authenticates and selects the database again: after our
+    connection is killed, writes still land in db 2, and need the password."""
+    server = RedisServer(password="pw-db").start()
+    try:
+        cache = make_cache(server, password="pw-db", db=2)
+        await bounded(cache.connect())
+        await bounded(cache.set("before", 1))
+        for _ in range(2):
+            assert server.command("CLIENT", "KILL", "TYPE", "normal") >= 1
+            await wait_until_works(cache)
+        await bounded(cache.set("after", 2))
+        assert await bounded(cache.get_many(["before", "after"])) == {"before": 1, "after": 2}
+        keyspace = server.command("INFO", "keyspace").decode()
+        assert "db2:keys=" in keyspace and "db0:" not in keyspace, keyspace
+        assert cache.stats()["reconnects"] >= 2
+        await bounded(cache.disconnect())
+    finally:
+        server.close()
+
+
+async def test_100k_requests_while_server_frozen(redis_server):
+    """More requests than may be in flight (the rest wait in the backlog), all while
+    nothing answers: every one gives up (get -> None), none hangs, then all is well."""
+    cache = make_cache(redis_server)
+    await bounded(cache.connect())
+    await bounded(cache.set("a", 1))
+    freeze(redis_server)
+    try:
+        aws = [cache.get("a") for _ in range(100_000)]
+        got = []
+        for aw in aws:
+            got.append(await bounded(aw))
+        assert got == [None] * len(aws)
+    finally:
+        thaw(redis_server)
+    await wait_until_works(cache)
+    await wait_in_flight_zero(cache)
+    assert await bounded(cache.get("a")) == 1
+
+
 # --------------------------------------------------------------------------- stalls
 
 
@@ -445,6 +509,48 @@ async def test_client_kill_in_flight_then_reconnect(redis_server):
         assert time.monotonic() < deadline, cache.stats()
         await asyncio.sleep(0.05)
     await wait_in_flight_zero(cache)
+
+
+def _raw_send(server: RedisServer, *args) -> socket.socket:
+    """Send one command on a fresh connection without waiting for its reply."""
+    sock = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+    sock.sendall(_encode(*args))
+    return sock
+
+
+async def test_client_kill_with_requests_certainly_in_flight(redis_server):
+    """Deterministic: the server sleeps (DEBUG SLEEP, from another connection) while our
+    requests and a CLIENT KILL queue up in its sockets; when it wakes it handles them in
+    one pass and kills us before our replies are written. Every request in flight fails
+    per the table, and the next ones work."""
+    cache = make_cache(redis_server, socket_timeout=5.0, connect_timeout=5.0)
+    await bounded(cache.connect())
+    data = await store_distinct(cache, 100)
+    before = cache.stats()
+    # The killer's connection is accepted (and answered) before the server sleeps, so
+    # that its command is read in the same pass as ours when the server wakes up.
+    killer = _raw_send(redis_server, "PING")
+    assert killer.recv(64).startswith(b"+PONG")
+    sleeper = _raw_send(redis_server, "DEBUG", "SLEEP", "1")
+    try:
+        await asyncio.sleep(0.1)  # the server sleeps now
+        aws = [cache.get(k) for k in data]
+        aws += [cache.get_many(list(data)[:3]), cache.exists("d1"), cache.delete("nothing"),
+                cache.set("x1", 1), cache.set_many({"x2": 2}), cache.clear()]
+        gathered = asyncio.ensure_future(asyncio.gather(*aws, return_exceptions=True))
+        await asyncio.sleep(0.2)  # written to the sleeping server
+        killer.sendall(_encode("CLIENT", "KILL", "TYPE", "normal"))
+        results = await bounded(gathered)
+    finally:
+        sleeper.close()
+        killer.close()
+    assert results[:100] == [None] * 100
+    assert results[100:103] == [{}, False, False]
+    assert all(isinstance(r, CacheError) for r in results[103:]), results[103:]
+    assert cache.stats()["errors"] - before["errors"] >= len(results)
+    await wait_until_works(cache)
+    await assert_all_readable(cache, data)
+    assert cache.stats()["reconnects"] > before["reconnects"]
 
 
 async def test_client_kill_while_idle(redis_server):
@@ -752,7 +858,8 @@ else:
                                   "get_stats-task"])
 def test_cancel_get_many_and_get_stats(redis_server, loop_name, what):
     """Cancelling an awaited get_many/get_stats is safe at any moment (SPEC: "Cancelling
-    the awaiting task is safe at any moment"). Run in a subprocess: the bug crashes."""
+    the awaiting task is safe at any moment"). Run in a subprocess: this used to crash
+    (SIGSEGV: the late reply's handler read the context the cancellation had freed)."""
     proc = run_script(CANCEL_SCRIPT, redis_server.port, what, loop_name)
     assert proc.returncode == 0 and "ok 0" in proc.stdout, (proc.returncode, proc.stderr[-2000:])
 
@@ -870,6 +977,43 @@ async def test_disconnect_with_server_dead(redis_server):
             assert time.monotonic() < deadline
             await asyncio.sleep(0.1)
     assert await works(cache, "after-dead-disconnect")
+
+
+async def test_connect_disconnect_races_while_server_frozen(redis_server):
+    """connect()/disconnect()/data calls racing while nothing answers, a connect()
+    cancelled while connecting: every await ends (CacheError or None), and once the
+    server answers again, connect() works and the cache is usable."""
+    cache = make_cache(redis_server, connect_timeout=1.0)
+    freeze(redis_server)
+    try:
+        results = await bounded(asyncio.gather(
+            cache.connect(), cache.get("a"), cache.disconnect(), cache.connect(),
+            cache.set("a", 1), return_exceptions=True))
+        assert isinstance(results[0], CacheError) and isinstance(results[3], CacheError)
+        assert isinstance(results[1], CacheError) and isinstance(results[4], CacheError)
+        assert results[2] is None
+        assert not cache.connected
+        task = asyncio.ensure_future(cache.connect())
+        await asyncio.sleep(0.1)
+        task.cancel()
+        assert isinstance((await asyncio.gather(task, return_exceptions=True))[0],
+                          asyncio.CancelledError)
+    finally:
+        thaw(redis_server)
+    deadline = time.monotonic() + RECOVER
+    while True:
+        try:
+            await bounded(cache.connect())
+            break
+        except CacheError:
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.1)
+    assert await bounded(asyncio.gather(*(cache.connect() for _ in range(10)))) == [None] * 10
+    results = await bounded(asyncio.gather(cache.disconnect(), cache.connect(),
+                                           return_exceptions=True))
+    assert results[0] is None
+    await wait_until_works(cache)
+    await wait_in_flight_zero(cache)
 
 
 async def test_async_with_under_load_and_reuse(redis_server):
@@ -1115,9 +1259,18 @@ async def test_dropping_caches_releases_them(redis_server):
         await wait_in_flight_zero(cache)
         return weakref.ref(cache)
 
+    def server_clients():
+        return redis_server.command("CLIENT", "LIST").count(b"\n")
+
+    base_clients = server_clients()
     refs = [await one(i, i % 3 == 0) for i in range(10)]
     gc.collect()
     assert all(r() is None for r in refs)
+    # Their connections are closed by the I/O thread once nobody uses the caches.
+    deadline = time.monotonic() + RECOVER
+    while server_clients() > base_clients:
+        assert time.monotonic() < deadline, redis_server.command("CLIENT", "LIST")
+        await asyncio.sleep(0.05)
     aw_before = awaitables_alive()
     malloc_before = malloc_in_use()
     for i in range(60):
@@ -1125,3 +1278,37 @@ async def test_dropping_caches_releases_them(redis_server):
     gc.collect()
     assert awaitables_alive() <= aw_before
     assert malloc_in_use() - malloc_before < 16 * 1024 * 1024
+
+
+async def test_never_connected_failures_leak_nothing():
+    """A cache that never manages to connect (closed port): every data method raises
+    the connection failure (reference: connect() first), and nothing accumulates."""
+    cache = RedisCache(host="127.0.0.1", port=free_port(), socket_timeout=0.3,
+                       connect_timeout=0.3)
+    key = "".join(["never-", "connected"])
+    value = ["".join(["never-", "stored"])]
+
+    async def cycles(n):
+        for _ in range(n):
+            for aw in (cache.get(key), cache.set(key, value), cache.exists(key),
+                       cache.get_many([key]), cache.delete(key), cache.set_many({key: value}),
+                       cache.clear(), cache.connect()):
+                with pytest.raises(CacheError, match="^Redis connection failed: "):
+                    await bounded(aw)
+
+    await cycles(20)
+    gc.collect()
+    base = [sys.getrefcount(key), sys.getrefcount(value), sys.getrefcount(cache)]
+    aw_before = awaitables_alive()
+    tracemalloc.start()
+    try:
+        traced_before = tracemalloc.get_traced_memory()[0]
+        await cycles(1500)
+        await wait_in_flight_zero(cache)
+        gc.collect()
+        traced_growth = tracemalloc.get_traced_memory()[0] - traced_before
+    finally:
+        tracemalloc.stop()
+    assert traced_growth < 1024 * 1024, traced_growth
+    assert [sys.getrefcount(key), sys.getrefcount(value), sys.getrefcount(cache)] == base
+    assert awaitables_alive() <= aw_before

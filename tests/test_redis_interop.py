@@ -432,6 +432,8 @@ async def test_closed_port_both():
 
 
 async def test_password_on_server_without_one(redis_server):
+    """Regression: the reference (redis-py 8: HELLO 3 AUTH default <pw>) connects when a
+    password is given to a server that requires none; ours once failed on AUTH <pw>."""
     r = Reference()(host="127.0.0.1", port=redis_server.port, password="unused")
     await r.connect()  # the reference connects
     await r.disconnect()
