@@ -77,7 +77,7 @@ bruno_bridge_c(PyObject *bridge)
 static void
 drop_list(bio_req *r)
 {
-    fail_list(r, BIO_ECLOSED, "event loop closed");
+    fail_list(r, BIO_ECLOSED, BRUNO_LOOP_CLOSED);
 }
 
 static int sweep_retired(bruno_state *st);

@@ -920,6 +920,10 @@ rc_done(bio_req *r)
         self->connected = 0;
         result = Py_NewRef(Py_None);
     }
+    else if (r->status == BIO_ECLOSED && strcmp(r->err, BRUNO_LOOP_CLOSED) == 0) {
+        /* Its loop is gone, so nobody can be waiting: drop it quietly. */
+        result = Py_NewRef(Py_None);
+    }
     else {
         result = failed_result(self, kind, r->err, aw->ctx, &exc);
     }
