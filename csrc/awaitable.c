@@ -7,6 +7,12 @@ static const char *const REUSED_MSG = "cannot reuse already awaited coroutine";
 
 static PySendResult aw_am_send(PyObject *op, PyObject *arg, PyObject **presult);
 
+/* Free list of awaitable memory blocks (untracked, type reference dropped): most
+ * awaitables live for one await, so recycling them saves a malloc/free pair.
+ * Process-wide and protected by the GIL. */
+static PyObject *aw_free[BRUNO_AW_FREELIST];
+static int aw_nfree;
+
 /* ------------------------------------------------------------------ creation */
 
 /* Returns a new reference with all fields clear, or NULL. */
@@ -14,8 +20,8 @@ static BrunoAwaitable *
 aw_alloc(bruno_state *st, const char *qualname, int state)
 {
     BrunoAwaitable *aw;
-    if (st->aw_nfree > 0) {
-        aw = (BrunoAwaitable *)st->aw_free[--st->aw_nfree];
+    if (aw_nfree > 0) {
+        aw = (BrunoAwaitable *)aw_free[--aw_nfree];
         (void)PyObject_Init((PyObject *)aw, st->AwaitableType);  /* increfs the type */
     }
     else {
@@ -435,11 +441,12 @@ static void
 aw_dealloc(PyObject *op)
 {
     PyTypeObject *tp = Py_TYPE(op);
-    bruno_state *st = ((BrunoAwaitable *)op)->st;
     PyObject_GC_UnTrack(op);
     aw_clear(op);
-    if (st->aw_nfree < BRUNO_AW_FREELIST && tp == st->AwaitableType) {
-        st->aw_free[st->aw_nfree++] = op;  /* recycled by aw_alloc */
+    /* No module state here: at interpreter exit the module may be gone before the
+     * last awaitables are (the collector breaks cycles in any order). */
+    if (aw_nfree < BRUNO_AW_FREELIST) {
+        aw_free[aw_nfree++] = op;  /* recycled by aw_alloc, with its type set again */
     }
     else {
         PyObject_GC_Del(op);
@@ -448,10 +455,10 @@ aw_dealloc(PyObject *op)
 }
 
 void
-bruno_awaitable_fini(bruno_state *st)
+bruno_awaitable_fini(bruno_state *Py_UNUSED(st))
 {
-    while (st->aw_nfree > 0) {
-        PyObject_GC_Del(st->aw_free[--st->aw_nfree]);
+    while (aw_nfree > 0) {
+        PyObject_GC_Del(aw_free[--aw_nfree]);
     }
 }
 

@@ -613,7 +613,9 @@ imc_cancel_timer(InMemoryCache *self)
     }
     PyObject *type, *value, *tb;
     PyErr_Fetch(&type, &value, &tb);
-    PyObject *r = PyObject_CallMethodNoArgs(timer, self->st->str_cancel);
+    /* By name, not through the module state: at interpreter exit the module may
+     * be gone before this cache. */
+    PyObject *r = PyObject_CallMethod(timer, "cancel", NULL);
     if (r == NULL) {
         PyErr_WriteUnraisable(NULL);
     }

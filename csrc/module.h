@@ -34,10 +34,6 @@ typedef struct {
     PyObject *str_create_future;      /* owned: interned "create_future" */
     PyObject *str_future_blocking;    /* owned: interned "_asyncio_future_blocking" */
     PyObject *InvalidStateError;      /* owned: asyncio.InvalidStateError */
-    /* Free list of awaitable memory blocks (untracked, type reference dropped):
-     * most awaitables live for one await, so recycling them saves malloc/free. */
-    PyObject *aw_free[BRUNO_AW_FREELIST];  /* owned memory blocks, not objects */
-    int aw_nfree;
 } bruno_state;
 
 extern PyModuleDef bruno_module_def;
