@@ -38,6 +38,7 @@ aw_alloc(bruno_state *st, const char *qualname, int state)
     aw->future = NULL;
     aw->ctx = NULL;
     aw->loop = NULL;
+    aw->plain_future = 0;
     aw->deferred = NULL;
     aw->start = NULL;
     aw->drop = NULL;
@@ -196,7 +197,15 @@ aw_park(BrunoAwaitable *aw, PyObject **presult)
             *presult = NULL;
             return PYGEN_ERROR;
         }
-        PyObject *fut = PyObject_CallMethodNoArgs(loop, aw->st->str_create_future);
+        PyObject *fut;
+        if (aw->plain_future) {
+            /* What asyncio's create_future does, without its Python frame. */
+            PyObject *args[1] = {loop};
+            fut = PyObject_Vectorcall(aw->st->FutureType, args, 0, aw->st->kwnames_loop);
+        }
+        else {
+            fut = PyObject_CallMethodNoArgs(loop, aw->st->str_create_future);
+        }
         Py_DECREF(loop);
         if (fut == NULL) {
             *presult = NULL;

@@ -26,6 +26,7 @@ typedef struct {
     PyObject *future;     /* owned, or NULL: the asyncio Future a task is parked on */
     PyObject *ctx;        /* owned, or NULL: state of a multi-step operation */
     PyObject *loop;       /* owned, or NULL: the loop the result is delivered on */
+    int plain_future;     /* loop.create_future is asyncio's: make the Future directly */
     /* An operation made without a running loop (`asyncio.run(cache.get(k))`) starts
      * at its first send, inside the loop: `deferred` is its unsubmitted request,
      * `start` submits it (0, or -1 with an exception), `drop` frees it unsent. */

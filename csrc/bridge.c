@@ -31,6 +31,7 @@ typedef struct {
     bio_req *pend_head, *pend_tail;
     int pend_count;
     int flush_scheduled;
+    int plain_future;     /* the loop's create_future is asyncio's own */
     bruno_state *st;      /* borrowed */
 } LoopBridge;
 
@@ -199,6 +200,12 @@ sweep_retired(bruno_state *st)
     return 0;
 }
 
+int
+bruno_bridge_plain_future(PyObject *bridge)
+{
+    return ((LoopBridge *)bridge)->plain_future;
+}
+
 PyObject *
 bruno_bridge_loop(PyObject *bridge)
 {
@@ -286,6 +293,15 @@ bruno_bridge_for_loop(bruno_state *st, PyObject *loop)
     self->pend_head = self->pend_tail = NULL;
     self->pend_count = 0;
     self->flush_scheduled = 0;
+    self->plain_future = 0;
+    {
+        PyObject *cf = PyObject_GetAttrString((PyObject *)Py_TYPE(loop), "create_future");
+        if (cf == NULL) {
+            PyErr_Clear();
+        }
+        self->plain_future = cf != NULL && cf == st->base_create_future;
+        Py_XDECREF(cf);
+    }
     self->b = bio_bridge_new();
     if (self->b == NULL) {
         PyErr_SetFromErrno(PyExc_OSError);

@@ -24,6 +24,9 @@ int bruno_bridge_serves(PyObject *bridge, PyObject *loop);
 /* The loop a LoopBridge delivers to (borrowed), or NULL if it is gone. */
 PyObject *bruno_bridge_loop(PyObject *bridge);
 
+/* Does the bridge's loop make its futures with asyncio's own create_future? */
+int bruno_bridge_plain_future(PyObject *bridge);
+
 /* The C bridge inside a LoopBridge object (borrowed). */
 bio_bridge *bruno_bridge_c(PyObject *bridge);
 

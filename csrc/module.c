@@ -153,6 +153,18 @@ module_exec(PyObject *module)
              PyUnicode_InternFromString("_asyncio_future_blocking")) == NULL) {
         return -1;
     }
+    if (import_attr("asyncio", "Future", &st->FutureType) < 0 ||
+        import_attr("asyncio.base_events", "BaseEventLoop", &st->base_create_future) < 0 ||
+        (st->kwnames_loop = Py_BuildValue("(s)", "loop")) == NULL ||
+        (st->str_running_loop_key =
+             PyUnicode_InternFromString("__asyncio_running_event_loop__")) == NULL) {
+        return -1;
+    }
+    Py_SETREF(st->base_create_future,
+              PyObject_GetAttrString(st->base_create_future, "create_future"));
+    if (st->base_create_future == NULL) {
+        return -1;
+    }
     if (import_attr("asyncio", "InvalidStateError", &st->InvalidStateError) < 0 ||
         import_attr("json", "dumps", &st->json_dumps) < 0 ||
         import_attr("json", "loads", &st->json_loads) < 0 ||
@@ -227,6 +239,10 @@ module_clear(PyObject *module)
     Py_CLEAR(st->str_create_future);
     Py_CLEAR(st->str_future_blocking);
     Py_CLEAR(st->InvalidStateError);
+    Py_CLEAR(st->FutureType);
+    Py_CLEAR(st->base_create_future);
+    Py_CLEAR(st->kwnames_loop);
+    Py_CLEAR(st->str_running_loop_key);
     bruno_codec_clear(st);
     bruno_awaitable_fini(st);
     return 0;

@@ -34,6 +34,10 @@ typedef struct {
     PyObject *str_create_future;      /* owned: interned "create_future" */
     PyObject *str_future_blocking;    /* owned: interned "_asyncio_future_blocking" */
     PyObject *InvalidStateError;      /* owned: asyncio.InvalidStateError */
+    PyObject *FutureType;             /* owned: asyncio.Future */
+    PyObject *base_create_future;     /* owned: asyncio.BaseEventLoop.create_future */
+    PyObject *kwnames_loop;           /* owned: ("loop",) */
+    PyObject *str_running_loop_key;   /* owned: "__asyncio_running_event_loop__" */
 } bruno_state;
 
 extern PyModuleDef bruno_module_def;

@@ -49,6 +49,8 @@ typedef struct {
     Py_ssize_t in_flight;        /* submitted, not yet finished */
     bio_req *backlog_head, *backlog_tail;  /* over MAX_IN_FLIGHT, not yet submitted */
     PyObject *last_bridge;       /* owned LoopBridge of the last loop used, or NULL */
+    PyObject *rl_holder;         /* owned, or NULL: asyncio's running-loop holder seen
+                                    with last_bridge (identity check; see rc_bridge) */
     PyObject *weakreflist;
     bruno_state *st;             /* borrowed */
 } RedisCache;
@@ -245,6 +247,7 @@ rc_client(RedisCache *self)
         self->in_flight = 0;
         self->backlog_head = self->backlog_tail = NULL;
         Py_CLEAR(self->last_bridge);
+        Py_CLEAR(self->rl_holder);
     }
     if (self->client != NULL) {
         return self->client;
@@ -297,6 +300,18 @@ static PyObject *
 rc_bridge(RedisCache *self, int *no_loop)
 {
     *no_loop = 0;
+    /* Fast path. asyncio.get_running_loop() costs a getpid() system call on 3.11.
+     * Its C implementation keeps the running loop in an immutable holder object in
+     * the thread state dict, replaced whenever a loop starts or stops in the thread:
+     * the same holder object as last time means the same running loop. (Where the
+     * holder is not found, e.g. on later Pythons, the slow path serves.) */
+    PyObject *tsdict = PyThreadState_GetDict();
+    PyObject *holder = tsdict ? PyDict_GetItemWithError(tsdict, self->st->str_running_loop_key)
+                              : NULL;
+    if (holder != NULL && holder == self->rl_holder && self->last_bridge != NULL) {
+        return self->last_bridge;
+    }
+    PyErr_Clear();
     PyObject *loop = PyObject_CallNoArgs(self->st->get_running_loop);
     if (loop == NULL) {
         if (PyErr_ExceptionMatches(PyExc_RuntimeError)) {
@@ -305,17 +320,17 @@ rc_bridge(RedisCache *self, int *no_loop)
         }
         return NULL;
     }
-    if (self->last_bridge != NULL && bruno_bridge_serves(self->last_bridge, loop)) {
-        Py_DECREF(loop);
-        return self->last_bridge;
+    if (self->last_bridge == NULL || !bruno_bridge_serves(self->last_bridge, loop)) {
+        PyObject *bridge = bruno_bridge_for_loop(self->st, loop);
+        if (bridge == NULL) {
+            Py_DECREF(loop);
+            return NULL;
+        }
+        Py_XSETREF(self->last_bridge, bridge);
     }
-    PyObject *bridge = bruno_bridge_for_loop(self->st, loop);
     Py_DECREF(loop);
-    if (bridge == NULL) {
-        return NULL;
-    }
-    Py_XSETREF(self->last_bridge, bridge);
-    return bridge;
+    Py_XSETREF(self->rl_holder, Py_XNewRef(holder));
+    return self->last_bridge;
 }
 
 static void rc_done(bio_req *r);
@@ -394,6 +409,7 @@ start_deferred(PyObject *awobj)
     }
     aw->deferred = NULL;
     Py_XSETREF(aw->loop, Py_XNewRef(bruno_bridge_loop(bridge)));
+    aw->plain_future = bruno_bridge_plain_future(bridge);
     r->bridge = bruno_bridge_c(bridge);
     bio_bridge_incref(r->bridge);
     r->deadline = bio_now() + (r->op == BIO_OP_CONNECT ? self->connect_timeout
@@ -1621,6 +1637,7 @@ rc_traverse(RedisCache *self, visitproc visit, void *arg)
     Py_VISIT(Py_TYPE(self));
     Py_VISIT(self->default_ttl);
     Py_VISIT(self->last_bridge);
+    Py_VISIT(self->rl_holder);
     return 0;
 }
 
@@ -1628,6 +1645,7 @@ static int
 rc_clear_refs(RedisCache *self)
 {
     Py_CLEAR(self->last_bridge);
+    Py_CLEAR(self->rl_holder);
     return 0;
 }
 
