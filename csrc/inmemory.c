@@ -36,49 +36,11 @@ typedef struct {
 static int
 ttl_seconds(PyObject *ttl, double dflt, const char *what, double *out)
 {
-    double v;
     if (ttl == NULL || ttl == Py_None) {
         *out = dflt;
         return 0;
     }
-    if (PyFloat_CheckExact(ttl)) {
-        v = PyFloat_AS_DOUBLE(ttl);
-    }
-    else if (PyLong_Check(ttl)) {
-        v = PyLong_AsDouble(ttl);
-        if (v == -1.0 && PyErr_Occurred()) {
-            if (!PyErr_ExceptionMatches(PyExc_OverflowError)) {
-                return -1;
-            }
-            PyErr_Clear();
-            v = Py_SIZE(ttl) < 0 ? -INFINITY : INFINITY;
-        }
-    }
-    else if (PyFloat_Check(ttl) ||
-             (Py_TYPE(ttl)->tp_as_number != NULL &&
-              (Py_TYPE(ttl)->tp_as_number->nb_float != NULL ||
-               Py_TYPE(ttl)->tp_as_number->nb_index != NULL) &&
-              !PyUnicode_Check(ttl))) {
-        v = PyFloat_AsDouble(ttl);
-        if (v == -1.0 && PyErr_Occurred()) {
-            return -1;
-        }
-    }
-    else {
-        PyErr_Format(PyExc_TypeError, "%s must be a number or None, not %.100s",
-                     what, Py_TYPE(ttl)->tp_name);
-        return -1;
-    }
-    if (isnan(v)) {
-        PyErr_Format(PyExc_ValueError, "%s must not be NaN", what);
-        return -1;
-    }
-    if (v < 0) {
-        PyErr_Format(PyExc_ValueError, "%s must be >= 0", what);
-        return -1;
-    }
-    *out = v;
-    return 0;
+    return bruno_seconds(ttl, what, out);
 }
 
 static inline double
@@ -178,19 +140,6 @@ imc_read(InMemoryCache *self, PyObject *key, Py_hash_t hash, double *coarse, PyO
 }
 
 /* ------------------------------------------------------------------ data methods */
-
-/* One argument, positional or by keyword (as the reference's methods take it). */
-#define ONE_ARG(fname, argname)                                                  \
-    PyObject *key;                                                               \
-    if (kwnames == NULL && nargs == 1) {                                         \
-        key = args[0];                                                           \
-    }                                                                            \
-    else {                                                                       \
-        static const char *const names[] = {argname, NULL};                      \
-        if (bruno_parse_args(fname, args, nargs, kwnames, names, 1, &key) < 0) { \
-            return NULL;                                                         \
-        }                                                                        \
-    }
 
 static PyObject *
 imc_get(InMemoryCache *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)

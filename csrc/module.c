@@ -4,7 +4,52 @@
 #include "lru.h"
 #include "codec.h"
 
+#include <math.h>
 #include <string.h>
+
+int
+bruno_seconds(PyObject *ttl, const char *what, double *out)
+{
+    double v;
+    if (PyFloat_CheckExact(ttl)) {
+        v = PyFloat_AS_DOUBLE(ttl);
+    }
+    else if (PyLong_Check(ttl)) {
+        v = PyLong_AsDouble(ttl);
+        if (v == -1.0 && PyErr_Occurred()) {
+            if (!PyErr_ExceptionMatches(PyExc_OverflowError)) {
+                return -1;
+            }
+            PyErr_Clear();
+            v = Py_SIZE(ttl) < 0 ? -INFINITY : INFINITY;
+        }
+    }
+    else if (PyFloat_Check(ttl) ||
+             (Py_TYPE(ttl)->tp_as_number != NULL &&
+              (Py_TYPE(ttl)->tp_as_number->nb_float != NULL ||
+               Py_TYPE(ttl)->tp_as_number->nb_index != NULL) &&
+              !PyUnicode_Check(ttl))) {
+        v = PyFloat_AsDouble(ttl);
+        if (v == -1.0 && PyErr_Occurred()) {
+            return -1;
+        }
+    }
+    else {
+        PyErr_Format(PyExc_TypeError, "%s must be a number or None, not %.100s",
+                     what, Py_TYPE(ttl)->tp_name);
+        return -1;
+    }
+    if (isnan(v)) {
+        PyErr_Format(PyExc_ValueError, "%s must not be NaN", what);
+        return -1;
+    }
+    if (v < 0) {
+        PyErr_Format(PyExc_ValueError, "%s must be >= 0", what);
+        return -1;
+    }
+    *out = v;
+    return 0;
+}
 
 int
 bruno_parse_args(const char *fname, PyObject *const *args, Py_ssize_t nargs,

@@ -58,6 +58,25 @@ int bruno_parse_args(const char *fname, PyObject *const *args, Py_ssize_t nargs,
                      PyObject *kwnames, const char *const *names, int required,
                      PyObject **out);
 
+/* One argument of a METH_FASTCALL | METH_KEYWORDS method, positional or by keyword
+ * (as the reference's methods take it), into a local `key`. */
+#define ONE_ARG(fname, argname)                                                  \
+    PyObject *key;                                                               \
+    if (kwnames == NULL && nargs == 1) {                                         \
+        key = args[0];                                                           \
+    }                                                                            \
+    else {                                                                       \
+        static const char *const names[] = {argname, NULL};                      \
+        if (bruno_parse_args(fname, args, nargs, kwnames, names, 1, &key) < 0) { \
+            return NULL;                                                         \
+        }                                                                        \
+    }
+
+/* A number of seconds (int, float, or anything with __float__/__index__, not str):
+ * >= 0 and not NaN; an int too large for a double is infinite. `what` names the
+ * argument in messages. Returns 0, or -1 with TypeError/ValueError. */
+int bruno_seconds(PyObject *v, const char *what, double *out);
+
 /* Type registration hooks, one per file. Each returns 0 or -1 with an exception. */
 int bruno_awaitable_init(PyObject *module, bruno_state *st);
 int bruno_inmemory_init(PyObject *module, bruno_state *st);

@@ -95,34 +95,7 @@ ttl_option(RedisCache *self, PyObject *ttl, int *mode, long long *amount)
         return 0;
     }
     double v;
-    if (PyLong_Check(ttl)) {
-        v = PyLong_AsDouble(ttl);
-        if (v == -1.0 && PyErr_Occurred()) {
-            if (!PyErr_ExceptionMatches(PyExc_OverflowError)) {
-                return -1;
-            }
-            PyErr_Clear();
-            v = Py_SIZE(ttl) < 0 ? -INFINITY : INFINITY;
-        }
-    }
-    else if (PyFloat_Check(ttl) || (!PyUnicode_Check(ttl) && Py_TYPE(ttl)->tp_as_number &&
-                                    Py_TYPE(ttl)->tp_as_number->nb_float)) {
-        v = PyFloat_AsDouble(ttl);
-        if (v == -1.0 && PyErr_Occurred()) {
-            return -1;
-        }
-    }
-    else {
-        PyErr_Format(PyExc_TypeError, "ttl must be a number or None, not %.100s",
-                     Py_TYPE(ttl)->tp_name);
-        return -1;
-    }
-    if (isnan(v)) {
-        PyErr_SetString(PyExc_ValueError, "ttl must not be NaN");
-        return -1;
-    }
-    if (v < 0) {
-        PyErr_SetString(PyExc_ValueError, "ttl must be >= 0");
+    if (bruno_seconds(ttl, "ttl", &v) < 0) {
         return -1;
     }
     if (v == 0 || v > 1e15) {
@@ -137,6 +110,19 @@ ttl_option(RedisCache *self, PyObject *ttl, int *mode, long long *amount)
         *amount = (long long)ceil(v * 1000.0);
     }
     return 0;
+}
+
+/* The UTF-8 of str s (reference stolen): *holder keeps s, which owns the bytes. */
+static const char *
+utf8_held(PyObject *s, Py_ssize_t *len, PyObject **holder)
+{
+    const char *text = PyUnicode_AsUTF8AndSize(s, len);
+    if (text == NULL) {
+        Py_DECREF(s);
+        return NULL;
+    }
+    *holder = s;
+    return text;
 }
 
 /* format(key) in UTF-8, as the reference's f"{prefix}{key}" spells it.
@@ -154,13 +140,7 @@ key_text(PyObject *key, Py_ssize_t *len, PyObject **holder)
             return NULL;
         }
     }
-    const char *text = PyUnicode_AsUTF8AndSize(s, len);
-    if (text == NULL) {
-        Py_DECREF(s);
-        return NULL;
-    }
-    *holder = s;
-    return text;
+    return utf8_held(s, len, holder);
 }
 
 /* Append the bulk string prefix + format(key). Returns 0 or -1. */
@@ -225,13 +205,7 @@ encode_value(RedisCache *self, PyObject *value, Py_ssize_t *len, PyObject **hold
     if (s == NULL) {
         return NULL;
     }
-    const char *text = PyUnicode_AsUTF8AndSize(s, len);
-    if (text == NULL) {
-        Py_DECREF(s);
-        return NULL;
-    }
-    *holder = s;
-    return text;
+    return utf8_held(s, len, holder);
 }
 
 /* ------------------------------------------------------------------ client */
@@ -968,18 +942,6 @@ rc_done(bio_req *r)
 }
 
 /* ------------------------------------------------------------------ methods */
-
-#define ONE_ARG(fname, argname)                                                  \
-    PyObject *key;                                                               \
-    if (kwnames == NULL && nargs == 1) {                                         \
-        key = args[0];                                                           \
-    }                                                                            \
-    else {                                                                       \
-        static const char *const names[] = {argname, NULL};                      \
-        if (bruno_parse_args(fname, args, nargs, kwnames, names, 1, &key) < 0) { \
-            return NULL;                                                         \
-        }                                                                        \
-    }
 
 /* A one-key command: NAME prefix+key. */
 static PyObject *
