@@ -30,7 +30,6 @@ import datetime
 import gc
 import json
 import os
-import platform
 import random
 import statistics
 import sys
@@ -42,6 +41,8 @@ sys.path.insert(0, os.path.join(ROOT, "tests"))  # for _reference (the reference
 
 import cachetools  # noqa: E402
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _common import base_machine_info  # noqa: E402
 import bruno_memory_c  # noqa: E402
 from _reference import reference_inmemory_cache  # noqa: E402
 
@@ -261,23 +262,6 @@ def measure(w: Workload, op: str, contender: str, n: int | None = None) -> tuple
 
 
 def machine_info() -> dict:
-    cpu = None
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    try:
-        nproc = len(os.sched_getaffinity(0))
-    except AttributeError:
-        nproc = os.cpu_count()
-    try:
-        load = os.getloadavg()
-    except OSError:
-        load = None
     try:
         import importlib.metadata as md
 
@@ -285,13 +269,7 @@ def machine_info() -> dict:
     except Exception:
         ref_version = None
     return {
-        "platform": platform.platform(),
-        "machine": platform.machine(),
-        "python": sys.version.split()[0],
-        "python_implementation": platform.python_implementation(),
-        "cpu_model": cpu,
-        "nproc": nproc,
-        "loadavg_at_start": load,
+        **base_machine_info(),
         "bruno_memory_c": bruno_memory_c.__version__,
         "bruno_memory_reference": ref_version,
         "cachetools": cachetools.__version__,

@@ -50,7 +50,6 @@ import importlib.util
 import json
 import logging
 import os
-import platform
 import random
 import re
 import shutil
@@ -67,6 +66,8 @@ sys.path.insert(0, os.path.join(ROOT, "tests"))  # for _reference (the reference
 import redis  # noqa: E402
 import redis.asyncio  # noqa: E402
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _common import base_machine_info  # noqa: E402
 import bruno_memory_c  # noqa: E402
 from _reference import reference_classes  # noqa: E402
 from bruno_memory_c.testing import RedisServer  # noqa: E402
@@ -452,23 +453,6 @@ def dist_version(name: str) -> str | None:
 
 
 def machine_info() -> dict:
-    cpu = None
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    try:
-        nproc = len(os.sched_getaffinity(0))
-    except AttributeError:
-        nproc = os.cpu_count()
-    try:
-        load = os.getloadavg()
-    except OSError:
-        load = None
     server_version = tool_version(["redis-server", "--version"])
     m = re.search(r"v=(\S+)", server_version or "")
     try:
@@ -476,13 +460,7 @@ def machine_info() -> dict:
     except ImportError:  # pragma: no cover
         HIREDIS_AVAILABLE = None
     return {
-        "platform": platform.platform(),
-        "machine": platform.machine(),
-        "python": sys.version.split()[0],
-        "python_implementation": platform.python_implementation(),
-        "cpu_model": cpu,
-        "nproc": nproc,
-        "loadavg_at_start": load,
+        **base_machine_info(),
         "bruno_memory_c": bruno_memory_c.__version__,
         "bruno_memory_reference": dist_version("bruno-memory"),
         "redis_server": m.group(1) if m else server_version,

@@ -468,6 +468,21 @@ log_error(RedisCache *self, const char *fmt, PyObject *arg)
     PyErr_Restore(type, value, tb);
 }
 
+/* Log the exception being raised (which is cleared) with fmt % str(exception). */
+static void
+log_current_error(RedisCache *self, const char *fmt)
+{
+    PyObject *type, *value, *tb;
+    PyErr_Fetch(&type, &value, &tb);
+    PyObject *s = value ? PyObject_Str(value) : NULL;
+    PyErr_Clear();
+    log_error(self, fmt, s ? s : Py_None);
+    Py_XDECREF(s);
+    Py_XDECREF(type);
+    Py_XDECREF(value);
+    Py_XDECREF(tb);
+}
+
 static void
 log_error2(RedisCache *self, const char *fmt, PyObject *key, PyObject *detail)
 {
@@ -784,15 +799,7 @@ ok_result(RedisCache *self, BrunoAwaitable *aw, bio_req *r, PyObject **exc, int 
             PyObject *v = decode_value(self, rep);
             if (v == NULL) {
                 /* Stored text that is not JSON: None, and the error logged. */
-                PyObject *type, *value, *tb;
-                PyErr_Fetch(&type, &value, &tb);
-                PyObject *s = value ? PyObject_Str(value) : NULL;
-                log_error(self, "Error decoding cached value: %s", s ? s : Py_None);
-                Py_XDECREF(s);
-                Py_XDECREF(type);
-                Py_XDECREF(value);
-                Py_XDECREF(tb);
-                PyErr_Clear();
+                log_current_error(self, "Error decoding cached value: %s");
                 Py_RETURN_NONE;
             }
             return v;
@@ -837,14 +844,7 @@ ok_result(RedisCache *self, BrunoAwaitable *aw, bio_req *r, PyObject **exc, int 
                 /* As the reference: a bad value fails the whole call ({}). */
                 Py_XDECREF(v);
                 Py_DECREF(d);
-                PyObject *type, *value, *tb;
-                PyErr_Fetch(&type, &value, &tb);
-                PyObject *s = value ? PyObject_Str(value) : NULL;
-                log_error(self, "Error getting multiple keys: %s", s ? s : Py_None);
-                Py_XDECREF(s);
-                Py_XDECREF(type);
-                Py_XDECREF(value);
-                Py_XDECREF(tb);
+                log_current_error(self, "Error getting multiple keys: %s");
                 return PyDict_New();
             }
             Py_DECREF(v);
