@@ -141,6 +141,21 @@ bruno_aw_complete(BrunoAwaitable *aw, PyObject *result)
 int
 bruno_aw_fail(BrunoAwaitable *aw, PyObject *exc)
 {
+    if (exc == NULL) {
+        /* The failure could not even be built (MemoryError): raise that, never an
+         * awaitable with neither a result nor an exception. */
+        if (!PyErr_Occurred()) {
+            PyErr_SetString(PyExc_RuntimeError, "cache operation failed");
+        }
+        PyObject *type, *tb;
+        PyErr_Fetch(&type, &exc, &tb);
+        PyErr_NormalizeException(&type, &exc, &tb);
+        Py_XDECREF(type);
+        Py_XDECREF(tb);
+        if (exc == NULL) {
+            exc = Py_NewRef(PyExc_MemoryError);
+        }
+    }
     return aw_resolve(aw, NULL, exc);
 }
 

@@ -276,12 +276,14 @@ bridge_push(bio_bridge *b, bio_req *r)
         b->head = r;
     }
     b->tail = r;
-    pthread_mutex_unlock(&b->lock);
     if (was_empty) {
+        /* Under the lock: once it is released, the loop may take r and free it,
+         * and with r the last reference keeping b (and its eventfd) alive. */
         uint64_t one = 1;
         while (write(b->efd, &one, sizeof one) < 0 && errno == EINTR) {
         }
     }
+    pthread_mutex_unlock(&b->lock);
 }
 
 /* ------------------------------------------------------------------ clients */
@@ -506,7 +508,12 @@ out_append(bio_client *c, const char *data, size_t len)
 static int
 send_slot(bio_client *c, const char *buf, size_t len, int ncmd, bio_req *r, int kind)
 {
-    if (out_append(c, buf, len) < 0 || ring_push(c, r, ncmd, kind) < 0) {
+    /* The slot first: bytes sent without one would shift every later reply. */
+    if (ring_push(c, r, ncmd, kind) < 0) {
+        return -1;
+    }
+    if (out_append(c, buf, len) < 0) {
+        c->r_count--;  /* take the slot back */
         return -1;
     }
     atomic_fetch_add(&c->counters.commands, (unsigned long long)ncmd);
@@ -900,8 +907,8 @@ on_reply(bio_client *c, void *reply, double now)
     if (kind == SLOT_HANDSHAKE) {
         handshake_done(c, now);
     }
-    else if (kind == SLOT_STATS && c->close_req && c->r_count == 0) {
-        finish_close(c);
+    else if (c->close_req && c->r_count == 0) {
+        finish_close(c);  /* the last reply a disconnect() was waiting for */
     }
 }
 

@@ -348,6 +348,18 @@ rc_release_backlog(RedisCache *self)
         if (self->backlog_head == NULL) {
             self->backlog_tail = NULL;
         }
+        /* Through its loop's bridge, behind the requests batched there (which are
+         * older): commands must reach Redis in the order they were made. */
+        BrunoAwaitable *aw = (BrunoAwaitable *)r->user;
+        PyObject *bridge = aw->loop ? bruno_bridge_for_loop(self->st, aw->loop) : NULL;
+        if (bridge != NULL) {
+            int rc = bruno_bridge_submit(bridge, r, self->in_flight);
+            Py_DECREF(bridge);
+            if (rc == 0) {
+                continue;
+            }
+        }
+        PyErr_Clear();
         if (bio_submit(r) < 0) {
             r->status = BIO_ECONN;
             snprintf(r->err, sizeof r->err, "cannot start the I/O thread");
@@ -832,6 +844,7 @@ ok_result(RedisCache *self, BrunoAwaitable *aw, bio_req *r, PyObject **exc, int 
         if (d == NULL) {
             return NULL;
         }
+        Py_INCREF(keys);  /* a key's __eq__ may close the awaitable, freeing ctx */
         for (size_t i = 0; i < rep->elements; i++) {
             redisReply *e = rep->element[i];
             if (e->type != REDIS_REPLY_STRING) {
@@ -844,11 +857,13 @@ ok_result(RedisCache *self, BrunoAwaitable *aw, bio_req *r, PyObject **exc, int 
                 /* As the reference: a bad value fails the whole call ({}). */
                 Py_XDECREF(v);
                 Py_DECREF(d);
+                Py_DECREF(keys);
                 log_current_error(self, "Error getting multiple keys: %s");
                 return PyDict_New();
             }
             Py_DECREF(v);
         }
+        Py_DECREF(keys);
         return d;
     }
     case K_SETMANY:
@@ -916,6 +931,9 @@ rc_done(bio_req *r)
     }
     else {
         result = failed_result(self, kind, r->err, aw->ctx, &exc);
+    }
+    if (result != NULL || exc != NULL) {
+        PyErr_Clear();  /* a secondary failure while building the answer */
     }
     if (!pending) {
         if (result == NULL && exc == NULL) {

@@ -1312,3 +1312,29 @@ async def test_never_connected_failures_leak_nothing():
     assert traced_growth < 1024 * 1024, traced_growth
     assert [sys.getrefcount(key), sys.getrefcount(value), sys.getrefcount(cache)] == base
     assert awaitables_alive() <= aw_before
+
+
+async def test_disconnect_with_a_command_sent_after_it_does_not_wait_for_the_timeout(redis_server):
+    """A command made right after disconnect() in the same loop iteration must not keep
+    the disconnect waiting for socket_timeout (review finding; hang check only)."""
+    cache = RedisCache(host="127.0.0.1", port=redis_server.port, socket_timeout=30)
+    await cache.connect()
+    await cache.get("a")  # one pending statistics increment to flush at disconnect
+    got = asyncio.ensure_future(cache.get("x"))
+    closing = asyncio.ensure_future(cache.disconnect())
+    setting = asyncio.ensure_future(cache.set("y", 1))
+    done, pending = await asyncio.wait({got, closing, setting}, timeout=10)
+    assert not pending, "disconnect() waited for socket_timeout"
+    assert closing.result() is None
+
+
+async def test_order_is_kept_past_the_in_flight_limit(redis_server):
+    """Past MAX_IN_FLIGHT (65,536) requests wait in a backlog; they must still reach
+    Redis after the older requests batched on the loop (review finding)."""
+    cache = RedisCache(host="127.0.0.1", port=redis_server.port)
+    await cache.connect()
+    n = 70_000
+    aws = [cache.set("k", i) for i in range(n)]
+    await asyncio.gather(*aws)
+    assert await cache.get("k") == n - 1
+    await cache.disconnect()
