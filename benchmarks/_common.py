@@ -1,6 +1,7 @@
 """Helpers shared by the benchmark scripts."""
 from __future__ import annotations
 
+import json
 import os
 import platform
 import sys
@@ -34,3 +35,12 @@ def base_machine_info() -> dict:
         "nproc": nproc,
         "loadavg_at_start": load,
     }
+
+
+def write_results(path: str, result: dict) -> None:
+    """Write a run's figures as JSON and say where."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(result, f, indent=2)
+        f.write("\n")
+    print(f"\nwrote {os.path.relpath(path)} in {result['duration_s']} s")

@@ -28,7 +28,6 @@ import argparse
 import asyncio
 import datetime
 import gc
-import json
 import os
 import random
 import statistics
@@ -42,7 +41,7 @@ sys.path.insert(0, os.path.join(ROOT, "tests"))  # for _reference (the reference
 import cachetools  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import base_machine_info  # noqa: E402
+from _common import base_machine_info, write_results  # noqa: E402
 import bruno_memory_c  # noqa: E402
 from _reference import reference_inmemory_cache  # noqa: E402
 
@@ -377,11 +376,7 @@ def main(argv=None) -> int:
         "targets": verdicts,
         "all_pass": all_pass,
     }
-    os.makedirs(os.path.dirname(os.path.abspath(opts.output)), exist_ok=True)
-    with open(opts.output, "w") as f:
-        json.dump(result, f, indent=2)
-        f.write("\n")
-    print(f"\nwrote {os.path.relpath(opts.output)} in {result['duration_s']} s")
+    write_results(opts.output, result)
     return 1 if (opts.strict and not all_pass) else 0
 
 

@@ -78,7 +78,7 @@ bruno_bridge_c(PyObject *bridge)
 static void
 drop_list(bio_req *r)
 {
-    fail_list(r, BIO_ECLOSED, BRUNO_LOOP_CLOSED);
+    fail_list(r, BIO_EDROPPED, "event loop closed");
 }
 
 static int sweep_retired(bruno_state *st);

@@ -5,9 +5,6 @@
 #include "io.h"
 #include "module.h"
 
-/* Error text of requests dropped because their event loop is gone. */
-#define BRUNO_LOOP_CLOSED "event loop closed"
-
 /* The LoopBridge of `loop` (new reference), created and registered with
  * loop.add_reader on first use. NULL with an exception on error. */
 PyObject *bruno_bridge_for_loop(bruno_state *st, PyObject *loop);

@@ -315,55 +315,6 @@ done:
     return bruno_aw_ready(self->st, "InMemoryCache.get_many", result);
 }
 
-/* The (key, value) pairs of a mapping as a new list of 2-tuples or, for an exact
- * dict, as a flat tuple (k0, v0, k1, v1, ...) snapshot. Sets *flat accordingly. */
-static PyObject *
-mapping_snapshot(bruno_state *st, PyObject *mapping, int *flat)
-{
-    if (PyDict_CheckExact(mapping)) {
-        Py_ssize_t pos = 0, i = 0, n = PyDict_GET_SIZE(mapping);
-        PyObject *k, *v;
-        PyObject *snap = PyTuple_New(2 * n);
-        if (snap == NULL) {
-            return NULL;
-        }
-        while (PyDict_Next(mapping, &pos, &k, &v)) {  /* runs no Python code */
-            PyTuple_SET_ITEM(snap, i++, Py_NewRef(k));
-            PyTuple_SET_ITEM(snap, i++, Py_NewRef(v));
-        }
-        *flat = 1;
-        return snap;
-    }
-    PyObject *items = PyObject_GetAttr(mapping, st->str_items);
-    if (items == NULL) {
-        if (PyErr_ExceptionMatches(PyExc_AttributeError)) {
-            PyErr_Format(PyExc_TypeError, "set_many() expects a mapping, not %.100s",
-                         Py_TYPE(mapping)->tp_name);
-        }
-        return NULL;
-    }
-    PyObject *view = PyObject_CallNoArgs(items);
-    Py_DECREF(items);
-    if (view == NULL) {
-        return NULL;
-    }
-    PyObject *list = PySequence_List(view);
-    Py_DECREF(view);
-    if (list == NULL) {
-        return NULL;
-    }
-    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(list); i++) {
-        PyObject *pair = PyList_GET_ITEM(list, i);
-        if (!PyTuple_Check(pair) || PyTuple_GET_SIZE(pair) != 2) {
-            PyErr_SetString(PyExc_TypeError, "set_many() mapping items must be (key, value) pairs");
-            Py_DECREF(list);
-            return NULL;
-        }
-    }
-    *flat = 0;
-    return list;
-}
-
 static PyObject *
 imc_set_many(InMemoryCache *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
 {
@@ -376,12 +327,11 @@ imc_set_many(InMemoryCache *self, PyObject *const *args, Py_ssize_t nargs, PyObj
     if (ttl_seconds(a[1], self->default_ttl, "ttl", &ttl) < 0) {
         return NULL;
     }
-    int flat;
-    PyObject *snap = mapping_snapshot(self->st, a[0], &flat);
+    PyObject *snap = bruno_mapping_flat(self->st, a[0]);  /* (k0, v0, k1, v1, ...) */
     if (snap == NULL) {
         return NULL;
     }
-    Py_ssize_t n = flat ? PyTuple_GET_SIZE(snap) / 2 : PyList_GET_SIZE(snap);
+    Py_ssize_t n = PyTuple_GET_SIZE(snap) / 2;
     Py_hash_t small[SMALL_BATCH];
     Py_hash_t *hashes = n <= SMALL_BATCH ? small : PyMem_Malloc((size_t)n * sizeof(Py_hash_t));
     PyObject *ret = NULL;
@@ -389,23 +339,18 @@ imc_set_many(InMemoryCache *self, PyObject *const *args, Py_ssize_t nargs, PyObj
         PyErr_NoMemory();
         goto done;
     }
-#define PAIR_KEY(i) (flat ? PyTuple_GET_ITEM(snap, 2 * (i)) \
-                          : PyTuple_GET_ITEM(PyList_GET_ITEM(snap, i), 0))
-#define PAIR_VALUE(i) (flat ? PyTuple_GET_ITEM(snap, 2 * (i) + 1) \
-                            : PyTuple_GET_ITEM(PyList_GET_ITEM(snap, i), 1))
     for (Py_ssize_t i = 0; i < n; i++) {
-        hashes[i] = PyObject_Hash(PAIR_KEY(i));
+        hashes[i] = PyObject_Hash(PyTuple_GET_ITEM(snap, 2 * i));
         if (hashes[i] == -1) {
             goto done;
         }
     }
     for (Py_ssize_t i = 0; i < n; i++) {
-        if (imc_store(self, PAIR_KEY(i), hashes[i], PAIR_VALUE(i), ttl) < 0) {
+        if (imc_store(self, PyTuple_GET_ITEM(snap, 2 * i), hashes[i],
+                      PyTuple_GET_ITEM(snap, 2 * i + 1), ttl) < 0) {
             goto done;
         }
     }
-#undef PAIR_KEY
-#undef PAIR_VALUE
     ret = bruno_aw_none(self->st, "InMemoryCache.set_many");
 done:
     if (hashes != small && hashes != NULL) {

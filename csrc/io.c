@@ -5,6 +5,7 @@
  * belongs to the I/O thread. */
 #define _GNU_SOURCE
 #include "io.h"
+#include "clock.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -108,9 +109,7 @@ bio_pid(void)
 double
 bio_now(void)
 {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+    return bruno_clock_seconds(CLOCK_MONOTONIC);
 }
 
 /* ------------------------------------------------------------------ buffers */

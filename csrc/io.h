@@ -29,6 +29,7 @@ enum {
     BIO_ETIMEOUT,      /* no complete answer within socket_timeout */
     BIO_ECONN,         /* could not connect, or the connection failed */
     BIO_ECLOSED,       /* disconnect() was called while it was pending */
+    BIO_EDROPPED,      /* set by a bridge: its loop is gone, nobody can await it */
 };
 
 /* What a request asks of the I/O thread. */

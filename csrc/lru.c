@@ -1,5 +1,6 @@
 /* lru.c: the LRU/TTL table under InMemoryCache. See lru.h for the contract. */
 #include "lru.h"
+#include "clock.h"
 
 #include <math.h>
 #include <string.h>
@@ -11,9 +12,7 @@
 double
 lru_now(void)
 {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+    return bruno_clock_seconds(CLOCK_MONOTONIC);
 }
 
 double lru_coarse_margin = 0;
@@ -36,9 +35,7 @@ lru_clock_init(void)
 double
 lru_now_coarse(void)
 {
-    struct timespec ts;
-    clock_gettime(coarse_clock, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+    return bruno_clock_seconds(coarse_clock);
 }
 
 int

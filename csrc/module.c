@@ -51,6 +51,54 @@ bruno_seconds(PyObject *ttl, const char *what, double *out)
     return 0;
 }
 
+PyObject *
+bruno_mapping_flat(bruno_state *st, PyObject *mapping)
+{
+    PyObject *snap;
+    if (PyDict_CheckExact(mapping)) {
+        Py_ssize_t pos = 0, i = 0;
+        PyObject *k, *v;
+        snap = PyTuple_New(2 * PyDict_GET_SIZE(mapping));
+        if (snap == NULL) {
+            return NULL;
+        }
+        while (PyDict_Next(mapping, &pos, &k, &v)) {  /* runs no Python code */
+            PyTuple_SET_ITEM(snap, i++, Py_NewRef(k));
+            PyTuple_SET_ITEM(snap, i++, Py_NewRef(v));
+        }
+        return snap;
+    }
+    PyObject *items = PyObject_GetAttr(mapping, st->str_items);
+    if (items == NULL) {
+        if (PyErr_ExceptionMatches(PyExc_AttributeError)) {
+            PyErr_Format(PyExc_TypeError, "set_many() expects a mapping, not %.100s",
+                         Py_TYPE(mapping)->tp_name);
+        }
+        return NULL;
+    }
+    PyObject *view = PyObject_CallNoArgs(items);
+    Py_DECREF(items);
+    PyObject *list = view ? PySequence_List(view) : NULL;
+    Py_XDECREF(view);
+    if (list == NULL) {
+        return NULL;
+    }
+    Py_ssize_t n = PyList_GET_SIZE(list);
+    snap = PyTuple_New(2 * n);
+    for (Py_ssize_t i = 0; snap != NULL && i < n; i++) {
+        PyObject *pair = PyList_GET_ITEM(list, i);
+        if (!PyTuple_Check(pair) || PyTuple_GET_SIZE(pair) != 2) {
+            PyErr_SetString(PyExc_TypeError, "set_many() mapping items must be (key, value) pairs");
+            Py_CLEAR(snap);
+            break;
+        }
+        PyTuple_SET_ITEM(snap, 2 * i, Py_NewRef(PyTuple_GET_ITEM(pair, 0)));
+        PyTuple_SET_ITEM(snap, 2 * i + 1, Py_NewRef(PyTuple_GET_ITEM(pair, 1)));
+    }
+    Py_DECREF(list);
+    return snap;
+}
+
 int
 bruno_parse_args(const char *fname, PyObject *const *args, Py_ssize_t nargs,
                  PyObject *kwnames, const char *const *names, int required,
@@ -184,7 +232,6 @@ module_exec(PyObject *module)
         return -1;
     }
     if ((st->str_call_later = PyUnicode_InternFromString("call_later")) == NULL ||
-        (st->str_cancel = PyUnicode_InternFromString("cancel")) == NULL ||
         (st->str_is_closed = PyUnicode_InternFromString("is_closed")) == NULL ||
         (st->str_items = PyUnicode_InternFromString("items")) == NULL) {
         return -1;
@@ -266,7 +313,6 @@ module_clear(PyObject *module)
     Py_CLEAR(st->CacheError);
     Py_CLEAR(st->get_running_loop);
     Py_CLEAR(st->str_call_later);
-    Py_CLEAR(st->str_cancel);
     Py_CLEAR(st->str_is_closed);
     Py_CLEAR(st->str_items);
     Py_CLEAR(st->str_localhost);

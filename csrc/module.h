@@ -24,7 +24,6 @@ typedef struct {
     PyObject *urlsplit;               /* owned: urllib.parse.urlsplit */
     PyObject *get_running_loop;       /* owned: asyncio.get_running_loop */
     PyObject *str_call_later;         /* owned: interned "call_later" */
-    PyObject *str_cancel;             /* owned: interned "cancel" */
     PyObject *str_is_closed;          /* owned: interned "is_closed" */
     PyObject *str_items;              /* owned: interned "items" */
     PyObject *str_localhost;          /* owned: "localhost" */
@@ -71,6 +70,11 @@ int bruno_parse_args(const char *fname, PyObject *const *args, Py_ssize_t nargs,
             return NULL;                                                         \
         }                                                                        \
     }
+
+/* The (key, value) pairs of a mapping (a dict, or anything with .items()) as a new
+ * flat tuple (k0, v0, k1, v1, ...): a snapshot that code run later cannot change.
+ * NULL with TypeError for a non-mapping or items that are not pairs. */
+PyObject *bruno_mapping_flat(bruno_state *st, PyObject *mapping);
 
 /* A number of seconds (int, float, or anything with __float__/__index__, not str):
  * >= 0 and not NaN; an int too large for a double is infinite. `what` names the

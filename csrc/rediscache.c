@@ -925,7 +925,7 @@ rc_done(bio_req *r)
         self->connected = 0;
         result = Py_NewRef(Py_None);
     }
-    else if (r->status == BIO_ECLOSED && strcmp(r->err, BRUNO_LOOP_CLOSED) == 0) {
+    else if (r->status == BIO_EDROPPED) {
         /* Its loop is gone, so nobody can be waiting: drop it quietly. */
         result = Py_NewRef(Py_None);
     }
@@ -1121,28 +1121,11 @@ rc_set_many(RedisCache *self, PyObject *const *args, Py_ssize_t nargs, PyObject 
     if (ttl_option(self, a[1], &mode, &amount) < 0) {
         return NULL;
     }
-    PyObject *items;
-    if (PyDict_Check(a[0])) {
-        items = PyDict_Items(a[0]);
-    }
-    else {
-        PyObject *meth = PyObject_GetAttr(a[0], self->st->str_items);
-        if (meth == NULL) {
-            if (PyErr_ExceptionMatches(PyExc_AttributeError)) {
-                PyErr_Format(PyExc_TypeError, "set_many() expects a mapping, not %.100s",
-                             Py_TYPE(a[0])->tp_name);
-            }
-            return NULL;
-        }
-        PyObject *view = PyObject_CallNoArgs(meth);
-        Py_DECREF(meth);
-        items = view ? PySequence_List(view) : NULL;
-        Py_XDECREF(view);
-    }
+    PyObject *items = bruno_mapping_flat(self->st, a[0]);  /* (k0, v0, k1, v1, ...) */
     if (items == NULL) {
         return NULL;
     }
-    Py_ssize_t n = PyList_GET_SIZE(items);
+    Py_ssize_t n = PyTuple_GET_SIZE(items) / 2;
     if (n == 0) {
         Py_DECREF(items);
         return bruno_aw_none(self->st, "RedisCache.set_many");
@@ -1150,14 +1133,10 @@ rc_set_many(RedisCache *self, PyObject *const *args, Py_ssize_t nargs, PyObject 
     bio_buf b;
     bio_buf_init(&b);
     for (Py_ssize_t i = 0; i < n; i++) {
-        PyObject *pair = PyList_GET_ITEM(items, i);
-        if (!PyTuple_Check(pair) || PyTuple_GET_SIZE(pair) != 2) {
-            PyErr_SetString(PyExc_TypeError, "set_many() mapping items must be (key, value) pairs");
-            goto fail;
-        }
         PyObject *exc = NULL;
-        int rc = append_set(self, &b, PyTuple_GET_ITEM(pair, 0), PyTuple_GET_ITEM(pair, 1),
-                            mode, amount, "Failed to set multiple keys: %s", &exc);
+        int rc = append_set(self, &b, PyTuple_GET_ITEM(items, 2 * i),
+                            PyTuple_GET_ITEM(items, 2 * i + 1), mode, amount,
+                            "Failed to set multiple keys: %s", &exc);
         if (rc < 0) {
             goto fail;
         }
@@ -1220,7 +1199,10 @@ rc_get_stats(RedisCache *self, PyObject *Py_UNUSED(ignored))
 static PyObject *
 rc_connect_impl(RedisCache *self, int flags, const char *qualname)
 {
-    if (self->connected && rc_client(self) != NULL && self->connected) {
+    if (rc_client(self) == NULL) {  /* also forgets a parent's connection after fork */
+        return NULL;
+    }
+    if (self->connected) {
         return bruno_aw_ready(self->st, qualname,
                               Py_NewRef(flags & K_ENTER ? (PyObject *)self : Py_None));
     }
@@ -1497,14 +1479,10 @@ rc_from_url(PyObject *cls, PyObject *const *args, Py_ssize_t nargs, PyObject *kw
         }
     }
     int rc = 0;
-    PyObject *unquote = NULL;
-    {
-        PyObject *parse = PyImport_ImportModule("urllib.parse");
-        unquote = parse ? PyObject_GetAttrString(parse, "unquote") : NULL;
-        Py_XDECREF(parse);
-        if (unquote == NULL) {
-            rc = -1;
-        }
+    PyObject *parse = PyImport_ImportModule("urllib.parse");
+    PyObject *unquote = parse ? PyObject_GetAttrString(parse, "unquote") : NULL;
+    if (unquote == NULL) {
+        rc = -1;
     }
     for (int i = 0; i < 2 && rc == 0; i++) {  /* username, password: percent-decoded */
         if (v[i] != Py_None && PyUnicode_GET_LENGTH(v[i]) > 0) {
@@ -1530,9 +1508,7 @@ rc_from_url(PyObject *cls, PyObject *const *args, Py_ssize_t nargs, PyObject *kw
         Py_XDECREF(n);
     }
     if (rc == 0 && PyUnicode_GET_LENGTH(v[5]) > 0) {  /* ?db=N */
-        PyObject *parse = PyImport_ImportModule("urllib.parse");
-        PyObject *q = parse ? PyObject_CallMethod(parse, "parse_qs", "O", v[5]) : NULL;
-        Py_XDECREF(parse);
+        PyObject *q = PyObject_CallMethod(parse, "parse_qs", "O", v[5]);
         PyObject *dbs = q ? PyDict_GetItemString(q, "db") : NULL;
         if (q == NULL) {
             rc = -1;
@@ -1545,6 +1521,7 @@ rc_from_url(PyObject *cls, PyObject *const *args, Py_ssize_t nargs, PyObject *kw
         Py_XDECREF(q);
     }
     Py_XDECREF(unquote);
+    Py_XDECREF(parse);
     for (int i = 0; i < 6; i++) {
         Py_DECREF(v[i]);
     }
