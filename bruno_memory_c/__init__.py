@@ -1,18 +1,20 @@
 """bruno_memory_c: the asyncio caches of bruno-memory, in C.
 
 A drop-in replacement for ``bruno_memory.utils.cache``: ``InMemoryCache`` (LRU + TTL),
-with ``RedisCache`` and ``MultiLevelCache`` to follow. Every data method returns an
-awaitable that works wherever the reference's coroutine does.
+``RedisCache`` (Redis over a background C I/O thread) and ``MultiLevelCache`` (an L1
+in front of an L2). Every data method returns an awaitable that works wherever the
+reference's coroutine does.
 """
 from . import _core
 from ._asyncmethods import AsyncMethodsMeta as _AsyncMethodsMeta
-from ._core import CacheAwaitable, CacheError, InMemoryCache, RedisCache
+from ._core import CacheAwaitable, CacheError, InMemoryCache, MultiLevelCache, RedisCache
 from ._interface import CacheInterface
 
 # Async methods read from the class look like `async def` to asyncio, inspect and
 # unittest.mock (AsyncMock(spec=InMemoryCache)); instances are untouched.
 _core._set_metatype(InMemoryCache, _AsyncMethodsMeta)
 _core._set_metatype(RedisCache, _AsyncMethodsMeta)
+_core._set_metatype(MultiLevelCache, _AsyncMethodsMeta)
 
 __version__ = "0.1.0"
 
@@ -21,12 +23,14 @@ REDIS_AVAILABLE = True
 
 CacheInterface.register(InMemoryCache)
 CacheInterface.register(RedisCache)
+CacheInterface.register(MultiLevelCache)
 
 __all__ = [
     "CacheAwaitable",
     "CacheError",
     "CacheInterface",
     "InMemoryCache",
+    "MultiLevelCache",
     "REDIS_AVAILABLE",
     "RedisCache",
     "__version__",

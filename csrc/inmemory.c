@@ -7,6 +7,8 @@
  * Re-entrancy: Python code can run in a key's __hash__/__eq__ (lookup) and in the
  * __del__ of a released key or value. Each method hashes and validates before it
  * changes anything, and releases references only after the table is consistent. */
+#include "inmemory.h"
+
 #include "awaitable.h"
 #include "lru.h"
 
@@ -68,15 +70,15 @@ imc_evict(InMemoryCache *self)
     }
 }
 
-/* Store one entry (hash already known, ttl already validated). Returns 0 or -1. */
+/* Store one entry (hash already known) expiring at `expiry` (lru_now() timebase,
+ * INFINITY for never). Returns 0 or -1. */
 static int
-imc_store(InMemoryCache *self, PyObject *key, Py_hash_t hash, PyObject *value, double ttl)
+imc_store(InMemoryCache *self, PyObject *key, Py_hash_t hash, PyObject *value, double expiry)
 {
     lru_node *n;
     if (lru_lookup(&self->table, key, hash, &n) < 0) {
         return -1;
     }
-    double expiry = expiry_for(ttl);
     if (n != NULL) {
         PyObject *old = n->value;
         n->value = Py_NewRef(value);
@@ -139,53 +141,61 @@ imc_read(InMemoryCache *self, PyObject *key, Py_hash_t hash, double *coarse, PyO
     return 0;
 }
 
-/* ------------------------------------------------------------------ data methods */
+/* ------------------------------------------------------------------ operations */
 
-static PyObject *
-imc_get(InMemoryCache *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
+int
+bruno_imc_lookup(PyObject *l1, PyObject *key, PyObject **value)
 {
-    ONE_ARG("get", "key")
     Py_hash_t hash = PyObject_Hash(key);
     if (hash == -1) {
-        return NULL;
+        *value = NULL;
+        return -1;
     }
     double coarse = -1;
-    PyObject *value;
-    if (imc_read(self, key, hash, &coarse, &value) < 0) {
-        return NULL;
+    if (imc_read((InMemoryCache *)l1, key, hash, &coarse, value) < 0) {
+        return -1;
     }
-    if (value == NULL) {
-        return bruno_aw_none(self->st, "InMemoryCache.get");
-    }
-    return bruno_aw_ready(self->st, "InMemoryCache.get", value);
+    return *value != NULL;
 }
 
-static PyObject *
-imc_set(InMemoryCache *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
+/* Store with the key and value held: re-entrant code must not free them under us. */
+static int
+imc_store_held(InMemoryCache *self, PyObject *key, Py_hash_t hash, PyObject *value,
+               double expiry)
 {
-    static const char *const names[] = {"key", "value", "ttl", NULL};
-    PyObject *a[3];
-    if (bruno_parse_args("set", args, nargs, kwnames, names, 2, a) < 0) {
-        return NULL;
+    Py_INCREF(key);
+    Py_INCREF(value);
+    int rc = imc_store(self, key, hash, value, expiry);
+    Py_DECREF(value);
+    Py_DECREF(key);
+    return rc;
+}
+
+int
+bruno_imc_put(PyObject *l1, PyObject *key, PyObject *value, PyObject *ttl)
+{
+    InMemoryCache *self = (InMemoryCache *)l1;
+    double secs;
+    if (ttl_seconds(ttl, self->default_ttl, "ttl", &secs) < 0) {
+        return -1;
     }
-    double ttl;
-    if (ttl_seconds(a[2], self->default_ttl, "ttl", &ttl) < 0) {
-        return NULL;
-    }
-    Py_hash_t hash = PyObject_Hash(a[0]);
+    Py_hash_t hash = PyObject_Hash(key);
     if (hash == -1) {
-        return NULL;
+        return -1;
     }
-    /* Hold the arguments: re-entrant code must not free them under us. */
-    Py_INCREF(a[0]);
-    Py_INCREF(a[1]);
-    int rc = imc_store(self, a[0], hash, a[1], ttl);
-    Py_DECREF(a[1]);
-    Py_DECREF(a[0]);
-    if (rc < 0) {
-        return NULL;
+    return imc_store_held(self, key, hash, value, expiry_for(secs));
+}
+
+int
+bruno_imc_promote(PyObject *l1, PyObject *key, PyObject *value, double until)
+{
+    InMemoryCache *self = (InMemoryCache *)l1;
+    Py_hash_t hash = PyObject_Hash(key);
+    if (hash == -1) {
+        return -1;
     }
-    return bruno_aw_none(self->st, "InMemoryCache.set");
+    double expiry = expiry_for(self->default_ttl);
+    return imc_store_held(self, key, hash, value, until < expiry ? until : expiry);
 }
 
 /* Hash and look up one key: *n is its node or NULL. Returns 0, or -1 on error. */
@@ -199,99 +209,98 @@ imc_find(InMemoryCache *self, PyObject *key, lru_node **n)
     return lru_lookup(&self->table, key, hash, n);
 }
 
-static PyObject *
-imc_delete(InMemoryCache *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
+int
+bruno_imc_remove(PyObject *l1, PyObject *key)
 {
-    ONE_ARG("delete", "key")
+    InMemoryCache *self = (InMemoryCache *)l1;
     lru_node *n;
     if (imc_find(self, key, &n) < 0) {
-        return NULL;
+        return -1;
     }
     if (n == NULL) {
-        return bruno_aw_ready(self->st, "InMemoryCache.delete", Py_NewRef(Py_False));
+        return 0;
     }
     /* As in the reference, an entry that has expired but is still stored is
      * deleted and reported as deleted. */
     lru_unlink(&self->table, n);
     LRU_ASSERT_CONSISTENT(&self->table);
     lru_node_free(n);
-    return bruno_aw_ready(self->st, "InMemoryCache.delete", Py_NewRef(Py_True));
+    return 1;
 }
 
-static PyObject *
-imc_exists(InMemoryCache *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
+int
+bruno_imc_contains(PyObject *l1, PyObject *key)
 {
-    ONE_ARG("exists", "key")
+    InMemoryCache *self = (InMemoryCache *)l1;
     lru_node *n;
     if (imc_find(self, key, &n) < 0) {
-        return NULL;
+        return -1;
     }
-    PyObject *answer = Py_False;
+    if (n == NULL) {
+        return 0;
+    }
     double coarse = -1;
-    if (n != NULL) {
-        if (is_expired(n, &coarse)) {
-            lru_unlink(&self->table, n);
-            self->expirations++;
-            LRU_ASSERT_CONSISTENT(&self->table);
-            lru_node_free(n);
-        }
-        else {
-            answer = Py_True;  /* exists() does not change recency (reference) */
-        }
+    if (is_expired(n, &coarse)) {
+        lru_unlink(&self->table, n);
+        self->expirations++;
+        LRU_ASSERT_CONSISTENT(&self->table);
+        lru_node_free(n);
+        return 0;
     }
-    return bruno_aw_ready(self->st, "InMemoryCache.exists", Py_NewRef(answer));
+    return 1;  /* exists() does not change recency (reference) */
 }
 
-static PyObject *
-imc_clear(InMemoryCache *self, PyObject *Py_UNUSED(ignored))
+void
+bruno_imc_clear(PyObject *l1)
 {
+    InMemoryCache *self = (InMemoryCache *)l1;
     lru_node *chain = lru_detach_all(&self->table);
     LRU_ASSERT_CONSISTENT(&self->table);
     lru_free_chain(chain);
-    return bruno_aw_none(self->st, "InMemoryCache.clear");
 }
 
 #define SMALL_BATCH 128
 
-static PyObject *
-imc_get_many(InMemoryCache *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
+/* Hashes of n keys taken every `step` items of a tuple, in `small` when they fit,
+ * else in PyMem memory the caller frees. NULL with an exception (an unhashable key
+ * fails the call before any change). */
+static Py_hash_t *
+hash_all(PyObject *tuple, Py_ssize_t n, Py_ssize_t step, Py_hash_t *small)
 {
-    ONE_ARG("get_many", "keys")
-    PyObject *keys = key;
-    /* A private tuple: code run by __eq__/__del__ cannot change what we iterate. */
-    PyObject *tuple = PySequence_Tuple(keys);
-    if (tuple == NULL) {
-        if (PyErr_ExceptionMatches(PyExc_TypeError)) {
-            PyErr_Format(PyExc_TypeError, "get_many() expects an iterable of keys, not %.100s",
-                         Py_TYPE(keys)->tp_name);
-        }
-        return NULL;
-    }
-    Py_ssize_t n = PyTuple_GET_SIZE(tuple);
-    Py_hash_t small[SMALL_BATCH];
     Py_hash_t *hashes = n <= SMALL_BATCH ? small : PyMem_Malloc((size_t)n * sizeof(Py_hash_t));
-    PyObject *result = NULL;
     if (hashes == NULL) {
         PyErr_NoMemory();
-        goto done;
+        return NULL;
     }
-    /* Hash every key first: an unhashable key fails the call before any change. */
     for (Py_ssize_t i = 0; i < n; i++) {
-        hashes[i] = PyObject_Hash(PyTuple_GET_ITEM(tuple, i));
+        hashes[i] = PyObject_Hash(PyTuple_GET_ITEM(tuple, i * step));
         if (hashes[i] == -1) {
-            goto done;
+            if (hashes != small) {
+                PyMem_Free(hashes);
+            }
+            return NULL;
         }
     }
-    result = PyDict_New();
-    if (result == NULL) {
-        goto done;
+    return hashes;
+}
+
+PyObject *
+bruno_imc_read_many(PyObject *l1, PyObject *tuple)
+{
+    InMemoryCache *self = (InMemoryCache *)l1;
+    Py_ssize_t n = PyTuple_GET_SIZE(tuple);
+    Py_hash_t small[SMALL_BATCH];
+    Py_hash_t *hashes = hash_all(tuple, n, 1, small);
+    if (hashes == NULL) {
+        return NULL;
     }
+    PyObject *result = PyDict_New();
     double coarse = -1;
-    for (Py_ssize_t i = 0; i < n; i++) {
+    for (Py_ssize_t i = 0; result != NULL && i < n; i++) {
         PyObject *key = PyTuple_GET_ITEM(tuple, i), *value;
         if (imc_read(self, key, hashes[i], &coarse, &value) < 0) {
             Py_CLEAR(result);
-            goto done;
+            break;
         }
         if (value == NULL) {
             continue;
@@ -301,13 +310,109 @@ imc_get_many(InMemoryCache *self, PyObject *const *args, Py_ssize_t nargs, PyObj
         Py_DECREF(value);
         if (rc < 0) {
             Py_CLEAR(result);
-            goto done;
         }
     }
-done:
     if (hashes != small) {
         PyMem_Free(hashes);
     }
+    return result;
+}
+
+int
+bruno_imc_put_many(PyObject *l1, PyObject *flat, PyObject *ttl)
+{
+    InMemoryCache *self = (InMemoryCache *)l1;
+    double secs;
+    if (ttl_seconds(ttl, self->default_ttl, "ttl", &secs) < 0) {
+        return -1;
+    }
+    Py_ssize_t n = PyTuple_GET_SIZE(flat) / 2;
+    Py_hash_t small[SMALL_BATCH];
+    Py_hash_t *hashes = hash_all(flat, n, 2, small);
+    if (hashes == NULL) {
+        return -1;
+    }
+    int rc = 0;
+    double expiry = expiry_for(secs);
+    for (Py_ssize_t i = 0; rc == 0 && i < n; i++) {
+        /* The snapshot tuple holds key and value for the whole loop. */
+        rc = imc_store(self, PyTuple_GET_ITEM(flat, 2 * i), hashes[i],
+                       PyTuple_GET_ITEM(flat, 2 * i + 1), expiry);
+    }
+    if (hashes != small) {
+        PyMem_Free(hashes);
+    }
+    return rc;
+}
+
+/* ------------------------------------------------------------------ data methods */
+
+static PyObject *
+imc_get(InMemoryCache *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
+{
+    ONE_ARG("get", "key")
+    PyObject *value;
+    int found = bruno_imc_lookup((PyObject *)self, key, &value);
+    if (found < 0) {
+        return NULL;
+    }
+    if (!found) {
+        return bruno_aw_none(self->st, "InMemoryCache.get");
+    }
+    return bruno_aw_ready(self->st, "InMemoryCache.get", value);
+}
+
+static PyObject *
+imc_set(InMemoryCache *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
+{
+    static const char *const names[] = {"key", "value", "ttl", NULL};
+    PyObject *a[3];
+    if (bruno_parse_args("set", args, nargs, kwnames, names, 2, a) < 0 ||
+        bruno_imc_put((PyObject *)self, a[0], a[1], a[2]) < 0) {
+        return NULL;
+    }
+    return bruno_aw_none(self->st, "InMemoryCache.set");
+}
+
+static PyObject *
+imc_delete(InMemoryCache *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
+{
+    ONE_ARG("delete", "key")
+    int rc = bruno_imc_remove((PyObject *)self, key);
+    if (rc < 0) {
+        return NULL;
+    }
+    return bruno_aw_ready(self->st, "InMemoryCache.delete", PyBool_FromLong(rc));
+}
+
+static PyObject *
+imc_exists(InMemoryCache *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
+{
+    ONE_ARG("exists", "key")
+    int rc = bruno_imc_contains((PyObject *)self, key);
+    if (rc < 0) {
+        return NULL;
+    }
+    return bruno_aw_ready(self->st, "InMemoryCache.exists", PyBool_FromLong(rc));
+}
+
+static PyObject *
+imc_clear(InMemoryCache *self, PyObject *Py_UNUSED(ignored))
+{
+    bruno_imc_clear((PyObject *)self);
+    return bruno_aw_none(self->st, "InMemoryCache.clear");
+}
+
+static PyObject *
+imc_get_many(InMemoryCache *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
+{
+    ONE_ARG("get_many", "keys")
+    /* A private tuple: code run by __eq__/__del__ cannot change what we iterate. */
+    PyObject *tuple = bruno_keys_tuple(key);
+    if (tuple == NULL) {
+        return NULL;
+    }
+    PyObject *result = bruno_imc_read_many((PyObject *)self, tuple);
     Py_DECREF(tuple);
     if (result == NULL) {
         return NULL;
@@ -323,7 +428,7 @@ imc_set_many(InMemoryCache *self, PyObject *const *args, Py_ssize_t nargs, PyObj
     if (bruno_parse_args("set_many", args, nargs, kwnames, names, 1, a) < 0) {
         return NULL;
     }
-    double ttl;
+    double ttl;  /* validated before the mapping is read, as before */
     if (ttl_seconds(a[1], self->default_ttl, "ttl", &ttl) < 0) {
         return NULL;
     }
@@ -331,33 +436,12 @@ imc_set_many(InMemoryCache *self, PyObject *const *args, Py_ssize_t nargs, PyObj
     if (snap == NULL) {
         return NULL;
     }
-    Py_ssize_t n = PyTuple_GET_SIZE(snap) / 2;
-    Py_hash_t small[SMALL_BATCH];
-    Py_hash_t *hashes = n <= SMALL_BATCH ? small : PyMem_Malloc((size_t)n * sizeof(Py_hash_t));
-    PyObject *ret = NULL;
-    if (hashes == NULL) {
-        PyErr_NoMemory();
-        goto done;
-    }
-    for (Py_ssize_t i = 0; i < n; i++) {
-        hashes[i] = PyObject_Hash(PyTuple_GET_ITEM(snap, 2 * i));
-        if (hashes[i] == -1) {
-            goto done;
-        }
-    }
-    for (Py_ssize_t i = 0; i < n; i++) {
-        if (imc_store(self, PyTuple_GET_ITEM(snap, 2 * i), hashes[i],
-                      PyTuple_GET_ITEM(snap, 2 * i + 1), ttl) < 0) {
-            goto done;
-        }
-    }
-    ret = bruno_aw_none(self->st, "InMemoryCache.set_many");
-done:
-    if (hashes != small && hashes != NULL) {
-        PyMem_Free(hashes);
-    }
+    int rc = bruno_imc_put_many((PyObject *)self, snap, a[1]);
     Py_DECREF(snap);
-    return ret;
+    if (rc < 0) {
+        return NULL;
+    }
+    return bruno_aw_none(self->st, "InMemoryCache.set_many");
 }
 
 /* ------------------------------------------------------------------ statistics */
@@ -415,6 +499,12 @@ static PyObject *
 imc_stats(InMemoryCache *self, PyObject *Py_UNUSED(ignored))
 {
     return imc_stats_dict(self, 0);
+}
+
+PyObject *
+bruno_imc_stats(PyObject *l1)
+{
+    return imc_stats_dict((InMemoryCache *)l1, 0);
 }
 
 /* ------------------------------------------------------------------ cleanup */

@@ -58,6 +58,7 @@ struct bio_req {
      * objects and the function the loop bridge calls with the finished request). */
     void *user;
     void *ctx;
+    void *via;                /* a MultiLevelCache's ml_via, or NULL */
     int kind;
     void (*on_done)(bio_req *r);
 };

@@ -52,6 +52,17 @@ bruno_seconds(PyObject *ttl, const char *what, double *out)
 }
 
 PyObject *
+bruno_keys_tuple(PyObject *keys)
+{
+    PyObject *tuple = PySequence_Tuple(keys);
+    if (tuple == NULL && PyErr_ExceptionMatches(PyExc_TypeError)) {
+        PyErr_Format(PyExc_TypeError, "get_many() expects an iterable of keys, not %.100s",
+                     Py_TYPE(keys)->tp_name);
+    }
+    return tuple;
+}
+
+PyObject *
 bruno_mapping_flat(bruno_state *st, PyObject *mapping)
 {
     PyObject *snap;
@@ -164,7 +175,8 @@ set_metatype(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         return NULL;
     }
     PyObject *cls = args[0], *meta = args[1];
-    if (cls != (PyObject *)st->InMemoryCacheType && cls != (PyObject *)st->RedisCacheType) {
+    if (cls != (PyObject *)st->InMemoryCacheType && cls != (PyObject *)st->RedisCacheType &&
+        cls != (PyObject *)st->MultiLevelCacheType) {
         PyErr_SetString(PyExc_TypeError, "_set_metatype: not a bruno_memory_c type");
         return NULL;
     }
@@ -276,7 +288,8 @@ module_exec(PyObject *module)
         return -1;
     }
     if (bruno_awaitable_init(module, st) < 0 || bruno_inmemory_init(module, st) < 0 ||
-        bruno_bridge_init(module, st) < 0 || bruno_redis_init(module, st) < 0) {
+        bruno_bridge_init(module, st) < 0 || bruno_redis_init(module, st) < 0 ||
+        bruno_multilevel_init(module, st) < 0) {
         return -1;
     }
     return 0;
@@ -291,6 +304,8 @@ module_traverse(PyObject *module, visitproc visit, void *arg)
     Py_VISIT(st->CacheError);
     Py_VISIT(st->get_running_loop);
     Py_VISIT(st->RedisCacheType);
+    Py_VISIT(st->MultiLevelCacheType);
+    Py_VISIT(st->ml_helpers);
     Py_VISIT(st->LoopBridgeType);
     Py_VISIT(st->bridges);
     Py_VISIT(st->retired_bridges);
@@ -319,6 +334,8 @@ module_clear(PyObject *module)
     Py_CLEAR(st->str_default_prefix);
     Py_CLEAR(st->int_3600);
     Py_CLEAR(st->RedisCacheType);
+    Py_CLEAR(st->MultiLevelCacheType);
+    Py_CLEAR(st->ml_helpers);
     Py_CLEAR(st->LoopBridgeType);
     Py_CLEAR(st->bridges);
     Py_CLEAR(st->retired_bridges);

@@ -11,6 +11,8 @@ typedef struct {
     PyTypeObject *AwaitableType;      /* owned */
     PyTypeObject *InMemoryCacheType;  /* owned */
     PyTypeObject *RedisCacheType;     /* owned */
+    PyTypeObject *MultiLevelCacheType; /* owned */
+    PyObject *ml_helpers;             /* owned or NULL: bruno_memory_c._multilevel, once used */
     PyTypeObject *LoopBridgeType;     /* owned */
     PyObject *CacheError;             /* owned: exception class */
     PyObject *bridges;                /* owned dict: id(loop) -> LoopBridge */
@@ -76,6 +78,10 @@ int bruno_parse_args(const char *fname, PyObject *const *args, Py_ssize_t nargs,
  * NULL with TypeError for a non-mapping or items that are not pairs. */
 PyObject *bruno_mapping_flat(bruno_state *st, PyObject *mapping);
 
+/* The keys of get_many(keys) as a new tuple (a snapshot), or NULL with TypeError
+ * naming the argument's type when it is not iterable. */
+PyObject *bruno_keys_tuple(PyObject *keys);
+
 /* A number of seconds (int, float, or anything with __float__/__index__, not str):
  * >= 0 and not NaN; an int too large for a double is infinite. `what` names the
  * argument in messages. Returns 0, or -1 with TypeError/ValueError. */
@@ -87,5 +93,6 @@ int bruno_inmemory_init(PyObject *module, bruno_state *st);
 void bruno_awaitable_fini(bruno_state *st);
 int bruno_bridge_init(PyObject *module, bruno_state *st);
 int bruno_redis_init(PyObject *module, bruno_state *st);
+int bruno_multilevel_init(PyObject *module, bruno_state *st);
 
 #endif

@@ -9,6 +9,7 @@
 #include "bridge.h"
 #include "codec.h"
 #include "io.h"
+#include "rediscache.h"
 
 #include <hiredis/hiredis.h>
 #include <math.h>
@@ -25,7 +26,12 @@ enum {
     K_CLEAR, K_STATS, K_STATS_SCAN,
     K_AUTOCONNECT = 0x100,  /* flag: the cache was not connected when called */
     K_ENTER = 0x200,        /* flag: connect() for __aenter__, returns the cache */
+    K_WITH_TTL = 0x400,     /* flag: PTTL of each key follows (MultiLevelCache) */
 };
+_Static_assert((int)K_GET == RC_GET && (int)K_SET == RC_SET && (int)K_DELETE == RC_DELETE &&
+                   (int)K_EXISTS == RC_EXISTS && (int)K_MGET == RC_MGET &&
+                   (int)K_SETMANY == RC_SETMANY,
+               "request kinds shared with multilevel.c");
 
 typedef struct {
     PyObject_HEAD
@@ -375,6 +381,11 @@ drop_unsent(void *p)
     bio_req *r = p;
     Py_XDECREF((PyObject *)r->ctx);
     r->ctx = NULL;
+    if (r->via != NULL) {
+        ml_via *via = r->via;
+        r->via = NULL;
+        bruno_mlc_via_drop(via);
+    }
     bio_req_free(r);
 }
 
@@ -414,15 +425,18 @@ start_deferred(PyObject *awobj)
  * its pending awaitable. Without a running loop the request waits in the
  * awaitable until it is awaited. */
 static PyObject *
-rc_request(RedisCache *self, const char *qualname, int kind, int op, bio_buf *b)
+rc_request(RedisCache *self, const char *qualname, int kind, int op, bio_buf *b,
+           ml_via *via)
 {
-    if (b->oom) {
-        bio_buf_free(b);
-        return PyErr_NoMemory();
-    }
-    bio_client *client = rc_client(self);
+    bio_client *client = b->oom ? NULL : rc_client(self);
     if (client == NULL) {
+        if (b->oom) {
+            PyErr_NoMemory();
+        }
         bio_buf_free(b);
+        if (via != NULL) {
+            bruno_mlc_via_drop(via);
+        }
         return NULL;
     }
     if (!self->connected && op == BIO_OP_CMD) {
@@ -431,8 +445,12 @@ rc_request(RedisCache *self, const char *qualname, int kind, int op, bio_buf *b)
     bio_req *r = bio_req_new(client, NULL, op, b->ncmd);
     if (r == NULL) {
         bio_buf_free(b);
+        if (via != NULL) {
+            bruno_mlc_via_drop(via);
+        }
         return PyErr_NoMemory();
     }
+    r->via = via;  /* from here on, drop_unsent gives it back */
     r->buf = b->data;
     r->len = b->len;
     b->data = NULL;
@@ -899,6 +917,21 @@ ok_result(RedisCache *self, BrunoAwaitable *aw, bio_req *r, PyObject **exc, int 
     return res;
 }
 
+/* The Python error being raised, as an exception instance for the awaiting task. */
+static PyObject *
+fetch_error(RedisCache *self)
+{
+    PyObject *type, *value, *tb;
+    PyErr_Fetch(&type, &value, &tb);
+    PyErr_NormalizeException(&type, &value, &tb);
+    if (tb != NULL && value != NULL) {
+        PyException_SetTraceback(value, tb);
+    }
+    Py_XDECREF(type);
+    Py_XDECREF(tb);
+    return value ? value : rc_error(self, "internal error: %s", "no result");
+}
+
 /* Called by the loop bridge, on the awaiting loop, for each finished request. */
 static void
 rc_done(bio_req *r)
@@ -916,9 +949,12 @@ rc_done(bio_req *r)
         }
         result = ok_result(self, aw, r, &exc, &pending);
     }
-    else if ((r->kind & K_AUTOCONNECT) || kind == K_CONNECT) {
+    else if (kind == K_CONNECT ||
+             ((r->kind & K_AUTOCONNECT) && !(r->via != NULL && kind != K_SET &&
+                                             kind != K_SETMANY))) {
         /* As the reference: a method that had to connect first raises the
-         * connection failure. */
+         * connection failure. (A MultiLevelCache's reads never raise for their
+         * L2: they fall through to the usual failure result below.) */
         exc = rc_error(self, "Redis connection failed: %s", r->err);
     }
     else if (kind == K_CLOSE) {
@@ -935,18 +971,17 @@ rc_done(bio_req *r)
     if (result != NULL || exc != NULL) {
         PyErr_Clear();  /* a secondary failure while building the answer */
     }
+    if (r->via != NULL) {
+        ml_via *via = r->via;
+        r->via = NULL;
+        if (result == NULL && exc == NULL) {
+            exc = fetch_error(self);
+        }
+        bruno_mlc_l2_done(via, r, kind, &result, &exc);
+    }
     if (!pending) {
         if (result == NULL && exc == NULL) {
-            /* A Python error while converting: the awaiting task gets it. */
-            PyObject *type, *value, *tb;
-            PyErr_Fetch(&type, &value, &tb);
-            PyErr_NormalizeException(&type, &value, &tb);
-            if (tb != NULL && value != NULL) {
-                PyException_SetTraceback(value, tb);
-            }
-            Py_XDECREF(type);
-            Py_XDECREF(tb);
-            exc = value ? value : rc_error(self, "internal error: %s", "no result");
+            exc = fetch_error(self);  /* a Python error while converting */
         }
         int rc = result != NULL ? bruno_aw_complete(aw, result) : bruno_aw_fail(aw, exc);
         if (rc < 0) {
@@ -961,20 +996,26 @@ rc_done(bio_req *r)
 
 /* ------------------------------------------------------------------ methods */
 
-/* A one-key command: NAME prefix+key. */
+/* A one-key command, NAME prefix+key, and with K_WITH_TTL a PTTL of the key. */
 static PyObject *
 rc_key_command(RedisCache *self, const char *qualname, const char *cmd, int kind,
-               PyObject *key)
+               PyObject *key, ml_via *via)
 {
     bio_buf b;
     bio_buf_init(&b);
-    bio_buf_array(&b, 2);
-    append_str(&b, cmd);
-    if (append_key(self, &b, key) < 0) {
-        bio_buf_free(&b);
-        return NULL;
+    int n = kind & K_WITH_TTL ? 2 : 1;
+    for (int i = 0; i < n; i++) {
+        bio_buf_array(&b, 2);
+        append_str(&b, i == 0 ? cmd : "PTTL");
+        if (append_key(self, &b, key) < 0) {
+            bio_buf_free(&b);
+            if (via != NULL) {
+                bruno_mlc_via_drop(via);
+            }
+            return NULL;
+        }
     }
-    PyObject *aw = rc_request(self, qualname, kind, BIO_OP_CMD, &b);
+    PyObject *aw = rc_request(self, qualname, kind, BIO_OP_CMD, &b, via);
     if (aw != NULL) {
         ((BrunoAwaitable *)aw)->ctx = Py_NewRef(key);  /* for the error log */
     }
@@ -985,21 +1026,39 @@ static PyObject *
 rc_get(RedisCache *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
 {
     ONE_ARG("get", "key")
-    return rc_key_command(self, "RedisCache.get", "GET", K_GET, key);
+    return rc_key_command(self, "RedisCache.get", "GET", K_GET, key, NULL);
 }
 
 static PyObject *
 rc_delete(RedisCache *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
 {
     ONE_ARG("delete", "key")
-    return rc_key_command(self, "RedisCache.delete", "DEL", K_DELETE, key);
+    return rc_key_command(self, "RedisCache.delete", "DEL", K_DELETE, key, NULL);
 }
 
 static PyObject *
 rc_exists(RedisCache *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
 {
     ONE_ARG("exists", "key")
-    return rc_key_command(self, "RedisCache.exists", "EXISTS", K_EXISTS, key);
+    return rc_key_command(self, "RedisCache.exists", "EXISTS", K_EXISTS, key, NULL);
+}
+
+PyObject *
+bruno_rc_fetch(PyObject *l2, PyObject *key, const char *qualname, ml_via *via)
+{
+    return rc_key_command((RedisCache *)l2, qualname, "GET", K_GET | K_WITH_TTL, key, via);
+}
+
+PyObject *
+bruno_rc_delete(PyObject *l2, PyObject *key, const char *qualname, ml_via *via)
+{
+    return rc_key_command((RedisCache *)l2, qualname, "DEL", K_DELETE, key, via);
+}
+
+PyObject *
+bruno_rc_exists(PyObject *l2, PyObject *key, const char *qualname, ml_via *via)
+{
+    return rc_key_command((RedisCache *)l2, qualname, "EXISTS", K_EXISTS, key, via);
 }
 
 /* SET prefix+key json [EX n | PX ms] appended to b. Returns 0, 1 when the value
@@ -1046,6 +1105,37 @@ append_set(RedisCache *self, bio_buf *b, PyObject *key, PyObject *value, int mod
     return 0;
 }
 
+/* What a request could not be made for gives its via back. */
+static PyObject *
+no_request(PyObject *ret, ml_via *via)
+{
+    if (via != NULL) {
+        bruno_mlc_via_drop(via);
+    }
+    return ret;
+}
+
+PyObject *
+bruno_rc_set(PyObject *l2, PyObject *key, PyObject *value, PyObject *ttl,
+             const char *qualname, ml_via *via)
+{
+    RedisCache *self = (RedisCache *)l2;
+    int mode;
+    long long amount = 0;
+    if (ttl_option(self, ttl, &mode, &amount) < 0) {
+        return no_request(NULL, via);
+    }
+    bio_buf b;
+    bio_buf_init(&b);
+    PyObject *exc = NULL;
+    int rc = append_set(self, &b, key, value, mode, amount, "Failed to set cache key: %s", &exc);
+    if (rc != 0) {
+        bio_buf_free(&b);
+        return no_request(rc < 0 ? NULL : bruno_aw_error(self->st, qualname, exc), via);
+    }
+    return rc_request(self, qualname, K_SET, BIO_OP_CMD, &b, via);
+}
+
 static PyObject *
 rc_set(RedisCache *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
 {
@@ -1054,58 +1144,89 @@ rc_set(RedisCache *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwna
     if (bruno_parse_args("set", args, nargs, kwnames, names, 2, a) < 0) {
         return NULL;
     }
-    int mode;
-    long long amount = 0;
-    if (ttl_option(self, a[2], &mode, &amount) < 0) {
-        return NULL;
-    }
-    bio_buf b;
-    bio_buf_init(&b);
-    PyObject *exc = NULL;
-    int rc = append_set(self, &b, a[0], a[1], mode, amount, "Failed to set cache key: %s", &exc);
-    if (rc != 0) {
-        bio_buf_free(&b);
-        return rc < 0 ? NULL : bruno_aw_error(self->st, "RedisCache.set", exc);
-    }
-    return rc_request(self, "RedisCache.set", K_SET, BIO_OP_CMD, &b);
+    return bruno_rc_set((PyObject *)self, a[0], a[1], a[2], "RedisCache.set", NULL);
 }
 
+/* MGET of a non-empty key tuple (stolen), and with K_WITH_TTL a PTTL per key. */
 static PyObject *
-rc_get_many(RedisCache *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
+rc_mget(RedisCache *self, PyObject *keys, int kind, const char *qualname, ml_via *via)
 {
-    ONE_ARG("get_many", "keys")
-    PyObject *keys = PySequence_Tuple(key);
-    if (keys == NULL) {
-        if (PyErr_ExceptionMatches(PyExc_TypeError)) {
-            PyErr_Format(PyExc_TypeError, "get_many() expects an iterable of keys, not %.100s",
-                         Py_TYPE(key)->tp_name);
-        }
-        return NULL;
-    }
     Py_ssize_t n = PyTuple_GET_SIZE(keys);
-    if (n == 0) {
-        Py_DECREF(keys);
-        PyObject *d = PyDict_New();
-        return d ? bruno_aw_ready(self->st, "RedisCache.get_many", d) : NULL;
-    }
     bio_buf b;
     bio_buf_init(&b);
     bio_buf_array(&b, (size_t)n + 1);
     append_str(&b, "MGET");
-    for (Py_ssize_t i = 0; i < n; i++) {
-        if (append_key(self, &b, PyTuple_GET_ITEM(keys, i)) < 0) {
-            bio_buf_free(&b);
-            Py_DECREF(keys);
-            return NULL;
+    for (int pass = 0; pass < (kind & K_WITH_TTL ? 2 : 1); pass++) {
+        for (Py_ssize_t i = 0; i < n; i++) {
+            if (pass == 1) {
+                bio_buf_array(&b, 2);
+                append_str(&b, "PTTL");
+            }
+            if (append_key(self, &b, PyTuple_GET_ITEM(keys, i)) < 0) {
+                bio_buf_free(&b);
+                Py_DECREF(keys);
+                return no_request(NULL, via);
+            }
         }
     }
-    PyObject *aw = rc_request(self, "RedisCache.get_many", K_MGET, BIO_OP_CMD, &b);
+    PyObject *aw = rc_request(self, qualname, kind, BIO_OP_CMD, &b, via);
     if (aw == NULL) {
         Py_DECREF(keys);
         return NULL;
     }
     ((BrunoAwaitable *)aw)->ctx = keys;  /* stolen */
     return aw;
+}
+
+static PyObject *
+rc_get_many(RedisCache *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
+{
+    ONE_ARG("get_many", "keys")
+    PyObject *keys = bruno_keys_tuple(key);
+    if (keys == NULL) {
+        return NULL;
+    }
+    if (PyTuple_GET_SIZE(keys) == 0) {
+        Py_DECREF(keys);
+        PyObject *d = PyDict_New();
+        return d ? bruno_aw_ready(self->st, "RedisCache.get_many", d) : NULL;
+    }
+    return rc_mget(self, keys, K_MGET, "RedisCache.get_many", NULL);
+}
+
+PyObject *
+bruno_rc_fetch_many(PyObject *l2, PyObject *keys, const char *qualname, ml_via *via)
+{
+    return rc_mget((RedisCache *)l2, Py_NewRef(keys), K_MGET | K_WITH_TTL, qualname, via);
+}
+
+PyObject *
+bruno_rc_set_many(PyObject *l2, PyObject *items, PyObject *ttl, const char *qualname,
+                  ml_via *via)
+{
+    RedisCache *self = (RedisCache *)l2;
+    int mode;
+    long long amount = 0;
+    if (ttl_option(self, ttl, &mode, &amount) < 0) {
+        return no_request(NULL, via);
+    }
+    Py_ssize_t n = PyTuple_GET_SIZE(items) / 2;
+    if (n == 0) {
+        return no_request(bruno_aw_none(self->st, qualname), via);
+    }
+    bio_buf b;
+    bio_buf_init(&b);
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *exc = NULL;
+        int rc = append_set(self, &b, PyTuple_GET_ITEM(items, 2 * i),
+                            PyTuple_GET_ITEM(items, 2 * i + 1), mode, amount,
+                            "Failed to set multiple keys: %s", &exc);
+        if (rc != 0) {  /* nothing is written when one value cannot be encoded */
+            bio_buf_free(&b);
+            return no_request(rc < 0 ? NULL : bruno_aw_error(self->st, qualname, exc), via);
+        }
+    }
+    return rc_request(self, qualname, K_SETMANY, BIO_OP_CMD, &b, via);
 }
 
 static PyObject *
@@ -1116,8 +1237,8 @@ rc_set_many(RedisCache *self, PyObject *const *args, Py_ssize_t nargs, PyObject 
     if (bruno_parse_args("set_many", args, nargs, kwnames, names, 1, a) < 0) {
         return NULL;
     }
-    int mode;
-    long long amount = 0;
+    int mode;  /* the ttl is checked before the mapping is read */
+    long long amount;
     if (ttl_option(self, a[1], &mode, &amount) < 0) {
         return NULL;
     }
@@ -1125,33 +1246,10 @@ rc_set_many(RedisCache *self, PyObject *const *args, Py_ssize_t nargs, PyObject 
     if (items == NULL) {
         return NULL;
     }
-    Py_ssize_t n = PyTuple_GET_SIZE(items) / 2;
-    if (n == 0) {
-        Py_DECREF(items);
-        return bruno_aw_none(self->st, "RedisCache.set_many");
-    }
-    bio_buf b;
-    bio_buf_init(&b);
-    for (Py_ssize_t i = 0; i < n; i++) {
-        PyObject *exc = NULL;
-        int rc = append_set(self, &b, PyTuple_GET_ITEM(items, 2 * i),
-                            PyTuple_GET_ITEM(items, 2 * i + 1), mode, amount,
-                            "Failed to set multiple keys: %s", &exc);
-        if (rc < 0) {
-            goto fail;
-        }
-        if (rc > 0) {  /* nothing is written when one value cannot be encoded */
-            bio_buf_free(&b);
-            Py_DECREF(items);
-            return bruno_aw_error(self->st, "RedisCache.set_many", exc);
-        }
-    }
+    PyObject *aw = bruno_rc_set_many((PyObject *)self, items, a[1], "RedisCache.set_many",
+                                     NULL);
     Py_DECREF(items);
-    return rc_request(self, "RedisCache.set_many", K_SETMANY, BIO_OP_CMD, &b);
-fail:
-    bio_buf_free(&b);
-    Py_DECREF(items);
-    return NULL;
+    return aw;
 }
 
 static PyObject *
@@ -1160,7 +1258,7 @@ rc_clear(RedisCache *self, PyObject *Py_UNUSED(ignored))
     bio_buf b;
     bio_buf_init(&b);
     append_scan(self, &b, "0", 1);
-    return rc_request(self, "RedisCache.clear", K_CLEAR, BIO_OP_CMD, &b);
+    return rc_request(self, "RedisCache.clear", K_CLEAR, BIO_OP_CMD, &b, NULL);
 }
 
 static PyObject *
@@ -1193,7 +1291,7 @@ rc_get_stats(RedisCache *self, PyObject *Py_UNUSED(ignored))
     append_str(&b, "HGETALL");
     bio_buf_bulk2(&b, stats_key, plen, "stats", 5);
     append_scan(self, &b, "0", 1);
-    return rc_request(self, "RedisCache.get_stats", K_STATS, BIO_OP_CMD, &b);
+    return rc_request(self, "RedisCache.get_stats", K_STATS, BIO_OP_CMD, &b, NULL);
 }
 
 static PyObject *
@@ -1208,7 +1306,7 @@ rc_connect_impl(RedisCache *self, int flags, const char *qualname)
     }
     bio_buf b;
     bio_buf_init(&b);
-    return rc_request(self, qualname, K_CONNECT | flags, BIO_OP_CONNECT, &b);
+    return rc_request(self, qualname, K_CONNECT | flags, BIO_OP_CONNECT, &b, NULL);
 }
 
 static PyObject *
@@ -1233,7 +1331,7 @@ rc_disconnect(RedisCache *self, PyObject *Py_UNUSED(ignored))
     self->connected = 0;
     bio_buf b;
     bio_buf_init(&b);
-    return rc_request(self, "RedisCache.disconnect", K_CLOSE, BIO_OP_CLOSE, &b);
+    return rc_request(self, "RedisCache.disconnect", K_CLOSE, BIO_OP_CLOSE, &b, NULL);
 }
 
 static PyObject *
@@ -1267,6 +1365,12 @@ rc_stats(RedisCache *self, PyObject *Py_UNUSED(ignored))
 }
 
 /* ------------------------------------------------------------------ construction */
+
+PyObject *
+bruno_rc_stats(PyObject *l2)
+{
+    return rc_stats((RedisCache *)l2, NULL);
+}
 
 static int
 int_arg(PyObject *v, const char *what, long lo, long hi, int *out)

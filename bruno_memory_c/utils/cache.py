@@ -4,7 +4,8 @@ from bruno_memory_c import (  # noqa: F401
     CacheError,
     CacheInterface,
     InMemoryCache,
+    MultiLevelCache,
     RedisCache,
 )
 
-__all__ = ["CacheError", "CacheInterface", "InMemoryCache", "REDIS_AVAILABLE", "RedisCache"]
+__all__ = ["CacheError", "CacheInterface", "InMemoryCache", "MultiLevelCache", "REDIS_AVAILABLE", "RedisCache"]

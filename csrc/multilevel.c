@@ -1,0 +1,924 @@
+/* multilevel.c: MultiLevelCache, an L1 cache in front of an L2 cache, in C.
+ *
+ * Semantics follow bruno_memory.utils.cache.MultiLevelCache (0.1.5): get tries L1,
+ * then L2 and promotes an L2 hit into L1; writes go to L1, then L2.
+ *
+ * Two paths, chosen per call from the levels' exact types:
+ *   fast     L1 is our InMemoryCache and L2 our RedisCache (or None): everything
+ *            happens here. An L1 hit is one table lookup; an L1 miss is one L2
+ *            request carrying an ml_via (this file's record of why it asked), and
+ *            rediscache.c hands the finished request to bruno_mlc_l2_done() on the
+ *            awaiting loop, where L2's answer is promoted into L1 in the same
+ *            completion batch. GET and PTTL share a pipeline, so a promoted entry
+ *            expires in L1 no later than in L2.
+ *   generic  any other levels (the reference's RedisCache, an AsyncMock): the
+ *            coroutines of bruno_memory_c/_multilevel.py await them exactly as the
+ *            reference does (same methods, same arguments). With our L1, get() still
+ *            answers an L1 hit here and hands only the miss to Python.
+ *
+ * Promotion races: while an L2 read of a key is in flight, a write of that key
+ * through this cache (set, set_many, delete, clear) marks the read stale, and its
+ * answer is then returned but not promoted (it may predate the write). `reading`
+ * counts the reads in flight per key for that. */
+#include "awaitable.h"
+#include "inmemory.h"
+#include "lru.h"
+#include "rediscache.h"
+
+#include <hiredis/hiredis.h>
+#include <math.h>
+#include <structmember.h>
+
+typedef struct {
+    PyObject_HEAD
+    PyObject *l1;            /* owned: the L1 cache */
+    PyObject *l2;            /* owned: the L2 cache, or None */
+    PyObject *promote_obj;   /* owned: promote_on_hit as given */
+    int promote;             /* its truth value */
+    unsigned long long l1_hits, l2_hits, misses, l2_errors, promotions;
+    PyObject *reading;       /* owned dict or NULL: key -> int, 2 per L2 read in
+                                flight (fast path), + 1 once the key was written */
+    PyObject *weakreflist;
+    bruno_state *st;         /* borrowed: module state, alive while our type is */
+} MultiLevelCache;
+
+enum { ML_GET = 1, ML_GET_MANY, ML_SET, ML_DELETE, ML_EXISTS, ML_SET_MANY };
+
+struct ml_via {
+    MultiLevelCache *mlc;    /* owned */
+    PyObject *keys;          /* owned or NULL: the key (get), or the tuple of keys
+                                asked of L2 (get_many); their reads are counted */
+    PyObject *partial;       /* owned or NULL: L1's part of the answer (get_many: the
+                                dict; delete: True when L1 deleted the key) */
+    double issued;           /* when the request was made (monotonic seconds) */
+    int op;                  /* ML_* */
+};
+
+/* ------------------------------------------------------------------ paths */
+
+enum { PATH_GENERIC = 0, PATH_L1_ONLY, PATH_FAST };
+
+static inline int
+ml_path(MultiLevelCache *self)
+{
+    if (!bruno_imc_exact(self->st, self->l1)) {
+        return PATH_GENERIC;
+    }
+    if (self->l2 == Py_None) {
+        return PATH_L1_ONLY;
+    }
+    return bruno_rc_exact(self->st, self->l2) ? PATH_FAST : PATH_GENERIC;
+}
+
+/* The coroutine `bruno_memory_c._multilevel.<name>(self, *args)`. */
+static PyObject *
+ml_generic(MultiLevelCache *self, const char *name, PyObject *const *args, Py_ssize_t n)
+{
+    bruno_state *st = self->st;
+    if (st->ml_helpers == NULL) {
+        st->ml_helpers = PyImport_ImportModule("bruno_memory_c._multilevel");
+        if (st->ml_helpers == NULL) {
+            return NULL;
+        }
+    }
+    PyObject *fn = PyObject_GetAttrString(st->ml_helpers, name);
+    if (fn == NULL) {
+        return NULL;
+    }
+    PyObject *argv[4] = {(PyObject *)self};
+    for (Py_ssize_t i = 0; i < n; i++) {
+        argv[i + 1] = args[i];
+    }
+    PyObject *coro = PyObject_Vectorcall(fn, argv, (size_t)n + 1, NULL);
+    Py_DECREF(fn);
+    return coro;
+}
+
+/* ------------------------------------------------------------------ reads in flight */
+
+static int
+reading_add(MultiLevelCache *self, PyObject *key, long delta)
+{
+    if (self->reading == NULL && (self->reading = PyDict_New()) == NULL) {
+        return -1;
+    }
+    PyObject *cur = PyDict_GetItemWithError(self->reading, key);  /* borrowed */
+    if (cur == NULL && PyErr_Occurred()) {
+        return -1;
+    }
+    long v = (cur ? PyLong_AsLong(cur) : 0) + delta;
+    if (v < 2) {
+        return cur ? PyDict_DelItem(self->reading, key) : 0;
+    }
+    PyObject *o = PyLong_FromLong(v);
+    if (o == NULL) {
+        return -1;
+    }
+    int rc = PyDict_SetItem(self->reading, key, o);
+    Py_DECREF(o);
+    return rc;
+}
+
+/* A write of key through this cache: reads of it in flight must not promote. */
+static int
+note_write(MultiLevelCache *self, PyObject *key)
+{
+    if (self->reading == NULL || PyDict_GET_SIZE(self->reading) == 0) {
+        return 0;
+    }
+    PyObject *cur = PyDict_GetItemWithError(self->reading, key);
+    if (cur == NULL) {
+        return PyErr_Occurred() ? -1 : 0;
+    }
+    long v = PyLong_AsLong(cur);
+    return v & 1 ? 0 : reading_add(self, key, 1);
+}
+
+static void
+note_write_all(MultiLevelCache *self)
+{
+    if (self->reading == NULL) {
+        return;
+    }
+    PyObject *key, *value;
+    Py_ssize_t pos = 0;
+    /* Replacing values of existing keys does not resize: safe while iterating. */
+    while (PyDict_Next(self->reading, &pos, &key, &value)) {
+        PyObject *o = PyLong_FromLong(PyLong_AsLong(value) | 1);
+        if (o == NULL || PyDict_SetItem(self->reading, key, o) < 0) {
+            Py_XDECREF(o);
+            PyErr_Clear();
+            Py_CLEAR(self->reading);  /* forget them all: none will promote */
+            return;
+        }
+        Py_DECREF(o);
+    }
+}
+
+/* A read of key is over: returns 1 when it may promote (no write since), else 0. */
+static int
+reading_end(MultiLevelCache *self, PyObject *key)
+{
+    if (self->reading == NULL) {
+        return 0;  /* forgotten wholesale (out of memory): do not promote */
+    }
+    PyObject *cur = PyDict_GetItemWithError(self->reading, key);
+    if (cur == NULL) {
+        PyErr_Clear();
+        return 0;
+    }
+    int fresh = !(PyLong_AsLong(cur) & 1);
+    if (reading_add(self, key, -2) < 0) {
+        PyErr_Clear();
+    }
+    return fresh;
+}
+
+/* ------------------------------------------------------------------ vias */
+
+/* A via for op; for reads, key is a key (ML_GET) or a tuple of keys (ML_GET_MANY)
+ * whose reads are counted from now. NULL with an exception. */
+static ml_via *
+via_new(MultiLevelCache *self, int op, PyObject *keys, PyObject *partial)
+{
+    if (op == ML_GET && reading_add(self, keys, 2) < 0) {
+        return NULL;
+    }
+    if (op == ML_GET_MANY) {
+        for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(keys); i++) {
+            if (reading_add(self, PyTuple_GET_ITEM(keys, i), 2) < 0) {
+                while (--i >= 0) {
+                    PyObject *t, *v, *tb;
+                    PyErr_Fetch(&t, &v, &tb);
+                    (void)reading_add(self, PyTuple_GET_ITEM(keys, i), -2);
+                    PyErr_Restore(t, v, tb);
+                }
+                return NULL;
+            }
+        }
+    }
+    ml_via *via = PyMem_Malloc(sizeof *via);
+    if (via == NULL) {
+        PyErr_NoMemory();
+        if (op == ML_GET || op == ML_GET_MANY) {
+            PyObject *t, *v, *tb;
+            PyErr_Fetch(&t, &v, &tb);
+            note_write_all(self);  /* rare: let the counts go stale rather than wrong */
+            PyErr_Restore(t, v, tb);
+        }
+        return NULL;
+    }
+    via->mlc = (MultiLevelCache *)Py_NewRef(self);
+    via->keys = (op == ML_GET || op == ML_GET_MANY) ? Py_NewRef(keys) : NULL;
+    via->partial = Py_XNewRef(partial);
+    via->issued = lru_now();
+    via->op = op;
+    return via;
+}
+
+static void
+via_free(ml_via *via)
+{
+    MultiLevelCache *self = via->mlc;
+    PyObject *keys = via->keys, *partial = via->partial;
+    PyMem_Free(via);
+    Py_XDECREF(keys);
+    Py_XDECREF(partial);
+    Py_DECREF(self);
+}
+
+void
+bruno_mlc_via_drop(ml_via *via)
+{
+    PyObject *t, *v, *tb;
+    PyErr_Fetch(&t, &v, &tb);
+    if (via->op == ML_GET) {
+        (void)reading_end(via->mlc, via->keys);
+    }
+    else if (via->op == ML_GET_MANY) {
+        for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(via->keys); i++) {
+            (void)reading_end(via->mlc, PyTuple_GET_ITEM(via->keys, i));
+        }
+    }
+    via_free(via);
+    PyErr_Restore(t, v, tb);
+}
+
+/* ------------------------------------------------------------------ L2 answers */
+
+static void
+log_promotion_error(MultiLevelCache *self)
+{
+    PyObject *t, *v, *tb;
+    PyErr_Fetch(&t, &v, &tb);
+    PyObject *r = PyObject_CallMethod(self->st->logger, "error", "sO",
+                                      "Error promoting a value into L1: %r", v ? v : Py_None);
+    Py_XDECREF(r);
+    PyErr_Clear();
+    Py_XDECREF(t);
+    Py_XDECREF(v);
+    Py_XDECREF(tb);
+}
+
+/* Promote key -> value into L1 if it may (PTTL reply `ttl`, read at `issued`). */
+static void
+promote(MultiLevelCache *self, PyObject *key, PyObject *value, redisReply *ttl, double issued,
+        int fresh)
+{
+    if (!fresh || !self->promote || !bruno_imc_exact(self->st, self->l1) ||
+        ttl == NULL || ttl->type != REDIS_REPLY_INTEGER) {
+        return;
+    }
+    double until;
+    if (ttl->integer == -1) {
+        until = INFINITY;  /* no expiry in L2: L1's default ttl alone */
+    }
+    else if (ttl->integer > 0) {
+        /* Redis measured the remaining time after we asked: counting it from when
+         * we asked makes L1 expire no later than L2. */
+        until = issued + (double)ttl->integer / 1000.0;
+    }
+    else {
+        return;  /* expired (-2) or expiring now (0) */
+    }
+    if (bruno_imc_promote(self->l1, key, value, until) < 0) {
+        log_promotion_error(self);
+        return;
+    }
+    self->promotions++;
+}
+
+static int
+any_error_reply(bio_req *r)
+{
+    for (int i = 0; i < r->nrep; i++) {
+        if (((redisReply *)r->replies[i])->type == REDIS_REPLY_ERROR) {
+            return 1;
+        }
+    }
+    return 0;
+}
+
+void
+bruno_mlc_l2_done(ml_via *via, bio_req *r, int kind, PyObject **result, PyObject **exc)
+{
+    MultiLevelCache *self = via->mlc;
+    (void)kind;
+    if (r->status != BIO_OK || any_error_reply(r)) {
+        self->l2_errors++;
+    }
+    redisReply **rep = (redisReply **)r->replies;
+    if (via->op == ML_GET) {
+        int fresh = reading_end(self, via->keys);
+        PyObject *v = *result;
+        if (v != NULL && v != Py_None) {
+            self->l2_hits++;
+            promote(self, via->keys, v, r->nrep > 1 ? rep[1] : NULL, via->issued, fresh);
+        }
+        else {
+            self->misses++;
+        }
+    }
+    else if (via->op == ML_GET_MANY) {
+        PyObject *keys = via->keys, *found = *result;  /* found: dict, or None */
+        Py_ssize_t n = PyTuple_GET_SIZE(keys);
+        for (Py_ssize_t i = 0; i < n; i++) {
+            PyObject *key = PyTuple_GET_ITEM(keys, i);
+            int fresh = reading_end(self, key);
+            PyObject *v = found && PyDict_CheckExact(found)
+                              ? PyDict_GetItemWithError(found, key) : NULL;  /* borrowed */
+            if (v == NULL) {
+                PyErr_Clear();
+                self->misses++;
+                continue;
+            }
+            self->l2_hits++;
+            Py_INCREF(v);
+            promote(self, key, v, r->nrep > 1 + i ? rep[1 + i] : NULL, via->issued, fresh);
+            Py_DECREF(v);
+        }
+        /* The answer: L1's dict updated with L2's, as the reference builds it. */
+        if (found != NULL && PyDict_CheckExact(found) && via->partial != NULL) {
+            if (PyDict_Update(via->partial, found) < 0) {
+                PyObject *t, *tb;
+                Py_CLEAR(*result);
+                PyErr_Fetch(&t, exc, &tb);  /* the awaiting task gets the error */
+                PyErr_NormalizeException(&t, exc, &tb);
+                Py_XDECREF(t);
+                Py_XDECREF(tb);
+            }
+            else {
+                Py_SETREF(*result, Py_NewRef(via->partial));
+            }
+        }
+    }
+    else if (via->op == ML_DELETE && via->partial == Py_True && *result != NULL) {
+        Py_SETREF(*result, Py_NewRef(Py_True));  /* l1_result or l2_result */
+    }
+    via_free(via);
+}
+
+/* ------------------------------------------------------------------ data methods */
+
+static PyObject *
+mlc_get(MultiLevelCache *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
+{
+    ONE_ARG("get", "key")
+    if (!bruno_imc_exact(self->st, self->l1)) {
+        return ml_generic(self, "get", &key, 1);
+    }
+    PyObject *value;
+    int found = bruno_imc_lookup(self->l1, key, &value);
+    if (found < 0) {
+        return NULL;
+    }
+    if (found) {
+        if (value != Py_None) {
+            self->l1_hits++;
+            return bruno_aw_ready(self->st, "MultiLevelCache.get", value);
+        }
+        Py_DECREF(value);  /* a stored None is a miss, as in the reference */
+    }
+    if (self->l2 == Py_None) {
+        self->misses++;
+        return bruno_aw_none(self->st, "MultiLevelCache.get");
+    }
+    if (!bruno_rc_exact(self->st, self->l2)) {
+        return ml_generic(self, "get_from_l2", &key, 1);
+    }
+    ml_via *via = via_new(self, ML_GET, key, NULL);
+    if (via == NULL) {
+        return NULL;
+    }
+    return bruno_rc_fetch(self->l2, key, "MultiLevelCache.get", via);
+}
+
+static PyObject *
+mlc_set(MultiLevelCache *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
+{
+    static const char *const names[] = {"key", "value", "ttl", NULL};
+    PyObject *a[3];
+    if (bruno_parse_args("set", args, nargs, kwnames, names, 2, a) < 0) {
+        return NULL;
+    }
+    int path = ml_path(self);
+    if (path == PATH_GENERIC) {
+        a[2] = a[2] ? a[2] : Py_None;
+        return ml_generic(self, "set", a, 3);
+    }
+    if (note_write(self, a[0]) < 0 || bruno_imc_put(self->l1, a[0], a[1], a[2]) < 0) {
+        return NULL;
+    }
+    if (path == PATH_L1_ONLY) {
+        return bruno_aw_none(self->st, "MultiLevelCache.set");
+    }
+    ml_via *via = via_new(self, ML_SET, NULL, NULL);
+    if (via == NULL) {
+        return NULL;
+    }
+    return bruno_rc_set(self->l2, a[0], a[1], a[2], "MultiLevelCache.set", via);
+}
+
+static PyObject *
+mlc_delete(MultiLevelCache *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
+{
+    ONE_ARG("delete", "key")
+    int path = ml_path(self);
+    if (path == PATH_GENERIC) {
+        return ml_generic(self, "delete", &key, 1);
+    }
+    if (note_write(self, key) < 0) {
+        return NULL;
+    }
+    int deleted = bruno_imc_remove(self->l1, key);
+    if (deleted < 0) {
+        return NULL;
+    }
+    if (path == PATH_L1_ONLY) {
+        return bruno_aw_ready(self->st, "MultiLevelCache.delete", PyBool_FromLong(deleted));
+    }
+    ml_via *via = via_new(self, ML_DELETE, NULL, deleted ? Py_True : NULL);
+    if (via == NULL) {
+        return NULL;
+    }
+    return bruno_rc_delete(self->l2, key, "MultiLevelCache.delete", via);
+}
+
+static PyObject *
+mlc_exists(MultiLevelCache *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
+{
+    ONE_ARG("exists", "key")
+    int path = ml_path(self);
+    if (path == PATH_GENERIC) {
+        return ml_generic(self, "exists", &key, 1);
+    }
+    int found = bruno_imc_contains(self->l1, key);
+    if (found < 0) {
+        return NULL;
+    }
+    if (found || path == PATH_L1_ONLY) {
+        return bruno_aw_ready(self->st, "MultiLevelCache.exists", PyBool_FromLong(found));
+    }
+    ml_via *via = via_new(self, ML_EXISTS, NULL, NULL);
+    if (via == NULL) {
+        return NULL;
+    }
+    return bruno_rc_exists(self->l2, key, "MultiLevelCache.exists", via);
+}
+
+static PyObject *
+mlc_get_many(MultiLevelCache *self, PyObject *const *args, Py_ssize_t nargs,
+             PyObject *kwnames)
+{
+    ONE_ARG("get_many", "keys")
+    int path = ml_path(self);
+    if (path == PATH_GENERIC) {
+        return ml_generic(self, "get_many", &key, 1);
+    }
+    PyObject *keys = bruno_keys_tuple(key);
+    if (keys == NULL) {
+        return NULL;
+    }
+    PyObject *found = bruno_imc_read_many(self->l1, keys);
+    PyObject *missing = NULL, *ret = NULL;
+    if (found == NULL) {
+        goto done;
+    }
+    /* The keys L1 lacks, in order, as the reference finds them (`k not in result`). */
+    Py_ssize_t n = PyTuple_GET_SIZE(keys), m = 0;
+    if ((missing = PyTuple_New(n)) == NULL) {
+        goto done;
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *k = PyTuple_GET_ITEM(keys, i);
+        int in = PyDict_Contains(found, k);
+        if (in < 0) {
+            goto done;
+        }
+        if (!in) {
+            PyTuple_SET_ITEM(missing, m++, Py_NewRef(k));
+        }
+    }
+    self->l1_hits += (unsigned long long)(n - m);
+    if (m == 0 || path == PATH_L1_ONLY) {
+        self->misses += (unsigned long long)m;
+        ret = bruno_aw_ready(self->st, "MultiLevelCache.get_many", Py_NewRef(found));
+        goto done;
+    }
+    if (_PyTuple_Resize(&missing, m) < 0) {
+        goto done;
+    }
+    ml_via *via = via_new(self, ML_GET_MANY, missing, found);
+    if (via != NULL) {
+        ret = bruno_rc_fetch_many(self->l2, missing, "MultiLevelCache.get_many", via);
+    }
+done:
+    Py_XDECREF(missing);
+    Py_XDECREF(found);
+    Py_DECREF(keys);
+    return ret;
+}
+
+static PyObject *
+mlc_set_many(MultiLevelCache *self, PyObject *const *args, Py_ssize_t nargs,
+             PyObject *kwnames)
+{
+    static const char *const names[] = {"items", "ttl", NULL};
+    PyObject *a[2];
+    if (bruno_parse_args("set_many", args, nargs, kwnames, names, 1, a) < 0) {
+        return NULL;
+    }
+    int path = ml_path(self);
+    if (path == PATH_GENERIC) {
+        a[1] = a[1] ? a[1] : Py_None;
+        return ml_generic(self, "set_many", a, 2);
+    }
+    PyObject *flat = bruno_mapping_flat(self->st, a[0]);  /* (k0, v0, k1, v1, ...) */
+    if (flat == NULL) {
+        return NULL;
+    }
+    PyObject *ret = NULL;
+    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(flat); i += 2) {
+        if (note_write(self, PyTuple_GET_ITEM(flat, i)) < 0) {
+            goto done;
+        }
+    }
+    if (bruno_imc_put_many(self->l1, flat, a[1]) < 0) {
+        goto done;
+    }
+    if (path == PATH_L1_ONLY) {
+        ret = bruno_aw_none(self->st, "MultiLevelCache.set_many");
+        goto done;
+    }
+    ml_via *via = via_new(self, ML_SET_MANY, NULL, NULL);
+    if (via != NULL) {
+        ret = bruno_rc_set_many(self->l2, flat, a[1], "MultiLevelCache.set_many", via);
+    }
+done:
+    Py_DECREF(flat);
+    return ret;
+}
+
+/* clear, get_stats, start and stop are not on any hot path: the coroutines of
+ * _multilevel.py, for both paths. */
+static PyObject *
+mlc_clear(MultiLevelCache *self, PyObject *Py_UNUSED(ignored))
+{
+    return ml_generic(self, "clear", NULL, 0);
+}
+
+static PyObject *
+mlc_get_stats(MultiLevelCache *self, PyObject *Py_UNUSED(ignored))
+{
+    return ml_generic(self, "get_stats", NULL, 0);
+}
+
+static PyObject *
+mlc_start(MultiLevelCache *self, PyObject *Py_UNUSED(ignored))
+{
+    return ml_generic(self, "start", NULL, 0);
+}
+
+static PyObject *
+mlc_stop(MultiLevelCache *self, PyObject *Py_UNUSED(ignored))
+{
+    return ml_generic(self, "stop", NULL, 0);
+}
+
+/* ------------------------------------------------------------------ statistics */
+
+/* level.stats() for our types, else the object's own stats() if it has one;
+ * *out is NULL when there is none. 0 or -1. */
+static int
+level_stats(MultiLevelCache *self, PyObject *level, PyObject **out)
+{
+    *out = NULL;
+    if (level == Py_None) {
+        return 0;
+    }
+    if (bruno_imc_exact(self->st, level)) {
+        *out = bruno_imc_stats(level);
+        return *out ? 0 : -1;
+    }
+    if (bruno_rc_exact(self->st, level)) {
+        *out = bruno_rc_stats(level);
+        return *out ? 0 : -1;
+    }
+    PyObject *fn = PyObject_GetAttrString(level, "stats");
+    if (fn == NULL) {
+        if (!PyErr_ExceptionMatches(PyExc_AttributeError)) {
+            return -1;
+        }
+        PyErr_Clear();
+        return 0;  /* the reference's caches have no stats() */
+    }
+    *out = PyObject_CallNoArgs(fn);
+    Py_DECREF(fn);
+    return *out ? 0 : -1;
+}
+
+static PyObject *
+mlc_stats(MultiLevelCache *self, PyObject *Py_UNUSED(ignored))
+{
+    unsigned long long hits = self->l1_hits + self->l2_hits, total = hits + self->misses;
+    PyObject *d = Py_BuildValue("{s:s,s:K,s:K,s:K,s:d,s:K,s:K}",
+                                "type", "multi_level", "l1_hits", self->l1_hits,
+                                "l2_hits", self->l2_hits, "misses", self->misses,
+                                "hit_rate", total ? (double)hits / (double)total : 0.0,
+                                "l2_errors", self->l2_errors, "promotions", self->promotions);
+    if (d == NULL) {
+        return NULL;
+    }
+    const char *names[2] = {"l1", "l2"};
+    PyObject *levels[2] = {self->l1, self->l2};
+    for (int i = 0; i < 2; i++) {
+        PyObject *s;
+        Py_INCREF(levels[i]);  /* a level's stats() may reassign the attribute */
+        int rc = level_stats(self, levels[i], &s);
+        Py_DECREF(levels[i]);
+        if (rc < 0 || (s != NULL && PyDict_SetItemString(d, names[i], s) < 0)) {
+            Py_XDECREF(s);
+            Py_DECREF(d);
+            return NULL;
+        }
+        Py_XDECREF(s);
+    }
+    return d;
+}
+
+/* _count(l1_hits, l2_hits, misses, l2_errors, promotions): the generic path's
+ * counting. */
+static PyObject *
+mlc_count(MultiLevelCache *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    unsigned long long *fields[5] = {&self->l1_hits, &self->l2_hits, &self->misses,
+                                     &self->l2_errors, &self->promotions};
+    if (nargs != 5) {
+        PyErr_SetString(PyExc_TypeError, "_count() takes 5 counts");
+        return NULL;
+    }
+    unsigned long long add[5];
+    for (int i = 0; i < 5; i++) {
+        add[i] = PyLong_AsUnsignedLongLong(args[i]);
+        if (add[i] == (unsigned long long)-1 && PyErr_Occurred()) {
+            return NULL;
+        }
+    }
+    for (int i = 0; i < 5; i++) {
+        *fields[i] += add[i];
+    }
+    Py_RETURN_NONE;
+}
+
+/* _forget_reads(): every L2 read in flight is stale (clear() is under way). */
+static PyObject *
+mlc_forget_reads(MultiLevelCache *self, PyObject *Py_UNUSED(ignored))
+{
+    note_write_all(self);
+    Py_RETURN_NONE;
+}
+
+/* ------------------------------------------------------------------ attributes */
+
+static PyObject *
+mlc_get_l1(MultiLevelCache *self, void *Py_UNUSED(closure))
+{
+    return Py_NewRef(self->l1);
+}
+
+static int
+mlc_set_l1(MultiLevelCache *self, PyObject *v, void *Py_UNUSED(closure))
+{
+    if (v == NULL || v == Py_None) {
+        PyErr_SetString(PyExc_TypeError, "l1 must be a cache, not None");
+        return -1;
+    }
+    Py_SETREF(self->l1, Py_NewRef(v));
+    return 0;
+}
+
+static PyObject *
+mlc_get_l2(MultiLevelCache *self, void *Py_UNUSED(closure))
+{
+    return Py_NewRef(self->l2);
+}
+
+static int
+mlc_set_l2(MultiLevelCache *self, PyObject *v, void *Py_UNUSED(closure))
+{
+    Py_SETREF(self->l2, Py_NewRef(v ? v : Py_None));  /* del cache.l2: no L2 */
+    return 0;
+}
+
+static PyObject *
+mlc_get_promote(MultiLevelCache *self, void *Py_UNUSED(closure))
+{
+    return Py_NewRef(self->promote_obj);
+}
+
+static int
+mlc_set_promote(MultiLevelCache *self, PyObject *v, void *Py_UNUSED(closure))
+{
+    if (v == NULL) {
+        PyErr_SetString(PyExc_AttributeError, "cannot delete promote_on_hit");
+        return -1;
+    }
+    int truth = PyObject_IsTrue(v);
+    if (truth < 0) {
+        return -1;
+    }
+    self->promote = truth;
+    Py_SETREF(self->promote_obj, Py_NewRef(v));
+    return 0;
+}
+
+/* ------------------------------------------------------------------ lifecycle */
+
+static PyObject *
+mlc_new(PyTypeObject *type, PyObject *Py_UNUSED(args), PyObject *Py_UNUSED(kwds))
+{
+    bruno_state *st = bruno_state_from_type(type);
+    if (st == NULL) {
+        return NULL;
+    }
+    MultiLevelCache *self = (MultiLevelCache *)type->tp_alloc(type, 0);
+    if (self == NULL) {
+        return NULL;
+    }
+    self->st = st;
+    self->l1 = Py_NewRef(Py_None);
+    self->l2 = Py_NewRef(Py_None);
+    self->promote_obj = Py_NewRef(Py_True);
+    self->promote = 1;
+    return (PyObject *)self;
+}
+
+static int
+mlc_init(MultiLevelCache *self, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"l1_cache", "l2_cache", "promote_on_hit", NULL};
+    PyObject *l1, *l2 = Py_None, *promote = Py_True;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O|OO:MultiLevelCache", kwlist, &l1, &l2,
+                                     &promote)) {
+        return -1;
+    }
+    if (l1 == Py_None) {
+        PyErr_SetString(PyExc_TypeError, "l1_cache must be a cache, not None");
+        return -1;
+    }
+    int truth = PyObject_IsTrue(promote);
+    if (truth < 0) {
+        return -1;
+    }
+    Py_SETREF(self->l1, Py_NewRef(l1));
+    Py_SETREF(self->l2, Py_NewRef(l2));
+    Py_SETREF(self->promote_obj, Py_NewRef(promote));
+    self->promote = truth;
+    return 0;
+}
+
+static int
+mlc_traverse(MultiLevelCache *self, visitproc visit, void *arg)
+{
+    Py_VISIT(Py_TYPE(self));
+    Py_VISIT(self->l1);
+    Py_VISIT(self->l2);
+    Py_VISIT(self->promote_obj);
+    Py_VISIT(self->reading);
+    return 0;
+}
+
+/* Levels become None rather than NULL: code run while a cycle is collected may
+ * still call a method, which then fails cleanly on the generic path. */
+static int
+mlc_clear_refs(MultiLevelCache *self)
+{
+    Py_XSETREF(self->l1, Py_NewRef(Py_None));
+    Py_XSETREF(self->l2, Py_NewRef(Py_None));
+    Py_XSETREF(self->promote_obj, Py_NewRef(Py_False));
+    Py_CLEAR(self->reading);
+    return 0;
+}
+
+static void
+mlc_dealloc(MultiLevelCache *self)
+{
+    PyTypeObject *tp = Py_TYPE(self);
+    PyObject_GC_UnTrack(self);
+    Py_TRASHCAN_BEGIN(self, mlc_dealloc)
+    if (self->weakreflist != NULL) {
+        PyObject_ClearWeakRefs((PyObject *)self);
+    }
+    Py_CLEAR(self->l1);
+    Py_CLEAR(self->l2);
+    Py_CLEAR(self->promote_obj);
+    Py_CLEAR(self->reading);
+    tp->tp_free((PyObject *)self);
+    Py_DECREF(tp);
+    Py_TRASHCAN_END
+}
+
+static PyObject *
+mlc_repr(MultiLevelCache *self)
+{
+    return PyUnicode_FromFormat("<%s l1=%R l2=%R>", Py_TYPE(self)->tp_name, self->l1,
+                                self->l2);
+}
+
+/* ------------------------------------------------------------------ type */
+
+static PyMethodDef mlc_methods[] = {
+    {"get", (PyCFunction)(void (*)(void))mlc_get, METH_FASTCALL | METH_KEYWORDS,
+     "get($self, /, key)\n--\n\n"
+     "Awaitable giving the value from L1, else from L2 (promoted into L1 when\n"
+     "promote_on_hit), else None."},
+    {"set", (PyCFunction)(void (*)(void))mlc_set, METH_FASTCALL | METH_KEYWORDS,
+     "set($self, /, key, value, ttl=None)\n--\n\n"
+     "Write value to L1, then to L2, with the same ttl. Returns an awaitable."},
+    {"delete", (PyCFunction)(void (*)(void))mlc_delete, METH_FASTCALL | METH_KEYWORDS,
+     "delete($self, /, key)\n--\n\n"
+     "Delete key from both levels; the awaitable gives True if either had it."},
+    {"exists", (PyCFunction)(void (*)(void))mlc_exists, METH_FASTCALL | METH_KEYWORDS,
+     "exists($self, /, key)\n--\n\n"
+     "Awaitable giving True if L1 has key, else whether L2 has it."},
+    {"clear", (PyCFunction)mlc_clear, METH_NOARGS,
+     "clear($self, /)\n--\n\nClear L1, then L2. Returns an awaitable."},
+    {"get_many", (PyCFunction)(void (*)(void))mlc_get_many, METH_FASTCALL | METH_KEYWORDS,
+     "get_many($self, /, keys)\n--\n\n"
+     "Awaitable giving a dict of the keys found: L1's, then L2's for the keys L1\n"
+     "lacks (promoted into L1 when promote_on_hit)."},
+    {"set_many", (PyCFunction)(void (*)(void))mlc_set_many, METH_FASTCALL | METH_KEYWORDS,
+     "set_many($self, /, items, ttl=None)\n--\n\n"
+     "Write every (key, value) of items to L1, then to L2, with the same ttl."},
+    {"get_stats", (PyCFunction)mlc_get_stats, METH_NOARGS,
+     "get_stats($self, /)\n--\n\n"
+     "Awaitable giving {type: 'multi_level', l1: l1.get_stats(), l2: l2.get_stats()}\n"
+     "(no 'l2' without an L2)."},
+    {"stats", (PyCFunction)mlc_stats, METH_NOARGS,
+     "stats($self, /)\n--\n\n"
+     "This cache's counters (l1_hits, l2_hits, misses, hit_rate as a fraction,\n"
+     "l2_errors, promotions) with each level's own stats() under 'l1' and 'l2'."},
+    {"start", (PyCFunction)mlc_start, METH_NOARGS,
+     "start($self, /)\n--\n\nStart L1's cleanup and connect L2. Returns an awaitable."},
+    {"stop", (PyCFunction)mlc_stop, METH_NOARGS,
+     "stop($self, /)\n--\n\nStop L1's cleanup and disconnect L2. Returns an awaitable."},
+    {"_count", (PyCFunction)(void (*)(void))mlc_count, METH_FASTCALL,
+     "_count($self, l1_hits, l2_hits, misses, l2_errors, promotions, /)\n--\n\n"
+     "Add to the counters (used by the generic path in _multilevel.py)."},
+    {"_forget_reads", (PyCFunction)mlc_forget_reads, METH_NOARGS,
+     "_forget_reads($self, /)\n--\n\nMark every L2 read in flight as stale."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyGetSetDef mlc_getset[] = {
+    {"l1", (getter)mlc_get_l1, (setter)mlc_set_l1, "The L1 cache.", NULL},
+    {"l1_cache", (getter)mlc_get_l1, (setter)mlc_set_l1, "The L1 cache (same as l1).", NULL},
+    {"l2", (getter)mlc_get_l2, (setter)mlc_set_l2, "The L2 cache, or None.", NULL},
+    {"l2_cache", (getter)mlc_get_l2, (setter)mlc_set_l2, "The L2 cache (same as l2).", NULL},
+    {"promote_on_hit", (getter)mlc_get_promote, (setter)mlc_set_promote,
+     "Whether an L2 hit is copied into L1.", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyMemberDef mlc_members[] = {
+    {"__weaklistoffset__", T_PYSSIZET, offsetof(MultiLevelCache, weakreflist), READONLY, NULL},
+    {NULL, 0, 0, 0, NULL},
+};
+
+static PyType_Slot mlc_slots[] = {
+    {Py_tp_doc,
+     "MultiLevelCache(l1_cache, l2_cache=None, promote_on_hit=True)\n"
+     "--\n\n"
+     "An L1 cache (usually InMemoryCache) in front of an L2 cache (usually\n"
+     "RedisCache). Reads try L1, then L2; writes go to both. With our own two\n"
+     "caches every operation runs in C; any other L2 with the reference's async\n"
+     "methods is awaited exactly as bruno-memory awaits it."},
+    {Py_tp_new, mlc_new},
+    {Py_tp_init, mlc_init},
+    {Py_tp_dealloc, mlc_dealloc},
+    {Py_tp_traverse, mlc_traverse},
+    {Py_tp_clear, mlc_clear_refs},
+    {Py_tp_repr, mlc_repr},
+    {Py_tp_methods, mlc_methods},
+    {Py_tp_getset, mlc_getset},
+    {Py_tp_members, mlc_members},
+    {0, NULL},
+};
+
+static PyType_Spec mlc_spec = {
+    .name = "bruno_memory_c._core.MultiLevelCache",
+    .basicsize = sizeof(MultiLevelCache),
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC |
+             Py_TPFLAGS_IMMUTABLETYPE,
+    .slots = mlc_slots,
+};
+
+int
+bruno_multilevel_init(PyObject *module, bruno_state *st)
+{
+    st->MultiLevelCacheType = (PyTypeObject *)PyType_FromModuleAndSpec(module, &mlc_spec, NULL);
+    if (st->MultiLevelCacheType == NULL) {
+        return -1;
+    }
+    return PyModule_AddType(module, st->MultiLevelCacheType);
+}
