@@ -34,8 +34,10 @@ $(STAMP): requirements-dev.txt $(PY)
 
 venv: sysdeps $(STAMP)
 
-# Editable install: the extension is built in place next to bruno_memory_c/.
+# Editable install: the extension is built in place next to bruno_memory_c/. The old
+# .so is unlinked first, never overwritten: processes still running it keep their copy.
 build: venv
+	rm -f bruno_memory_c/_core*.so
 	$(PIP) install --no-build-isolation -e .
 
 test: build
@@ -43,11 +45,12 @@ test: build
 
 # The whole suite against an AddressSanitizer build of the extension.
 test-asan: venv
-	rm -rf build/asan
+	rm -rf build/asan bruno_memory_c/_core*.so
 	BRUNO_ASAN=1 $(PY) setup.py -q build_ext --inplace --build-temp build/asan --force
 	ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 LD_PRELOAD=$(ASAN_LIB) PYTHONMALLOC=malloc \
 	  $(PY) -m pytest -q -p no:cacheprovider tests
 	# restore the optimised build for the other targets
+	rm -f bruno_memory_c/_core*.so
 	$(PY) setup.py -q build_ext --inplace --force
 
 demo: build

@@ -68,17 +68,20 @@ async def exists(mlc: Any, key: Any) -> bool:
 
 
 async def clear(mlc: Any) -> None:
-    mlc._forget_reads()
-    await mlc.l1.clear()
-    if mlc.l2:
-        await _l2_call(mlc, mlc.l2.clear())
+    mlc._clear_begin()  # no L2 read overlapping the clear promotes (fast path)
+    try:
+        await mlc.l1.clear()
+        if mlc.l2:
+            await _l2_call(mlc, mlc.l2.clear())
+    finally:
+        mlc._clear_end()
 
 
 async def get_many(mlc: Any, keys: Any) -> dict:
     result = await mlc.l1.get_many(keys)
-    missing = [k for k in keys if k not in result]
-    mlc._count(len(result), 0, 0 if mlc.l2 else len(missing), 0, 0)
     if mlc.l2:
+        missing = [k for k in keys if k not in result]
+        mlc._count(len(result), 0, 0, 0, 0)
         if missing:
             l2_results = await _l2_call(mlc, mlc.l2.get_many(missing))
             result.update(l2_results)
@@ -87,6 +90,10 @@ async def get_many(mlc: Any, keys: Any) -> dict:
             if mlc.promote_on_hit and l2_results:
                 await mlc.l1.set_many(l2_results)
                 mlc._count(0, 0, 0, 0, len(l2_results))
+    else:
+        # Misses are counted only for a list or tuple: another iterable may be spent.
+        absent = sum(1 for k in keys if k not in result) if isinstance(keys, (list, tuple)) else 0
+        mlc._count(len(result), 0, absent, 0, 0)
     return result
 
 

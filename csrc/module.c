@@ -204,9 +204,34 @@ set_metatype(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     Py_RETURN_NONE;
 }
 
+/* The class the caches raise: CacheError, or after install() a subclass of it that
+ * also derives from bruno_memory.exceptions.CacheError. */
+static PyObject *
+get_cache_error(PyObject *module, PyObject *Py_UNUSED(ignored))
+{
+    return Py_NewRef(((bruno_state *)PyModule_GetState(module))->CacheError);
+}
+
+static PyObject *
+set_cache_error(PyObject *module, PyObject *cls)
+{
+    bruno_state *st = PyModule_GetState(module);
+    if (!PyType_Check(cls) || !PyType_IsSubtype((PyTypeObject *)cls,
+                                                (PyTypeObject *)st->CacheError)) {
+        PyErr_SetString(PyExc_TypeError, "_set_cache_error: not a subclass of CacheError");
+        return NULL;
+    }
+    Py_SETREF(st->CacheError, Py_NewRef(cls));
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef module_methods[] = {
     {"_set_metatype", (PyCFunction)(void (*)(void))set_metatype, METH_FASTCALL,
      "_set_metatype(cls, meta, /)\n--\n\nInternal: install the public metaclass."},
+    {"_get_cache_error", get_cache_error, METH_NOARGS,
+     "_get_cache_error()\n--\n\nInternal: the exception class the caches raise."},
+    {"_set_cache_error", set_cache_error, METH_O,
+     "_set_cache_error(cls, /)\n--\n\nInternal: raise cls (a CacheError subclass) instead."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -19,7 +19,13 @@
  * Promotion races: while an L2 read of a key is in flight, a write of that key
  * through this cache (set, set_many, delete, clear) marks the read stale, and its
  * answer is then returned but not promoted (it may predate the write). `reading`
- * counts the reads in flight per key for that. */
+ * counts the reads in flight per key for that; clear() works by epoch: a read that
+ * overlaps a clear() in any way does not promote.
+ *
+ * Re-entrancy: a key's __hash__/__eq__/__format__, a mapping's items() or a value's
+ * JSON encoding may reassign cache.l1/cache.l2. Each method therefore holds its own
+ * references to the two levels (ml_levels) for the whole call and never re-reads
+ * the attributes. */
 #include "awaitable.h"
 #include "inmemory.h"
 #include "lru.h"
@@ -33,9 +39,10 @@ typedef struct {
     PyObject_HEAD
     PyObject *l1;            /* owned: the L1 cache */
     PyObject *l2;            /* owned: the L2 cache, or None */
-    PyObject *promote_obj;   /* owned: promote_on_hit as given */
-    int promote;             /* its truth value */
+    PyObject *promote_obj;   /* owned: promote_on_hit as given (tested when used) */
     unsigned long long l1_hits, l2_hits, misses, l2_errors, promotions;
+    unsigned long long clear_epoch;  /* bumped when a clear() starts and ends */
+    int clears_running;      /* clear() calls under way */
     PyObject *reading;       /* owned dict or NULL: key -> int, 2 per L2 read in
                                 flight (fast path), + 1 once the key was written */
     PyObject *weakreflist;
@@ -51,6 +58,7 @@ struct ml_via {
     PyObject *partial;       /* owned or NULL: L1's part of the answer (get_many: the
                                 dict; delete: True when L1 deleted the key) */
     double issued;           /* when the request was made (monotonic seconds) */
+    unsigned long long epoch;  /* clear_epoch when the request was made */
     int op;                  /* ML_* */
 };
 
@@ -58,16 +66,35 @@ struct ml_via {
 
 enum { PATH_GENERIC = 0, PATH_L1_ONLY, PATH_FAST };
 
-static inline int
-ml_path(MultiLevelCache *self)
+/* The two levels as one call sees them (owned references) and its path. */
+typedef struct {
+    PyObject *l1, *l2;
+    int path;
+} ml_levels;
+
+static inline void
+ml_hold(MultiLevelCache *self, ml_levels *lv)
 {
-    if (!bruno_imc_exact(self->st, self->l1)) {
-        return PATH_GENERIC;
+    lv->l1 = Py_NewRef(self->l1);
+    lv->l2 = Py_NewRef(self->l2);
+    if (!bruno_imc_exact(self->st, lv->l1)) {
+        lv->path = PATH_GENERIC;
     }
-    if (self->l2 == Py_None) {
-        return PATH_L1_ONLY;
+    else if (lv->l2 == Py_None) {
+        lv->path = PATH_L1_ONLY;
     }
-    return bruno_rc_exact(self->st, self->l2) ? PATH_FAST : PATH_GENERIC;
+    else {
+        lv->path = bruno_rc_exact(self->st, lv->l2) ? PATH_FAST : PATH_GENERIC;
+    }
+}
+
+/* Release the levels and pass `ret` through. */
+static inline PyObject *
+ml_release(ml_levels *lv, PyObject *ret)
+{
+    Py_DECREF(lv->l1);
+    Py_DECREF(lv->l2);
+    return ret;
 }
 
 /* The coroutine `bruno_memory_c._multilevel.<name>(self, *args)`. */
@@ -134,33 +161,12 @@ note_write(MultiLevelCache *self, PyObject *key)
     return v & 1 ? 0 : reading_add(self, key, 1);
 }
 
-static void
-note_write_all(MultiLevelCache *self)
-{
-    if (self->reading == NULL) {
-        return;
-    }
-    PyObject *key, *value;
-    Py_ssize_t pos = 0;
-    /* Replacing values of existing keys does not resize: safe while iterating. */
-    while (PyDict_Next(self->reading, &pos, &key, &value)) {
-        PyObject *o = PyLong_FromLong(PyLong_AsLong(value) | 1);
-        if (o == NULL || PyDict_SetItem(self->reading, key, o) < 0) {
-            Py_XDECREF(o);
-            PyErr_Clear();
-            Py_CLEAR(self->reading);  /* forget them all: none will promote */
-            return;
-        }
-        Py_DECREF(o);
-    }
-}
-
 /* A read of key is over: returns 1 when it may promote (no write since), else 0. */
 static int
 reading_end(MultiLevelCache *self, PyObject *key)
 {
     if (self->reading == NULL) {
-        return 0;  /* forgotten wholesale (out of memory): do not promote */
+        return 0;
     }
     PyObject *cur = PyDict_GetItemWithError(self->reading, key);
     if (cur == NULL) {
@@ -200,18 +206,23 @@ via_new(MultiLevelCache *self, int op, PyObject *keys, PyObject *partial)
     ml_via *via = PyMem_Malloc(sizeof *via);
     if (via == NULL) {
         PyErr_NoMemory();
-        if (op == ML_GET || op == ML_GET_MANY) {
-            PyObject *t, *v, *tb;
-            PyErr_Fetch(&t, &v, &tb);
-            note_write_all(self);  /* rare: let the counts go stale rather than wrong */
-            PyErr_Restore(t, v, tb);
+        PyObject *t, *v, *tb;
+        PyErr_Fetch(&t, &v, &tb);
+        for (Py_ssize_t i = 0; op == ML_GET_MANY && i < PyTuple_GET_SIZE(keys); i++) {
+            (void)reading_add(self, PyTuple_GET_ITEM(keys, i), -2);
         }
+        if (op == ML_GET) {
+            (void)reading_add(self, keys, -2);
+        }
+        PyErr_Clear();
+        PyErr_Restore(t, v, tb);
         return NULL;
     }
     via->mlc = (MultiLevelCache *)Py_NewRef(self);
     via->keys = (op == ML_GET || op == ML_GET_MANY) ? Py_NewRef(keys) : NULL;
     via->partial = Py_XNewRef(partial);
     via->issued = lru_now();
+    via->epoch = self->clear_epoch;
     via->op = op;
     return via;
 }
@@ -260,13 +271,18 @@ log_promotion_error(MultiLevelCache *self)
     Py_XDECREF(tb);
 }
 
-/* Promote key -> value into L1 if it may (PTTL reply `ttl`, read at `issued`). */
+/* Promote key -> value into L1 if it may (PTTL reply `ttl`; via: when asked). */
 static void
-promote(MultiLevelCache *self, PyObject *key, PyObject *value, redisReply *ttl, double issued,
+promote(MultiLevelCache *self, PyObject *key, PyObject *value, redisReply *ttl, ml_via *via,
         int fresh)
 {
-    if (!fresh || !self->promote || !bruno_imc_exact(self->st, self->l1) ||
+    if (!fresh || via->epoch != self->clear_epoch || self->clears_running ||
         ttl == NULL || ttl->type != REDIS_REPLY_INTEGER) {
+        return;
+    }
+    int wanted = PyObject_IsTrue(self->promote_obj);  /* tested per use, as the reference */
+    if (wanted <= 0) {
+        PyErr_Clear();
         return;
     }
     double until;
@@ -276,16 +292,24 @@ promote(MultiLevelCache *self, PyObject *key, PyObject *value, redisReply *ttl, 
     else if (ttl->integer > 0) {
         /* Redis measured the remaining time after we asked: counting it from when
          * we asked makes L1 expire no later than L2. */
-        until = issued + (double)ttl->integer / 1000.0;
+        until = via->issued + (double)ttl->integer / 1000.0;
+        if (until <= lru_now()) {
+            return;  /* a late await: already gone from L2 */
+        }
     }
     else {
         return;  /* expired (-2) or expiring now (0) */
     }
-    if (bruno_imc_promote(self->l1, key, value, until) < 0) {
-        log_promotion_error(self);
-        return;
+    PyObject *l1 = Py_NewRef(self->l1);  /* the key's __eq__ may reassign cache.l1 */
+    if (bruno_imc_exact(self->st, l1)) {
+        if (bruno_imc_promote(l1, key, value, until) < 0) {
+            log_promotion_error(self);
+        }
+        else {
+            self->promotions++;
+        }
     }
-    self->promotions++;
+    Py_DECREF(l1);
 }
 
 static int
@@ -313,7 +337,7 @@ bruno_mlc_l2_done(ml_via *via, bio_req *r, int kind, PyObject **result, PyObject
         PyObject *v = *result;
         if (v != NULL && v != Py_None) {
             self->l2_hits++;
-            promote(self, via->keys, v, r->nrep > 1 ? rep[1] : NULL, via->issued, fresh);
+            promote(self, via->keys, v, r->nrep > 1 ? rep[1] : NULL, via, fresh);
         }
         else {
             self->misses++;
@@ -334,7 +358,7 @@ bruno_mlc_l2_done(ml_via *via, bio_req *r, int kind, PyObject **result, PyObject
             }
             self->l2_hits++;
             Py_INCREF(v);
-            promote(self, key, v, r->nrep > 1 + i ? rep[1 + i] : NULL, via->issued, fresh);
+            promote(self, key, v, r->nrep > 1 + i ? rep[1 + i] : NULL, via, fresh);
             Py_DECREF(v);
         }
         /* The answer: L1's dict updated with L2's, as the reference builds it. */
@@ -364,33 +388,35 @@ static PyObject *
 mlc_get(MultiLevelCache *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
 {
     ONE_ARG("get", "key")
-    if (!bruno_imc_exact(self->st, self->l1)) {
-        return ml_generic(self, "get", &key, 1);
+    ml_levels lv;
+    ml_hold(self, &lv);
+    if (!bruno_imc_exact(self->st, lv.l1)) {
+        return ml_release(&lv, ml_generic(self, "get", &key, 1));
     }
     PyObject *value;
-    int found = bruno_imc_lookup(self->l1, key, &value);
+    int found = bruno_imc_lookup(lv.l1, key, &value);
     if (found < 0) {
-        return NULL;
+        return ml_release(&lv, NULL);
     }
     if (found) {
         if (value != Py_None) {
             self->l1_hits++;
-            return bruno_aw_ready(self->st, "MultiLevelCache.get", value);
+            return ml_release(&lv, bruno_aw_ready(self->st, "MultiLevelCache.get", value));
         }
         Py_DECREF(value);  /* a stored None is a miss, as in the reference */
     }
-    if (self->l2 == Py_None) {
+    if (lv.l2 == Py_None) {
         self->misses++;
-        return bruno_aw_none(self->st, "MultiLevelCache.get");
+        return ml_release(&lv, bruno_aw_none(self->st, "MultiLevelCache.get"));
     }
-    if (!bruno_rc_exact(self->st, self->l2)) {
-        return ml_generic(self, "get_from_l2", &key, 1);
+    if (lv.path != PATH_FAST) {
+        return ml_release(&lv, ml_generic(self, "get_from_l2", &key, 1));
     }
     ml_via *via = via_new(self, ML_GET, key, NULL);
     if (via == NULL) {
-        return NULL;
+        return ml_release(&lv, NULL);
     }
-    return bruno_rc_fetch(self->l2, key, "MultiLevelCache.get", via);
+    return ml_release(&lv, bruno_rc_fetch(lv.l2, key, "MultiLevelCache.get", via));
 }
 
 static PyObject *
@@ -401,69 +427,74 @@ mlc_set(MultiLevelCache *self, PyObject *const *args, Py_ssize_t nargs, PyObject
     if (bruno_parse_args("set", args, nargs, kwnames, names, 2, a) < 0) {
         return NULL;
     }
-    int path = ml_path(self);
-    if (path == PATH_GENERIC) {
+    ml_levels lv;
+    ml_hold(self, &lv);
+    if (lv.path == PATH_GENERIC) {
         a[2] = a[2] ? a[2] : Py_None;
-        return ml_generic(self, "set", a, 3);
+        return ml_release(&lv, ml_generic(self, "set", a, 3));
     }
-    if (note_write(self, a[0]) < 0 || bruno_imc_put(self->l1, a[0], a[1], a[2]) < 0) {
-        return NULL;
+    if (note_write(self, a[0]) < 0 || bruno_imc_put(lv.l1, a[0], a[1], a[2]) < 0) {
+        return ml_release(&lv, NULL);
     }
-    if (path == PATH_L1_ONLY) {
-        return bruno_aw_none(self->st, "MultiLevelCache.set");
+    if (lv.path == PATH_L1_ONLY) {
+        return ml_release(&lv, bruno_aw_none(self->st, "MultiLevelCache.set"));
     }
     ml_via *via = via_new(self, ML_SET, NULL, NULL);
     if (via == NULL) {
-        return NULL;
+        return ml_release(&lv, NULL);
     }
-    return bruno_rc_set(self->l2, a[0], a[1], a[2], "MultiLevelCache.set", via);
+    return ml_release(&lv, bruno_rc_set(lv.l2, a[0], a[1], a[2], "MultiLevelCache.set", via));
 }
 
 static PyObject *
 mlc_delete(MultiLevelCache *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
 {
     ONE_ARG("delete", "key")
-    int path = ml_path(self);
-    if (path == PATH_GENERIC) {
-        return ml_generic(self, "delete", &key, 1);
+    ml_levels lv;
+    ml_hold(self, &lv);
+    if (lv.path == PATH_GENERIC) {
+        return ml_release(&lv, ml_generic(self, "delete", &key, 1));
     }
     if (note_write(self, key) < 0) {
-        return NULL;
+        return ml_release(&lv, NULL);
     }
-    int deleted = bruno_imc_remove(self->l1, key);
+    int deleted = bruno_imc_remove(lv.l1, key);
     if (deleted < 0) {
-        return NULL;
+        return ml_release(&lv, NULL);
     }
-    if (path == PATH_L1_ONLY) {
-        return bruno_aw_ready(self->st, "MultiLevelCache.delete", PyBool_FromLong(deleted));
+    if (lv.path == PATH_L1_ONLY) {
+        return ml_release(&lv, bruno_aw_ready(self->st, "MultiLevelCache.delete",
+                                              PyBool_FromLong(deleted)));
     }
     ml_via *via = via_new(self, ML_DELETE, NULL, deleted ? Py_True : NULL);
     if (via == NULL) {
-        return NULL;
+        return ml_release(&lv, NULL);
     }
-    return bruno_rc_delete(self->l2, key, "MultiLevelCache.delete", via);
+    return ml_release(&lv, bruno_rc_delete(lv.l2, key, "MultiLevelCache.delete", via));
 }
 
 static PyObject *
 mlc_exists(MultiLevelCache *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
 {
     ONE_ARG("exists", "key")
-    int path = ml_path(self);
-    if (path == PATH_GENERIC) {
-        return ml_generic(self, "exists", &key, 1);
+    ml_levels lv;
+    ml_hold(self, &lv);
+    if (lv.path == PATH_GENERIC) {
+        return ml_release(&lv, ml_generic(self, "exists", &key, 1));
     }
-    int found = bruno_imc_contains(self->l1, key);
+    int found = bruno_imc_contains(lv.l1, key);
     if (found < 0) {
-        return NULL;
+        return ml_release(&lv, NULL);
     }
-    if (found || path == PATH_L1_ONLY) {
-        return bruno_aw_ready(self->st, "MultiLevelCache.exists", PyBool_FromLong(found));
+    if (found || lv.path == PATH_L1_ONLY) {
+        return ml_release(&lv, bruno_aw_ready(self->st, "MultiLevelCache.exists",
+                                              PyBool_FromLong(found)));
     }
     ml_via *via = via_new(self, ML_EXISTS, NULL, NULL);
     if (via == NULL) {
-        return NULL;
+        return ml_release(&lv, NULL);
     }
-    return bruno_rc_exists(self->l2, key, "MultiLevelCache.exists", via);
+    return ml_release(&lv, bruno_rc_exists(lv.l2, key, "MultiLevelCache.exists", via));
 }
 
 static PyObject *
@@ -471,52 +502,52 @@ mlc_get_many(MultiLevelCache *self, PyObject *const *args, Py_ssize_t nargs,
              PyObject *kwnames)
 {
     ONE_ARG("get_many", "keys")
-    int path = ml_path(self);
-    if (path == PATH_GENERIC) {
-        return ml_generic(self, "get_many", &key, 1);
+    ml_levels lv;
+    ml_hold(self, &lv);
+    if (lv.path == PATH_GENERIC) {
+        return ml_release(&lv, ml_generic(self, "get_many", &key, 1));
     }
     PyObject *keys = bruno_keys_tuple(key);
     if (keys == NULL) {
-        return NULL;
+        return ml_release(&lv, NULL);
     }
-    PyObject *found = bruno_imc_read_many(self->l1, keys);
+    PyObject *found = bruno_imc_read_many(lv.l1, keys);
     PyObject *missing = NULL, *ret = NULL;
-    if (found == NULL) {
+    if (found == NULL || (missing = PyList_New(0)) == NULL) {
         goto done;
     }
     /* The keys L1 lacks, in order, as the reference finds them (`k not in result`). */
-    Py_ssize_t n = PyTuple_GET_SIZE(keys), m = 0;
-    if ((missing = PyTuple_New(n)) == NULL) {
-        goto done;
-    }
+    Py_ssize_t n = PyTuple_GET_SIZE(keys);
     for (Py_ssize_t i = 0; i < n; i++) {
         PyObject *k = PyTuple_GET_ITEM(keys, i);
         int in = PyDict_Contains(found, k);
-        if (in < 0) {
+        if (in < 0 || (!in && PyList_Append(missing, k) < 0)) {
             goto done;
         }
-        if (!in) {
-            PyTuple_SET_ITEM(missing, m++, Py_NewRef(k));
-        }
     }
-    self->l1_hits += (unsigned long long)(n - m);
-    if (m == 0 || path == PATH_L1_ONLY) {
+    Py_ssize_t m = PyList_GET_SIZE(missing);
+    if (m == 0 || lv.path == PATH_L1_ONLY) {
+        self->l1_hits += (unsigned long long)(n - m);
         self->misses += (unsigned long long)m;
         ret = bruno_aw_ready(self->st, "MultiLevelCache.get_many", Py_NewRef(found));
         goto done;
     }
-    if (_PyTuple_Resize(&missing, m) < 0) {
+    Py_SETREF(missing, PyList_AsTuple(missing));
+    if (missing == NULL) {
         goto done;
     }
     ml_via *via = via_new(self, ML_GET_MANY, missing, found);
     if (via != NULL) {
-        ret = bruno_rc_fetch_many(self->l2, missing, "MultiLevelCache.get_many", via);
+        ret = bruno_rc_fetch_many(lv.l2, missing, "MultiLevelCache.get_many", via);
+        if (ret != NULL) {
+            self->l1_hits += (unsigned long long)(n - m);
+        }
     }
 done:
     Py_XDECREF(missing);
     Py_XDECREF(found);
     Py_DECREF(keys);
-    return ret;
+    return ml_release(&lv, ret);
 }
 
 static PyObject *
@@ -528,14 +559,19 @@ mlc_set_many(MultiLevelCache *self, PyObject *const *args, Py_ssize_t nargs,
     if (bruno_parse_args("set_many", args, nargs, kwnames, names, 1, a) < 0) {
         return NULL;
     }
-    int path = ml_path(self);
-    if (path == PATH_GENERIC) {
+    ml_levels lv;
+    ml_hold(self, &lv);
+    if (lv.path == PATH_GENERIC) {
         a[1] = a[1] ? a[1] : Py_None;
-        return ml_generic(self, "set_many", a, 2);
+        return ml_release(&lv, ml_generic(self, "set_many", a, 2));
+    }
+    double unused;  /* the ttl is checked before the mapping is read, as in L1 */
+    if (a[1] != NULL && a[1] != Py_None && bruno_seconds(a[1], "ttl", &unused) < 0) {
+        return ml_release(&lv, NULL);
     }
     PyObject *flat = bruno_mapping_flat(self->st, a[0]);  /* (k0, v0, k1, v1, ...) */
     if (flat == NULL) {
-        return NULL;
+        return ml_release(&lv, NULL);
     }
     PyObject *ret = NULL;
     for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(flat); i += 2) {
@@ -543,20 +579,20 @@ mlc_set_many(MultiLevelCache *self, PyObject *const *args, Py_ssize_t nargs,
             goto done;
         }
     }
-    if (bruno_imc_put_many(self->l1, flat, a[1]) < 0) {
+    if (bruno_imc_put_many(lv.l1, flat, a[1]) < 0) {
         goto done;
     }
-    if (path == PATH_L1_ONLY) {
+    if (lv.path == PATH_L1_ONLY) {
         ret = bruno_aw_none(self->st, "MultiLevelCache.set_many");
         goto done;
     }
     ml_via *via = via_new(self, ML_SET_MANY, NULL, NULL);
     if (via != NULL) {
-        ret = bruno_rc_set_many(self->l2, flat, a[1], "MultiLevelCache.set_many", via);
+        ret = bruno_rc_set_many(lv.l2, flat, a[1], "MultiLevelCache.set_many", via);
     }
 done:
     Py_DECREF(flat);
-    return ret;
+    return ml_release(&lv, ret);
 }
 
 /* clear, get_stats, start and stop are not on any hot path: the coroutines of
@@ -630,20 +666,20 @@ mlc_stats(MultiLevelCache *self, PyObject *Py_UNUSED(ignored))
         return NULL;
     }
     const char *names[2] = {"l1", "l2"};
-    PyObject *levels[2] = {self->l1, self->l2};
+    ml_levels lv;  /* held: a level's stats() may reassign the attributes */
+    ml_hold(self, &lv);
+    PyObject *levels[2] = {lv.l1, lv.l2};
     for (int i = 0; i < 2; i++) {
         PyObject *s;
-        Py_INCREF(levels[i]);  /* a level's stats() may reassign the attribute */
         int rc = level_stats(self, levels[i], &s);
-        Py_DECREF(levels[i]);
         if (rc < 0 || (s != NULL && PyDict_SetItemString(d, names[i], s) < 0)) {
             Py_XDECREF(s);
             Py_DECREF(d);
-            return NULL;
+            return ml_release(&lv, NULL);
         }
         Py_XDECREF(s);
     }
-    return d;
+    return ml_release(&lv, d);
 }
 
 /* _count(l1_hits, l2_hits, misses, l2_errors, promotions): the generic path's
@@ -670,11 +706,23 @@ mlc_count(MultiLevelCache *self, PyObject *const *args, Py_ssize_t nargs)
     Py_RETURN_NONE;
 }
 
-/* _forget_reads(): every L2 read in flight is stale (clear() is under way). */
+/* _clear_begin() / _clear_end(): bracket a clear(); no L2 read that overlaps one
+ * promotes (see promote()). */
 static PyObject *
-mlc_forget_reads(MultiLevelCache *self, PyObject *Py_UNUSED(ignored))
+mlc_clear_begin(MultiLevelCache *self, PyObject *Py_UNUSED(ignored))
 {
-    note_write_all(self);
+    self->clear_epoch++;
+    self->clears_running++;
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+mlc_clear_end(MultiLevelCache *self, PyObject *Py_UNUSED(ignored))
+{
+    if (self->clears_running > 0) {
+        self->clears_running--;
+    }
+    self->clear_epoch++;
     Py_RETURN_NONE;
 }
 
@@ -723,11 +771,6 @@ mlc_set_promote(MultiLevelCache *self, PyObject *v, void *Py_UNUSED(closure))
         PyErr_SetString(PyExc_AttributeError, "cannot delete promote_on_hit");
         return -1;
     }
-    int truth = PyObject_IsTrue(v);
-    if (truth < 0) {
-        return -1;
-    }
-    self->promote = truth;
     Py_SETREF(self->promote_obj, Py_NewRef(v));
     return 0;
 }
@@ -749,7 +792,6 @@ mlc_new(PyTypeObject *type, PyObject *Py_UNUSED(args), PyObject *Py_UNUSED(kwds)
     self->l1 = Py_NewRef(Py_None);
     self->l2 = Py_NewRef(Py_None);
     self->promote_obj = Py_NewRef(Py_True);
-    self->promote = 1;
     return (PyObject *)self;
 }
 
@@ -766,14 +808,9 @@ mlc_init(MultiLevelCache *self, PyObject *args, PyObject *kwds)
         PyErr_SetString(PyExc_TypeError, "l1_cache must be a cache, not None");
         return -1;
     }
-    int truth = PyObject_IsTrue(promote);
-    if (truth < 0) {
-        return -1;
-    }
     Py_SETREF(self->l1, Py_NewRef(l1));
     Py_SETREF(self->l2, Py_NewRef(l2));
     Py_SETREF(self->promote_obj, Py_NewRef(promote));
-    self->promote = truth;
     return 0;
 }
 
@@ -821,8 +858,10 @@ mlc_dealloc(MultiLevelCache *self)
 static PyObject *
 mlc_repr(MultiLevelCache *self)
 {
-    return PyUnicode_FromFormat("<%s l1=%R l2=%R>", Py_TYPE(self)->tp_name, self->l1,
-                                self->l2);
+    ml_levels lv;  /* held: the first repr may reassign the attributes */
+    ml_hold(self, &lv);
+    return ml_release(&lv, PyUnicode_FromFormat("<%s l1=%R l2=%R>", Py_TYPE(self)->tp_name,
+                                                lv.l1, lv.l2));
 }
 
 /* ------------------------------------------------------------------ type */
@@ -865,8 +904,10 @@ static PyMethodDef mlc_methods[] = {
     {"_count", (PyCFunction)(void (*)(void))mlc_count, METH_FASTCALL,
      "_count($self, l1_hits, l2_hits, misses, l2_errors, promotions, /)\n--\n\n"
      "Add to the counters (used by the generic path in _multilevel.py)."},
-    {"_forget_reads", (PyCFunction)mlc_forget_reads, METH_NOARGS,
-     "_forget_reads($self, /)\n--\n\nMark every L2 read in flight as stale."},
+    {"_clear_begin", (PyCFunction)mlc_clear_begin, METH_NOARGS,
+     "_clear_begin($self, /)\n--\n\nA clear() starts: L2 reads overlapping it do not promote."},
+    {"_clear_end", (PyCFunction)mlc_clear_end, METH_NOARGS,
+     "_clear_end($self, /)\n--\n\nThe clear() started by _clear_begin() is over."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -149,6 +149,14 @@ key_text(PyObject *key, Py_ssize_t *len, PyObject **holder)
     return utf8_held(s, len, holder);
 }
 
+/* Append the bulk string prefix + key text. */
+static void
+append_key_text(RedisCache *self, bio_buf *b, const char *text, Py_ssize_t len)
+{
+    bio_buf_bulk2(b, PyBytes_AS_STRING(self->prefix_bytes),
+                  (size_t)PyBytes_GET_SIZE(self->prefix_bytes), text, (size_t)len);
+}
+
 /* Append the bulk string prefix + format(key). Returns 0 or -1. */
 static int
 append_key(RedisCache *self, bio_buf *b, PyObject *key)
@@ -159,8 +167,7 @@ append_key(RedisCache *self, bio_buf *b, PyObject *key)
     if (text == NULL) {
         return -1;
     }
-    bio_buf_bulk2(b, PyBytes_AS_STRING(self->prefix_bytes),
-                  (size_t)PyBytes_GET_SIZE(self->prefix_bytes), text, (size_t)len);
+    append_key_text(self, b, text, len);
     Py_DECREF(holder);
     return 0;
 }
@@ -1001,20 +1008,23 @@ static PyObject *
 rc_key_command(RedisCache *self, const char *qualname, const char *cmd, int kind,
                PyObject *key, ml_via *via)
 {
+    Py_ssize_t len;
+    PyObject *holder;
+    const char *text = key_text(key, &len, &holder);  /* formatted once */
+    if (text == NULL) {
+        if (via != NULL) {
+            bruno_mlc_via_drop(via);
+        }
+        return NULL;
+    }
     bio_buf b;
     bio_buf_init(&b);
-    int n = kind & K_WITH_TTL ? 2 : 1;
-    for (int i = 0; i < n; i++) {
+    for (int i = 0; i < (kind & K_WITH_TTL ? 2 : 1); i++) {
         bio_buf_array(&b, 2);
         append_str(&b, i == 0 ? cmd : "PTTL");
-        if (append_key(self, &b, key) < 0) {
-            bio_buf_free(&b);
-            if (via != NULL) {
-                bruno_mlc_via_drop(via);
-            }
-            return NULL;
-        }
+        append_key_text(self, &b, text, len);
     }
+    Py_DECREF(holder);
     PyObject *aw = rc_request(self, qualname, kind, BIO_OP_CMD, &b, via);
     if (aw != NULL) {
         ((BrunoAwaitable *)aw)->ctx = Py_NewRef(key);  /* for the error log */
@@ -1152,23 +1162,40 @@ static PyObject *
 rc_mget(RedisCache *self, PyObject *keys, int kind, const char *qualname, ml_via *via)
 {
     Py_ssize_t n = PyTuple_GET_SIZE(keys);
+    /* Each key is formatted once, also when its PTTL follows. */
+    struct { const char *text; Py_ssize_t len; PyObject *holder; } *ref =
+        PyMem_Malloc((size_t)n * sizeof *ref);
+    if (ref == NULL) {
+        Py_DECREF(keys);
+        return no_request(PyErr_NoMemory(), via);
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        ref[i].text = key_text(PyTuple_GET_ITEM(keys, i), &ref[i].len, &ref[i].holder);
+        if (ref[i].text == NULL) {
+            while (--i >= 0) {
+                Py_DECREF(ref[i].holder);
+            }
+            PyMem_Free(ref);
+            Py_DECREF(keys);
+            return no_request(NULL, via);
+        }
+    }
     bio_buf b;
     bio_buf_init(&b);
     bio_buf_array(&b, (size_t)n + 1);
     append_str(&b, "MGET");
-    for (int pass = 0; pass < (kind & K_WITH_TTL ? 2 : 1); pass++) {
-        for (Py_ssize_t i = 0; i < n; i++) {
-            if (pass == 1) {
-                bio_buf_array(&b, 2);
-                append_str(&b, "PTTL");
-            }
-            if (append_key(self, &b, PyTuple_GET_ITEM(keys, i)) < 0) {
-                bio_buf_free(&b);
-                Py_DECREF(keys);
-                return no_request(NULL, via);
-            }
-        }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        append_key_text(self, &b, ref[i].text, ref[i].len);
     }
+    for (Py_ssize_t i = 0; (kind & K_WITH_TTL) && i < n; i++) {
+        bio_buf_array(&b, 2);
+        append_str(&b, "PTTL");
+        append_key_text(self, &b, ref[i].text, ref[i].len);
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        Py_DECREF(ref[i].holder);
+    }
+    PyMem_Free(ref);
     PyObject *aw = rc_request(self, qualname, kind, BIO_OP_CMD, &b, via);
     if (aw == NULL) {
         Py_DECREF(keys);
