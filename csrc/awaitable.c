@@ -42,6 +42,7 @@ aw_alloc(bruno_state *st, const char *qualname, int state)
     aw->deferred = NULL;
     aw->start = NULL;
     aw->drop = NULL;
+    aw->traverse = NULL;
     aw->st = st;
     return aw;
 }
@@ -110,6 +111,20 @@ aw_wake(BrunoAwaitable *aw)
     }
     Py_DECREF(r);
     return 0;
+}
+
+void
+bruno_aw_defer(BrunoAwaitable *aw, void *deferred, int (*start)(PyObject *aw),
+               void (*drop)(void *deferred),
+               int (*traverse)(void *deferred, visitproc visit, void *arg))
+{
+    aw->deferred = deferred;
+    aw->start = start;
+    aw->drop = drop;
+    aw->traverse = traverse;
+    if (!PyObject_GC_IsTracked((PyObject *)aw)) {
+        PyObject_GC_Track(aw);
+    }
 }
 
 static int
@@ -445,6 +460,9 @@ aw_traverse(PyObject *op, visitproc visit, void *arg)
     Py_VISIT(aw->future);
     Py_VISIT(aw->ctx);
     Py_VISIT(aw->loop);
+    if (aw->deferred != NULL && aw->traverse != NULL) {
+        return aw->traverse(aw->deferred, visit, arg);
+    }
     return 0;
 }
 

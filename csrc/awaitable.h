@@ -33,6 +33,7 @@ typedef struct {
     void *deferred;
     int (*start)(PyObject *aw);
     void (*drop)(void *deferred);
+    int (*traverse)(void *deferred, visitproc visit, void *arg);  /* its references */
     bruno_state *st;      /* borrowed: module state (alive as long as our type) */
 } BrunoAwaitable;
 
@@ -50,6 +51,14 @@ PyObject *bruno_aw_error(bruno_state *st, const char *qualname, PyObject *exc);
  * It is not tracked by the collector while pending (the request's reference to it
  * keeps it alive anyway); it is tracked once resolved. */
 PyObject *bruno_aw_pending(bruno_state *st, const char *qualname);
+
+/* Give a pending awaitable work to start at its first send (made without a running
+ * loop): `deferred` (taken over), how to start it, how to free it unstarted, and how
+ * to show the collector the Python objects it holds. The awaitable is then tracked
+ * by the collector, so a cycle through the deferred work can be collected. */
+void bruno_aw_defer(BrunoAwaitable *aw, void *deferred, int (*start)(PyObject *aw),
+                    void (*drop)(void *deferred),
+                    int (*traverse)(void *deferred, visitproc visit, void *arg));
 
 /* Resolve a pending awaitable (steals result / exc). Must hold the GIL; if a task is
  * parked, its Future is resolved, which schedules the task on its loop. Returns 0,

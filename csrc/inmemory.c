@@ -502,9 +502,9 @@ imc_stats(InMemoryCache *self, PyObject *Py_UNUSED(ignored))
 }
 
 PyObject *
-bruno_imc_stats(PyObject *l1)
+bruno_imc_stats(PyObject *l1, int percent)
 {
-    return imc_stats_dict((InMemoryCache *)l1, 0);
+    return imc_stats_dict((InMemoryCache *)l1, percent);
 }
 
 /* ------------------------------------------------------------------ cleanup */
@@ -608,16 +608,13 @@ imc_cancel_timer(InMemoryCache *self)
     PyErr_Restore(type, value, tb);
 }
 
-static PyObject *
-imc_start(InMemoryCache *self, PyObject *Py_UNUSED(ignored))
+/* Arm the periodic cleanup on `loop` (reference stolen). 0 or -1. */
+static int
+imc_start_on(InMemoryCache *self, PyObject *loop)
 {
-    PyObject *loop = PyObject_CallNoArgs(self->st->get_running_loop);
-    if (loop == NULL) {
-        return NULL;
-    }
     if (self->loop == loop && self->timer != NULL) {
         Py_DECREF(loop);  /* already running on this loop */
-        return bruno_aw_none(self->st, "InMemoryCache.start");
+        return 0;
     }
     /* Not started, or started on another (possibly closed) loop: arm here. */
     imc_cancel_timer(self);
@@ -636,17 +633,83 @@ imc_start(InMemoryCache *self, PyObject *Py_UNUSED(ignored))
     if (imc_arm_timer(self) < 0) {
         goto fail;
     }
-    return bruno_aw_none(self->st, "InMemoryCache.start");
+    return 0;
 fail:
     Py_CLEAR(self->loop);
-    return NULL;
+    return -1;
+}
+
+/* start() made outside a running loop (`asyncio.run(cache.start())`): it arms the
+ * cleanup at its first send, in the loop that awaits it. */
+static int
+start_deferred(PyObject *awobj)
+{
+    BrunoAwaitable *aw = (BrunoAwaitable *)awobj;
+    InMemoryCache *self = aw->deferred;  /* owned */
+    aw->deferred = NULL;
+    PyObject *loop = PyObject_CallNoArgs(self->st->get_running_loop);
+    int rc = loop == NULL ? -1 : imc_start_on(self, loop);
+    Py_DECREF(self);
+    if (rc < 0) {
+        return -1;
+    }
+    return bruno_aw_complete(aw, Py_NewRef(Py_None));
+}
+
+static void
+drop_deferred(void *self)
+{
+    Py_DECREF((PyObject *)self);
+}
+
+static int
+traverse_deferred(void *self, visitproc visit, void *arg)
+{
+    Py_VISIT((PyObject *)self);
+    return 0;
+}
+
+PyObject *
+bruno_imc_start(PyObject *l1, const char *qualname)
+{
+    InMemoryCache *self = (InMemoryCache *)l1;
+    PyObject *loop = PyObject_CallNoArgs(self->st->get_running_loop);
+    if (loop == NULL) {
+        if (!PyErr_ExceptionMatches(PyExc_RuntimeError)) {
+            return NULL;
+        }
+        PyErr_Clear();
+        PyObject *aw = bruno_aw_pending(self->st, qualname);
+        if (aw != NULL) {
+            bruno_aw_defer((BrunoAwaitable *)aw, Py_NewRef(self), start_deferred,
+                           drop_deferred, traverse_deferred);
+        }
+        return aw;
+    }
+    if (imc_start_on(self, loop) < 0) {
+        return NULL;
+    }
+    return bruno_aw_none(self->st, qualname);
+}
+
+static PyObject *
+imc_start(InMemoryCache *self, PyObject *Py_UNUSED(ignored))
+{
+    return bruno_imc_start((PyObject *)self, "InMemoryCache.start");
+}
+
+void
+bruno_imc_stop(PyObject *l1)
+{
+    InMemoryCache *self = (InMemoryCache *)l1;
+    imc_cancel_timer(self);
+    Py_CLEAR(self->loop);
 }
 
 static PyObject *
 imc_stop(InMemoryCache *self, PyObject *Py_UNUSED(ignored))
 {
-    imc_cancel_timer(self);
-    Py_CLEAR(self->loop);
+    bruno_imc_stop((PyObject *)self);
     return bruno_aw_none(self->st, "InMemoryCache.stop");
 }
 

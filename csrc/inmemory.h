@@ -35,8 +35,15 @@ PyObject *bruno_imc_read_many(PyObject *l1, PyObject *keys);
 /* set_many(items, ttl) with items a flat tuple (k0, v0, k1, v1, ...). 0 or -1. */
 int bruno_imc_put_many(PyObject *l1, PyObject *flat, PyObject *ttl);
 
-/* clear() and stats() (the doc form: hit_rate a fraction). */
+/* clear(), and the statistics dict: get_stats()'s (percent = 1, hit_rate in
+ * percent) or stats()'s (percent = 0, a fraction). */
 void bruno_imc_clear(PyObject *l1);
-PyObject *bruno_imc_stats(PyObject *l1);
+PyObject *bruno_imc_stats(PyObject *l1, int percent);
+
+/* start(): the awaitable start() returns (its qualname given). Outside a running
+ * loop, the cleanup is armed at the awaitable's first send, in the awaiting loop.
+ * stop(): ends the cleanup at once. */
+PyObject *bruno_imc_start(PyObject *l1, const char *qualname);
+void bruno_imc_stop(PyObject *l1);
 
 #endif

@@ -49,14 +49,16 @@ typedef struct {
     bruno_state *st;         /* borrowed: module state, alive while our type is */
 } MultiLevelCache;
 
-enum { ML_GET = 1, ML_GET_MANY, ML_SET, ML_DELETE, ML_EXISTS, ML_SET_MANY };
+enum { ML_GET = 1, ML_GET_MANY, ML_SET, ML_DELETE, ML_EXISTS, ML_SET_MANY, ML_CLEAR,
+       ML_STATS };
 
 struct ml_via {
     MultiLevelCache *mlc;    /* owned */
     PyObject *keys;          /* owned or NULL: the key (get), or the tuple of keys
                                 asked of L2 (get_many); their reads are counted */
     PyObject *partial;       /* owned or NULL: L1's part of the answer (get_many: the
-                                dict; delete: True when L1 deleted the key) */
+                                dict; delete: True when L1 deleted the key; get_stats:
+                                L1's get_stats() dict) */
     double issued;           /* when the request was made (monotonic seconds) */
     unsigned long long epoch;  /* clear_epoch when the request was made */
     int op;                  /* ML_* */
@@ -180,6 +182,23 @@ reading_end(MultiLevelCache *self, PyObject *key)
     return fresh;
 }
 
+/* A clear() starts / ends: no L2 read that overlaps one promotes (see promote()). */
+static void
+clear_begin(MultiLevelCache *self)
+{
+    self->clear_epoch++;
+    self->clears_running++;
+}
+
+static void
+clear_end(MultiLevelCache *self)
+{
+    if (self->clears_running > 0) {
+        self->clears_running--;
+    }
+    self->clear_epoch++;
+}
+
 /* ------------------------------------------------------------------ vias */
 
 /* A via for op; for reads, key is a key (ML_GET) or a tuple of keys (ML_GET_MANY)
@@ -251,8 +270,20 @@ bruno_mlc_via_drop(ml_via *via)
             (void)reading_end(via->mlc, PyTuple_GET_ITEM(via->keys, i));
         }
     }
+    else if (via->op == ML_CLEAR) {
+        clear_end(via->mlc);
+    }
     via_free(via);
     PyErr_Restore(t, v, tb);
+}
+
+int
+bruno_mlc_via_traverse(ml_via *via, visitproc visit, void *arg)
+{
+    Py_VISIT((PyObject *)via->mlc);
+    Py_VISIT(via->keys);
+    Py_VISIT(via->partial);
+    return 0;
 }
 
 /* ------------------------------------------------------------------ L2 answers */
@@ -378,6 +409,21 @@ bruno_mlc_l2_done(ml_via *via, bio_req *r, int kind, PyObject **result, PyObject
     }
     else if (via->op == ML_DELETE && via->partial == Py_True && *result != NULL) {
         Py_SETREF(*result, Py_NewRef(Py_True));  /* l1_result or l2_result */
+    }
+    else if (via->op == ML_CLEAR) {
+        clear_end(self);
+    }
+    else if (via->op == ML_STATS && *result != NULL) {
+        PyObject *d = Py_BuildValue("{s:s,s:O,s:O}", "type", "multi_level", "l1",
+                                    via->partial, "l2", *result);
+        Py_SETREF(*result, d);
+        if (d == NULL) {
+            PyObject *t, *tb;
+            PyErr_Fetch(&t, exc, &tb);
+            PyErr_NormalizeException(&t, exc, &tb);
+            Py_XDECREF(t);
+            Py_XDECREF(tb);
+        }
     }
     via_free(via);
 }
@@ -595,30 +641,99 @@ done:
     return ml_release(&lv, ret);
 }
 
-/* clear, get_stats, start and stop are not on any hot path: the coroutines of
- * _multilevel.py, for both paths. */
+/* clear, get_stats, start and stop: in C over our own levels (so that they, too, do
+ * their work when called); over any others, the coroutines of _multilevel.py. */
 static PyObject *
 mlc_clear(MultiLevelCache *self, PyObject *Py_UNUSED(ignored))
 {
-    return ml_generic(self, "clear", NULL, 0);
+    ml_levels lv;
+    ml_hold(self, &lv);
+    if (lv.path == PATH_GENERIC) {
+        return ml_release(&lv, ml_generic(self, "clear", NULL, 0));
+    }
+    clear_begin(self);
+    bruno_imc_clear(lv.l1);
+    if (lv.path == PATH_L1_ONLY) {
+        clear_end(self);
+        return ml_release(&lv, bruno_aw_none(self->st, "MultiLevelCache.clear"));
+    }
+    ml_via *via = via_new(self, ML_CLEAR, NULL, NULL);
+    if (via == NULL) {
+        clear_end(self);
+        return ml_release(&lv, NULL);
+    }
+    return ml_release(&lv, bruno_rc_clear(lv.l2, "MultiLevelCache.clear", via));
 }
 
 static PyObject *
 mlc_get_stats(MultiLevelCache *self, PyObject *Py_UNUSED(ignored))
 {
-    return ml_generic(self, "get_stats", NULL, 0);
+    ml_levels lv;
+    ml_hold(self, &lv);
+    if (lv.path == PATH_GENERIC) {
+        return ml_release(&lv, ml_generic(self, "get_stats", NULL, 0));
+    }
+    PyObject *l1_stats = bruno_imc_stats(lv.l1, 1), *ret = NULL;
+    if (l1_stats == NULL) {
+        return ml_release(&lv, NULL);
+    }
+    if (lv.path == PATH_L1_ONLY) {
+        PyObject *d = Py_BuildValue("{s:s,s:O}", "type", "multi_level", "l1", l1_stats);
+        ret = d ? bruno_aw_ready(self->st, "MultiLevelCache.get_stats", d) : NULL;
+    }
+    else {
+        ml_via *via = via_new(self, ML_STATS, NULL, l1_stats);
+        if (via != NULL) {
+            ret = bruno_rc_get_stats(lv.l2, "MultiLevelCache.get_stats", via);
+        }
+    }
+    Py_DECREF(l1_stats);
+    return ml_release(&lv, ret);
 }
 
 static PyObject *
 mlc_start(MultiLevelCache *self, PyObject *Py_UNUSED(ignored))
 {
-    return ml_generic(self, "start", NULL, 0);
+    ml_levels lv;
+    ml_hold(self, &lv);
+    if (lv.path == PATH_L1_ONLY) {
+        return ml_release(&lv, bruno_imc_start(lv.l1, "MultiLevelCache.start"));
+    }
+    PyObject *loop = NULL;
+    if (lv.path == PATH_FAST) {
+        loop = PyObject_CallNoArgs(self->st->get_running_loop);
+        if (loop == NULL) {
+            if (!PyErr_ExceptionMatches(PyExc_RuntimeError)) {
+                return ml_release(&lv, NULL);
+            }
+            PyErr_Clear();  /* no running loop: two steps to defer, the coroutine does */
+        }
+    }
+    if (loop == NULL) {
+        return ml_release(&lv, ml_generic(self, "start", NULL, 0));
+    }
+    Py_DECREF(loop);
+    PyObject *started = bruno_imc_start(lv.l1, "MultiLevelCache.start");  /* ready */
+    if (started == NULL) {
+        return ml_release(&lv, NULL);
+    }
+    Py_DECREF(started);
+    return ml_release(&lv, bruno_rc_connect(lv.l2, "MultiLevelCache.start"));
 }
 
 static PyObject *
 mlc_stop(MultiLevelCache *self, PyObject *Py_UNUSED(ignored))
 {
-    return ml_generic(self, "stop", NULL, 0);
+    ml_levels lv;
+    ml_hold(self, &lv);
+    if (lv.path == PATH_GENERIC) {
+        return ml_release(&lv, ml_generic(self, "stop", NULL, 0));
+    }
+    bruno_imc_stop(lv.l1);
+    if (lv.path == PATH_L1_ONLY) {
+        return ml_release(&lv, bruno_aw_none(self->st, "MultiLevelCache.stop"));
+    }
+    return ml_release(&lv, bruno_rc_disconnect(lv.l2, "MultiLevelCache.stop"));
 }
 
 /* ------------------------------------------------------------------ statistics */
@@ -633,7 +748,7 @@ level_stats(MultiLevelCache *self, PyObject *level, PyObject **out)
         return 0;
     }
     if (bruno_imc_exact(self->st, level)) {
-        *out = bruno_imc_stats(level);
+        *out = bruno_imc_stats(level, 0);
         return *out ? 0 : -1;
     }
     if (bruno_rc_exact(self->st, level)) {
@@ -706,23 +821,18 @@ mlc_count(MultiLevelCache *self, PyObject *const *args, Py_ssize_t nargs)
     Py_RETURN_NONE;
 }
 
-/* _clear_begin() / _clear_end(): bracket a clear(); no L2 read that overlaps one
- * promotes (see promote()). */
+/* _clear_begin() / _clear_end(): the generic path's clear() brackets itself. */
 static PyObject *
 mlc_clear_begin(MultiLevelCache *self, PyObject *Py_UNUSED(ignored))
 {
-    self->clear_epoch++;
-    self->clears_running++;
+    clear_begin(self);
     Py_RETURN_NONE;
 }
 
 static PyObject *
 mlc_clear_end(MultiLevelCache *self, PyObject *Py_UNUSED(ignored))
 {
-    if (self->clears_running > 0) {
-        self->clears_running--;
-    }
-    self->clear_epoch++;
+    clear_end(self);
     Py_RETURN_NONE;
 }
 

@@ -30,7 +30,8 @@ enum {
 };
 _Static_assert((int)K_GET == RC_GET && (int)K_SET == RC_SET && (int)K_DELETE == RC_DELETE &&
                    (int)K_EXISTS == RC_EXISTS && (int)K_MGET == RC_MGET &&
-                   (int)K_SETMANY == RC_SETMANY,
+                   (int)K_SETMANY == RC_SETMANY && (int)K_CLEAR == RC_CLEAR &&
+                   (int)K_STATS == RC_STATS,
                "request kinds shared with multilevel.c");
 
 typedef struct {
@@ -396,6 +397,15 @@ drop_unsent(void *p)
     bio_req_free(r);
 }
 
+/* The Python objects a request not yet submitted holds, for the collector. */
+static int
+traverse_unsent(void *p, visitproc visit, void *arg)
+{
+    bio_req *r = p;
+    Py_VISIT((PyObject *)r->ctx);
+    return r->via != NULL ? bruno_mlc_via_traverse(r->via, visit, arg) : 0;
+}
+
 /* Start a deferred request: the awaitable is being awaited in a loop now. */
 static int
 start_deferred(PyObject *awobj)
@@ -471,9 +481,7 @@ rc_request(RedisCache *self, const char *qualname, int kind, int op, bio_buf *b,
         return NULL;
     }
     BrunoAwaitable *aw = (BrunoAwaitable *)awobj;
-    aw->deferred = r;
-    aw->start = start_deferred;
-    aw->drop = drop_unsent;
+    bruno_aw_defer(aw, r, start_deferred, drop_unsent, traverse_unsent);
     int no_loop;
     PyObject *bridge = rc_bridge(self, &no_loop);
     if (bridge == NULL) {
@@ -620,9 +628,10 @@ failed_result(RedisCache *self, int kind, const char *what, PyObject *key, PyObj
     return NULL;
 }
 
-/* A follow-up request for a multi-step operation, reusing the awaitable. */
+/* A follow-up request for a multi-step operation, reusing the awaitable; the
+ * finished request `prev` hands its via (if any) over to it. */
 static int
-rc_continue(RedisCache *self, BrunoAwaitable *aw, int kind, bio_buf *b)
+rc_continue(RedisCache *self, BrunoAwaitable *aw, bio_req *prev, int kind, bio_buf *b)
 {
     int no_loop;
     PyObject *bridge = rc_bridge(self, &no_loop);  /* the loop draining us */
@@ -649,7 +658,11 @@ rc_continue(RedisCache *self, BrunoAwaitable *aw, int kind, bio_buf *b)
     r->ctx = Py_NewRef(self);
     r->user = Py_NewRef(aw);
     r->deadline = bio_now() + self->socket_timeout;
+    r->via = prev->via;
+    prev->via = NULL;
     if (rc_submit(self, r, bridge) < 0) {
+        prev->via = r->via;
+        r->via = NULL;
         Py_DECREF(aw);
         Py_DECREF(self);
         r->user = r->ctx = NULL;
@@ -717,7 +730,7 @@ clear_step(RedisCache *self, BrunoAwaitable *aw, bio_req *r, PyObject **exc, int
     if (!cursor_done(cursor)) {
         append_scan(self, &b, cursor->str, cursor->len);
     }
-    if (rc_continue(self, aw, K_CLEAR, &b) < 0) {
+    if (rc_continue(self, aw, r, K_CLEAR, &b) < 0) {
         return NULL;
     }
     *pending = 1;
@@ -784,7 +797,7 @@ stats_step(RedisCache *self, BrunoAwaitable *aw, bio_req *r, int *pending)
         bio_buf b;
         bio_buf_init(&b);
         append_scan(self, &b, cursor->str, cursor->len);
-        if (rc_continue(self, aw, K_STATS_SCAN, &b) < 0) {
+        if (rc_continue(self, aw, r, K_STATS_SCAN, &b) < 0) {
             return NULL;
         }
         *pending = 1;
@@ -830,8 +843,8 @@ ok_result(RedisCache *self, BrunoAwaitable *aw, bio_req *r, PyObject **exc, int 
         }
         if (rep->type == REDIS_REPLY_STRING) {
             count(self, 1);
-            if (aw->state == AW_DONE) {
-                Py_RETURN_NONE;  /* nobody will read it: skip decoding */
+            if (aw->state == AW_DONE && r->via == NULL) {
+                Py_RETURN_NONE;  /* nobody will read it (nor promote it): skip decoding */
             }
             PyObject *v = decode_value(self, rep);
             if (v == NULL) {
@@ -1279,20 +1292,28 @@ rc_set_many(RedisCache *self, PyObject *const *args, Py_ssize_t nargs, PyObject 
     return aw;
 }
 
-static PyObject *
-rc_clear(RedisCache *self, PyObject *Py_UNUSED(ignored))
+PyObject *
+bruno_rc_clear(PyObject *l2, const char *qualname, ml_via *via)
 {
+    RedisCache *self = (RedisCache *)l2;
     bio_buf b;
     bio_buf_init(&b);
     append_scan(self, &b, "0", 1);
-    return rc_request(self, "RedisCache.clear", K_CLEAR, BIO_OP_CMD, &b, NULL);
+    return rc_request(self, qualname, K_CLEAR, BIO_OP_CMD, &b, via);
 }
 
 static PyObject *
-rc_get_stats(RedisCache *self, PyObject *Py_UNUSED(ignored))
+rc_clear(RedisCache *self, PyObject *Py_UNUSED(ignored))
 {
+    return bruno_rc_clear((PyObject *)self, "RedisCache.clear", NULL);
+}
+
+PyObject *
+bruno_rc_get_stats(PyObject *l2, const char *qualname, ml_via *via)
+{
+    RedisCache *self = (RedisCache *)l2;
     if (rc_client(self) == NULL) {
-        return NULL;
+        return no_request(NULL, via);
     }
     bio_counters *c = bio_client_counters(self->client);
     unsigned long long hits = atomic_exchange(&c->pending_hits, 0);
@@ -1318,7 +1339,13 @@ rc_get_stats(RedisCache *self, PyObject *Py_UNUSED(ignored))
     append_str(&b, "HGETALL");
     bio_buf_bulk2(&b, stats_key, plen, "stats", 5);
     append_scan(self, &b, "0", 1);
-    return rc_request(self, "RedisCache.get_stats", K_STATS, BIO_OP_CMD, &b, NULL);
+    return rc_request(self, qualname, K_STATS, BIO_OP_CMD, &b, via);
+}
+
+static PyObject *
+rc_get_stats(RedisCache *self, PyObject *Py_UNUSED(ignored))
+{
+    return bruno_rc_get_stats((PyObject *)self, "RedisCache.get_stats", NULL);
 }
 
 static PyObject *
@@ -1342,23 +1369,43 @@ rc_connect(RedisCache *self, PyObject *Py_UNUSED(ignored))
     return rc_connect_impl(self, 0, "RedisCache.connect");
 }
 
+PyObject *
+bruno_rc_connect(PyObject *l2, const char *qualname)
+{
+    return rc_connect_impl((RedisCache *)l2, 0, qualname);
+}
+
 static PyObject *
 rc_aenter(RedisCache *self, PyObject *Py_UNUSED(ignored))
 {
     return rc_connect_impl(self, K_ENTER, "RedisCache.__aenter__");
 }
 
+static PyObject *rc_disconnect_impl(RedisCache *self, const char *qualname);
+
 static PyObject *
 rc_disconnect(RedisCache *self, PyObject *Py_UNUSED(ignored))
 {
+    return rc_disconnect_impl(self, "RedisCache.disconnect");
+}
+
+PyObject *
+bruno_rc_disconnect(PyObject *l2, const char *qualname)
+{
+    return rc_disconnect_impl((RedisCache *)l2, qualname);
+}
+
+static PyObject *
+rc_disconnect_impl(RedisCache *self, const char *qualname)
+{
     if (self->client == NULL || bio_client_pid(self->client) != bio_pid()) {
         self->connected = 0;
-        return bruno_aw_none(self->st, "RedisCache.disconnect");
+        return bruno_aw_none(self->st, qualname);
     }
     self->connected = 0;
     bio_buf b;
     bio_buf_init(&b);
-    return rc_request(self, "RedisCache.disconnect", K_CLOSE, BIO_OP_CLOSE, &b, NULL);
+    return rc_request(self, qualname, K_CLOSE, BIO_OP_CLOSE, &b, NULL);
 }
 
 static PyObject *

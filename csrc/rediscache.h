@@ -35,6 +35,12 @@ PyObject *bruno_rc_exists(PyObject *l2, PyObject *key, const char *qualname, ml_
 PyObject *bruno_rc_set_many(PyObject *l2, PyObject *flat, PyObject *ttl,
                             const char *qualname, ml_via *via);
 
+/* clear() and get_stats(), and connect()/disconnect() (no via: nothing to learn). */
+PyObject *bruno_rc_clear(PyObject *l2, const char *qualname, ml_via *via);
+PyObject *bruno_rc_get_stats(PyObject *l2, const char *qualname, ml_via *via);
+PyObject *bruno_rc_connect(PyObject *l2, const char *qualname);
+PyObject *bruno_rc_disconnect(PyObject *l2, const char *qualname);
+
 /* The doc-form statistics of a RedisCache (its stats() method). */
 PyObject *bruno_rc_stats(PyObject *l2);
 
@@ -44,10 +50,11 @@ PyObject *bruno_rc_stats(PyObject *l2);
 void bruno_mlc_l2_done(ml_via *via, bio_req *r, int kind, PyObject **result,
                        PyObject **exc);
 void bruno_mlc_via_drop(ml_via *via);
+int bruno_mlc_via_traverse(ml_via *via, visitproc visit, void *arg);
 
 /* Request kinds as bruno_mlc_l2_done sees them. */
 enum {
-    RC_GET = 3, RC_SET, RC_DELETE, RC_EXISTS, RC_MGET, RC_SETMANY,
+    RC_GET = 3, RC_SET, RC_DELETE, RC_EXISTS, RC_MGET, RC_SETMANY, RC_CLEAR, RC_STATS,
 };
 
 #endif

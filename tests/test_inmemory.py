@@ -1332,3 +1332,34 @@ async def test_async_methods_are_coroutine_functions_for_mocks():
     await InMemoryCache.set(cache, "k", 1)
     assert await InMemoryCache.get(cache, "k") == 1
     assert type(cache) is InMemoryCache
+
+
+def test_start_made_outside_a_loop_arms_the_cleanup_in_the_awaiting_loop(loop_factory):
+    """asyncio.run(cache.start()) works as the reference's coroutine does: the
+    awaitable is made before any loop runs and arms the cleanup when awaited."""
+    cache = InMemoryCache(cleanup_interval=0.01)
+    aw = cache.start()
+    assert not cache.running
+    with asyncio.Runner(loop_factory=loop_factory) as runner:
+        assert runner.run(aw) is None
+        assert cache.running
+
+        async def expire():
+            await cache.set("x", 1, ttl=0.001)
+            await asyncio.sleep(0.2)
+            return cache.stats()
+
+        stats = runner.run(expire())
+        assert stats["size"] == 0 and stats["expirations"] == 1  # removed by the sweep
+        runner.run(cache.stop())
+    assert not cache.running
+
+
+def test_start_made_outside_a_loop_and_never_awaited_leaks_nothing():
+    cache = InMemoryCache()
+    before = sys.getrefcount(cache)
+    aw = cache.start()
+    assert sys.getrefcount(cache) == before + 1  # held by the deferred start
+    del aw
+    assert sys.getrefcount(cache) == before
+    assert not cache.running
