@@ -80,8 +80,16 @@ async def clear(mlc: Any) -> None:
 async def get_many(mlc: Any, keys: Any) -> dict:
     result = await mlc.l1.get_many(keys)
     if mlc.l2:
-        missing = [k for k in keys if k not in result]
-        mlc._count(len(result), 0, 0, 0, 0)
+        # The reference's `[k for k in keys if k not in result]`, counting as it goes
+        # (one count per position of keys, as the fast path counts).
+        missing = []
+        hits = 0
+        for k in keys:
+            if k not in result:
+                missing.append(k)
+            else:
+                hits += 1
+        mlc._count(hits, 0, 0, 0, 0)
         if missing:
             l2_results = await _l2_call(mlc, mlc.l2.get_many(missing))
             result.update(l2_results)
@@ -90,10 +98,11 @@ async def get_many(mlc: Any, keys: Any) -> dict:
             if mlc.promote_on_hit and l2_results:
                 await mlc.l1.set_many(l2_results)
                 mlc._count(0, 0, 0, 0, len(l2_results))
-    else:
-        # Misses are counted only for a list or tuple: another iterable may be spent.
-        absent = sum(1 for k in keys if k not in result) if isinstance(keys, (list, tuple)) else 0
-        mlc._count(len(result), 0, absent, 0, 0)
+    elif isinstance(result, dict) and isinstance(keys, (list, tuple)):
+        # Counted only when that cannot change what the levels see: another
+        # iterable may be spent, another result may record the lookups.
+        hits = sum(1 for k in keys if k in result)
+        mlc._count(hits, 0, len(keys) - hits, 0, 0)
     return result
 
 
