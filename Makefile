@@ -34,24 +34,31 @@ $(STAMP): requirements-dev.txt $(PY)
 
 venv: sysdeps $(STAMP)
 
-# Editable install: the extension is built in place next to bruno_memory_c/. The old
-# .so is unlinked first, never overwritten: processes still running it keep their copy.
-build: venv
+# Editable install: the extension is built in place next to bruno_memory_c/, again
+# only when a source or the build setup changed. The old .so is unlinked first, never
+# overwritten: processes still running it keep their copy.
+BUILT := $(VENV)/.build-stamp
+build: venv $(BUILT)
+	@ls bruno_memory_c/_core*.so >/dev/null 2>&1 || { rm -f $(BUILT); $(MAKE) --no-print-directory $(BUILT); }
+
+$(BUILT): $(STAMP) $(wildcard csrc/*.c csrc/*.h) setup.py pyproject.toml
 	rm -f bruno_memory_c/_core*.so
 	$(PIP) install --no-build-isolation -e .
+	@touch $(BUILT)
 
 test: build
 	$(PY) -m pytest -q tests
 
-# The whole suite against an AddressSanitizer build of the extension.
+# The whole suite against an AddressSanitizer build of the extension; the optimised
+# build is restored afterwards, whether the suite passed or not.
 test-asan: venv
 	rm -rf build/asan bruno_memory_c/_core*.so
 	BRUNO_ASAN=1 $(PY) setup.py -q build_ext --inplace --build-temp build/asan --force
+	status=0; \
 	ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 LD_PRELOAD=$(ASAN_LIB) PYTHONMALLOC=malloc \
-	  $(PY) -m pytest -q -p no:cacheprovider tests
-	# restore the optimised build for the other targets
-	rm -f bruno_memory_c/_core*.so
-	$(PY) setup.py -q build_ext --inplace --force
+	  $(PY) -m pytest -q -p no:cacheprovider tests || status=$$?; \
+	rm -f bruno_memory_c/_core*.so; \
+	$(PY) setup.py -q build_ext --inplace --force && exit $$status
 
 demo: build
 	$(PY) examples/demo.py
@@ -60,6 +67,8 @@ bench: build
 	$(PIP) install -r requirements-bench.txt
 	$(PY) benchmarks/bench_inmemory.py
 	$(PY) benchmarks/bench_redis.py
+	$(PY) benchmarks/bench_multilevel.py
+	$(PY) benchmarks/chart.py
 
 clean:
-	rm -rf build dist *.egg-info bruno_memory_c/*.so .pytest_cache
+	rm -rf build dist *.egg-info bruno_memory_c/*.so .pytest_cache $(BUILT)
