@@ -8,6 +8,7 @@ reference's coroutine does.
 from . import _core
 from ._asyncmethods import AsyncMethodsMeta as _AsyncMethodsMeta
 from ._core import CacheAwaitable, CacheError, InMemoryCache, MultiLevelCache, RedisCache
+from ._install import install
 from ._interface import CacheInterface
 
 # Async methods read from the class look like `async def` to asyncio, inspect and
@@ -34,4 +35,5 @@ __all__ = [
     "REDIS_AVAILABLE",
     "RedisCache",
     "__version__",
+    "install",
 ]

@@ -1,0 +1,84 @@
+"""install(): make an installed bruno-memory hand out these classes."""
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import sys
+import types
+from typing import Any
+
+_NAMES = ("InMemoryCache", "RedisCache", "MultiLevelCache")
+
+
+def _import_bruno_cache() -> tuple[Any, Any, Any]:
+    """bruno_memory.utils.cache, bruno_memory.utils and bruno_memory.exceptions.
+
+    Normally a plain import. bruno-memory's package ``__init__`` imports its whole
+    stack (bruno-core, the storage backends); when those are missing, only the three
+    modules the caches live in are loaded, under a package object that does not run
+    that ``__init__`` (the rest of bruno-memory cannot work without its dependencies).
+    """
+    if importlib.util.find_spec("bruno_memory") is None:
+        raise ImportError(
+            "bruno_memory_c.install() needs bruno-memory (pip install bruno-memory); "
+            "without it, import the caches from bruno_memory_c directly"
+        )
+    try:
+        importlib.import_module("bruno_memory")
+    except ImportError:
+        if "bruno_memory" not in sys.modules:
+            spec = importlib.util.find_spec("bruno_memory")
+            package = types.ModuleType("bruno_memory", "bruno-memory (caches only)")
+            package.__path__ = list(spec.submodule_search_locations or [])
+            package.__spec__ = spec
+            package.__file__ = spec.origin
+            package.__package__ = "bruno_memory"
+            sys.modules["bruno_memory"] = package
+    cache = importlib.import_module("bruno_memory.utils.cache")
+    utils = importlib.import_module("bruno_memory.utils")
+    exceptions = importlib.import_module("bruno_memory.exceptions")
+    return cache, utils, exceptions
+
+
+def install() -> None:
+    """Make bruno-memory use the C caches of bruno_memory_c.
+
+    Afterwards ``bruno_memory.utils.cache`` and ``bruno_memory.utils`` hand out
+    ``InMemoryCache``, ``RedisCache`` and ``MultiLevelCache`` of this package (as does
+    any loaded ``bruno_memory`` module that had imported the reference classes by
+    name), ``except bruno_memory.exceptions.CacheError`` catches the errors they raise,
+    and ``isinstance(cache, bruno_memory.utils.cache.CacheInterface)`` holds for them.
+    Idempotent. Raises ImportError when bruno-memory is not installed.
+    """
+    import bruno_memory_c
+    from bruno_memory_c import _core
+
+    cache, utils, exceptions = _import_bruno_cache()
+
+    # Our CacheError, made a subclass of bruno-memory's as well (once).
+    theirs = exceptions.CacheError
+    current = _core._get_cache_error()
+    if not issubclass(current, theirs):
+        combined = type(
+            "CacheError",
+            (current, theirs),
+            {"__module__": "bruno_memory_c", "__doc__": current.__doc__},
+        )
+        _core._set_cache_error(combined)
+
+    ours = {name: getattr(bruno_memory_c, name) for name in _NAMES}
+    originals = {name: getattr(cache, name) for name in _NAMES}
+    for cls in ours.values():
+        cache.CacheInterface.register(cls)
+    for module in (cache, utils):
+        for name, cls in ours.items():
+            setattr(module, name, cls)
+    cache.REDIS_AVAILABLE = True
+    # Modules of bruno-memory that imported the reference classes by name.
+    replace = {id(cls): ours[name] for name, cls in originals.items() if cls is not ours[name]}
+    for modname, module in list(sys.modules.items()):
+        if module is None or not (modname == "bruno_memory" or modname.startswith("bruno_memory.")):
+            continue
+        for attr, value in list(vars(module).items()):
+            if id(value) in replace and isinstance(value, type):
+                setattr(module, attr, replace[id(value)])

@@ -1,0 +1,136 @@
+"""bruno_memory_c.install(): bruno-memory hands out our classes afterwards.
+
+Each scenario runs in a fresh interpreter (install() changes modules for good). Here
+bruno-memory 0.1.5 is installed --no-deps, so its package __init__ (which needs the
+whole bruno stack) cannot run; install() then loads only its cache modules.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run(code: str, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, *args, "-c", textwrap.dedent(code)],
+                          capture_output=True, text=True, timeout=120, cwd=REPO)
+
+
+def test_install_hands_out_our_classes():
+    proc = run("""
+        import bruno_memory_c
+        bruno_memory_c.install()
+        bruno_memory_c.install()  # idempotent
+
+        import bruno_memory.utils as utils
+        import bruno_memory.utils.cache as cache
+        for name in ("InMemoryCache", "RedisCache", "MultiLevelCache"):
+            assert getattr(cache, name) is getattr(bruno_memory_c, name), name
+            assert getattr(utils, name) is getattr(bruno_memory_c, name), name
+        assert cache.REDIS_AVAILABLE is True
+        for obj in (bruno_memory_c.InMemoryCache(), bruno_memory_c.RedisCache(),
+                    bruno_memory_c.MultiLevelCache(bruno_memory_c.InMemoryCache())):
+            assert isinstance(obj, cache.CacheInterface), obj
+            assert isinstance(obj, utils.CacheInterface), obj
+        print("ok")
+    """)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "ok"
+
+
+def test_code_written_for_bruno_memory_runs_unchanged():
+    proc = run("""
+        import asyncio
+        import bruno_memory_c
+        bruno_memory_c.install()
+
+        from bruno_memory.exceptions import CacheError
+        from bruno_memory.utils import InMemoryCache, MultiLevelCache, RedisCache
+
+        async def main():
+            cache = MultiLevelCache(InMemoryCache(max_size=10), None)
+            await cache.start()
+            await cache.set("k", {"v": 1}, ttl=60)
+            assert await cache.get("k") == {"v": 1}
+            assert (await cache.get_stats())["l1"]["hits"] == 1
+            await cache.stop()
+            bad = RedisCache(port=1, connect_timeout=0.5)
+            try:
+                await bad.connect()
+            except CacheError as e:           # bruno-memory's class catches ours
+                assert "Redis connection failed" in str(e)
+                assert isinstance(e, bruno_memory_c.CacheError)
+            else:
+                raise AssertionError("no error")
+            try:
+                await bad.set("k", 1)
+            except CacheError:
+                pass
+            print("ok")
+
+        asyncio.run(main())
+    """)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "ok"
+
+
+def test_install_replaces_names_other_bruno_modules_imported():
+    proc = run("""
+        import sys, types
+        import bruno_memory_c
+        from bruno_memory_c._install import _import_bruno_cache
+
+        cache, _, _ = _import_bruno_cache()
+        reference = cache.InMemoryCache
+        # A bruno-memory module that did `from bruno_memory.utils.cache import ...`
+        user = types.ModuleType("bruno_memory.managers_like")
+        user.InMemoryCache = reference
+        user.other = object()
+        sys.modules[user.__name__] = user
+
+        bruno_memory_c.install()
+        assert user.InMemoryCache is bruno_memory_c.InMemoryCache
+        assert reference is not bruno_memory_c.InMemoryCache
+        print("ok")
+    """)
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_install_without_bruno_memory_is_a_one_line_import_error():
+    # -I -S: no site-packages at all, so bruno-memory is really absent; the package is
+    # imported from the repository (its extension is built in place).
+    proc = run(f"""
+        import sys
+        sys.path.insert(0, {REPO!r})
+        import bruno_memory_c
+        try:
+            bruno_memory_c.install()
+        except ImportError as e:
+            msg = str(e)
+            assert "\\n" not in msg and "bruno-memory" in msg, msg
+            print("ImportError:", msg)
+        else:
+            raise AssertionError("install() did not raise")
+        # Our own classes work regardless.
+        assert bruno_memory_c.InMemoryCache().stats()["size"] == 0
+    """, "-I", "-S")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("ImportError: ")
+    assert "pip install bruno-memory" in proc.stdout
+
+
+def test_install_with_bruno_memory_hidden_raises_import_error():
+    proc = run("""
+        import sys
+        sys.modules["bruno_memory"] = None   # as if not installed
+        import bruno_memory_c
+        try:
+            bruno_memory_c.install()
+        except ImportError as e:
+            print(type(e).__name__)
+    """)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "ImportError"
