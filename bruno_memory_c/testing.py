@@ -25,6 +25,7 @@ import subprocess
 import tempfile
 import threading
 import time
+import weakref
 from typing import Any, Iterator
 
 __all__ = ["RedisServer", "redis_server", "free_port"]
@@ -68,8 +69,23 @@ def _read_reply(f: Any) -> Any:
     raise RuntimeError(f"bad reply {line!r}")
 
 
+def _cleanup(state: dict) -> None:
+    """Kill a server's process and remove its directory (close(), the collector or
+    interpreter exit: whichever comes first)."""
+    proc = state.pop("proc", None)
+    if proc is not None and proc.poll() is None:
+        proc.kill()
+        proc.wait()
+    shutil.rmtree(state["dir"], ignore_errors=True)
+
+
 class RedisServer:
-    """A redis-server process of one's own (see the module docstring)."""
+    """A redis-server process of one's own (see the module docstring).
+
+    Its directory (``dir``: the server's working directory and unix socket) is removed
+    by ``close()`` / the end of a ``with`` block, and in any case when the object is
+    collected or the interpreter exits, as is a server still running then.
+    """
 
     def __init__(self, password: str | None = None, port: int | None = None,
                  extra_args: tuple[str, ...] = (), executable: str | None = None,
@@ -83,7 +99,17 @@ class RedisServer:
         self.extra_args = tuple(extra_args)
         self.dir = tempfile.mkdtemp(prefix="bruno-redis-")
         self.unix_path = os.path.join(self.dir, "redis.sock") if unix_socket else None
-        self.proc: subprocess.Popen[bytes] | None = None
+        self._state: dict = {"dir": self.dir}
+        self._finalizer = weakref.finalize(self, _cleanup, self._state)
+
+    @property
+    def proc(self) -> "subprocess.Popen[bytes] | None":
+        """The running server process, or None."""
+        return self._state.get("proc")
+
+    @proc.setter
+    def proc(self, value: "subprocess.Popen[bytes] | None") -> None:
+        self._state["proc"] = value
 
     # -- lifecycle --------------------------------------------------------------
     @property
@@ -117,7 +143,9 @@ class RedisServer:
             except (OSError, RuntimeError, ConnectionError):
                 pass
             if self.proc.poll() is not None:
-                raise RuntimeError(f"redis-server exited with {self.proc.returncode}")
+                code = self.proc.returncode
+                self.proc = None
+                raise RuntimeError(f"redis-server exited with {code}")
             if time.monotonic() > deadline:
                 self.stop()
                 raise TimeoutError("redis-server did not start")
@@ -157,12 +185,16 @@ class RedisServer:
                 time.sleep(0.1)
 
     def close(self) -> None:
-        """Stop the server and remove its directory."""
+        """Stop the server and remove its directory (idempotent)."""
         self.stop()
-        shutil.rmtree(self.dir, ignore_errors=True)
+        self._finalizer()
 
     def __enter__(self) -> "RedisServer":
-        return self.start()
+        try:
+            return self.start()
+        except BaseException:
+            self.close()
+            raise
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
@@ -193,10 +225,7 @@ try:  # a pytest fixture, when pytest is there
     @pytest.fixture
     def redis_server() -> Iterator[RedisServer]:
         """A fresh redis-server for one test, stopped and removed afterwards."""
-        server = RedisServer().start()
-        try:
+        with RedisServer() as server:
             yield server
-        finally:
-            server.close()
 except ImportError:  # pragma: no cover
     pass

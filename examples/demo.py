@@ -2,16 +2,19 @@
 
 `make demo` runs this file. Each example is the documentation's code, as written,
 inside an async function (the page uses top-level await); names the page leaves
-undefined (`data`, `user_data`) are given small values here. The Redis examples use
+undefined (`data`, `user_data`) are given small values here, and the page's
+`create_backend("sqlite", ...)` is a small stand-in backend (below) so that the
+cache-aside example runs without the rest of bruno-memory. The Redis examples use
 the server named by REDIS_URL or, when it is not set, a throwaway redis-server started
-on a free port (and stopped afterwards).
+on a free port (and stopped afterwards): `host="localhost"` in the page becomes that
+server's host and port. Every example prints its cache's statistics.
 """
 import asyncio
 import contextlib
 import os
 from urllib.parse import urlsplit
 
-from bruno_memory_c.utils import InMemoryCache, RedisCache
+from bruno_memory_c.utils import InMemoryCache, MultiLevelCache, RedisCache
 
 
 async def in_memory_caching() -> None:
@@ -119,8 +122,121 @@ async def redis_caching(host: str, port: int) -> None:
     print("get_stats():", await cache.get_stats())
     stats = cache.stats()
     print(f"Hit rate: {stats['hit_rate']:.2%}")
-    await cache.clear()
+    await cache.delete("session:123")  # only the demo's own key: the server may be shared
     await cache.disconnect()
+
+
+async def multi_level_caching(host: str, port: int) -> None:
+    print("== Multi-Level Caching")
+    # Create tiered cache
+    cache = MultiLevelCache(
+        l1_cache=InMemoryCache(max_size=100),  # Fast L1
+        l2_cache=RedisCache(host=host, port=port)   # Distributed L2
+    )
+
+    await cache.l2_cache.connect()
+    await cache.delete("key")  # (demo setup: a clean start on a shared server)
+
+    # Checks L1 first, then L2, promotes to L1 on L2 hit
+    value = await cache.get("key")
+
+    # Writes to both levels
+    await cache.set("key", "value", ttl=300)
+
+    # Combined statistics
+    stats = cache.stats()
+    print(f"L1 hits: {stats['l1_hits']}")
+    print(f"L2 hits: {stats['l2_hits']}")
+
+    assert value is None  # nothing was stored yet
+    # Beyond the page: an L1 hit, then an L2 hit promoted into L1.
+    assert await cache.get("key") == "value"
+    await cache.l1.delete("key")
+    assert await cache.get("key") == "value" and await cache.l1.get("key") == "value"
+    stats = cache.stats()
+    assert (stats["l1_hits"], stats["l2_hits"], stats["misses"]) == (1, 1, 1)
+    print(f"L1 hits: {stats['l1_hits']}, L2 hits: {stats['l2_hits']}, "
+          f"misses: {stats['misses']}, hit rate: {stats['hit_rate']:.2%}")
+    print("get_stats():", await cache.get_stats())
+    await cache.delete("key")  # only the demo's own key: the server may be shared
+
+    await cache.l2_cache.disconnect()
+
+
+async def connection_pooling(host: str, port: int) -> None:
+    print("== Connection Pooling (Redis)")
+    cache = RedisCache(
+        host=host,
+        port=port,
+        pool_size=10,  # Max 10 connections
+        max_overflow=5  # Allow 5 extra if needed
+    )
+    # Every request is pipelined on one connection: 500 at once all succeed.
+    await cache.set("k", "v", ttl=60)
+    values = await asyncio.gather(*(cache.get("k") for _ in range(500)))
+    assert values == ["v"] * 500
+    stats = cache.stats()
+    print(f"500 concurrent gets, hit rate: {stats['hit_rate']:.2%}, "
+          f"pipeline depth: {stats['commands'] / stats['batches']:.1f}")
+    await cache.delete("k")
+    await cache.disconnect()
+
+
+class StandInBackend:
+    """A stand-in for bruno-memory's SQLite backend: the two calls the example makes."""
+
+    def __init__(self, database_path: str) -> None:
+        self.database_path = database_path
+        self.calls = 0
+
+    async def connect(self) -> None:
+        pass
+
+    async def retrieve_messages(self, conversation_id: str, limit: int) -> list:
+        self.calls += 1
+        await asyncio.sleep(0.01)  # a database round trip
+        return [{"conversation": conversation_id, "n": i, "text": f"message {i}"}
+                for i in range(min(limit, 3))]
+
+
+def create_backend(kind: str, database_path: str) -> StandInBackend:
+    assert kind == "sqlite"
+    return StandInBackend(database_path)
+
+
+async def integration_with_backend() -> None:
+    print("== Integration with Backend")
+    # Create backend with caching
+    backend = create_backend("sqlite", database_path="memory.db")
+    cache = InMemoryCache(max_size=500)
+
+    await backend.connect()
+
+    async def get_cached_messages(conv_id: str):
+        """Get messages with caching."""
+        cache_key = f"messages:{conv_id}"
+
+        # Try cache first
+        cached = await cache.get(cache_key)
+        if cached:
+            return cached
+
+        # Fallback to backend
+        messages = await backend.retrieve_messages(
+            conversation_id=conv_id,
+            limit=50
+        )
+
+        # Cache for 5 minutes
+        await cache.set(cache_key, messages, ttl=300)
+        return messages
+
+    first = await get_cached_messages("conv-1")
+    for _ in range(9):
+        assert await get_cached_messages("conv-1") == first
+    assert backend.calls == 1  # nine of ten reads came from the cache
+    stats = cache.stats()
+    print(f"backend calls: {backend.calls} of 10 reads, hit rate: {stats['hit_rate']:.2%}")
 
 
 @contextlib.contextmanager
@@ -143,8 +259,11 @@ async def main(host: str | None = None, port: int | None = None) -> None:
     await lru_eviction()
     await ttl_management()
     await batch_operations()
+    await integration_with_backend()
     if host is not None:
         await redis_caching(host, port)
+        await multi_level_caching(host, port)
+        await connection_pooling(host, port)
     print("demo: all examples ran")
 
 
