@@ -9,15 +9,28 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMOKE = """
 import asyncio, inspect
 import bruno_memory_c
-from bruno_memory_c.utils.cache import InMemoryCache, CacheInterface
+from bruno_memory_c.utils.cache import InMemoryCache, MultiLevelCache, CacheInterface
 assert bruno_memory_c.__file__.startswith(%r), bruno_memory_c.__file__
 async def main():
     cache = InMemoryCache(max_size=2)
     await cache.set("a", 1)
     assert await cache.get("a") == 1
     assert isinstance(cache, CacheInterface)
+    multi = MultiLevelCache(InMemoryCache(), None)   # and its generic path's module
+    await multi.set("m", 2)
+    assert await multi.get("m") == 2 and multi.stats()["l1_hits"] == 1
+    class L2:  # any other L2: the generic path (bruno_memory_c/_multilevel.py)
+        async def get(self, key):
+            return None
+    assert await MultiLevelCache(InMemoryCache(), L2()).get("x") is None
     return cache.stats()["hits"]
 assert asyncio.run(main()) == 1
+try:  # no bruno-memory in this venv
+    bruno_memory_c.install()
+except ImportError as e:
+    assert "bruno-memory" in str(e)
+else:
+    raise AssertionError("install() without bruno-memory")
 print("ok", bruno_memory_c.__version__)
 """
 
