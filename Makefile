@@ -13,7 +13,11 @@ all: build
 
 # Debian packages: the hiredis headers/library and a redis-server for the tests.
 sysdeps:
-	@if ! dpkg -s libhiredis-dev redis-server >/dev/null 2>&1; then \
+	@if ! command -v dpkg >/dev/null 2>&1; then \
+	  command -v redis-server >/dev/null && \
+	  echo '#include <hiredis/hiredis.h>' | $${CC:-cc} -E -x c - >/dev/null 2>&1 || \
+	  { echo "need the hiredis headers and redis-server (not a Debian system: install them yourself)"; exit 1; }; \
+	elif ! dpkg -s libhiredis-dev redis-server >/dev/null 2>&1; then \
 	  echo "installing libhiredis-dev redis-server (apt-get)"; \
 	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
 	  $$SUDO apt-get update -qq && \
@@ -67,7 +71,9 @@ bench: build
 	$(PIP) install -r requirements-bench.txt
 	$(PY) benchmarks/bench_inmemory.py
 	$(PY) benchmarks/bench_redis.py
+	$(PY) benchmarks/bench_redis.py --loop uvloop
 	$(PY) benchmarks/bench_multilevel.py
+	$(PY) benchmarks/bench_multilevel.py --loop uvloop
 	$(PY) benchmarks/chart.py
 
 clean:

@@ -1,10 +1,24 @@
 """Helpers shared by the benchmark scripts."""
 from __future__ import annotations
 
+import importlib.metadata as md
 import json
 import os
 import platform
+import re
+import subprocess
 import sys
+
+
+def _git(*args: str) -> str | None:
+    """git's answer in the repository the benchmarks belong to, or None."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    try:
+        p = subprocess.run(["git", "-C", here, *args], capture_output=True, text=True,
+                           timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return p.stdout.strip() if p.returncode == 0 else None
 
 
 def base_machine_info() -> dict:
@@ -26,7 +40,18 @@ def base_machine_info() -> dict:
         load = os.getloadavg()
     except OSError:
         load = None
+    os_release = None
+    try:
+        with open("/etc/os-release") as f:
+            for line in f:
+                if line.startswith("PRETTY_NAME="):
+                    os_release = line.split("=", 1)[1].strip().strip('"')
+    except OSError:
+        pass
     return {
+        "git_commit": _git("rev-parse", "HEAD"),
+        "git_dirty": bool(_git("status", "--porcelain", "--untracked-files=no")),
+        "os_release": os_release,
         "platform": platform.platform(),
         "machine": platform.machine(),
         "python": sys.version.split()[0],
@@ -44,3 +69,51 @@ def write_results(path: str, result: dict) -> None:
         json.dump(result, f, indent=2)
         f.write("\n")
     print(f"\nwrote {os.path.relpath(path)} in {result['duration_s']} s")
+
+
+def tool_version(args: list[str]) -> str | None:
+    """What `args` (e.g. ["redis-server", "--version"]) prints, or None."""
+    try:
+        p = subprocess.run(args, capture_output=True, text=True, timeout=10)
+        return p.stdout.strip() or p.stderr.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def dist_version(name: str) -> str | None:
+    """The installed version of a distribution, or None."""
+    try:
+        return md.version(name)
+    except md.PackageNotFoundError:
+        return None
+
+
+def redis_machine_info() -> dict:
+    """base_machine_info() plus the versions every Redis benchmark depends on."""
+    import redis
+
+    import bruno_memory_c
+
+    server_version = tool_version(["redis-server", "--version"])
+    m = re.search(r"v=(\S+)", server_version or "")
+    try:
+        from redis.utils import HIREDIS_AVAILABLE
+    except ImportError:  # pragma: no cover
+        HIREDIS_AVAILABLE = None
+    return {
+        **base_machine_info(),
+        "bruno_memory_c": bruno_memory_c.__version__,
+        "bruno_memory_reference": dist_version("bruno-memory"),
+        "redis_server": m.group(1) if m else server_version,
+        "redis_py": redis.__version__,
+        "hiredis": dist_version("hiredis"),
+        "redis_py_uses_hiredis": HIREDIS_AVAILABLE,
+    }
+
+
+def percentile(sorted_values: list, q: float) -> float:
+    """Nearest-rank percentile (q in 0..100) of already sorted values."""
+    if not sorted_values:
+        return float("nan")
+    k = max(0, min(len(sorted_values) - 1, int(round(q / 100 * len(sorted_values) + 0.5)) - 1))
+    return float(sorted_values[k])

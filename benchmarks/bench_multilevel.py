@@ -63,15 +63,12 @@ import argparse
 import asyncio
 import datetime
 import gc
-import importlib.metadata as md
 import itertools
 import json
 import logging
 import os
 import random
-import re
 import statistics
-import subprocess
 import sys
 import time
 import warnings
@@ -84,7 +81,7 @@ import redis  # noqa: E402
 import redis.asyncio  # noqa: E402
 
 sys.path.insert(0, HERE)
-from _common import base_machine_info, write_results  # noqa: E402
+from _common import dist_version, percentile, redis_machine_info, write_results  # noqa: E402
 import bruno_memory_c  # noqa: E402
 from _reference import reference_classes  # noqa: E402
 from bruno_memory_c.testing import RedisServer  # noqa: E402
@@ -392,46 +389,11 @@ def add_bad(into: dict, b: dict) -> None:
         into[k] = into.get(k, 0) + v
 
 
-def tool_version(args: list[str]) -> str | None:
-    try:
-        p = subprocess.run(args, capture_output=True, text=True, timeout=10)
-        return p.stdout.strip() or p.stderr.strip()
-    except (OSError, subprocess.SubprocessError):
-        return None
-
-
-def dist_version(name: str) -> str | None:
-    try:
-        return md.version(name)
-    except md.PackageNotFoundError:
-        return None
-
-
 def machine_info() -> dict:
-    server_version = tool_version(["redis-server", "--version"])
-    m = re.search(r"v=(\S+)", server_version or "")
-    try:
-        from redis.utils import HIREDIS_AVAILABLE
-    except ImportError:  # pragma: no cover
-        HIREDIS_AVAILABLE = None
     return {
-        **base_machine_info(),
-        "bruno_memory_c": bruno_memory_c.__version__,
-        "bruno_memory_reference": dist_version("bruno-memory"),
-        "redis_server": m.group(1) if m else server_version,
-        "redis_py": redis.__version__,
-        "hiredis": dist_version("hiredis"),
-        "redis_py_uses_hiredis": HIREDIS_AVAILABLE,
+        **redis_machine_info(),
         "uvloop": dist_version("uvloop") if LOOP == "uvloop" else None,
     }
-
-
-def percentile(sorted_values: list[int], q: float) -> float:
-    """Nearest-rank percentile (q in 0..100) of already sorted values."""
-    if not sorted_values:
-        return float("nan")
-    k = max(0, min(len(sorted_values) - 1, int(round(q / 100 * len(sorted_values) + 0.5)) - 1))
-    return float(sorted_values[k])
 
 
 def fmt_ns(x: float) -> str:

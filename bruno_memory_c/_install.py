@@ -40,6 +40,20 @@ def _import_bruno_cache() -> tuple[Any, Any, Any]:
     return cache, utils, exceptions
 
 
+def _rebuild_cache_error(args: tuple, state: dict | None) -> BaseException:
+    """Unpickle a CacheError as the class the caches raise in this process."""
+    from bruno_memory_c import _core
+
+    error = _core._get_cache_error()(*args)
+    if state:
+        error.__dict__.update(state)
+    return error
+
+
+def _reduce_cache_error(self: BaseException) -> tuple:
+    return (_rebuild_cache_error, (self.args, self.__dict__ or None))
+
+
 def install() -> None:
     """Make bruno-memory use the C caches of bruno_memory_c.
 
@@ -62,7 +76,10 @@ def install() -> None:
         combined = type(
             "CacheError",
             (current, theirs),
-            {"__module__": "bruno_memory_c", "__doc__": current.__doc__},
+            {"__module__": "bruno_memory_c", "__doc__": current.__doc__,
+             # pickled (multiprocessing, concurrent.futures) by what it is, not by a
+             # name: the receiving process may or may not have called install()
+             "__reduce__": _reduce_cache_error},
         )
         _core._set_cache_error(combined)
 

@@ -7,7 +7,9 @@ levels exactly as bruno-memory 0.1.5's ``MultiLevelCache`` does: the same method
 the same arguments (ttl positionally), the same order, and ``if mlc.l2:`` as the test
 for an L2. They add only the counting behind ``MultiLevelCache.stats()``.
 
-``clear``, ``get_stats``, ``start`` and ``stop`` serve both paths (none is hot).
+Over our own two levels the C type does everything itself, ``clear``, ``get_stats``,
+``start`` and ``stop`` included; only ``start()`` called with no running loop comes here
+then (it has two steps to defer).
 """
 from __future__ import annotations
 

@@ -69,6 +69,10 @@ def _read_reply(f: Any) -> Any:
     raise RuntimeError(f"bad reply {line!r}")
 
 
+class _PortTaken(Exception):
+    pass
+
+
 def _cleanup(state: dict) -> None:
     """Kill a server's process and remove its directory (close(), the collector or
     interpreter exit: whichever comes first)."""
@@ -77,6 +81,21 @@ def _cleanup(state: dict) -> None:
         proc.kill()
         proc.wait()
     shutil.rmtree(state["dir"], ignore_errors=True)
+
+
+_VERSIONS: dict = {}
+
+
+def _server_major(executable: str) -> int:
+    """The major version of a redis-server executable (0 if unknown), cached."""
+    if executable not in _VERSIONS:
+        try:
+            out = subprocess.run([executable, "--version"], capture_output=True, text=True,
+                                 timeout=10).stdout
+            _VERSIONS[executable] = int(out.split("v=", 1)[1].split(".", 1)[0])
+        except (OSError, subprocess.SubprocessError, IndexError, ValueError):
+            _VERSIONS[executable] = 0
+    return _VERSIONS[executable]
 
 
 class RedisServer:
@@ -95,6 +114,7 @@ class RedisServer:
             raise FileNotFoundError(
                 "redis-server not found: install it (Debian: apt-get install redis-server)")
         self.password = password
+        self._port_chosen = port is None  # ours to change if it turns out taken
         self.port = port or free_port()
         self.extra_args = tuple(extra_args)
         self.dir = tempfile.mkdtemp(prefix="bruno-redis-")
@@ -121,7 +141,9 @@ class RedisServer:
         args = [self.executable, "--port", str(self.port), "--bind", "127.0.0.1",
                 "--save", "", "--appendonly", "no", "--dir", self.dir,
                 "--daemonize", "no", "--loglevel", "warning",
-                "--enable-debug-command", "local"]
+                "--logfile", os.path.join(self.dir, "redis.log")]
+        if _server_major(self.executable) >= 7:  # DEBUG is off by default since 7.0
+            args += ["--enable-debug-command", "local"]
         if self.password:
             args += ["--requirepass", self.password]
         if self.unix_path:
@@ -129,27 +151,62 @@ class RedisServer:
         return args + list(self.extra_args)
 
     def start(self, timeout: float = 10.0) -> "RedisServer":
+        """Start the server and wait until it answers; returns self. A port that
+        turns out to be taken is replaced by another free one (unless it was given)."""
+        for _ in range(5):
+            try:
+                return self._start_once(timeout)
+            except _PortTaken:
+                if not self._port_chosen:
+                    raise RuntimeError(f"port {self.port} is in use") from None
+                self.port = free_port()
+        raise RuntimeError("no free port for redis-server")
+
+    def _start_once(self, timeout: float) -> "RedisServer":
         if self.proc is not None and self.proc.poll() is None:
             return self
         # The server is not ours to instrument: no preloaded sanitizer runtime.
         env = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", "ASAN_OPTIONS")}
-        self.proc = subprocess.Popen(self._args(), stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.DEVNULL, env=env)
+        with open(os.path.join(self.dir, "stderr.log"), "wb") as err:
+            self.proc = subprocess.Popen(self._args(), stdout=subprocess.DEVNULL,
+                                         stderr=err, env=env)
         deadline = time.monotonic() + timeout
         while True:
             try:
-                if self.command("PING") == "PONG":
+                # Answered by our process, not by another server on that port.
+                if self.proc.poll() is None and self._server_pid() == self.proc.pid:
                     return self
-            except (OSError, RuntimeError, ConnectionError):
+            except (OSError, RuntimeError, ConnectionError, ValueError):
                 pass
             if self.proc.poll() is not None:
-                code = self.proc.returncode
-                self.proc = None
-                raise RuntimeError(f"redis-server exited with {code}")
+                proc, self.proc = self.proc, None
+                why = self._failure()
+                if "Address already in use" in why:
+                    raise _PortTaken()
+                raise RuntimeError(f"redis-server exited with {proc.returncode}: {why}")
             if time.monotonic() > deadline:
                 self.stop()
                 raise TimeoutError("redis-server did not start")
             time.sleep(0.02)
+
+    def _server_pid(self) -> int:
+        info = self.command("INFO", "server")
+        for line in info.decode().splitlines():
+            if line.startswith("process_id:"):
+                return int(line.split(":", 1)[1])
+        return -1
+
+    def _failure(self) -> str:
+        """Why a server exited: the end of its stderr and log."""
+        text = ""
+        for name in ("stderr.log", "redis.log"):
+            try:
+                with open(os.path.join(self.dir, name), errors="replace") as f:
+                    text += f.read() + "\n"
+            except OSError:
+                pass
+        lines = [line for line in text.strip().splitlines() if line.strip()]
+        return " / ".join(lines[-3:]) or "no message"
 
     def stop(self) -> None:
         """Stop the server (SIGTERM, then SIGKILL) and wait for it."""

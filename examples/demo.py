@@ -6,13 +6,17 @@ undefined (`data`, `user_data`) are given small values here, and the page's
 `create_backend("sqlite", ...)` is a small stand-in backend (below) so that the
 cache-aside example runs without the rest of bruno-memory. The Redis examples use
 the server named by REDIS_URL or, when it is not set, a throwaway redis-server started
-on a free port (and stopped afterwards): `host="localhost"` in the page becomes that
-server's host and port. Every example prints its cache's statistics.
+on a free port (and stopped afterwards): the page's `host="localhost"` becomes
+`**server`, that server's address (host, port, db, credentials). On a server of
+REDIS_URL, every key the demo writes lives under a prefix of its own
+(`bruno-memory-c-demo:<random>:`), and it removes what it wrote: the server may hold
+someone's data. Every example prints its cache's statistics.
 """
 import asyncio
 import contextlib
 import os
-from urllib.parse import urlsplit
+import uuid
+from urllib.parse import parse_qs, unquote, urlsplit
 
 from bruno_memory_c.utils import InMemoryCache, MultiLevelCache, RedisCache
 
@@ -101,14 +105,13 @@ async def batch_operations() -> None:
     print("entries:", len(found), "hit rate:", f"{cache.stats()['hit_rate']:.2%}")
 
 
-async def redis_caching(host: str, port: int) -> None:
+async def redis_caching(server: dict, ns: str) -> None:
     print("== Redis Caching")
     user_data = {"name": "Ada", "roles": ["admin"]}
     # Create Redis cache
     cache = RedisCache(
-        host=host,
-        port=port,
-        prefix="myapp:"
+        **server,                   # host="localhost" on the page
+        prefix=ns + "myapp:"
     )
 
     await cache.connect()
@@ -122,20 +125,19 @@ async def redis_caching(host: str, port: int) -> None:
     print("get_stats():", await cache.get_stats())
     stats = cache.stats()
     print(f"Hit rate: {stats['hit_rate']:.2%}")
-    await cache.delete("session:123")  # only the demo's own key: the server may be shared
+    await cache.delete("session:123")  # leave nothing behind
     await cache.disconnect()
 
 
-async def multi_level_caching(host: str, port: int) -> None:
+async def multi_level_caching(server: dict, ns: str) -> None:
     print("== Multi-Level Caching")
     # Create tiered cache
     cache = MultiLevelCache(
         l1_cache=InMemoryCache(max_size=100),  # Fast L1
-        l2_cache=RedisCache(host=host, port=port)   # Distributed L2
+        l2_cache=RedisCache(**server, prefix=ns + "bruno:cache:")   # Distributed L2
     )
 
     await cache.l2_cache.connect()
-    await cache.delete("key")  # (demo setup: a clean start on a shared server)
 
     # Checks L1 first, then L2, promotes to L1 on L2 hit
     value = await cache.get("key")
@@ -158,16 +160,16 @@ async def multi_level_caching(host: str, port: int) -> None:
     print(f"L1 hits: {stats['l1_hits']}, L2 hits: {stats['l2_hits']}, "
           f"misses: {stats['misses']}, hit rate: {stats['hit_rate']:.2%}")
     print("get_stats():", await cache.get_stats())
-    await cache.delete("key")  # only the demo's own key: the server may be shared
+    await cache.delete("key")  # leave nothing behind
 
     await cache.l2_cache.disconnect()
 
 
-async def connection_pooling(host: str, port: int) -> None:
+async def connection_pooling(server: dict, ns: str) -> None:
     print("== Connection Pooling (Redis)")
     cache = RedisCache(
-        host=host,
-        port=port,
+        **server,                   # host="localhost" on the page
+        prefix=ns + "bruno:cache:",
         pool_size=10,  # Max 10 connections
         max_overflow=5  # Allow 5 extra if needed
     )
@@ -239,34 +241,61 @@ async def integration_with_backend() -> None:
     print(f"backend calls: {backend.calls} of 10 reads, hit rate: {stats['hit_rate']:.2%}")
 
 
+def server_options(url: str) -> dict:
+    """RedisCache keyword arguments for a redis:// or unix:// URL."""
+    parts = urlsplit(url)
+    options: dict = {}
+    if parts.scheme == "unix":
+        options["unix_socket_path"] = unquote(parts.path)
+        db = parse_qs(parts.query).get("db", ["0"])[0]
+    else:
+        options["host"] = parts.hostname or "localhost"
+        options["port"] = parts.port or 6379
+        db = parts.path.lstrip("/") or "0"
+    options["db"] = int(db)
+    if parts.username:
+        options["username"] = unquote(parts.username)
+    if parts.password:
+        options["password"] = unquote(parts.password)
+    return options
+
+
 @contextlib.contextmanager
 def redis_location():
-    """(host, port) of REDIS_URL, or of a throwaway server started here."""
+    """(server options, key namespace): REDIS_URL's server, or a throwaway one."""
     url = os.environ.get("REDIS_URL")
     if url:
-        parts = urlsplit(url)
-        yield parts.hostname or "localhost", parts.port or 6379
+        yield server_options(url), f"bruno-memory-c-demo:{uuid.uuid4().hex[:8]}:"
         return
     from bruno_memory_c.testing import RedisServer
 
     with RedisServer() as server:
         print(f"(started a throwaway redis-server on port {server.port})")
-        yield "127.0.0.1", server.port
+        yield {"host": "127.0.0.1", "port": server.port}, ""
 
 
-async def main(host: str | None = None, port: int | None = None) -> None:
+async def remove_statistics(server: dict, ns: str) -> None:
+    """On a shared server, the statistics hashes the examples' caches created."""
+    async with RedisCache(**server, prefix=ns) as cache:
+        for prefix in ("myapp:", "bruno:cache:"):
+            await cache.delete(prefix + "stats")
+
+
+async def main(server: dict | None = None, ns: str = "") -> None:
     await in_memory_caching()
     await lru_eviction()
     await ttl_management()
     await batch_operations()
     await integration_with_backend()
-    if host is not None:
-        await redis_caching(host, port)
-        await multi_level_caching(host, port)
-        await connection_pooling(host, port)
+    if server is not None:
+        await redis_caching(server, ns)
+        await multi_level_caching(server, ns)
+        await connection_pooling(server, ns)
+        if ns:
+            await remove_statistics(server, ns)
     print("demo: all examples ran")
 
 
 if __name__ == "__main__":
-    with redis_location() as (host, port):
-        asyncio.run(main(host, port))
+    with redis_location() as (server, ns):
+        asyncio.run(main(server, ns))

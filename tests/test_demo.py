@@ -8,11 +8,11 @@ LD_PRELOAD), and when the build stamp is stale (sources edited since the last
 """
 from __future__ import annotations
 
-import glob
 import os
 import subprocess
 import sys
-import tempfile
+
+from bruno_memory_c.testing import RedisServer
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -55,22 +55,39 @@ def check_output(out: str) -> None:
     assert out.rstrip().endswith("demo: all examples ran")
 
 
-def test_make_demo_starts_its_own_redis_and_cleans_up():
-    before = set(glob.glob(os.path.join(tempfile.gettempdir(), "bruno-redis-*")))
-    proc = run_demo(clean_env())
+def test_make_demo_starts_its_own_redis_and_cleans_up(tmp_path):
+    # Its own TMPDIR: the throwaway server's directory must be gone afterwards.
+    proc = run_demo(clean_env(TMPDIR=str(tmp_path)))
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "(started a throwaway redis-server on port" in proc.stdout
     check_output(proc.stdout)
-    after = set(glob.glob(os.path.join(tempfile.gettempdir(), "bruno-redis-*")))
-    assert after <= before, after - before  # its server's directory is gone
+    assert list(tmp_path.iterdir()) == []
 
 
-def test_make_demo_uses_redis_url(redis_server):
-    proc = run_demo(clean_env(REDIS_URL=redis_server.url))
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "started a throwaway" not in proc.stdout
-    check_output(proc.stdout)
-    # It used that server, and left only its statistics hashes behind.
-    assert b"cmdstat_get:" in redis_server.command("INFO", "commandstats")
-    leftover = redis_server.command("KEYS", "*")
-    assert all(k.endswith(b"stats") for k in leftover), leftover
+def test_make_demo_uses_redis_url_and_leaves_its_data_alone():
+    # A shared server: a password, database 3, and keys of someone else's that the
+    # demo's names would collide with.
+    with RedisServer(password="s3cret") as server:
+        theirs = {b"bruno:cache:key": b'"theirs"', b"myapp:session:123": b'"theirs"',
+                  b"bruno:cache:k": b'"theirs"', b"myapp:stats": b"x"}
+        for db in ("0", "3"):
+            for k, v in theirs.items():
+                server.command("EVAL", f"redis.call('SELECT', {db}); "
+                               "return redis.call('SET', KEYS[1], ARGV[1])", "1", k, v)
+        url = f"redis://:s3cret@127.0.0.1:{server.port}/3"
+        proc = run_demo(clean_env(REDIS_URL=url))
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        assert "started a throwaway" not in proc.stdout
+        check_output(proc.stdout)
+        for db in ("0", "3"):
+            keys = server.command("EVAL", f"redis.call('SELECT', {db}); "
+                                  "return redis.call('KEYS', '*')", "0")
+            assert sorted(keys) == sorted(theirs), (db, keys)  # nothing added or lost
+            for k, v in theirs.items():
+                assert server.command("EVAL", f"redis.call('SELECT', {db}); "
+                                      "return redis.call('GET', KEYS[1])", "1", k) == v
+        # It did its work in database 3.
+        info = server.command("INFO", "keyspace")
+        assert b"db3:" in info
+        stats = server.command("INFO", "commandstats")
+        assert b"cmdstat_get:" in stats

@@ -134,3 +134,64 @@ def test_install_with_bruno_memory_hidden_raises_import_error():
     """)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "ImportError"
+
+
+def test_our_errors_pickle_after_install():
+    proc = run("""
+        import asyncio, pickle
+        import bruno_memory_c
+        bruno_memory_c.install()
+        from bruno_memory.exceptions import CacheError
+
+        async def main():
+            try:
+                await bruno_memory_c.RedisCache(port=1, connect_timeout=0.5).connect()
+            except CacheError as e:
+                return e
+
+        error = asyncio.run(main())
+        again = pickle.loads(pickle.dumps(error))
+        assert type(again) is type(error) and again.args == error.args
+        assert isinstance(again, CacheError) and isinstance(again, bruno_memory_c.CacheError)
+        print("ok")
+    """)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "ok"
+
+
+def test_install_over_an_importable_bruno_memory(tmp_path):
+    """The normal path: a bruno-memory whose package __init__ imports fine (here a
+    stand-in package of the same shape, first on sys.path)."""
+    pkg = tmp_path / "bruno_memory"
+    (pkg / "utils").mkdir(parents=True)
+    (pkg / "__init__.py").write_text("from .utils import cache as _cache\nLOADED = True\n")
+    (pkg / "exceptions.py").write_text(
+        "class MemoryError(Exception):\n    pass\n\n"
+        "class CacheError(MemoryError):\n    pass\n")
+    (pkg / "utils" / "__init__.py").write_text(
+        "from bruno_memory.utils.cache import CacheInterface, InMemoryCache, "
+        "MultiLevelCache, RedisCache\n")
+    (pkg / "utils" / "cache.py").write_text(
+        "import abc\nfrom bruno_memory.exceptions import CacheError\n"
+        "REDIS_AVAILABLE = False\n"
+        "class CacheInterface(abc.ABC):\n    pass\n"
+        "class InMemoryCache(CacheInterface):\n    pass\n"
+        "class RedisCache(CacheInterface):\n    pass\n"
+        "class MultiLevelCache(CacheInterface):\n    pass\n")
+    proc = run(f"""
+        import sys
+        sys.path.insert(0, {str(tmp_path)!r})
+        import bruno_memory
+        assert bruno_memory.LOADED and bruno_memory.__file__.startswith({str(tmp_path)!r})
+        import bruno_memory_c
+        bruno_memory_c.install()
+        from bruno_memory.utils import InMemoryCache
+        from bruno_memory.utils.cache import REDIS_AVAILABLE, CacheInterface
+        from bruno_memory.exceptions import CacheError
+        assert InMemoryCache is bruno_memory_c.InMemoryCache and REDIS_AVAILABLE
+        assert isinstance(InMemoryCache(), CacheInterface)
+        assert issubclass(bruno_memory_c._core._get_cache_error(), CacheError)
+        print("ok")
+    """)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "ok"

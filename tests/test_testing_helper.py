@@ -101,3 +101,25 @@ def test_stall_blocks_the_server_not_the_caller(redis_server):
     assert thread.is_alive()
     thread.join(5)
     assert redis_server.command("PING") == "PONG"
+
+
+def test_a_taken_port_is_never_mistaken_for_our_server():
+    with RedisServer() as theirs:
+        theirs.command("SET", "theirs", "1")
+        # A given port that is taken: a clear error, not someone else's server.
+        with pytest.raises(RuntimeError, match="in use"):
+            with RedisServer(port=theirs.port):
+                pass
+        # A chosen port that turns out taken (the race after free_port()): another.
+        ours = RedisServer()
+        ours.port = theirs.port
+        with ours:
+            assert ours.port != theirs.port
+            assert ours.command("GET", "theirs") is None
+        assert theirs.command("GET", "theirs") == b"1"
+
+
+def test_a_failed_start_says_why():
+    with pytest.raises(RuntimeError, match="no-such-option|Bad directive|FATAL"):
+        with RedisServer(extra_args=("--no-such-option", "x")):
+            pass
