@@ -143,8 +143,9 @@ imc_read(InMemoryCache *self, PyObject *key, Py_hash_t hash, double *coarse, PyO
 
 /* ------------------------------------------------------------------ operations */
 
-int
-bruno_imc_lookup(PyObject *l1, PyObject *key, PyObject **value)
+/* get(key): 1 with *value, 0 on a miss, -1 on error (inlined into get()). */
+static inline int
+imc_lookup(InMemoryCache *self, PyObject *key, PyObject **value)
 {
     Py_hash_t hash = PyObject_Hash(key);
     if (hash == -1) {
@@ -152,14 +153,20 @@ bruno_imc_lookup(PyObject *l1, PyObject *key, PyObject **value)
         return -1;
     }
     double coarse = -1;
-    if (imc_read((InMemoryCache *)l1, key, hash, &coarse, value) < 0) {
+    if (imc_read(self, key, hash, &coarse, value) < 0) {
         return -1;
     }
     return *value != NULL;
 }
 
+int
+bruno_imc_lookup(PyObject *l1, PyObject *key, PyObject **value)
+{
+    return imc_lookup((InMemoryCache *)l1, key, value);
+}
+
 /* Store with the key and value held: re-entrant code must not free them under us. */
-static int
+static inline int
 imc_store_held(InMemoryCache *self, PyObject *key, Py_hash_t hash, PyObject *value,
                double expiry)
 {
@@ -171,10 +178,10 @@ imc_store_held(InMemoryCache *self, PyObject *key, Py_hash_t hash, PyObject *val
     return rc;
 }
 
-int
-bruno_imc_put(PyObject *l1, PyObject *key, PyObject *value, PyObject *ttl)
+/* set(key, value, ttl) (inlined into set()). */
+static inline int
+imc_put(InMemoryCache *self, PyObject *key, PyObject *value, PyObject *ttl)
 {
-    InMemoryCache *self = (InMemoryCache *)l1;
     double secs;
     if (ttl_seconds(ttl, self->default_ttl, "ttl", &secs) < 0) {
         return -1;
@@ -184,6 +191,12 @@ bruno_imc_put(PyObject *l1, PyObject *key, PyObject *value, PyObject *ttl)
         return -1;
     }
     return imc_store_held(self, key, hash, value, expiry_for(secs));
+}
+
+int
+bruno_imc_put(PyObject *l1, PyObject *key, PyObject *value, PyObject *ttl)
+{
+    return imc_put((InMemoryCache *)l1, key, value, ttl);
 }
 
 int
@@ -352,7 +365,7 @@ imc_get(InMemoryCache *self, PyObject *const *args, Py_ssize_t nargs, PyObject *
 {
     ONE_ARG("get", "key")
     PyObject *value;
-    int found = bruno_imc_lookup((PyObject *)self, key, &value);
+    int found = imc_lookup(self, key, &value);
     if (found < 0) {
         return NULL;
     }
@@ -368,7 +381,7 @@ imc_set(InMemoryCache *self, PyObject *const *args, Py_ssize_t nargs, PyObject *
     static const char *const names[] = {"key", "value", "ttl", NULL};
     PyObject *a[3];
     if (bruno_parse_args("set", args, nargs, kwnames, names, 2, a) < 0 ||
-        bruno_imc_put((PyObject *)self, a[0], a[1], a[2]) < 0) {
+        imc_put(self, a[0], a[1], a[2]) < 0) {
         return NULL;
     }
     return bruno_aw_none(self->st, "InMemoryCache.set");
