@@ -21,14 +21,19 @@ aw_alloc(bruno_state *st, const char *qualname, int state)
 {
     BrunoAwaitable *aw;
     if (aw_nfree > 0) {
+        /* A recycled block: aw_dealloc left every reference and deferred NULL. */
         aw = (BrunoAwaitable *)aw_free[--aw_nfree];
         (void)PyObject_Init((PyObject *)aw, st->AwaitableType);  /* increfs the type */
+        aw->state = state;
+        aw->started = 0;
+        aw->qualname = qualname;
+        aw->plain_future = 0;
+        aw->st = st;
+        return aw;
     }
-    else {
-        aw = PyObject_GC_New(BrunoAwaitable, st->AwaitableType);
-        if (aw == NULL) {
-            return NULL;
-        }
+    aw = PyObject_GC_New(BrunoAwaitable, st->AwaitableType);
+    if (aw == NULL) {
+        return NULL;
     }
     aw->state = state;
     aw->started = 0;
@@ -267,6 +272,14 @@ aw_am_send(PyObject *op, PyObject *arg, PyObject **presult)
     aw->started = 1;
     switch (aw->state) {
     case AW_READY:
+        if (aw->exc == NULL && aw->future == NULL && aw->ctx == NULL && aw->loop == NULL &&
+            aw->deferred == NULL) {
+            /* In-memory work, the usual case: nothing else to let go of. */
+            *presult = aw->result;  /* our reference moves to the caller */
+            aw->result = NULL;
+            aw->state = AW_DONE;
+            return PYGEN_RETURN;
+        }
         if (aw->exc != NULL) {
             PyObject *exc = aw->exc;
             aw->exc = NULL;
@@ -483,8 +496,12 @@ static void
 aw_dealloc(PyObject *op)
 {
     PyTypeObject *tp = Py_TYPE(op);
+    BrunoAwaitable *aw = (BrunoAwaitable *)op;
     PyObject_GC_UnTrack(op);
-    aw_clear(op);
+    if (aw->state != AW_DONE || aw->exc != NULL || aw->future != NULL || aw->ctx != NULL ||
+        aw->loop != NULL || aw->result != NULL || aw->deferred != NULL) {
+        aw_clear(op);  /* (a finished awaitable, the usual case, holds nothing) */
+    }
     /* No module state here: at interpreter exit the module may be gone before the
      * last awaitables are (the collector breaks cycles in any order). */
     if (aw_nfree < BRUNO_AW_FREELIST) {
