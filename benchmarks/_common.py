@@ -50,7 +50,9 @@ def base_machine_info() -> dict:
         pass
     return {
         "git_commit": _git("rev-parse", "HEAD"),
-        "git_dirty": bool(_git("status", "--porcelain", "--untracked-files=no")),
+        # (the result files a run writes do not count)
+        "git_dirty": bool(_git("status", "--porcelain", "--untracked-files=no", "--",
+                               ":(top)", ":(top,exclude)benchmarks/results")),
         "os_release": os_release,
         "platform": platform.platform(),
         "machine": platform.machine(),
