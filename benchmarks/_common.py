@@ -1,6 +1,7 @@
 """Helpers shared by the benchmark scripts."""
 from __future__ import annotations
 
+import asyncio
 import importlib.metadata as md
 import json
 import os
@@ -119,3 +120,31 @@ def percentile(sorted_values: list, q: float) -> float:
         return float("nan")
     k = max(0, min(len(sorted_values) - 1, int(round(q / 100 * len(sorted_values) + 0.5)) - 1))
     return float(sorted_values[k])
+
+
+def bad_total(b: dict) -> int:
+    """How many results of a measurement were bad ({"lost": n, "error": n, ...})."""
+    return sum(b.values())
+
+
+def add_bad(into: dict, b: dict) -> None:
+    for k, v in b.items():
+        into[k] = into.get(k, 0) + v
+
+
+def fmt_bad(b: dict, requests: int) -> str:
+    total = bad_total(b)
+    if total == 0:
+        return f"0 / {requests:,}"
+    parts = [f"{v:,} {k}" for k, v in b.items() if v]
+    return f"**{total:,}** / {requests:,} ({', '.join(parts)})"
+
+
+def run_on(loop: str, coro):
+    """asyncio.run on the event loop named "asyncio" (the default) or "uvloop"."""
+    if loop == "uvloop":
+        import uvloop
+
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+            return runner.run(coro)
+    return asyncio.run(coro)

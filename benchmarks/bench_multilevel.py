@@ -81,7 +81,16 @@ import redis  # noqa: E402
 import redis.asyncio  # noqa: E402
 
 sys.path.insert(0, HERE)
-from _common import dist_version, percentile, redis_machine_info, write_results  # noqa: E402
+from _common import (  # noqa: E402
+    add_bad,
+    bad_total,
+    dist_version,
+    fmt_bad,
+    percentile,
+    redis_machine_info,
+    run_on,
+    write_results,
+)
 import bruno_memory_c  # noqa: E402
 from _reference import reference_classes  # noqa: E402
 from bruno_memory_c.testing import RedisServer  # noqa: E402
@@ -380,13 +389,6 @@ def measure_zipf(contender: str, port: int, seq, warm, concurrency: int) -> dict
 # ------------------------------------------------------------------ report
 
 
-def bad_total(b: dict) -> int:
-    return sum(b.values())
-
-
-def add_bad(into: dict, b: dict) -> None:
-    for k, v in b.items():
-        into[k] = into.get(k, 0) + v
 
 
 def machine_info() -> dict:
@@ -416,13 +418,6 @@ def fmt_int(x: float) -> str:
     return f"{x:,.0f}"
 
 
-def fmt_bad(b: dict, requests: int) -> str:
-    total = bad_total(b)
-    if total == 0:
-        return f"0 / {requests:,}"
-    parts = [f"{v:,} {k}" for k, v in b.items() if v]
-    return f"**{total:,}** / {requests:,} ({', '.join(parts)})"
-
 
 #: Event loop the measurements run on: "asyncio" (default) or "uvloop" (--loop).
 LOOP = "asyncio"
@@ -430,12 +425,7 @@ LOOP = "asyncio"
 
 def run_loop(coro):
     """asyncio.run on the chosen event loop."""
-    if LOOP == "uvloop":
-        import uvloop
-
-        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-            return runner.run(coro)
-    return asyncio.run(coro)
+    return run_on(LOOP, coro)
 
 
 def main(argv=None) -> int:

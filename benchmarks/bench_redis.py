@@ -66,7 +66,17 @@ import redis  # noqa: E402
 import redis.asyncio  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import dist_version, percentile, redis_machine_info, tool_version, write_results  # noqa: E402
+from _common import (  # noqa: E402
+    add_bad,
+    bad_total,
+    dist_version,
+    fmt_bad,
+    percentile,
+    redis_machine_info,
+    run_on,
+    tool_version,
+    write_results,
+)
 import bruno_memory_c  # noqa: E402
 from _reference import reference_classes  # noqa: E402
 from bruno_memory_c.testing import RedisServer  # noqa: E402
@@ -270,13 +280,6 @@ def count_bad(names, results) -> dict:
     return {"lost": lost, "error": error, "wrong": wrong}
 
 
-def bad_total(b: dict) -> int:
-    return b["lost"] + b["error"] + b["wrong"]
-
-
-def add_bad(into: dict, b: dict) -> None:
-    for k in ("lost", "error", "wrong"):
-        into[k] += b[k]
 
 
 # ------------------------------------------------------------------ measurements
@@ -456,13 +459,6 @@ def fmt_us(x: float) -> str:
     return f"{x:.1f}"
 
 
-def fmt_bad(b: dict, requests: int) -> str:
-    total = bad_total(b)
-    if total == 0:
-        return f"0 / {requests:,}"
-    parts = [f"{b[k]:,} {k}" for k in ("lost", "error", "wrong") if b[k]]
-    return f"**{total:,}** / {requests:,} ({', '.join(parts)})"
-
 
 #: Event loop the measurements run on: "asyncio" (default) or "uvloop" (--loop).
 LOOP = "asyncio"
@@ -470,12 +466,7 @@ LOOP = "asyncio"
 
 def run_loop(coro):
     """asyncio.run on the chosen event loop."""
-    if LOOP == "uvloop":
-        import uvloop
-
-        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-            return runner.run(coro)
-    return asyncio.run(coro)
+    return run_on(LOOP, coro)
 
 
 def main(argv=None) -> int:
