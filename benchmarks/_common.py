@@ -1,6 +1,7 @@
 """Helpers shared by the benchmark scripts."""
 from __future__ import annotations
 
+import argparse
 import asyncio
 import importlib.metadata as md
 import json
@@ -148,3 +149,48 @@ def run_on(loop: str, coro):
         with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
             return runner.run(coro)
     return asyncio.run(coro)
+
+
+def bench_options(doc: str, name: str, rounds: int, quick_rounds: int, argv=None,
+                  loop: bool = False) -> argparse.Namespace:
+    """The command line every benchmark takes: --quick, --rounds, --output, --strict
+    (and --loop when `loop`). opts.rounds is resolved; with --loop uvloop the default
+    output is results/<name>-uvloop.json instead of results/<name>.json."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    p = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    if loop:
+        p.add_argument("--loop", choices=["asyncio", "uvloop"], default="asyncio",
+                       help="event loop for every contender (default asyncio)")
+    p.add_argument("--quick", action="store_true", help="a short run (fewer rounds and ops)")
+    p.add_argument("--rounds", type=int, default=None,
+                   help=f"rounds (default {rounds}, quick {quick_rounds})")
+    p.add_argument("--output", default=None, help="where to write the JSON figures")
+    p.add_argument("--strict", action="store_true", help="exit 1 if a target fails")
+    opts = p.parse_args(argv)
+    opts.rounds = opts.rounds or (quick_rounds if opts.quick else rounds)
+    if opts.output is None:
+        suffix = "-uvloop" if getattr(opts, "loop", "asyncio") == "uvloop" else ""
+        opts.output = os.path.join(here, "results", f"{name}{suffix}.json")
+    return opts
+
+
+def fmt_int(x: float) -> str:
+    return f"{x:,.0f}"
+
+
+def fmt_num(x: float, thousands: float = 1000) -> str:
+    """A figure with the precision a table needs: 3 significant digits below
+    `thousands`, then whole numbers with separators."""
+    if x >= thousands:
+        return f"{x:,.0f}"
+    if x >= 100:
+        return f"{x:.0f}"
+    return f"{x:.1f}"
+
+
+def fmt_ns(x: float) -> str:
+    return fmt_num(x, 10000)
+
+
+def fmt_us(x: float) -> str:
+    return fmt_num(x)

@@ -24,7 +24,6 @@ Writes the figures to benchmarks/results/inmemory.json with machine information.
 """
 from __future__ import annotations
 
-import argparse
 import asyncio
 import datetime
 import gc
@@ -41,7 +40,7 @@ sys.path.insert(0, os.path.join(ROOT, "tests"))  # for _reference (the reference
 import cachetools  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import base_machine_info, write_results  # noqa: E402
+from _common import base_machine_info, bench_options, fmt_ns, write_results  # noqa: E402
 import bruno_memory_c  # noqa: E402
 from _reference import reference_inmemory_cache  # noqa: E402
 
@@ -275,24 +274,10 @@ def machine_info() -> dict:
     }
 
 
-def fmt_ns(x: float) -> str:
-    if x >= 10000:
-        return f"{x:,.0f}"
-    if x >= 100:
-        return f"{x:.0f}"
-    return f"{x:.1f}"
-
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--quick", action="store_true", help="a short run (3 rounds, fewer ops)")
-    p.add_argument("--rounds", type=int, default=None, help="rounds (default 7, quick 3)")
-    p.add_argument("--output", default=os.path.join(HERE, "results", "inmemory.json"),
-                   help="where to write the JSON figures")
-    p.add_argument("--strict", action="store_true", help="exit 1 if a target fails")
-    opts = p.parse_args(argv)
-
-    rounds = opts.rounds or (3 if opts.quick else 7)
+    opts = bench_options(__doc__, "inmemory", 7, 3, argv)
+    rounds = opts.rounds
     if opts.quick:
         w = Workload(n_single=50_000, n_batch=1_000, ref_divisor=10)
     else:

@@ -59,7 +59,6 @@ Writes every figure to benchmarks/results/multilevel.json (multilevel-uvloop.jso
 """
 from __future__ import annotations
 
-import argparse
 import asyncio
 import datetime
 import gc
@@ -83,6 +82,10 @@ import redis.asyncio  # noqa: E402
 sys.path.insert(0, HERE)
 from _common import (  # noqa: E402
     add_bad,
+    bench_options,
+    fmt_int,
+    fmt_ns,
+    fmt_us,
     bad_total,
     dist_version,
     fmt_bad,
@@ -398,24 +401,7 @@ def machine_info() -> dict:
     }
 
 
-def fmt_ns(x: float) -> str:
-    if x >= 10000:
-        return f"{x:,.0f}"
-    if x >= 100:
-        return f"{x:.0f}"
-    return f"{x:.1f}"
 
-
-def fmt_us(x: float) -> str:
-    if x >= 1000:
-        return f"{x:,.0f}"
-    if x >= 100:
-        return f"{x:.0f}"
-    return f"{x:.1f}"
-
-
-def fmt_int(x: float) -> str:
-    return f"{x:,.0f}"
 
 
 
@@ -430,21 +416,11 @@ def run_loop(coro):
 
 def main(argv=None) -> int:
     global LOOP
-    default_out = os.path.join(HERE, "results", "multilevel.json")
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--loop", choices=["asyncio", "uvloop"], default="asyncio",
-                   help="event loop for every contender (default asyncio)")
-    p.add_argument("--quick", action="store_true", help="a short run (3 rounds, fewer ops)")
-    p.add_argument("--rounds", type=int, default=None, help="rounds (default 7, quick 3)")
-    p.add_argument("--output", default=default_out, help="where to write the JSON figures")
-    p.add_argument("--strict", action="store_true", help="exit 1 if a target fails")
-    opts = p.parse_args(argv)
+    opts = bench_options(__doc__, "multilevel", ROUNDS[0], ROUNDS[1], argv, loop=True)
     LOOP = opts.loop
-    if LOOP == "uvloop" and opts.output == default_out:
-        opts.output = os.path.join(HERE, "results", "multilevel-uvloop.json")
 
     q = 1 if opts.quick else 0
-    rounds = opts.rounds or ROUNDS[q]
+    rounds = opts.rounds
 
     # The reference logs every failed request (thousands under concurrency), redis-py
     # warns: keep the output to the tables. Failures are counted, not logged.

@@ -41,7 +41,6 @@ Writes every figure to benchmarks/results/redis.json with machine information.
 """
 from __future__ import annotations
 
-import argparse
 import asyncio
 import datetime
 import gc
@@ -68,6 +67,9 @@ import redis.asyncio  # noqa: E402
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import (  # noqa: E402
     add_bad,
+    bench_options,
+    fmt_int,
+    fmt_us,
     bad_total,
     dist_version,
     fmt_bad,
@@ -447,16 +449,6 @@ def machine_info() -> dict:
     }
 
 
-def fmt_int(x: float) -> str:
-    return f"{x:,.0f}"
-
-
-def fmt_us(x: float) -> str:
-    if x >= 1000:
-        return f"{x:,.0f}"
-    if x >= 100:
-        return f"{x:.0f}"
-    return f"{x:.1f}"
 
 
 
@@ -471,21 +463,11 @@ def run_loop(coro):
 
 def main(argv=None) -> int:
     global LOOP
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--loop", choices=["asyncio", "uvloop"], default="asyncio",
-                   help="event loop for every contender (default asyncio)")
-    p.add_argument("--quick", action="store_true", help="a short run (1 round, fewer ops)")
-    p.add_argument("--rounds", type=int, default=None, help="rounds (default 3, quick 1)")
-    p.add_argument("--output", default=os.path.join(HERE, "results", "redis.json"),
-                   help="where to write the JSON figures")
-    p.add_argument("--strict", action="store_true", help="exit 1 if a target fails")
-    opts = p.parse_args(argv)
+    opts = bench_options(__doc__, "redis", 3, 1, argv, loop=True)
     LOOP = opts.loop
-    if LOOP == "uvloop" and opts.output == os.path.join(HERE, "results", "redis.json"):
-        opts.output = os.path.join(HERE, "results", "redis-uvloop.json")
 
     q = 1 if opts.quick else 0
-    rounds = opts.rounds or (1 if opts.quick else 3)
+    rounds = opts.rounds
 
     # The reference logs every failed request (thousands under concurrency), redis-py
     # and glide warn: keep the output to the tables. Failures are counted, not logged.
