@@ -19,74 +19,41 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import logging
 import random
 import signal
 import time
 from unittest.mock import AsyncMock
 
 import pytest
-import pytest_asyncio
 
 from bruno_memory_c import CacheError, InMemoryCache, MultiLevelCache, RedisCache
 from bruno_memory_c.testing import RedisServer, free_port
 from conftest import drive
+from _ml_support import (  # noqa: F401 (quiet_cache_logger: an autouse fixture)
+    RECOVER,
+    TIMEOUT,
+    bounded,
+    ml_fixture,
+    quiet_cache_logger,
+    wait_in_flight_zero,
+)
+from _ml_support import make_l2 as _make_l2
 
-TIMEOUT = 0.5            # socket_timeout and connect_timeout of the L2 caches under test
 BOUND = TIMEOUT + 3.0    # "within socket_timeout", as a liveness bound (not a speed check)
-HANG = 10.0              # any await taking this long is a hang
-RECOVER = 15.0           # bound for "L2 is used again" after a fault ends
 PREFIX = "mlf:"
-LOGGER = logging.getLogger("bruno_memory_c")
+make_ml = ml_fixture(PREFIX)
+
+
+def make_l2(port: int, **kw) -> RedisCache:
+    return _make_l2(port, PREFIX, **kw)
+
 
 STATS_KEYS = {"type", "l1_hits", "l2_hits", "misses", "hit_rate", "l2_errors", "promotions",
               "l1", "l2"}
 L2_STATS_KEYS = {"errors", "timeouts", "reconnects", "connected", "in_flight"}
 
 
-@pytest.fixture(autouse=True)
-def quiet_cache_logger():
-    """L2 failures are logged by design; thousands of records would only slow us down."""
-    old = LOGGER.level
-    LOGGER.setLevel(logging.CRITICAL)
-    yield
-    LOGGER.setLevel(old)
-
-
 # ---------------------------------------------------------------------- helpers
-
-
-def make_l2(port: int, **kw) -> RedisCache:
-    kw.setdefault("socket_timeout", TIMEOUT)
-    kw.setdefault("connect_timeout", TIMEOUT)
-    kw.setdefault("prefix", PREFIX)
-    return RedisCache(host="127.0.0.1", port=port, **kw)
-
-
-@pytest_asyncio.fixture
-async def make_ml():
-    """make_ml(port, l1_size=1000, **l2_kw) -> (MultiLevelCache, l1, l2); every L2 made is
-    disconnected when the test ends (disconnect is idempotent and works with the server
-    dead)."""
-    made = []
-
-    def make(port: int, l1_size: int = 1000, promote_on_hit: bool = True, **kw):
-        l1 = InMemoryCache(max_size=l1_size)
-        l2 = make_l2(port, **kw)
-        made.append(l2)
-        return MultiLevelCache(l1, l2, promote_on_hit=promote_on_hit), l1, l2
-
-    yield make
-    for l2 in made:
-        try:
-            await asyncio.wait_for(l2.disconnect(), HANG)
-        except CacheError:
-            pass
-
-
-async def bounded(aw, limit: float = HANG):
-    """Await with hang detection (asyncio.TimeoutError means: it hung)."""
-    return await asyncio.wait_for(aw, limit)
 
 
 def counters(m: MultiLevelCache) -> dict:
@@ -114,13 +81,6 @@ async def wait_until_l2_works(m: MultiLevelCache, limit: float = RECOVER) -> Non
         attempt += 1
         assert time.monotonic() < deadline, f"L2 not used again within {limit}s: {m.stats()}"
         await asyncio.sleep(0.05)
-
-
-async def wait_in_flight_zero(l2: RedisCache, limit: float = HANG) -> None:
-    deadline = time.monotonic() + limit
-    while l2.stats()["in_flight"] != 0:
-        assert time.monotonic() < deadline, f"requests stuck in flight: {l2.stats()}"
-        await asyncio.sleep(0.01)
 
 
 async def assert_l2_used_again(m: MultiLevelCache, l1: InMemoryCache, server: RedisServer,

@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import gc
-import logging
 import sys
 import time
 import tracemalloc
@@ -25,28 +24,28 @@ import weakref
 from unittest.mock import AsyncMock
 
 import pytest
-import pytest_asyncio
 
 from bruno_memory_c import CacheAwaitable, CacheError, InMemoryCache, MultiLevelCache, RedisCache
 from bruno_memory_c.testing import RedisServer, free_port
 from conftest import drive
+from _ml_support import (  # noqa: F401 (quiet_cache_logger: an autouse fixture)
+    HANG,
+    RECOVER,
+    bounded,
+    ml_fixture,
+    quiet_cache_logger,
+    wait_in_flight_zero,
+)
+from _ml_support import make_l2 as _make_l2
 
 rc = sys.getrefcount
-TIMEOUT = 0.5
-HANG = 10.0
-RECOVER = 15.0
 PREFIX = "mll:"
-LOGGER = logging.getLogger("bruno_memory_c")
+make_ml = ml_fixture(PREFIX)
 
 
-@pytest.fixture(autouse=True)
-def quiet_cache_logger():
-    """Failures are logged by design; captured log records would hold references to
-    keys (which these tests count) and slow the loops down."""
-    old = LOGGER.level
-    LOGGER.setLevel(logging.CRITICAL)
-    yield
-    LOGGER.setLevel(old)
+def make_l2(port: int, **kw) -> RedisCache:
+    return _make_l2(port, PREFIX, **kw)
+
 
 
 # ---------------------------------------------------------------------- helpers
@@ -55,45 +54,6 @@ def quiet_cache_logger():
 def fresh(*parts: str) -> str:
     """A new, uninterned str: its refcount is ours alone."""
     return "".join(parts)
-
-
-def make_l2(port: int, **kw) -> RedisCache:
-    kw.setdefault("socket_timeout", TIMEOUT)
-    kw.setdefault("connect_timeout", TIMEOUT)
-    kw.setdefault("prefix", PREFIX)
-    return RedisCache(host="127.0.0.1", port=port, **kw)
-
-
-@pytest_asyncio.fixture
-async def make_ml():
-    """make_ml(port, l1_size=1000, **l2_kw) -> (MultiLevelCache, l1, l2); every L2 made is
-    disconnected at the end of the test."""
-    made = []
-
-    def make(port: int, l1_size: int = 1000, **kw):
-        l1 = InMemoryCache(max_size=l1_size)
-        l2 = make_l2(port, **kw)
-        made.append(l2)
-        return MultiLevelCache(l1, l2), l1, l2
-
-    yield make
-    for l2 in made:
-        try:
-            await asyncio.wait_for(l2.disconnect(), HANG)
-        except CacheError:
-            pass
-
-
-async def bounded(aw, limit: float = HANG):
-    return await asyncio.wait_for(aw, limit)
-
-
-async def wait_in_flight_zero(l2: RedisCache, limit: float = HANG) -> None:
-    deadline = time.monotonic() + limit
-    while l2.stats()["in_flight"] != 0:
-        assert time.monotonic() < deadline, f"requests stuck in flight: {l2.stats()}"
-        await asyncio.sleep(0.01)
-    await asyncio.sleep(0)  # completions delivered in this iteration run their callbacks
 
 
 async def wait_until_l2_works(m: MultiLevelCache, limit: float = RECOVER) -> None:
