@@ -167,11 +167,7 @@ bruno_aw_fail(BrunoAwaitable *aw, PyObject *exc)
         if (!PyErr_Occurred()) {
             PyErr_SetString(PyExc_RuntimeError, "cache operation failed");
         }
-        PyObject *type, *tb;
-        PyErr_Fetch(&type, &exc, &tb);
-        PyErr_NormalizeException(&type, &exc, &tb);
-        Py_XDECREF(type);
-        Py_XDECREF(tb);
+        exc = PyErr_GetRaisedException();
         if (exc == NULL) {
             exc = Py_NewRef(PyExc_MemoryError);
         }

@@ -101,11 +101,16 @@ bridge_drain(PyObject *op, PyObject *Py_UNUSED(ignored))
     Py_RETURN_NONE;
 }
 
+/* The bridge's loop (new reference), or NULL (no exception) once it is gone. */
 static PyObject *
 bridge_loop(LoopBridge *self)
 {
-    PyObject *loop = PyWeakref_GetObject(self->loop_wr);  /* borrowed */
-    return loop == Py_None ? NULL : loop;
+    PyObject *loop;
+    if (PyWeakref_GetRef(self->loop_wr, &loop) < 0) {
+        PyErr_Clear();
+        return NULL;
+    }
+    return loop;
 }
 
 /* Is this bridge's loop gone or closed? */
@@ -114,9 +119,11 @@ bridge_dead(LoopBridge *self)
 {
     PyObject *loop = bridge_loop(self);
     if (loop == NULL || self->b->pid != bio_pid()) {
+        Py_XDECREF(loop);
         return 1;
     }
     PyObject *closed = PyObject_CallMethodNoArgs(loop, self->st->str_is_closed);
+    Py_DECREF(loop);
     if (closed == NULL) {
         PyErr_Clear();
         return 1;
@@ -145,6 +152,7 @@ bridge_retire(LoopBridge *self)
         }
         Py_XDECREF(r);
     }
+    Py_XDECREF(loop);
 }
 
 static int sweep_retired(bruno_state *st);
@@ -207,7 +215,7 @@ bruno_bridge_plain_future(PyObject *bridge)
 }
 
 PyObject *
-bruno_bridge_loop(PyObject *bridge)
+bruno_bridge_loop(PyObject *bridge)  /* new reference */
 {
     return bridge_loop((LoopBridge *)bridge);
 }
@@ -247,6 +255,7 @@ bruno_bridge_submit(PyObject *bridge, bio_req *r, Py_ssize_t in_flight)
         PyObject *cb = loop ? PyObject_GetAttrString(bridge, "_flush") : NULL;
         PyObject *h = cb ? PyObject_CallMethod(loop, "call_soon", "O", cb) : NULL;
         Py_XDECREF(cb);
+        Py_XDECREF(loop);
         if (h == NULL) {
             /* Cannot schedule (loop closing): hand everything over right away. */
             PyErr_Clear();
@@ -263,7 +272,12 @@ int
 bruno_bridge_serves(PyObject *bridge, PyObject *loop)
 {
     LoopBridge *self = (LoopBridge *)bridge;
-    return !self->retired && bridge_loop(self) == loop && self->b->pid == bio_pid();
+    if (self->retired || self->b->pid != bio_pid()) {
+        return 0;
+    }
+    PyObject *own = bridge_loop(self);
+    Py_XDECREF(own);  /* only its identity is compared */
+    return own == loop;
 }
 
 PyObject *

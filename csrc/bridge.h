@@ -18,7 +18,7 @@ int bruno_bridge_submit(PyObject *bridge, bio_req *r, Py_ssize_t in_flight);
 /* Does this LoopBridge deliver to `loop` (alive, this process, not retired)? */
 int bruno_bridge_serves(PyObject *bridge, PyObject *loop);
 
-/* The loop a LoopBridge delivers to (borrowed), or NULL if it is gone. */
+/* The loop a LoopBridge delivers to (new reference), or NULL if it is gone. */
 PyObject *bruno_bridge_loop(PyObject *bridge);
 
 /* Does the bridge's loop make its futures with asyncio's own create_future? */

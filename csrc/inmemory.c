@@ -13,7 +13,6 @@
 #include "lru.h"
 
 #include <math.h>
-#include <structmember.h>
 
 typedef struct {
     PyObject_HEAD
@@ -561,14 +560,12 @@ static int imc_arm_timer(InMemoryCache *self);
 static PyObject *
 imc_cleanup_fire(PyObject *wr, PyObject *Py_UNUSED(ignored))
 {
-    PyObject *obj = PyWeakref_GetObject(wr);  /* borrowed */
-    if (obj == NULL) {
-        return NULL;
+    PyObject *obj;
+    int alive = PyWeakref_GetRef(wr, &obj);
+    if (alive <= 0) {
+        return alive < 0 ? NULL : Py_NewRef(Py_None);
     }
-    if (obj == Py_None) {
-        Py_RETURN_NONE;
-    }
-    InMemoryCache *self = (InMemoryCache *)Py_NewRef(obj);
+    InMemoryCache *self = (InMemoryCache *)obj;  /* owned */
     Py_CLEAR(self->timer);  /* this one has fired */
     imc_remove_expired(self);
     int rc = 0;
@@ -616,8 +613,7 @@ imc_cancel_timer(InMemoryCache *self)
     if (timer == NULL) {
         return;
     }
-    PyObject *type, *value, *tb;
-    PyErr_Fetch(&type, &value, &tb);
+    PyObject *saved = PyErr_GetRaisedException();
     /* By name, not through the module state: at interpreter exit the module may
      * be gone before this cache. */
     PyObject *r = PyObject_CallMethod(timer, "cancel", NULL);
@@ -626,7 +622,7 @@ imc_cancel_timer(InMemoryCache *self)
     }
     Py_XDECREF(r);
     Py_DECREF(timer);
-    PyErr_Restore(type, value, tb);
+    PyErr_SetRaisedException(saved);
 }
 
 /* Arm the periodic cleanup on `loop` (reference stolen). 0 or -1. */
@@ -1003,7 +999,7 @@ static PyGetSetDef imc_getset[] = {
 };
 
 static PyMemberDef imc_members[] = {
-    {"__weaklistoffset__", T_PYSSIZET, offsetof(InMemoryCache, weakreflist), READONLY, NULL},
+    {"__weaklistoffset__", Py_T_PYSSIZET, offsetof(InMemoryCache, weakreflist), Py_READONLY, NULL},
     {NULL, 0, 0, 0, NULL},
 };
 

@@ -20,8 +20,12 @@ bruno_seconds(PyObject *ttl, const char *what, double *out)
             if (!PyErr_ExceptionMatches(PyExc_OverflowError)) {
                 return -1;
             }
+            /* Too large for a double: only its sign matters (an int's layout is
+             * not ours to read; it changed in 3.12). */
             PyErr_Clear();
-            v = Py_SIZE(ttl) < 0 ? -INFINITY : INFINITY;
+            int overflow;
+            (void)PyLong_AsLongLongAndOverflow(ttl, &overflow);
+            v = overflow < 0 ? -INFINITY : INFINITY;
         }
     }
     else if (PyFloat_Check(ttl) ||

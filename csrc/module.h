@@ -2,8 +2,7 @@
 #ifndef BRUNO_MODULE_H
 #define BRUNO_MODULE_H
 
-#define PY_SSIZE_T_CLEAN
-#include <Python.h>
+#include "compat.h"
 
 #define BRUNO_AW_FREELIST 256
 

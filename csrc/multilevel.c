@@ -33,7 +33,6 @@
 
 #include <hiredis/hiredis.h>
 #include <math.h>
-#include <structmember.h>
 
 typedef struct {
     PyObject_HEAD
@@ -213,10 +212,9 @@ via_new(MultiLevelCache *self, int op, PyObject *keys, PyObject *partial)
         for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(keys); i++) {
             if (reading_add(self, PyTuple_GET_ITEM(keys, i), 2) < 0) {
                 while (--i >= 0) {
-                    PyObject *t, *v, *tb;
-                    PyErr_Fetch(&t, &v, &tb);
+                    PyObject *saved = PyErr_GetRaisedException();
                     (void)reading_add(self, PyTuple_GET_ITEM(keys, i), -2);
-                    PyErr_Restore(t, v, tb);
+                    PyErr_SetRaisedException(saved);
                 }
                 return NULL;
             }
@@ -225,16 +223,14 @@ via_new(MultiLevelCache *self, int op, PyObject *keys, PyObject *partial)
     ml_via *via = PyMem_Malloc(sizeof *via);
     if (via == NULL) {
         PyErr_NoMemory();
-        PyObject *t, *v, *tb;
-        PyErr_Fetch(&t, &v, &tb);
+        PyObject *saved = PyErr_GetRaisedException();
         for (Py_ssize_t i = 0; op == ML_GET_MANY && i < PyTuple_GET_SIZE(keys); i++) {
             (void)reading_add(self, PyTuple_GET_ITEM(keys, i), -2);
         }
         if (op == ML_GET) {
             (void)reading_add(self, keys, -2);
         }
-        PyErr_Clear();
-        PyErr_Restore(t, v, tb);
+        PyErr_SetRaisedException(saved);
         return NULL;
     }
     via->mlc = (MultiLevelCache *)Py_NewRef(self);
@@ -260,8 +256,7 @@ via_free(ml_via *via)
 void
 bruno_mlc_via_drop(ml_via *via)
 {
-    PyObject *t, *v, *tb;
-    PyErr_Fetch(&t, &v, &tb);
+    PyObject *saved = PyErr_GetRaisedException();
     if (via->op == ML_GET) {
         (void)reading_end(via->mlc, via->keys);
     }
@@ -274,7 +269,7 @@ bruno_mlc_via_drop(ml_via *via)
         clear_end(via->mlc);
     }
     via_free(via);
-    PyErr_Restore(t, v, tb);
+    PyErr_SetRaisedException(saved);
 }
 
 int
@@ -291,15 +286,12 @@ bruno_mlc_via_traverse(ml_via *via, visitproc visit, void *arg)
 static void
 log_promotion_error(MultiLevelCache *self)
 {
-    PyObject *t, *v, *tb;
-    PyErr_Fetch(&t, &v, &tb);
+    PyObject *v = PyErr_GetRaisedException();
     PyObject *r = PyObject_CallMethod(self->st->logger, "error", "sO",
                                       "Error promoting a value into L1: %r", v ? v : Py_None);
     Py_XDECREF(r);
     PyErr_Clear();
-    Py_XDECREF(t);
     Py_XDECREF(v);
-    Py_XDECREF(tb);
 }
 
 /* Promote key -> value into L1 if it may (PTTL reply `ttl`; via: when asked). */
@@ -395,12 +387,8 @@ bruno_mlc_l2_done(ml_via *via, bio_req *r, int kind, PyObject **result, PyObject
         /* The answer: L1's dict updated with L2's, as the reference builds it. */
         if (found != NULL && PyDict_CheckExact(found) && via->partial != NULL) {
             if (PyDict_Update(via->partial, found) < 0) {
-                PyObject *t, *tb;
                 Py_CLEAR(*result);
-                PyErr_Fetch(&t, exc, &tb);  /* the awaiting task gets the error */
-                PyErr_NormalizeException(&t, exc, &tb);
-                Py_XDECREF(t);
-                Py_XDECREF(tb);
+                *exc = PyErr_GetRaisedException();  /* the awaiting task gets the error */
             }
             else {
                 Py_SETREF(*result, Py_NewRef(via->partial));
@@ -418,11 +406,7 @@ bruno_mlc_l2_done(ml_via *via, bio_req *r, int kind, PyObject **result, PyObject
                                     via->partial, "l2", *result);
         Py_SETREF(*result, d);
         if (d == NULL) {
-            PyObject *t, *tb;
-            PyErr_Fetch(&t, exc, &tb);
-            PyErr_NormalizeException(&t, exc, &tb);
-            Py_XDECREF(t);
-            Py_XDECREF(tb);
+            *exc = PyErr_GetRaisedException();
         }
     }
     via_free(via);
@@ -1044,7 +1028,7 @@ static PyGetSetDef mlc_getset[] = {
 };
 
 static PyMemberDef mlc_members[] = {
-    {"__weaklistoffset__", T_PYSSIZET, offsetof(MultiLevelCache, weakreflist), READONLY, NULL},
+    {"__weaklistoffset__", Py_T_PYSSIZET, offsetof(MultiLevelCache, weakreflist), Py_READONLY, NULL},
     {NULL, 0, 0, 0, NULL},
 };
 

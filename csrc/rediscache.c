@@ -13,7 +13,6 @@
 
 #include <hiredis/hiredis.h>
 #include <math.h>
-#include <structmember.h>
 #include <unistd.h>
 
 /* Requests allowed in flight per cache; past it, requests wait in the cache (never
@@ -422,7 +421,7 @@ start_deferred(PyObject *awobj)
         return -1;
     }
     aw->deferred = NULL;
-    Py_XSETREF(aw->loop, Py_XNewRef(bruno_bridge_loop(bridge)));
+    Py_XSETREF(aw->loop, bruno_bridge_loop(bridge));
     aw->plain_future = bruno_bridge_plain_future(bridge);
     r->bridge = bruno_bridge_c(bridge);
     bio_bridge_incref(r->bridge);
@@ -503,43 +502,38 @@ rc_request(RedisCache *self, const char *qualname, int kind, int op, bio_buf *b,
 static void
 log_error(RedisCache *self, const char *fmt, PyObject *arg)
 {
-    PyObject *type, *value, *tb;
-    PyErr_Fetch(&type, &value, &tb);
+    PyObject *saved = PyErr_GetRaisedException();
     PyObject *r = PyObject_CallMethod(self->st->logger, "error", "sO", fmt, arg);
     if (r == NULL) {
         PyErr_Clear();
     }
     Py_XDECREF(r);
-    PyErr_Restore(type, value, tb);
+    PyErr_SetRaisedException(saved);
 }
 
 /* Log the exception being raised (which is cleared) with fmt % str(exception). */
 static void
 log_current_error(RedisCache *self, const char *fmt)
 {
-    PyObject *type, *value, *tb;
-    PyErr_Fetch(&type, &value, &tb);
+    PyObject *value = PyErr_GetRaisedException();
     PyObject *s = value ? PyObject_Str(value) : NULL;
     PyErr_Clear();
     log_error(self, fmt, s ? s : Py_None);
     Py_XDECREF(s);
-    Py_XDECREF(type);
     Py_XDECREF(value);
-    Py_XDECREF(tb);
 }
 
 static void
 log_error2(RedisCache *self, const char *fmt, PyObject *key, PyObject *detail)
 {
-    PyObject *type, *value, *tb;
-    PyErr_Fetch(&type, &value, &tb);
+    PyObject *saved = PyErr_GetRaisedException();
     PyObject *r = PyObject_CallMethod(self->st->logger, "error", "sOO", fmt,
                                       key ? key : Py_None, detail);
     if (r == NULL) {
         PyErr_Clear();
     }
     Py_XDECREF(r);
-    PyErr_Restore(type, value, tb);
+    PyErr_SetRaisedException(saved);
 }
 
 /* CacheError(prefix + detail), as an exception instance (new reference). */
@@ -941,14 +935,7 @@ ok_result(RedisCache *self, BrunoAwaitable *aw, bio_req *r, PyObject **exc, int 
 static PyObject *
 fetch_error(RedisCache *self)
 {
-    PyObject *type, *value, *tb;
-    PyErr_Fetch(&type, &value, &tb);
-    PyErr_NormalizeException(&type, &value, &tb);
-    if (tb != NULL && value != NULL) {
-        PyException_SetTraceback(value, tb);
-    }
-    Py_XDECREF(type);
-    Py_XDECREF(tb);
+    PyObject *value = PyErr_GetRaisedException();
     return value ? value : rc_error(self, "internal error: %s", "no result");
 }
 
@@ -1100,14 +1087,11 @@ append_set(RedisCache *self, bio_buf *b, PyObject *key, PyObject *value, int mod
             !PyErr_ExceptionMatches(PyExc_OverflowError)) {
             return -1;
         }
-        PyObject *type, *val, *tb;
-        PyErr_Fetch(&type, &val, &tb);
+        PyObject *val = PyErr_GetRaisedException();
         PyObject *s = val ? PyObject_Str(val) : NULL;
         *exc = rc_error(self, errfmt, s ? PyUnicode_AsUTF8(s) : "cannot encode value");
         Py_XDECREF(s);
-        Py_XDECREF(type);
         Py_XDECREF(val);
-        Py_XDECREF(tb);
         PyErr_Clear();
         return *exc ? 1 : -1;
     }
@@ -1867,21 +1851,21 @@ static PyMethodDef rc_methods[] = {
 };
 
 static PyMemberDef rc_members[] = {
-    {"host", T_OBJECT, offsetof(RedisCache, host), READONLY, "Redis host."},
-    {"password", T_OBJECT, offsetof(RedisCache, password), READONLY, "Password, or None."},
-    {"username", T_OBJECT, offsetof(RedisCache, username), READONLY, "ACL user name, or None."},
-    {"unix_socket_path", T_OBJECT, offsetof(RedisCache, unix_socket_path), READONLY,
+    {"host", Py_T_OBJECT_EX, offsetof(RedisCache, host), Py_READONLY, "Redis host."},
+    {"password", Py_T_OBJECT_EX, offsetof(RedisCache, password), Py_READONLY, "Password, or None."},
+    {"username", Py_T_OBJECT_EX, offsetof(RedisCache, username), Py_READONLY, "ACL user name, or None."},
+    {"unix_socket_path", Py_T_OBJECT_EX, offsetof(RedisCache, unix_socket_path), Py_READONLY,
      "Unix socket path, or None for TCP."},
-    {"prefix", T_OBJECT, offsetof(RedisCache, prefix), READONLY, "Key prefix."},
-    {"default_ttl", T_OBJECT, offsetof(RedisCache, default_ttl), READONLY,
+    {"prefix", Py_T_OBJECT_EX, offsetof(RedisCache, prefix), Py_READONLY, "Key prefix."},
+    {"default_ttl", Py_T_OBJECT_EX, offsetof(RedisCache, default_ttl), Py_READONLY,
      "TTL used when set() gets none."},
-    {"max_connections", T_OBJECT, offsetof(RedisCache, max_connections), READONLY,
+    {"max_connections", Py_T_OBJECT_EX, offsetof(RedisCache, max_connections), Py_READONLY,
      "Accepted for compatibility: requests are multiplexed on one connection."},
-    {"pool_size", T_OBJECT, offsetof(RedisCache, pool_size), READONLY,
+    {"pool_size", Py_T_OBJECT_EX, offsetof(RedisCache, pool_size), Py_READONLY,
      "Accepted for compatibility (see max_connections)."},
-    {"max_overflow", T_OBJECT, offsetof(RedisCache, max_overflow), READONLY,
+    {"max_overflow", Py_T_OBJECT_EX, offsetof(RedisCache, max_overflow), Py_READONLY,
      "Accepted for compatibility (see max_connections)."},
-    {"__weaklistoffset__", T_PYSSIZET, offsetof(RedisCache, weakreflist), READONLY, NULL},
+    {"__weaklistoffset__", Py_T_PYSSIZET, offsetof(RedisCache, weakreflist), Py_READONLY, NULL},
     {NULL, 0, 0, 0, NULL},
 };
 

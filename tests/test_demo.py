@@ -15,6 +15,8 @@ import sys
 from bruno_memory_c.testing import RedisServer
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+#: The Makefile's venv this suite runs in (`make test-all` runs one per interpreter).
+VENV = os.environ.get("BRUNO_VENV", ".venv")
 
 
 SANITIZED = "libasan" in os.environ.get("LD_PRELOAD", "")
@@ -31,10 +33,10 @@ def run_demo(env: dict) -> subprocess.CompletedProcess:
     plain = {k: v for k, v in env.items()
              if k not in ("LD_PRELOAD", "ASAN_OPTIONS", "PYTHONMALLOC")}
     fresh = not SANITIZED and subprocess.run(
-        ["make", "-q", ".venv/.build-stamp"], cwd=REPO, env=plain,
+        ["make", "-q", f"VENV={VENV}", f"{VENV}/.build-stamp"], cwd=REPO, env=plain,
         capture_output=True).returncode == 0
     if fresh:
-        cmd, env = ["make", "--no-print-directory", "demo"], plain
+        cmd, env = ["make", "--no-print-directory", f"VENV={VENV}", "demo"], plain
     else:
         cmd = [sys.executable, os.path.join("examples", "demo.py")]
     return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True,
