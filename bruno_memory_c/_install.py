@@ -26,8 +26,8 @@ def _import_bruno_cache() -> tuple[Any, Any, Any]:
     try:
         importlib.import_module("bruno_memory")
     except ImportError:
-        if "bruno_memory" not in sys.modules:
-            spec = importlib.util.find_spec("bruno_memory")
+        spec = None if "bruno_memory" in sys.modules else importlib.util.find_spec("bruno_memory")
+        if spec is not None:  # not in sys.modules (and found at the top)
             package = types.ModuleType("bruno_memory", "bruno-memory (caches only)")
             package.__path__ = list(spec.submodule_search_locations or [])
             package.__spec__ = spec
@@ -40,7 +40,7 @@ def _import_bruno_cache() -> tuple[Any, Any, Any]:
     return cache, utils, exceptions
 
 
-def _rebuild_cache_error(args: tuple, state: dict | None) -> BaseException:
+def _rebuild_cache_error(args: tuple[Any, ...], state: dict[str, Any] | None) -> BaseException:
     """Unpickle a CacheError as the class the caches raise in this process."""
     from bruno_memory_c import _core
 
@@ -50,7 +50,7 @@ def _rebuild_cache_error(args: tuple, state: dict | None) -> BaseException:
     return error
 
 
-def _reduce_cache_error(self: BaseException) -> tuple:
+def _reduce_cache_error(self: BaseException) -> tuple[Any, ...]:
     return (_rebuild_cache_error, (self.args, self.__dict__ or None))
 
 

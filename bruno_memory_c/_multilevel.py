@@ -79,7 +79,7 @@ async def clear(mlc: Any) -> None:
         mlc._clear_end()
 
 
-async def get_many(mlc: Any, keys: Any) -> dict:
+async def get_many(mlc: Any, keys: Any) -> Any:
     result = await mlc.l1.get_many(keys)
     if mlc.l2:
         # The reference's `[k for k in keys if k not in result]`, counting as it goes
@@ -114,7 +114,7 @@ async def set_many(mlc: Any, items: Any, ttl: Any = None) -> None:
         await _l2_call(mlc, mlc.l2.set_many(items, ttl))
 
 
-async def get_stats(mlc: Any) -> dict:
+async def get_stats(mlc: Any) -> dict[str, Any]:
     l1_stats = await mlc.l1.get_stats()
     stats = {"type": "multi_level", "l1": l1_stats}
     if mlc.l2:

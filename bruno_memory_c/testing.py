@@ -35,7 +35,8 @@ def free_port() -> int:
     """A TCP port on 127.0.0.1 that nothing listens on right now."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        port: int = s.getsockname()[1]
+        return port
 
 
 def _encode(*args: Any) -> bytes:
@@ -73,7 +74,7 @@ class _PortTaken(Exception):
     pass
 
 
-def _cleanup(state: dict) -> None:
+def _cleanup(state: dict[str, Any]) -> None:
     """Kill a server's process and remove its directory (close(), the collector or
     interpreter exit: whichever comes first)."""
     proc = state.pop("proc", None)
@@ -83,7 +84,7 @@ def _cleanup(state: dict) -> None:
     shutil.rmtree(state["dir"], ignore_errors=True)
 
 
-_VERSIONS: dict = {}
+_VERSIONS: dict[str, int] = {}
 
 
 def _server_major(executable: str) -> int:
@@ -109,17 +110,18 @@ class RedisServer:
     def __init__(self, password: str | None = None, port: int | None = None,
                  extra_args: tuple[str, ...] = (), executable: str | None = None,
                  unix_socket: bool = False) -> None:
-        self.executable = executable or shutil.which("redis-server")
-        if self.executable is None:
+        found = executable or shutil.which("redis-server")
+        if found is None:
             raise FileNotFoundError(
                 "redis-server not found: install it (Debian: apt-get install redis-server)")
+        self.executable: str = found
         self.password = password
         self._port_chosen = port is None  # ours to change if it turns out taken
         self.port = port or free_port()
         self.extra_args = tuple(extra_args)
         self.dir = tempfile.mkdtemp(prefix="bruno-redis-")
         self.unix_path = os.path.join(self.dir, "redis.sock") if unix_socket else None
-        self._state: dict = {"dir": self.dir}
+        self._state: dict[str, Any] = {"dir": self.dir}
         self._finalizer = weakref.finalize(self, _cleanup, self._state)
 
     @property
