@@ -5,17 +5,9 @@ A drop-in replacement for ``bruno_memory.utils.cache``: ``InMemoryCache`` (LRU +
 in front of an L2). Every data method returns an awaitable that works wherever the
 reference's coroutine does.
 """
-from . import _core
-from ._asyncmethods import AsyncMethodsMeta as _AsyncMethodsMeta
 from ._core import CacheAwaitable, CacheError, InMemoryCache, MultiLevelCache, RedisCache
 from ._install import install
 from ._interface import CacheInterface
-
-# Async methods read from the class look like `async def` to asyncio, inspect and
-# unittest.mock (AsyncMock(spec=InMemoryCache)); instances are untouched.
-_core._set_metatype(InMemoryCache, _AsyncMethodsMeta)
-_core._set_metatype(RedisCache, _AsyncMethodsMeta)
-_core._set_metatype(MultiLevelCache, _AsyncMethodsMeta)
 
 __version__ = "0.1.0"
 

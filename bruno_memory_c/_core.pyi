@@ -9,7 +9,7 @@ values they give can be passed to ``await``, ``asyncio.create_task``, ``gather``
 protocols written with ``async def`` (``CacheInterface``'s methods are ``async def``).
 """
 from collections.abc import Awaitable, Coroutine, Generator, Hashable, Iterable, Mapping
-from types import TracebackType
+from types import GenericAlias, TracebackType
 from typing import Any, Protocol, TypeVar, final, overload, type_check_only
 
 from typing_extensions import Self, disjoint_base
@@ -45,6 +45,7 @@ class CacheAwaitable(Coroutine[Any, Any, _T_co]):
         self, typ: BaseException, val: None = None, tb: TracebackType | None = None, /
     ) -> Any: ...
     def close(self) -> None: ...
+    def __class_getitem__(cls, item: Any, /) -> GenericAlias: ...
     @property
     def done(self) -> bool:
         """True once the result is known."""

@@ -17,6 +17,7 @@ fixture from ``bruno_memory_c.testing`` (``pytest_plugins = ["bruno_memory_c.tes
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -28,7 +29,7 @@ import time
 import weakref
 from typing import Any, Iterator
 
-__all__ = ["RedisServer", "redis_server", "free_port"]
+__all__ = ["RedisServer", "redis_server", "free_port", "refused_port"]
 
 
 def free_port() -> int:
@@ -37,6 +38,18 @@ def free_port() -> int:
         s.bind(("127.0.0.1", 0))
         port: int = s.getsockname()[1]
         return port
+
+
+@contextlib.contextmanager
+def refused_port() -> Iterator[int]:
+    """A loopback port that refuses connections for the duration of the block.
+
+    Unlike a port from ``free_port()``, nothing else can start listening on it
+    meanwhile (another test worker's server, say): this process keeps it bound,
+    without listening, until the block ends."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        yield s.getsockname()[1]
 
 
 def _encode(*args: Any) -> bytes:

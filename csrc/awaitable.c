@@ -521,13 +521,15 @@ bruno_awaitable_fini(bruno_state *Py_UNUSED(st))
 
 static PyMethodDef aw_methods[] = {
     {"send", (PyCFunction)aw_send, METH_O,
-     "send(value, /)\n--\n\nResume the operation; raises StopIteration(result) when done."},
+     "send($self, value, /)\n--\n\nResume the operation; raises StopIteration(result) when done."},
     {"throw", (PyCFunction)(void (*)(void))aw_throw, METH_FASTCALL,
-     "throw(typ, val=None, tb=None, /)\n--\n\nAbandon the operation and raise the exception."},
+     "throw($self, typ, val=None, tb=None, /)\n--\n\nAbandon the operation and raise the exception."},
     {"close", aw_close, METH_NOARGS,
      "close($self, /)\n--\n\nAbandon the operation; a late result is dropped."},
     {"__await__", aw_await_meth, METH_NOARGS,
      "__await__($self, /)\n--\n\nReturn an iterator to be used in await expression."},
+    {"__class_getitem__", Py_GenericAlias, METH_O | METH_CLASS,
+     "See PEP 585 (CacheAwaitable[T] in annotations)."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -55,6 +55,25 @@ PyErr_SetRaisedException(PyObject *exc)  /* steals exc; NULL clears */
 #endif
 
 #if PY_VERSION_HEX < 0x030D0000
+/* 3.13 gave the fast-call function types public names. */
+typedef _PyCFunctionFast PyCFunctionFast;
+typedef _PyCFunctionFastWithKeywords PyCFunctionFastWithKeywords;
+
+/* 3.13: an attribute that may be missing, without raising AttributeError. */
+static inline int
+PyObject_GetOptionalAttrString(PyObject *obj, const char *name, PyObject **result)
+{
+    *result = PyObject_GetAttrString(obj, name);
+    if (*result != NULL) {
+        return 1;
+    }
+    if (PyErr_ExceptionMatches(PyExc_AttributeError)) {
+        PyErr_Clear();
+        return 0;
+    }
+    return -1;
+}
+
 /* 3.13 deprecated PyWeakref_GetObject (a borrowed reference) for this. */
 static inline int
 PyWeakref_GetRef(PyObject *ref, PyObject **pobj)

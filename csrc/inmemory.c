@@ -602,9 +602,26 @@ imc_arm_timer(InMemoryCache *self)
     return 0;
 }
 
-/* Cancel the pending cleanup timer, if any. Safe from dealloc: the exception being
- * raised (if any) is kept, and a failure of cancel() is reported as unraisable
- * without naming the (possibly dying) cache. */
+/* Is the loop still open? A loop that is closed, or half torn down by the
+ * collector (a cycle through it being cleared: its attributes are gone), never
+ * runs its timers again. */
+static int
+loop_open(PyObject *loop)
+{
+    PyObject *closed = loop ? PyObject_CallMethod(loop, "is_closed", NULL) : NULL;
+    if (closed == NULL) {
+        PyErr_Clear();
+        return 0;
+    }
+    int open = closed == Py_False;
+    Py_DECREF(closed);
+    return open;
+}
+
+/* Cancel the pending cleanup timer, if any. Safe from dealloc and tp_clear: the
+ * exception being raised (if any) is kept; the timer of a loop that will never run
+ * it again is only dropped; a failure of cancel() on a live loop is reported as
+ * unraisable without naming the (possibly dying) cache. */
 static void
 imc_cancel_timer(InMemoryCache *self)
 {
@@ -616,7 +633,8 @@ imc_cancel_timer(InMemoryCache *self)
     PyObject *saved = PyErr_GetRaisedException();
     /* By name, not through the module state: at interpreter exit the module may
      * be gone before this cache. */
-    PyObject *r = PyObject_CallMethod(timer, "cancel", NULL);
+    PyObject *r = loop_open(self->loop) ? PyObject_CallMethod(timer, "cancel", NULL)
+                                        : Py_NewRef(Py_None);
     if (r == NULL) {
         PyErr_WriteUnraisable(NULL);
     }
@@ -1037,7 +1055,8 @@ int
 bruno_inmemory_init(PyObject *module, bruno_state *st)
 {
     st->InMemoryCacheType = (PyTypeObject *)PyType_FromModuleAndSpec(module, &imc_spec, NULL);
-    if (st->InMemoryCacheType == NULL) {
+    if (st->InMemoryCacheType == NULL ||
+        bruno_async_methods(st, st->InMemoryCacheType, imc_methods, bruno_async_method_names) < 0) {
         return -1;
     }
     return PyModule_AddType(module, st->InMemoryCacheType);

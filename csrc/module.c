@@ -165,48 +165,10 @@ bruno_parse_args(const char *fname, PyObject *const *args, Py_ssize_t nargs,
     return 0;
 }
 
-/* _set_metatype(cls, meta): make `meta` (a Python subclass of type that adds no
- * fields) the metatype of one of our types. The public classes use it so that
- * reading an async method from the class gives a marked wrapper (see
- * _asyncmethods.py) while instances keep our C type, and with it CPython's
- * specialised calls of C methods (a Python subclass would cost ~10 ns per call). */
-static PyObject *
-set_metatype(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
-{
-    bruno_state *st = PyModule_GetState(module);
-    if (nargs != 2) {
-        PyErr_SetString(PyExc_TypeError, "_set_metatype expects (cls, meta)");
-        return NULL;
-    }
-    PyObject *cls = args[0], *meta = args[1];
-    if (cls != (PyObject *)st->InMemoryCacheType && cls != (PyObject *)st->RedisCacheType &&
-        cls != (PyObject *)st->MultiLevelCacheType) {
-        PyErr_SetString(PyExc_TypeError, "_set_metatype: not a bruno_memory_c type");
-        return NULL;
-    }
-    if (!PyType_Check(meta) || !PyType_IsSubtype((PyTypeObject *)meta, &PyType_Type) ||
-        ((PyTypeObject *)meta)->tp_basicsize != PyType_Type.tp_basicsize ||
-        ((PyTypeObject *)meta)->tp_itemsize != PyType_Type.tp_itemsize ||
-        !(((PyTypeObject *)meta)->tp_flags & Py_TPFLAGS_HEAPTYPE)) {
-        PyErr_SetString(PyExc_TypeError,
-                        "_set_metatype: meta must be a field-less Python subclass of type");
-        return NULL;
-    }
-    if (Py_TYPE(cls) == (PyTypeObject *)meta) {
-        Py_RETURN_NONE;
-    }
-    if (Py_TYPE(cls) != &PyType_Type) {
-        PyErr_SetString(PyExc_TypeError, "_set_metatype: metatype already set");
-        return NULL;
-    }
-    /* The type is now an instance of meta: its dealloc (subtype_dealloc) releases
-     * this reference to meta. (PyType_Type is static: creating our type took no
-     * reference to it, so none is released here.) */
-    Py_INCREF(meta);
-    Py_SET_TYPE(cls, (PyTypeObject *)meta);
-    PyType_Modified((PyTypeObject *)cls);
-    Py_RETURN_NONE;
-}
+const char *const bruno_async_method_names[] = {
+    "get", "set", "delete", "exists", "clear", "get_many", "set_many", "get_stats",
+    "start", "stop", "connect", "disconnect", "__aenter__", "__aexit__", NULL,
+};
 
 /* The class the caches raise: CacheError, or after install() a subclass of it that
  * also derives from bruno_memory.exceptions.CacheError. */
@@ -230,8 +192,6 @@ set_cache_error(PyObject *module, PyObject *cls)
 }
 
 static PyMethodDef module_methods[] = {
-    {"_set_metatype", (PyCFunction)(void (*)(void))set_metatype, METH_FASTCALL,
-     "_set_metatype(cls, meta, /)\n--\n\nInternal: install the public metaclass."},
     {"_get_cache_error", get_cache_error, METH_NOARGS,
      "_get_cache_error()\n--\n\nInternal: the exception class the caches raise."},
     {"_set_cache_error", set_cache_error, METH_O,
@@ -316,7 +276,8 @@ module_exec(PyObject *module)
     if (st->logger == NULL) {
         return -1;
     }
-    if (bruno_awaitable_init(module, st) < 0 || bruno_inmemory_init(module, st) < 0 ||
+    if (bruno_asyncmethod_init(module, st) < 0 ||
+        bruno_awaitable_init(module, st) < 0 || bruno_inmemory_init(module, st) < 0 ||
         bruno_bridge_init(module, st) < 0 || bruno_redis_init(module, st) < 0 ||
         bruno_multilevel_init(module, st) < 0) {
         return -1;
@@ -329,6 +290,9 @@ module_traverse(PyObject *module, visitproc visit, void *arg)
 {
     bruno_state *st = PyModule_GetState(module);
     Py_VISIT(st->AwaitableType);
+    Py_VISIT(st->AsyncMethodType);
+    Py_VISIT(st->inspect_coro_marker);
+    Py_VISIT(st->asyncio_coro_marker);
     Py_VISIT(st->InMemoryCacheType);
     Py_VISIT(st->CacheError);
     Py_VISIT(st->get_running_loop);
@@ -353,6 +317,9 @@ module_clear(PyObject *module)
 {
     bruno_state *st = PyModule_GetState(module);
     Py_CLEAR(st->AwaitableType);
+    Py_CLEAR(st->AsyncMethodType);
+    Py_CLEAR(st->inspect_coro_marker);
+    Py_CLEAR(st->asyncio_coro_marker);
     Py_CLEAR(st->InMemoryCacheType);
     Py_CLEAR(st->CacheError);
     Py_CLEAR(st->get_running_loop);

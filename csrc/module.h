@@ -8,6 +8,9 @@
 
 typedef struct {
     PyTypeObject *AwaitableType;      /* owned */
+    PyTypeObject *AsyncMethodType;    /* owned: descriptor of the async methods */
+    PyObject *inspect_coro_marker;    /* owned or NULL: inspect._is_coroutine_mark */
+    PyObject *asyncio_coro_marker;    /* owned or NULL: asyncio.coroutines._is_coroutine */
     PyTypeObject *InMemoryCacheType;  /* owned */
     PyTypeObject *RedisCacheType;     /* owned */
     PyTypeObject *MultiLevelCacheType; /* owned */
@@ -86,7 +89,18 @@ PyObject *bruno_keys_tuple(PyObject *keys);
  * argument in messages. Returns 0, or -1 with TypeError/ValueError. */
 int bruno_seconds(PyObject *v, const char *what, double *out);
 
+/* Put an async-method descriptor (asyncmethod.c) in cls's dict for each entry of
+ * defs (its method table) named in names (NULL-terminated): introspection then sees
+ * a coroutine function. 0, or -1 with an exception. */
+int bruno_async_methods(bruno_state *st, PyTypeObject *cls, PyMethodDef *defs,
+                        const char *const *names);
+
+/* The methods of the cache types that return an awaitable (the reference's
+ * `async def` methods), for bruno_async_methods. */
+extern const char *const bruno_async_method_names[];
+
 /* Type registration hooks, one per file. Each returns 0 or -1 with an exception. */
+int bruno_asyncmethod_init(PyObject *module, bruno_state *st);
 int bruno_awaitable_init(PyObject *module, bruno_state *st);
 int bruno_inmemory_init(PyObject *module, bruno_state *st);
 void bruno_awaitable_fini(bruno_state *st);

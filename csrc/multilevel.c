@@ -1064,7 +1064,8 @@ int
 bruno_multilevel_init(PyObject *module, bruno_state *st)
 {
     st->MultiLevelCacheType = (PyTypeObject *)PyType_FromModuleAndSpec(module, &mlc_spec, NULL);
-    if (st->MultiLevelCacheType == NULL) {
+    if (st->MultiLevelCacheType == NULL ||
+        bruno_async_methods(st, st->MultiLevelCacheType, mlc_methods, bruno_async_method_names) < 0) {
         return -1;
     }
     return PyModule_AddType(module, st->MultiLevelCacheType);

@@ -1915,7 +1915,8 @@ int
 bruno_redis_init(PyObject *module, bruno_state *st)
 {
     st->RedisCacheType = (PyTypeObject *)PyType_FromModuleAndSpec(module, &rc_spec, NULL);
-    if (st->RedisCacheType == NULL) {
+    if (st->RedisCacheType == NULL ||
+        bruno_async_methods(st, st->RedisCacheType, rc_methods, bruno_async_method_names) < 0) {
         return -1;
     }
     return PyModule_AddType(module, st->RedisCacheType);

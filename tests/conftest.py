@@ -10,6 +10,7 @@ start()/stop() across loops) take the ``loop_factory`` / ``loop_name`` fixtures,
 parametrized the same way.
 """
 import asyncio
+import contextlib
 
 import pytest
 import uvloop
@@ -86,3 +87,34 @@ def drive(aw):
     except StopIteration as stop:
         return stop.value
     raise AssertionError(f"{aw!r} suspended instead of completing")
+
+
+@pytest.fixture
+def closed_port():
+    """A loopback port that refuses connections, held for the whole test so that no
+    other test worker's server can take it meanwhile (see testing.refused_port)."""
+    from bruno_memory_c.testing import refused_port  # (a plugin: imported by pytest)
+
+    with refused_port() as port:
+        yield port
+
+
+class ReservedPort:
+    """A loopback port that refuses connections until release(), for a test that
+    later starts a server of its own on it (nobody else's server can take it first)."""
+
+    def __init__(self) -> None:
+        from bruno_memory_c.testing import refused_port
+
+        self._hold = contextlib.ExitStack()
+        self.port = self._hold.enter_context(refused_port())
+
+    def release(self) -> None:
+        self._hold.close()
+
+
+@pytest.fixture
+def reserved_port():
+    reserved = ReservedPort()
+    yield reserved
+    reserved.release()

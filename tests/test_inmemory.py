@@ -1336,6 +1336,12 @@ async def test_async_methods_are_coroutine_functions_for_mocks():
     await InMemoryCache.set(cache, "k", 1)
     assert await InMemoryCache.get(cache, "k") == 1
     assert type(cache) is InMemoryCache
+    # inspect's own check knows a marker from 3.12 on; asyncio's on every version.
+    expected = sys.version_info >= (3, 12)
+    assert inspect.iscoroutinefunction(InMemoryCache.get) is expected
+    assert inspect.iscoroutinefunction(cache.get) is expected
+    assert asyncio.iscoroutinefunction(cache.get)
+    assert not asyncio.iscoroutinefunction(cache.stats)
 
 
 def test_start_made_outside_a_loop_arms_the_cleanup_in_the_awaiting_loop(loop_factory):

@@ -38,7 +38,6 @@ import bruno_memory_c
 import bruno_memory_c.utils
 import bruno_memory_c.utils.cache
 from bruno_memory_c import CacheError, CacheInterface, InMemoryCache, MultiLevelCache, RedisCache
-from bruno_memory_c.testing import free_port
 
 try:  # tests/ as a package, or as a plain directory on sys.path (pytest's prepend mode)
     from ._reference import reference_classes
@@ -156,12 +155,6 @@ def l1():
 def mlc(l1, l2):
     """The fast path: our InMemoryCache in front of our RedisCache."""
     return MultiLevelCache(l1, l2)
-
-
-@pytest.fixture
-def closed_port():
-    """A loopback port that nothing listens on."""
-    return free_port()
 
 
 IMPLS = {

@@ -27,7 +27,7 @@ from unittest.mock import AsyncMock
 import pytest
 
 from bruno_memory_c import CacheError, InMemoryCache, MultiLevelCache, RedisCache
-from bruno_memory_c.testing import RedisServer, free_port
+from bruno_memory_c.testing import RedisServer
 from conftest import drive
 from _ml_support import (  # noqa: F401 (quiet_cache_logger: an autouse fixture)
     RECOVER,
@@ -512,12 +512,12 @@ async def test_cancel_while_l2_stalled(redis_server, make_ml):
 # ------------------------------------------------------- never connected, other faults
 
 
-async def test_never_connected_l2():
+async def test_never_connected_l2(reserved_port):
     """Server down from the start (nothing listens on the port), never start()ed: get
     gives None rather than raising (the reference's get would raise its connect()
     failure); reads give L1's answers; writes raise CacheError after L1; then a server
     appears on that port and L2 is used without any user action."""
-    port = free_port()
+    port = reserved_port.port  # nobody else's server until we start ours
     l1 = InMemoryCache()
     l2 = make_l2(port)
     m = MultiLevelCache(l1, l2)
@@ -547,6 +547,7 @@ async def test_never_connected_l2():
         with pytest.raises(CacheError):
             await bounded(m.start(), BOUND)
         # Now Redis appears: L2 is used with no user action.
+        reserved_port.release()
         await asyncio.to_thread(server.start)
         server.command("SET", PREFIX + "k", '"v"')
         deadline = time.monotonic() + RECOVER

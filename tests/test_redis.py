@@ -31,7 +31,7 @@ import pytest_asyncio
 
 import bruno_memory_c
 from bruno_memory_c import CacheError, CacheInterface, RedisCache
-from bruno_memory_c.testing import RedisServer, free_port
+from bruno_memory_c.testing import RedisServer
 
 PREFIX = "t:"
 LOGGER = "bruno_memory_c"
@@ -101,12 +101,6 @@ async def cache(redis_server):
     await c.connect()
     yield c
     await c.disconnect()
-
-
-@pytest.fixture
-def closed_port():
-    """A loopback port that nothing listens on."""
-    return free_port()
 
 
 def error_records(caplog):
@@ -547,11 +541,12 @@ async def test_data_method_on_closed_port_raises_connection_failure(closed_port,
     assert c.connected is False
 
 
-async def test_connect_after_server_appears(closed_port):
-    c = RedisCache(host="127.0.0.1", port=closed_port, prefix=PREFIX, connect_timeout=2)
+async def test_connect_after_server_appears(reserved_port):
+    c = RedisCache(host="127.0.0.1", port=reserved_port.port, prefix=PREFIX, connect_timeout=2)
     with pytest.raises(CacheError):
         await c.connect()
-    with RedisServer(port=closed_port) as server:
+    reserved_port.release()
+    with RedisServer(port=reserved_port.port) as server:
         ok = False
         deadline = time.monotonic() + 10
         while not ok:  # a retry right after the failure may still be backing off
@@ -1975,7 +1970,12 @@ async def test_throw_and_close_pending(cache):
 def test_fork(redis_server):
     c = make(redis_server)
     asyncio.run(c.set("parent", 1))
-    pid = os.fork()
+    with warnings.catch_warnings():
+        # 3.12+ warns about fork() in any process with threads (ours has its I/O
+        # thread): forking is what this test is about.
+        warnings.filterwarnings("ignore", "This process .* is multi-threaded",
+                                DeprecationWarning)
+        pid = os.fork()
     if pid == 0:  # the child: the same object, a connection of its own
         code = 1
         try:

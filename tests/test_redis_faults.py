@@ -35,7 +35,7 @@ import tracemalloc
 import pytest
 
 from bruno_memory_c import CacheAwaitable, CacheError, RedisCache
-from bruno_memory_c.testing import RedisServer, _encode, free_port
+from bruno_memory_c.testing import RedisServer, _encode
 
 TIMEOUT = 0.5   # socket_timeout and connect_timeout of the caches under test
 HANG = 10.0     # an await taking this long (20x socket_timeout) is a hang
@@ -604,8 +604,8 @@ async def test_wrong_password_then_right_password():
         server.close()
 
 
-async def test_closed_port():
-    port = free_port()
+async def test_closed_port(reserved_port):
+    port = reserved_port.port
     cache = RedisCache(host="127.0.0.1", port=port, socket_timeout=TIMEOUT,
                        connect_timeout=TIMEOUT)
     for _ in range(3):  # first attempt, then from the backoff state
@@ -621,6 +621,7 @@ async def test_closed_port():
                                            return_exceptions=True))
     assert all(isinstance(r, CacheError) for r in results), results
     # Once something listens there, connect() succeeds.
+    reserved_port.release()
     server = RedisServer(port=port)
     try:
         await asyncio.to_thread(server.restart)
@@ -1280,10 +1281,10 @@ async def test_dropping_caches_releases_them(redis_server):
     assert malloc_in_use() - malloc_before < 16 * 1024 * 1024
 
 
-async def test_never_connected_failures_leak_nothing():
+async def test_never_connected_failures_leak_nothing(closed_port):
     """A cache that never manages to connect (closed port): every data method raises
     the connection failure (reference: connect() first), and nothing accumulates."""
-    cache = RedisCache(host="127.0.0.1", port=free_port(), socket_timeout=0.3,
+    cache = RedisCache(host="127.0.0.1", port=closed_port, socket_timeout=0.3,
                        connect_timeout=0.3)
     key = "".join(["never-", "connected"])
     value = ["".join(["never-", "stored"])]

@@ -18,7 +18,7 @@ import pytest_asyncio
 
 from _reference import reference_classes
 from bruno_memory_c import CacheError, RedisCache
-from bruno_memory_c.testing import RedisServer, free_port
+from bruno_memory_c.testing import RedisServer, refused_port
 
 # redis-py deprecates Redis.close() (the reference's disconnect) in favour of aclose().
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
@@ -419,7 +419,11 @@ async def test_db_both(redis_server):
 
 
 async def test_closed_port_both():
-    port = free_port()
+    with refused_port() as port:
+        await closed_port_both(port)
+
+
+async def closed_port_both(port):
     o = RedisCache(host="127.0.0.1", port=port, connect_timeout=2)
     r = Reference()(host="127.0.0.1", port=port)
     with pytest.raises(CacheError) as eo:
