@@ -8,6 +8,7 @@ values they give can be passed to ``await``, ``asyncio.create_task``, ``gather``
 ``wait_for``, ``asyncio.run`` and ``TaskGroup.create_task``, and the classes satisfy
 protocols written with ``async def`` (``CacheInterface``'s methods are ``async def``).
 """
+import builtins
 from collections.abc import Awaitable, Coroutine, Generator, Hashable, Iterable, Mapping
 from types import GenericAlias, TracebackType
 from typing import Any, Protocol, TypeVar, final, overload, type_check_only
@@ -19,6 +20,10 @@ _KT = TypeVar("_KT", bound=Hashable)
 
 class CacheError(Exception):
     """Raised by the caches for cache failures (Redis errors, values JSON cannot encode)."""
+
+@final
+class StopIteration(builtins.StopIteration):
+    """The StopIteration a cache awaitable finishes with (a subclass, made cheaply)."""
 
 @final
 class CacheAwaitable(Coroutine[Any, Any, _T_co]):

@@ -3,6 +3,8 @@
  * __next__, send, throw and close are thin wrappers over it. */
 #include "awaitable.h"
 
+#include <string.h>
+
 static const char *const REUSED_MSG = "cannot reuse already awaited coroutine";
 
 static PySendResult aw_am_send(PyObject *op, PyObject *arg, PyObject **presult);
@@ -299,27 +301,98 @@ aw_am_send(PyObject *op, PyObject *arg, PyObject **presult)
     }
 }
 
-/* Turn an am_send outcome into the iterator protocol: value, or StopIteration. */
+/* ------------------------------------------------------------------ StopIteration
+ *
+ * From 3.12 on, `await aw` in a coroutine reaches us through tp_iternext (the
+ * interpreter's SEND uses am_send only for its own generators), so a ready result is
+ * handed over as a StopIteration. Building one by calling the class (an argument
+ * tuple, __new__, __init__, context chaining) costs more than the cache lookup that
+ * produced the result. So:
+ *   - a None result leaves tp_iternext with no exception at all (the iterator
+ *     protocol's "finished, value None");
+ *   - any other result is raised as an instance of a StopIteration subclass
+ *     (`bruno_memory_c._core.StopIteration`) filled in directly, whose memory goes to
+ *     a free list when the interpreter drops it (right after taking its value).
+ * It is a StopIteration in every other respect: .value, args as a coroutine's
+ * (() for None, else (value,)), pickling. */
+
+static PyObject *stop_free[BRUNO_AW_FREELIST];  /* untracked, type reference dropped */
+static int stop_nfree;
+
+/* Raise StopIteration(result) (reference to result stolen). Returns NULL. */
 static PyObject *
-aw_send_to_iter(PySendResult status, PyObject *result)
+aw_raise_stop(bruno_state *st, PyObject *result)
+{
+    /* args as a coroutine's: () for None, else (result,) */
+    PyObject *args = result == Py_None ? PyTuple_New(0) : PyTuple_Pack(1, result);
+    if (args == NULL) {
+        Py_DECREF(result);
+        return NULL;
+    }
+    PyStopIterationObject *s;
+    if (stop_nfree > 0) {
+        s = (PyStopIterationObject *)stop_free[--stop_nfree];
+        (void)PyObject_Init((PyObject *)s, st->StopIterationType);  /* increfs the type */
+    }
+    else if ((s = PyObject_GC_New(PyStopIterationObject, st->StopIterationType)) == NULL) {
+        Py_DECREF(args);
+        Py_DECREF(result);
+        return NULL;
+    }
+    /* What StopIteration(result) holds: no dict, notes, traceback, context or cause. */
+    memset((char *)s + sizeof(PyObject), 0, sizeof *s - sizeof(PyObject));
+    s->args = args;
+    s->value = result;
+    PyObject_GC_Track(s);
+    PyErr_SetRaisedException((PyObject *)s);
+    return NULL;
+}
+
+static int
+stop_traverse(PyObject *op, visitproc visit, void *arg)
+{
+    Py_VISIT(Py_TYPE(op));
+    return ((PyTypeObject *)PyExc_StopIteration)->tp_traverse(op, visit, arg);
+}
+
+static void
+stop_dealloc(PyObject *op)
+{
+    PyTypeObject *tp = Py_TYPE(op);
+    PyStopIterationObject *s = (PyStopIterationObject *)op;
+    PyObject_GC_UnTrack(op);
+    /* Fields first cleared, then released: a value's __del__ may raise again. */
+    PyObject *held[] = {s->dict, s->args, s->notes, s->traceback, s->context, s->cause,
+                        s->value};
+    s->dict = s->args = s->notes = s->traceback = s->context = s->cause = s->value = NULL;
+    if (stop_nfree < BRUNO_AW_FREELIST) {
+        stop_free[stop_nfree++] = op;  /* reused by aw_raise_stop, type set again */
+    }
+    else {
+        PyObject_GC_Del(op);
+    }
+    for (size_t i = 0; i < sizeof held / sizeof held[0]; i++) {
+        Py_XDECREF(held[i]);
+    }
+    Py_DECREF(tp);
+}
+
+/* Turn an am_send outcome into the iterator protocol: the value to yield, or NULL
+ * with StopIteration(result) raised (or, when no_exc_for_none, nothing raised for a
+ * None result, which tp_iternext may do). */
+static PyObject *
+aw_send_to_iter(BrunoAwaitable *aw, PySendResult status, PyObject *result,
+                int no_exc_for_none)
 {
     if (status == PYGEN_NEXT) {
         return result;
     }
     if (status == PYGEN_RETURN) {
-        if (result == Py_None) {
+        if (result == Py_None && no_exc_for_none) {
             Py_DECREF(result);
-            PyErr_SetNone(PyExc_StopIteration);
             return NULL;
         }
-        /* StopIteration(result): built explicitly so a tuple is not unpacked. */
-        PyObject *stop = PyObject_CallOneArg(PyExc_StopIteration, result);
-        Py_DECREF(result);
-        if (stop != NULL) {
-            PyErr_SetObject(PyExc_StopIteration, stop);
-            Py_DECREF(stop);
-        }
-        return NULL;
+        return aw_raise_stop(aw->st, result);
     }
     return NULL;
 }
@@ -329,7 +402,7 @@ aw_iternext(PyObject *op)
 {
     PyObject *result;
     PySendResult status = aw_am_send(op, Py_None, &result);
-    return aw_send_to_iter(status, result);
+    return aw_send_to_iter((BrunoAwaitable *)op, status, result, 1);
 }
 
 static PyObject *
@@ -337,7 +410,7 @@ aw_send(PyObject *op, PyObject *arg)
 {
     PyObject *result;
     PySendResult status = aw_am_send(op, arg, &result);
-    return aw_send_to_iter(status, result);
+    return aw_send_to_iter((BrunoAwaitable *)op, status, result, 0);
 }
 
 /* throw(value) / throw(type[, value[, traceback]]): the operation is abandoned
@@ -515,6 +588,9 @@ bruno_awaitable_fini(bruno_state *Py_UNUSED(st))
     while (aw_nfree > 0) {
         PyObject_GC_Del(aw_free[--aw_nfree]);
     }
+    while (stop_nfree > 0) {
+        PyObject_GC_Del(stop_free[--stop_nfree]);
+    }
 }
 
 /* ------------------------------------------------------------------ type */
@@ -566,11 +642,30 @@ static PyType_Spec aw_spec = {
     .slots = aw_slots,
 };
 
+static PyType_Slot stop_slots[] = {
+    {Py_tp_doc, "StopIteration carrying the result of a cache operation."},
+    {Py_tp_dealloc, stop_dealloc},
+    {Py_tp_traverse, stop_traverse},
+    {0, NULL},
+};
+
+static PyType_Spec stop_spec = {
+    .name = "bruno_memory_c._core.StopIteration",
+    .basicsize = sizeof(PyStopIterationObject),
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_IMMUTABLETYPE,
+    .slots = stop_slots,
+};
+
 int
 bruno_awaitable_init(PyObject *module, bruno_state *st)
 {
     st->AwaitableType = (PyTypeObject *)PyType_FromModuleAndSpec(module, &aw_spec, NULL);
-    if (st->AwaitableType == NULL) {
+    st->StopIterationType = (PyTypeObject *)PyType_FromModuleAndSpec(module, &stop_spec,
+                                                                     PyExc_StopIteration);
+    if (st->AwaitableType == NULL || st->StopIterationType == NULL) {
+        return -1;
+    }
+    if (PyModule_AddType(module, st->StopIterationType) < 0) {
         return -1;
     }
     return PyModule_AddType(module, st->AwaitableType);

@@ -291,6 +291,7 @@ module_traverse(PyObject *module, visitproc visit, void *arg)
     bruno_state *st = PyModule_GetState(module);
     Py_VISIT(st->AwaitableType);
     Py_VISIT(st->AsyncMethodType);
+    Py_VISIT(st->StopIterationType);
     Py_VISIT(st->inspect_coro_marker);
     Py_VISIT(st->asyncio_coro_marker);
     Py_VISIT(st->InMemoryCacheType);
@@ -318,6 +319,7 @@ module_clear(PyObject *module)
     bruno_state *st = PyModule_GetState(module);
     Py_CLEAR(st->AwaitableType);
     Py_CLEAR(st->AsyncMethodType);
+    Py_CLEAR(st->StopIterationType);
     Py_CLEAR(st->inspect_coro_marker);
     Py_CLEAR(st->asyncio_coro_marker);
     Py_CLEAR(st->InMemoryCacheType);

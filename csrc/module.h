@@ -9,6 +9,7 @@
 typedef struct {
     PyTypeObject *AwaitableType;      /* owned */
     PyTypeObject *AsyncMethodType;    /* owned: descriptor of the async methods */
+    PyTypeObject *StopIterationType;  /* owned: StopIteration carrying a ready result */
     PyObject *inspect_coro_marker;    /* owned or NULL: inspect._is_coroutine_mark */
     PyObject *asyncio_coro_marker;    /* owned or NULL: asyncio.coroutines._is_coroutine */
     PyTypeObject *InMemoryCacheType;  /* owned */

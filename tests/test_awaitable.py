@@ -4,6 +4,7 @@ import asyncio
 import collections.abc
 import gc
 import inspect
+import pickle
 import threading
 import warnings
 
@@ -241,6 +242,32 @@ def test_send_none_raises_stop_iteration_with_result():
         cache.set("a", 1).send(None)
     assert info.value.value is None
     assert info.value.args == ()
+
+
+def test_stop_iterations_kept_by_the_caller_keep_their_values():
+    """The StopIteration a ready result is handed over with is recycled once dropped
+    (see ARCHITECTURE, "StopIteration"): one still held keeps its value and args, and
+    it is a StopIteration in every respect, pickling included."""
+    cache = InMemoryCache()
+    for i in range(600):  # more than the free list holds
+        drive(cache.set(f"k{i}", i))
+    kept = []
+    for _ in range(2):  # the second round reuses what the first one released
+        kept.clear()
+        for i in range(600):
+            try:
+                cache.get(f"k{i}").send(None)
+            except StopIteration as stop:
+                kept.append(stop)
+        assert [e.value for e in kept] == list(range(600))
+        assert [e.args for e in kept] == [(i,) for i in range(600)]
+        assert all(e.__traceback__ is not None for e in kept)  # raised through this frame
+    copy = pickle.loads(pickle.dumps(kept[7]))
+    assert isinstance(copy, StopIteration) and copy.value == 7 and copy.args == (7,)
+    assert repr(kept[3]) == "StopIteration(3)"
+    with pytest.raises(StopIteration) as info:
+        next(cache.set("a", 1))  # a None result through the iterator protocol
+    assert info.value.value is None and info.value.args == ()
 
 
 @pytest.mark.parametrize("value", [(1, 2), (), ("one",), ((1, 2),), (None,)])
