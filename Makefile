@@ -76,8 +76,10 @@ test-all: sysdeps
 	done
 
 # The whole suite against an AddressSanitizer build of the extension; the optimised
-# build is restored afterwards, whether the suite passed or not.
-test-asan: venv
+# build is restored afterwards, whether the suite passed or not. (The package is
+# installed first, as for `make test`: the demo and reference-suite subprocesses
+# import it from the venv.)
+test-asan: build
 	rm -rf build/asan $(EXT)
 	BRUNO_ASAN=1 $(PY) setup.py -q build_ext --inplace --build-temp build/asan --force
 	status=0; \

@@ -155,57 +155,78 @@ bridge_retire(LoopBridge *self)
     Py_XDECREF(loop);
 }
 
-static int sweep_retired(bruno_state *st);
 
-/* Retire bridges of dead loops; forget retired ones nothing refers to any more. */
+/* Retire bridges of dead loops; forget retired ones nothing refers to any more.
+ *
+ * Python code runs in here — is_closed() and remove_reader() of the loops, and
+ * dropping requests runs their completion callbacks and the __del__ of what they
+ * held — and that code may sweep again (a key's __del__ running asyncio.run() on
+ * another cache, say). So both sweeps walk a snapshot that holds a reference to
+ * every bridge it lists, look the bridge up again before changing a container, and
+ * retire a bridge once. */
 static int
 sweep(bruno_state *st)
 {
-    PyObject *key, *value;
-    Py_ssize_t pos = 0;
-    PyObject *dead = PyList_New(0);
-    if (dead == NULL) {
+    PyObject *snapshot = PyDict_Items(st->bridges);  /* [(key, bridge)], owned */
+    if (snapshot == NULL) {
         return -1;
     }
-    while (PyDict_Next(st->bridges, &pos, &key, &value)) {
-        if (bridge_dead((LoopBridge *)value) && PyList_Append(dead, key) < 0) {
-            Py_DECREF(dead);
-            return -1;
-        }
-    }
-    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(dead); i++) {
-        PyObject *k = PyList_GET_ITEM(dead, i);
-        LoopBridge *b = (LoopBridge *)PyDict_GetItemWithError(st->bridges, k);
-        if (b == NULL) {
+    int rc = 0;
+    for (Py_ssize_t i = 0; rc == 0 && i < PyList_GET_SIZE(snapshot); i++) {
+        PyObject *pair = PyList_GET_ITEM(snapshot, i);
+        PyObject *key = PyTuple_GET_ITEM(pair, 0);
+        LoopBridge *b = (LoopBridge *)PyTuple_GET_ITEM(pair, 1);  /* held by snapshot */
+        if (b->retired || !bridge_dead(b)) {
             continue;
         }
-        bridge_retire(b);
-        if (PyList_Append(st->retired_bridges, (PyObject *)b) < 0 ||
-            PyDict_DelItem(st->bridges, k) < 0) {
-            Py_DECREF(dead);
-            return -1;
+        PyObject *current = PyDict_GetItemWithError(st->bridges, key);  /* borrowed */
+        if (current == (PyObject *)b) {
+            rc = PyDict_DelItem(st->bridges, key);
+        }
+        else if (current == NULL && PyErr_Occurred()) {
+            rc = -1;
+        }
+        if (rc == 0 && !b->retired) {
+            rc = PyList_Append(st->retired_bridges, (PyObject *)b);
+            if (rc == 0) {
+                bridge_retire(b);  /* runs Python code; b stays alive (snapshot) */
+            }
         }
     }
-    Py_DECREF(dead);
-    return sweep_retired(st);
+    Py_DECREF(snapshot);
+    return rc < 0 ? -1 : sweep_retired(st);
 }
 
-/* Retired bridges: drop what came back; forget those no request holds. */
+/* Retired bridges: drop what came back; forget those no request holds (and, in a
+ * forked child, those of the parent: nothing will come back through them here). */
 static int
 sweep_retired(bruno_state *st)
 {
-    Py_ssize_t n = PyList_GET_SIZE(st->retired_bridges);
-    for (Py_ssize_t i = n - 1; i >= 0; i--) {
-        LoopBridge *b = (LoopBridge *)PyList_GET_ITEM(st->retired_bridges, i);
-        if (b->b->pid == bio_pid()) {
-            drop_list(bio_bridge_take(b->b));
+    PyObject *snapshot = PyList_GetSlice(st->retired_bridges, 0,
+                                          PyList_GET_SIZE(st->retired_bridges));
+    if (snapshot == NULL) {
+        return -1;
+    }
+    int rc = 0;
+    for (Py_ssize_t i = 0; rc == 0 && i < PyList_GET_SIZE(snapshot); i++) {
+        LoopBridge *b = (LoopBridge *)PyList_GET_ITEM(snapshot, i);  /* held by snapshot */
+        int ours = b->b->pid == bio_pid();
+        if (ours) {
+            drop_list(bio_bridge_take(b->b));  /* runs Python code */
         }
-        if (atomic_load(&b->b->refs) == 1 &&
-            PyList_SetSlice(st->retired_bridges, i, i + 1, NULL) < 0) {
-            return -1;
+        if (ours && atomic_load(&b->b->refs) > 1) {
+            continue;  /* requests still out there */
+        }
+        PyObject *list = st->retired_bridges;
+        for (Py_ssize_t j = 0; j < PyList_GET_SIZE(list); j++) {
+            if (PyList_GET_ITEM(list, j) == (PyObject *)b) {
+                rc = PyList_SetSlice(list, j, j + 1, NULL);
+                break;
+            }
         }
     }
-    return 0;
+    Py_DECREF(snapshot);
+    return rc;
 }
 
 int

@@ -1,12 +1,15 @@
 /* io.c: the background I/O thread. No Python in this file (see io.h).
  *
  * Threads: the submitters (Python threads) touch only the submit queue (E.lock),
- * the bridges' queues (bridge->lock) and the atomics; everything else in a client
- * belongs to the I/O thread. */
+ * the bridges' queues (bridge->lock) and the atomics; resolver threads (one per name
+ * resolution in progress) touch only their job and, to hand it back, E.lock;
+ * everything else in a client belongs to the I/O thread. */
 #define _GNU_SOURCE
 #include "io.h"
 #include "clock.h"
+#include "respscan.h"
 
+#include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <hiredis/hiredis.h>
@@ -30,9 +33,18 @@
 #define MAX_READ_PER_PASS (4 * 1024 * 1024)
 #define BACKOFF_MIN 0.05
 #define BACKOFF_MAX 2.0
+/* A connection that stayed ready this long before it dropped was healthy: the next
+ * attempt is made at once. One that dropped sooner (a server that closes every
+ * connection, a middlebox) makes the next attempt back off. */
+#define HEALTHY_AFTER 1.0
 #define STATS_FLUSH_EVERY 1.0
+/* Commands sent and not yet answered on one connection; further requests wait (in
+ * order) for room, which replies make. */
+#define MAX_PIPELINE 65536
+/* Name resolutions in progress at once, process-wide (one thread each). */
+#define MAX_RESOLVERS 32
 
-enum { ST_IDLE, ST_CONNECTING, ST_HANDSHAKE, ST_READY, ST_BACKOFF };
+enum { ST_IDLE, ST_RESOLVING, ST_CONNECTING, ST_HANDSHAKE, ST_READY, ST_BACKOFF };
 enum { SLOT_USER, SLOT_HANDSHAKE, SLOT_STATS };
 
 /* One entry of the in-flight FIFO: the request whose replies come next, or NULL
@@ -40,8 +52,20 @@ enum { SLOT_USER, SLOT_HANDSHAKE, SLOT_STATS };
 typedef struct {
     bio_req *req;
     int remaining;
-    int kind;  /* SLOT_* */
+    int kind;         /* SLOT_* */
+    double deadline;  /* its replies are due by then, or the connection is replaced */
 } slot;
+
+/* A name being resolved by a thread of its own: getaddrinfo blocks (a silent DNS
+ * server: seconds), and the I/O thread must not. The job is the resolver thread's
+ * until it is handed back (E.resolved); then the I/O thread's, which frees it. */
+typedef struct resolve_job {
+    struct resolve_job *next;
+    char *host;
+    char port[16];
+    int gai;                 /* getaddrinfo's result */
+    struct addrinfo *res;    /* owned: its addresses */
+} resolve_job;
 
 struct bio_client {
     atomic_int refs;
@@ -55,31 +79,35 @@ struct bio_client {
     int fd;
     int want_out;                /* EPOLLOUT registered */
     redisReader *reader;
+    resp_scan scan;              /* the cost of the reply being received */
     char *out;                   /* bytes to write: out[pos..len) */
     size_t out_len, out_pos, out_cap;
+    size_t out_secret;           /* out[0..out_secret) holds AUTH: wiped once sent */
     slot *ring;                  /* in-flight FIFO */
     size_t r_head, r_count, r_cap;
-    bio_req *wait_head, *wait_tail;  /* requests waiting for a ready connection */
+    bio_req *wait_head, *wait_tail;  /* requests waiting for a connection or for room */
     bio_req *close_req;          /* a CLOSE waiting for the final statistics flush */
+    resolve_job *resolving;      /* borrowed identity of our job in progress, or NULL */
     double close_deadline;
-    double hs_deadline;          /* connect + handshake must finish by then */
+    double hs_deadline;          /* resolve + connect + handshake must finish by then */
     double backoff, backoff_until;
-    double last_read;
+    double ready_since;
     double next_flush;
     int ever_connected;
-    int reconnect_wanted;        /* keep reconnecting after failures (not after CLOSE) */
     char last_err[BIO_ERRLEN];
 };
 
 static struct {
     pthread_mutex_t lock;
     bio_req *head, *tail;        /* submitted, not yet taken by the thread */
+    resolve_job *resolved;       /* finished resolutions, not yet taken */
     int wake_pending;
     int wake_fd;
     int epfd;
     int started;
     pid_t pid;
     pthread_t thread;
+    atomic_int resolvers;        /* resolver threads running */
     bio_client *clients;         /* I/O thread only */
 } E = {.lock = PTHREAD_MUTEX_INITIALIZER, .wake_fd = -1, .epfd = -1};
 
@@ -314,6 +342,7 @@ bio_client_new(const bio_config *cfg)
     if (c == NULL) {
         return NULL;
     }
+    c->fd = -1;  /* before anything can fail: freeing closes fd if >= 0 */
     atomic_init(&c->refs, 1);
     c->pid = bio_pid();
     c->cfg = *cfg;
@@ -330,8 +359,8 @@ bio_client_new(const bio_config *cfg)
     }
     memcpy(c->cfg.stats_key, cfg->stats_key, cfg->stats_key_len);
     c->cfg.stats_key[cfg->stats_key_len] = '\0';
-    c->fd = -1;
     c->state = ST_IDLE;
+    resp_scan_init(&c->scan);
     return c;
 }
 
@@ -351,11 +380,17 @@ bio_client_decref(bio_client *c)
         if (c->reader) {
             redisReaderFree(c->reader);
         }
+        if (c->out != NULL) {
+            explicit_bzero(c->out, c->out_secret);
+        }
         free(c->out);
         free(c->ring);
         free(c->cfg.host);
         free(c->cfg.unix_path);
         free(c->cfg.username);
+        if (c->cfg.password != NULL) {
+            explicit_bzero(c->cfg.password, c->cfg.password_len);
+        }
         free(c->cfg.password);
         free(c->cfg.stats_key);
         free(c);
@@ -427,7 +462,9 @@ complete(bio_req *r, int status, const char *msg)
 {
     r->status = status;
     if (status != BIO_OK) {
-        snprintf(r->err, sizeof r->err, "%s", msg ? msg : "error");
+        if (msg != NULL) {  /* (NULL: r->err already says it) */
+            snprintf(r->err, sizeof r->err, "%s", msg);
+        }
         atomic_fetch_add(&r->client->counters.errors, 1);
         if (status == BIO_ETIMEOUT) {
             atomic_fetch_add(&r->client->counters.timeouts, 1);
@@ -446,7 +483,7 @@ complete(bio_req *r, int status, const char *msg)
 /* ------------------------------------------------------------------ FIFO */
 
 static int
-ring_push(bio_client *c, bio_req *r, int remaining, int kind)
+ring_push(bio_client *c, bio_req *r, int remaining, int kind, double deadline)
 {
     if (c->r_count == c->r_cap) {
         size_t cap = c->r_cap ? c->r_cap * 2 : 64;
@@ -466,6 +503,7 @@ ring_push(bio_client *c, bio_req *r, int remaining, int kind)
     s->req = r;
     s->remaining = remaining;
     s->kind = kind;
+    s->deadline = deadline;
     c->r_count++;
     return 0;
 }
@@ -503,12 +541,14 @@ out_append(bio_client *c, const char *data, size_t len)
     return 0;
 }
 
-/* Queue the bytes of buf as `ncmd` commands of a slot. */
+/* Queue the bytes of buf as `ncmd` commands of a slot whose replies are due by
+ * `deadline`. */
 static int
-send_slot(bio_client *c, const char *buf, size_t len, int ncmd, bio_req *r, int kind)
+send_slot(bio_client *c, const char *buf, size_t len, int ncmd, bio_req *r, int kind,
+          double deadline)
 {
     /* The slot first: bytes sent without one would shift every later reply. */
-    if (ring_push(c, r, ncmd, kind) < 0) {
+    if (ring_push(c, r, ncmd, kind, deadline) < 0) {
         return -1;
     }
     if (out_append(c, buf, len) < 0) {
@@ -517,6 +557,20 @@ send_slot(bio_client *c, const char *buf, size_t len, int ncmd, bio_req *r, int 
     }
     atomic_fetch_add(&c->counters.commands, (unsigned long long)ncmd);
     return 0;
+}
+
+/* Put a user request on the connection (its bytes are then ours to drop). Its reply
+ * is due socket_timeout from now, however long it waited to be sent. */
+static void
+send_request(bio_client *c, bio_req *r, double now)
+{
+    r->deadline = now + c->cfg.socket_timeout;
+    if (send_slot(c, r->buf, r->len, r->ncmd, r, SLOT_USER, r->deadline) < 0) {
+        complete(r, BIO_ECONN, "out of memory");
+        return;
+    }
+    free(r->buf);
+    r->buf = NULL;
 }
 
 /* ------------------------------------------------------------------ connection */
@@ -531,6 +585,19 @@ epoll_set(bio_client *c, int out)
         epoll_ctl(E.epfd, EPOLL_CTL_ADD, c->fd, &ev);
     }
     c->want_out = out;
+}
+
+static void
+wait_push(bio_client *c, bio_req *r)
+{
+    r->next = NULL;
+    if (c->wait_tail) {
+        c->wait_tail->next = r;
+    }
+    else {
+        c->wait_head = r;
+    }
+    c->wait_tail = r;
 }
 
 static void
@@ -557,7 +624,28 @@ fail_inflight(bio_client *c, int status, const char *msg)
     }
 }
 
-/* Drop the socket and everything in flight on it. */
+/* Send what waits, in order, while the pipeline has room (ready connections only). */
+static void
+pump_waiting(bio_client *c, double now)
+{
+    while (c->wait_head != NULL && c->state == ST_READY && c->close_req == NULL &&
+           c->r_count < MAX_PIPELINE) {
+        bio_req *r = c->wait_head;
+        c->wait_head = r->next;
+        if (c->wait_head == NULL) {
+            c->wait_tail = NULL;
+        }
+        if (r->op == BIO_OP_CONNECT) {
+            complete(r, BIO_OK, NULL);
+        }
+        else {
+            send_request(c, r, now);
+        }
+    }
+}
+
+/* Drop the socket and what was being read or written on it (its reader's memory
+ * included); the requests in flight are the caller's to fail. */
 static void
 close_socket(bio_client *c)
 {
@@ -570,13 +658,18 @@ close_socket(bio_client *c)
         redisReaderFree(c->reader);
         c->reader = NULL;
     }
+    resp_scan_init(&c->scan);
+    if (c->out_secret > 0) {
+        explicit_bzero(c->out, c->out_secret);
+        c->out_secret = 0;
+    }
     c->out_len = c->out_pos = 0;
     c->want_out = 0;
     atomic_store(&c->counters.connected, 0);
 }
 
 static void
-finish_close(bio_client *c)
+finish_close(bio_client *c, double now)
 {
     bio_req *r = c->close_req;
     c->close_req = NULL;
@@ -586,10 +679,15 @@ finish_close(bio_client *c)
     if (r) {
         complete(r, BIO_OK, NULL);
     }
+    if (c->wait_head != NULL) {
+        start_connect(c, now);  /* requests made after the disconnect() (a reconnect) */
+    }
 }
 
-/* The connection failed (or could not be made): fail what was sent on it, then
- * reconnect at once if it had been working, or back off if connecting failed. */
+/* The connection failed (or could not be made): fail what was sent on it (and, when
+ * connecting failed, what waited for it), then back off before the next attempt —
+ * unless it had been ready and healthy, which makes the next attempt immediate.
+ * Attempts are made only when a request needs one: an idle cache stays idle. */
 static void
 connection_failed(bio_client *c, const char *msg, double now)
 {
@@ -598,21 +696,27 @@ connection_failed(bio_client *c, const char *msg, double now)
     close_socket(c);
     fail_inflight(c, BIO_ECONN, msg);
     if (c->close_req) {
-        finish_close(c);
+        finish_close(c, now);
         return;
     }
-    if (was_ready) {
-        start_connect(c, now);  /* waiting requests stay queued */
+    if (!was_ready) {
+        fail_waiting(c, BIO_ECONN, msg);  /* they waited for this attempt */
+    }
+    if (was_ready && now - c->ready_since >= HEALTHY_AFTER) {
+        c->backoff = 0;
+        c->state = ST_IDLE;
+        if (c->wait_head != NULL) {
+            start_connect(c, now);  /* requests that were waiting for room */
+        }
         return;
     }
-    fail_waiting(c, BIO_ECONN, msg);
     c->backoff = c->backoff <= 0 ? BACKOFF_MIN : fmin(c->backoff * 2, BACKOFF_MAX);
     c->backoff_until = now + c->backoff;
     c->state = ST_BACKOFF;
 }
 
 static void
-append_stats_flush(bio_client *c)
+append_stats_flush(bio_client *c, double now)
 {
     unsigned long long hits = atomic_exchange(&c->counters.pending_hits, 0);
     unsigned long long misses = atomic_exchange(&c->counters.pending_misses, 0);
@@ -637,12 +741,14 @@ append_stats_flush(bio_client *c)
         bio_buf_command(&b, 4, argv, argvlen);
     }
     if (!b.oom) {
-        send_slot(c, b.data, b.len, b.ncmd, NULL, SLOT_STATS);
+        /* Due like any request: a server that never answers replaces the connection
+         * (and a dropped cache's client is not kept waiting for it). */
+        send_slot(c, b.data, b.len, b.ncmd, NULL, SLOT_STATS, now + c->cfg.socket_timeout);
     }
     bio_buf_free(&b);
 }
 
-/* TCP connected (or unix socket): send AUTH/SELECT/PING and wait for the replies. */
+/* Connected (TCP or unix socket): send AUTH/SELECT/PING and wait for the replies. */
 static void
 start_handshake(bio_client *c, double now)
 {
@@ -674,81 +780,68 @@ start_handshake(bio_client *c, double now)
     const char *ping[1] = {"PING"};
     size_t pinglen[1] = {4};
     bio_buf_command(&b, 1, ping, pinglen);
-    int rc = b.oom ? -1 : send_slot(c, b.data, b.len, b.ncmd, NULL, SLOT_HANDSHAKE);
+    /* The socket is new: the out buffer is empty, so AUTH starts it, and is wiped
+     * from it once sent (flush_out) or dropped (close_socket). */
+    int rc = b.oom ? -1 : send_slot(c, b.data, b.len, b.ncmd, NULL, SLOT_HANDSHAKE,
+                                    c->hs_deadline);
+    if (rc == 0 && c->cfg.password) {
+        c->out_secret = c->out_len;
+    }
+    if (b.data != NULL) {
+        explicit_bzero(b.data, b.len);
+    }
     bio_buf_free(&b);
     if (rc < 0) {
         connection_failed(c, "out of memory", now);
         return;
     }
     c->state = ST_HANDSHAKE;
-    c->last_read = now;
 }
 
 static void
 handshake_done(bio_client *c, double now)
 {
     c->state = ST_READY;
-    c->backoff = 0;
-    c->last_read = now;
+    c->ready_since = now;
     c->next_flush = now + STATS_FLUSH_EVERY;
     if (c->ever_connected) {
         atomic_fetch_add(&c->counters.reconnects, 1);
     }
     c->ever_connected = 1;
     atomic_store(&c->counters.connected, 1);
-    bio_req *r = c->wait_head;
-    c->wait_head = c->wait_tail = NULL;
-    while (r) {
-        bio_req *next = r->next;
-        if (r->op == BIO_OP_CONNECT) {
-            complete(r, BIO_OK, NULL);
-        }
-        else if (send_slot(c, r->buf, r->len, r->ncmd, r, SLOT_USER) < 0) {
-            complete(r, BIO_ECONN, "out of memory");
-        }
-        else {
-            free(r->buf);
-            r->buf = NULL;
-        }
-        r = next;
-    }
+    pump_waiting(c, now);
 }
 
+/* A non-blocking socket connecting to a unix path: fd, or -1 with err set. */
 static int
-open_socket(bio_client *c, char *err, size_t errlen)
+open_unix(bio_client *c, char *err, size_t errlen)
 {
-    if (c->cfg.unix_path) {
-        struct sockaddr_un sa = {.sun_family = AF_UNIX};
-        if (strlen(c->cfg.unix_path) >= sizeof sa.sun_path) {
-            snprintf(err, errlen, "unix socket path too long");
-            return -1;
-        }
-        strcpy(sa.sun_path, c->cfg.unix_path);
-        int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-        if (fd < 0) {
-            snprintf(err, errlen, "socket: %s", strerror(errno));
-            return -1;
-        }
-        if (connect(fd, (struct sockaddr *)&sa, sizeof sa) < 0 && errno != EINPROGRESS &&
-            errno != EAGAIN) {
-            snprintf(err, errlen, "Error %d connecting to unix socket: %s. %s.", errno,
-                     c->cfg.unix_path, strerror(errno));
-            close(fd);
-            return -1;
-        }
-        return fd;
-    }
-    char port[16];
-    snprintf(port, sizeof port, "%d", c->cfg.port);
-    struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM};
-    struct addrinfo *res = NULL;
-    int gai = getaddrinfo(c->cfg.host, port, &hints, &res);
-    if (gai != 0) {
-        snprintf(err, errlen, "Error connecting to %s:%d: %s", c->cfg.host, c->cfg.port,
-                 gai_strerror(gai));
+    struct sockaddr_un sa = {.sun_family = AF_UNIX};
+    if (strlen(c->cfg.unix_path) >= sizeof sa.sun_path) {
+        snprintf(err, errlen, "unix socket path too long");
         return -1;
     }
-    /* Prefer IPv4 ("localhost" often lists ::1 first; redis binds 127.0.0.1). */
+    strcpy(sa.sun_path, c->cfg.unix_path);
+    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0) {
+        snprintf(err, errlen, "socket: %s", strerror(errno));
+        return -1;
+    }
+    if (connect(fd, (struct sockaddr *)&sa, sizeof sa) < 0 && errno != EINPROGRESS &&
+        errno != EAGAIN) {
+        snprintf(err, errlen, "Error %d connecting to unix socket: %s. %s.", errno,
+                 c->cfg.unix_path, strerror(errno));
+        close(fd);
+        return -1;
+    }
+    return fd;
+}
+
+/* A non-blocking TCP socket connecting to the first IPv4 address of res (else its
+ * first): "localhost" often lists ::1 first, and redis binds 127.0.0.1. */
+static int
+open_tcp(bio_client *c, struct addrinfo *res, char *err, size_t errlen)
+{
     struct addrinfo *ai = res;
     for (struct addrinfo *p = res; p; p = p->ai_next) {
         if (p->ai_family == AF_INET) {
@@ -759,7 +852,6 @@ open_socket(bio_client *c, char *err, size_t errlen)
     int fd = socket(ai->ai_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (fd < 0) {
         snprintf(err, errlen, "socket: %s", strerror(errno));
-        freeaddrinfo(res);
         return -1;
     }
     int one = 1;
@@ -769,26 +861,167 @@ open_socket(bio_client *c, char *err, size_t errlen)
         snprintf(err, errlen, "Error %d connecting to %s:%d. %s.", errno, c->cfg.host,
                  c->cfg.port, strerror(errno));
         close(fd);
-        freeaddrinfo(res);
         return -1;
     }
-    freeaddrinfo(res);
     return fd;
+}
+
+/* Start connecting to these addresses (the result of a resolution). */
+static void
+connect_to(bio_client *c, int gai, struct addrinfo *res, double now)
+{
+    char err[BIO_ERRLEN];
+    if (gai != 0) {
+        snprintf(err, sizeof err, "Error connecting to %s:%d: %s", c->cfg.host, c->cfg.port,
+                 gai_strerror(gai));
+        connection_failed(c, err, now);
+        return;
+    }
+    int fd = open_tcp(c, res, err, sizeof err);
+    if (fd < 0) {
+        connection_failed(c, err, now);
+        return;
+    }
+    c->fd = fd;
+    c->state = ST_CONNECTING;
+    epoll_set(c, 1);  /* writable once connected */
+}
+
+/* ------------------------------------------------------------------ resolution */
+
+static void
+wake_io_thread_locked_then_unlock(void)
+{
+    int wake = !E.wake_pending;
+    E.wake_pending = 1;
+    pthread_mutex_unlock(&E.lock);
+    if (wake) {
+        uint64_t one = 1;
+        while (write(E.wake_fd, &one, sizeof one) < 0 && errno == EINTR) {
+        }
+    }
+}
+
+static void *
+resolver_main(void *arg)
+{
+    resolve_job *j = arg;
+    struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM};
+    j->gai = getaddrinfo(j->host, j->port, &hints, &j->res);
+    pthread_mutex_lock(&E.lock);
+    j->next = E.resolved;
+    E.resolved = j;
+    atomic_fetch_sub(&E.resolvers, 1);
+    wake_io_thread_locked_then_unlock();
+    return NULL;
+}
+
+static void
+job_free(resolve_job *j)
+{
+    if (j->res != NULL) {
+        freeaddrinfo(j->res);
+    }
+    free(j->host);
+    free(j);
+}
+
+/* Resolve c's host on a thread of its own; c waits in ST_RESOLVING (bounded by its
+ * hs_deadline) unless it already waits for one. 0, or -1 with err set. */
+static int
+start_resolving(bio_client *c, char *err, size_t errlen)
+{
+    c->state = ST_RESOLVING;
+    if (c->resolving != NULL) {
+        return 0;  /* an earlier attempt's resolution is still running: wait for it */
+    }
+    if (atomic_fetch_add(&E.resolvers, 1) >= MAX_RESOLVERS) {
+        atomic_fetch_sub(&E.resolvers, 1);
+        snprintf(err, errlen, "Error connecting to %s:%d: too many name resolutions in "
+                 "progress", c->cfg.host, c->cfg.port);
+        return -1;
+    }
+    resolve_job *j = calloc(1, sizeof *j);
+    if (j == NULL || (j->host = strdup(c->cfg.host)) == NULL) {
+        free(j);
+        atomic_fetch_sub(&E.resolvers, 1);
+        snprintf(err, errlen, "out of memory");
+        return -1;
+    }
+    snprintf(j->port, sizeof j->port, "%d", c->cfg.port);
+    sigset_t all, old;
+    sigfillset(&all);
+    pthread_sigmask(SIG_SETMASK, &all, &old);
+    pthread_attr_t attr;
+    pthread_attr_init(&attr);
+    pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+    pthread_t t;
+    int rc = pthread_create(&t, &attr, resolver_main, j);
+    pthread_attr_destroy(&attr);
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    if (rc != 0) {
+        job_free(j);
+        atomic_fetch_sub(&E.resolvers, 1);
+        snprintf(err, errlen, "Error connecting to %s:%d: cannot start a resolver: %s",
+                 c->cfg.host, c->cfg.port, strerror(rc));
+        return -1;
+    }
+    c->resolving = j;
+    return 0;
+}
+
+/* Resolutions that finished: give each to the client still waiting for it. */
+static void
+take_resolved(resolve_job *j, double now)
+{
+    while (j) {
+        resolve_job *next = j->next;
+        for (bio_client *c = E.clients; c; c = c->next) {
+            if (c->resolving != j) {
+                continue;
+            }
+            c->resolving = NULL;
+            if (c->state == ST_RESOLVING) {
+                connect_to(c, j->gai, j->res, now);
+            }
+            break;
+        }
+        job_free(j);  /* nobody waits any more: dropped */
+        j = next;
+    }
 }
 
 static void
 start_connect(bio_client *c, double now)
 {
     char err[BIO_ERRLEN];
-    c->state = ST_CONNECTING;
     c->hs_deadline = now + c->cfg.connect_timeout;
-    int fd = open_socket(c, err, sizeof err);
-    if (fd < 0) {
-        connection_failed(c, err, now);
+    if (c->cfg.unix_path) {
+        int fd = open_unix(c, err, sizeof err);
+        if (fd < 0) {
+            connection_failed(c, err, now);
+            return;
+        }
+        c->fd = fd;
+        c->state = ST_CONNECTING;
+        epoll_set(c, 1);
         return;
     }
-    c->fd = fd;
-    epoll_set(c, 1);  /* writable once connected */
+    /* A numeric address needs no resolving (and getaddrinfo does not block then). */
+    char port[16];
+    snprintf(port, sizeof port, "%d", c->cfg.port);
+    struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM,
+                             .ai_flags = AI_NUMERICHOST | AI_NUMERICSERV};
+    struct addrinfo *res = NULL;
+    int gai = getaddrinfo(c->cfg.host, port, &hints, &res);
+    if (gai == 0) {
+        connect_to(c, 0, res, now);
+        freeaddrinfo(res);
+        return;
+    }
+    if (start_resolving(c, err, sizeof err) < 0) {
+        connection_failed(c, err, now);
+    }
 }
 
 static void
@@ -846,6 +1079,10 @@ flush_out(bio_client *c, double now)
     if (wrote) {
         atomic_fetch_add(&c->counters.batches, 1);
     }
+    if (c->out_secret > 0 && c->out_pos >= c->out_secret) {
+        explicit_bzero(c->out, c->out_secret);  /* AUTH has left */
+        c->out_secret = 0;
+    }
     if (c->out_pos >= c->out_len) {
         c->out_pos = c->out_len = 0;
         if (c->want_out) {
@@ -869,6 +1106,7 @@ on_reply(bio_client *c, void *reply, double now)
 {
     slot *s = ring_front(c);
     if (s == NULL) {
+        /* Nothing was asked: the stream cannot be trusted any more. */
         freeReplyObject(reply);
         connection_failed(c, "Protocol error: unexpected reply", now);
         return;
@@ -907,7 +1145,10 @@ on_reply(bio_client *c, void *reply, double now)
         handshake_done(c, now);
     }
     else if (c->close_req && c->r_count == 0) {
-        finish_close(c);  /* the last reply a disconnect() was waiting for */
+        finish_close(c, now);  /* the last reply a disconnect() was waiting for */
+    }
+    else {
+        pump_waiting(c, now);  /* room in the pipeline */
     }
 }
 
@@ -920,7 +1161,26 @@ do_read(bio_client *c, double now)
         ssize_t n = recv(c->fd, buf, sizeof buf, 0);
         if (n > 0) {
             total += (size_t)n;
-            c->last_read = now;
+            if (c->r_count == 0) {
+                /* Nothing was asked (a middlebox, a broken server): whole or partial,
+                 * those bytes would glue onto the next reply. */
+                connection_failed(c, "Protocol error: unexpected reply", now);
+                return;
+            }
+            /* What the reply will cost is checked before hiredis builds it. */
+            int scan = resp_scan_feed(&c->scan, buf, (size_t)n, c->cfg.max_reply);
+            if (scan != RESP_SCAN_OK) {
+                char err[BIO_ERRLEN];
+                if (scan == RESP_SCAN_TOO_BIG) {
+                    snprintf(err, sizeof err, "Protocol error: reply larger than "
+                             "max_reply_bytes (%llu)", c->cfg.max_reply);
+                }
+                else {
+                    snprintf(err, sizeof err, "Protocol error: invalid reply");
+                }
+                connection_failed(c, err, now);
+                return;
+            }
             if (redisReaderFeed(c->reader, buf, (size_t)n) != REDIS_OK) {
                 connection_failed(c, "Protocol error", now);
                 return;
@@ -966,19 +1226,6 @@ do_read(bio_client *c, double now)
 /* ------------------------------------------------------------------ routing */
 
 static void
-wait_push(bio_client *c, bio_req *r)
-{
-    r->next = NULL;
-    if (c->wait_tail) {
-        c->wait_tail->next = r;
-    }
-    else {
-        c->wait_head = r;
-    }
-    c->wait_tail = r;
-}
-
-static void
 route(bio_req *r, double now)
 {
     bio_client *c = r->client;
@@ -988,9 +1235,18 @@ route(bio_req *r, double now)
         c->next = E.clients;
         E.clients = c;
     }
+    /* How long it may wait to be sent. A CONNECT: connect_timeout. A command waits
+     * for a connection (each attempt ends within connect_timeout) or for room in the
+     * pipeline (the requests ahead end within their socket_timeout); the deadline
+     * below only bounds the sum of both. Once sent, its reply is due within
+     * socket_timeout (send_request). */
+    r->deadline = now + c->cfg.connect_timeout +
+                  (r->op == BIO_OP_CONNECT ? 0 : c->cfg.socket_timeout);
     switch (r->op) {
+    case BIO_OP_FAIL:
+        complete(r, BIO_EFAILED, NULL);  /* its err was set by its maker */
+        return;
     case BIO_OP_CLOSE:
-        c->reconnect_wanted = 0;
         fail_waiting(c, BIO_ECLOSED, "disconnected");
         if (c->close_req) {  /* already closing: finish with the first */
             complete(r, BIO_OK, NULL);
@@ -1008,47 +1264,42 @@ route(bio_req *r, double now)
                 }
             }
             size_t before = c->r_count;
-            append_stats_flush(c);
+            append_stats_flush(c, now);
             if (c->r_count > before) {
                 c->close_deadline = now + c->cfg.socket_timeout;
                 return;
             }
         }
-        finish_close(c);
+        finish_close(c, now);
         return;
     case BIO_OP_CONNECT:
-        c->reconnect_wanted = 1;
-        if (c->state == ST_READY) {
+        if (c->state == ST_READY && c->close_req == NULL) {
             complete(r, BIO_OK, NULL);
             return;
         }
-        wait_push(c, r);
-        if (c->state == ST_IDLE || c->state == ST_BACKOFF) {
-            start_connect(c, now);
-        }
-        return;
-    default:
-        c->reconnect_wanted = 1;
-        if (c->state == ST_READY) {
-            if (send_slot(c, r->buf, r->len, r->ncmd, r, SLOT_USER) < 0) {
-                complete(r, BIO_ECONN, "out of memory");
-            }
-            else {
-                free(r->buf);
-                r->buf = NULL;
-            }
+        if (c->state == ST_BACKOFF && c->backoff_until > r->deadline) {
+            complete(r, BIO_ECONN, c->last_err);  /* no attempt before its deadline */
             return;
         }
-        if (c->state == ST_BACKOFF) {
+        break;  /* an attempt is made at once, or when the backoff ends */
+    default:
+        if (c->state == ST_READY && c->close_req == NULL && c->wait_head == NULL &&
+            c->r_count < MAX_PIPELINE) {
+            send_request(c, r, now);
+            return;
+        }
+        if (c->state == ST_BACKOFF && r->op == BIO_OP_CMD) {
             /* Fail fast while the server is known to be unreachable. */
             complete(r, BIO_ECONN, c->last_err);
             return;
         }
-        wait_push(c, r);
-        if (c->state == ST_IDLE) {
-            start_connect(c, now);
-        }
-        return;
+        break;
+    }
+    /* Wait, in order: for the connection (made now if nothing is under way), for
+     * room in the pipeline, or for the disconnect() under way to finish. */
+    wait_push(c, r);
+    if (c->state == ST_IDLE) {
+        start_connect(c, now);
     }
 }
 
@@ -1058,7 +1309,7 @@ static double
 client_timers(bio_client *c, double now)
 {
     double next = INFINITY;
-    /* Requests waiting for a connection. */
+    /* Requests waiting for a connection or for room. */
     bio_req **pp = &c->wait_head, *prev = NULL;
     while (*pp) {
         bio_req *r = *pp;
@@ -1075,27 +1326,25 @@ client_timers(bio_client *c, double now)
         prev = r;
         pp = &r->next;
     }
-    /* Requests in flight, oldest first. */
-    int expired = 0;
-    for (size_t i = 0; i < c->r_count; i++) {
-        slot *s = &c->ring[(c->r_head + i) % c->r_cap];
-        if (s->req == NULL) {
-            continue;
+    /* Replies due: one not complete by its deadline means the connection is stalled
+     * (or trickling): every request on it fails and it is replaced. */
+    slot *front = ring_front(c);
+    if (front != NULL && c->state == ST_READY) {
+        if (front->deadline <= now) {
+            for (size_t i = 0; i < c->r_count; i++) {
+                slot *s = &c->ring[(c->r_head + i) % c->r_cap];
+                if (s->req != NULL && s->deadline <= now) {
+                    complete(s->req, BIO_ETIMEOUT, "Timeout reading from socket");
+                    s->req = NULL;
+                }
+            }
+            connection_failed(c, "Timeout reading from socket", now);
+            return now;
         }
-        if (s->req->deadline > now) {
-            next = fmin(next, s->req->deadline);
-            break;
-        }
-        complete(s->req, BIO_ETIMEOUT, "Timeout reading from socket");
-        s->req = NULL;
-        expired = 1;
-    }
-    if (expired && now - c->last_read >= c->cfg.socket_timeout) {
-        /* Nothing heard for a whole socket_timeout: the connection is dead. */
-        connection_failed(c, "Timeout reading from socket", now);
-        return now;
+        next = fmin(next, front->deadline);
     }
     switch (c->state) {
+    case ST_RESOLVING:
     case ST_CONNECTING:
     case ST_HANDSHAKE:
         if (c->hs_deadline <= now) {
@@ -1106,11 +1355,11 @@ client_timers(bio_client *c, double now)
         break;
     case ST_BACKOFF:
         if (c->backoff_until <= now) {
-            if (c->reconnect_wanted && atomic_load(&c->refs) > 1) {
+            c->state = ST_IDLE;
+            if (c->wait_head != NULL) {
                 start_connect(c, now);
                 return now;
             }
-            c->state = ST_IDLE;
         }
         else {
             next = fmin(next, c->backoff_until);
@@ -1118,7 +1367,7 @@ client_timers(bio_client *c, double now)
         break;
     case ST_READY:
         if (c->next_flush <= now) {
-            append_stats_flush(c);
+            append_stats_flush(c, now);
             c->next_flush = now + STATS_FLUSH_EVERY;
         }
         next = fmin(next, c->next_flush);
@@ -1126,7 +1375,7 @@ client_timers(bio_client *c, double now)
     }
     if (c->close_req) {
         if (c->close_deadline <= now) {
-            finish_close(c);
+            finish_close(c, now);
         }
         else {
             next = fmin(next, c->close_deadline);
@@ -1145,14 +1394,33 @@ take_submitted(double now)
     }
     pthread_mutex_lock(&E.lock);
     bio_req *r = E.head;
+    resolve_job *resolved = E.resolved;
     E.head = E.tail = NULL;
+    E.resolved = NULL;
     E.wake_pending = 0;
     pthread_mutex_unlock(&E.lock);
+    take_resolved(resolved, now);
     while (r) {
         bio_req *next = r->next;
         route(r, now);
         r = next;
     }
+}
+
+/* A client nobody holds any more (its cache was freed) is let go once nothing is
+ * left on it; a ready one sends its last statistics first. */
+static int
+client_finished(bio_client *c, double now)
+{
+    if (atomic_load(&c->refs) != 1 || c->wait_head != NULL || c->close_req != NULL) {
+        return 0;
+    }
+    if (c->r_count == 0 && c->state == ST_READY && c->counters.pending_hits +
+        c->counters.pending_misses > 0) {
+        append_stats_flush(c, now);
+        flush_out(c, now);
+    }
+    return c->r_count == 0;
 }
 
 static void *
@@ -1194,14 +1462,7 @@ io_main(void *arg)
             flush_out(c, now);
             next = fmin(next, client_timers(c, now));
             flush_out(c, now);
-            if (atomic_load(&c->refs) == 1 && c->r_count == 0 && c->wait_head == NULL &&
-                c->close_req == NULL && c->state == ST_READY) {
-                /* The cache was dropped: send its last statistics before letting go. */
-                append_stats_flush(c);
-                flush_out(c, now);
-            }
-            if (atomic_load(&c->refs) == 1 && c->r_count == 0 && c->wait_head == NULL &&
-                c->close_req == NULL) {
+            if (client_finished(c, now)) {
                 *pp = c->next;
                 close_socket(c);
                 bio_client_decref(c);
@@ -1228,8 +1489,9 @@ engine_start(void)
         return 0;
     }
     if (E.started) {
-        /* A forked child: the parent's thread does not exist here. Start afresh;
-         * the parent's clients and queues are left alone (never touched again). */
+        /* A forked child: the parent's threads do not exist here. Start afresh; the
+         * parent's clients, queues and resolutions are left alone (never touched
+         * again). */
         pthread_mutex_init(&E.lock, NULL);
         if (E.wake_fd >= 0) {
             close(E.wake_fd);
@@ -1238,8 +1500,10 @@ engine_start(void)
             close(E.epfd);
         }
         E.head = E.tail = NULL;
+        E.resolved = NULL;
         E.wake_pending = 0;
         E.clients = NULL;
+        atomic_store(&E.resolvers, 0);
         E.started = 0;
     }
     E.epfd = epoll_create1(EPOLL_CLOEXEC);
@@ -1293,13 +1557,6 @@ bio_submit_list(bio_req *head, bio_req *tail)
         E.head = head;
     }
     E.tail = tail;
-    int wake = !E.wake_pending;
-    E.wake_pending = 1;
-    pthread_mutex_unlock(&E.lock);
-    if (wake) {
-        uint64_t one = 1;
-        while (write(E.wake_fd, &one, sizeof one) < 0 && errno == EINTR) {
-        }
-    }
+    wake_io_thread_locked_then_unlock();
     return 0;
 }

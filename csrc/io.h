@@ -8,8 +8,13 @@
  * request is pushed on its bridge's completion queue and the bridge's eventfd is
  * written, once per batch. The thread never dereferences the opaque pointers.
  *
- * Every request has a deadline (socket_timeout after submission); a connection
- * that fails fails its in-flight requests; the thread reconnects with backoff.
+ * Every request has a deadline: a command's reply is due socket_timeout after it is
+ * sent, and waiting to be sent (for a connection, within connect_timeout, or for room
+ * in the pipeline) is bounded too; a connection that fails fails its in-flight
+ * requests; the thread reconnects when a request needs it, backing off after
+ * failures. What each
+ * resource may cost and who frees it on every path: docs/ARCHITECTURE.md, "Failure
+ * model".
  */
 #ifndef BRUNO_IO_H
 #define BRUNO_IO_H
@@ -30,6 +35,7 @@ enum {
     BIO_ECONN,         /* could not connect, or the connection failed */
     BIO_ECLOSED,       /* disconnect() was called while it was pending */
     BIO_EDROPPED,      /* set by a bridge: its loop is gone, nobody can await it */
+    BIO_EFAILED,       /* could not be sent (BIO_OP_FAIL): err says why */
 };
 
 /* What a request asks of the I/O thread. */
@@ -37,6 +43,7 @@ enum {
     BIO_OP_CMD = 0,    /* send buf (ncmd commands), collect ncmd replies */
     BIO_OP_CONNECT,    /* complete once connected (or failed) */
     BIO_OP_CLOSE,      /* flush statistics, fail what is pending, close */
+    BIO_OP_FAIL,       /* nothing to send: complete at once with BIO_EFAILED and err */
 };
 
 #define BIO_ERRLEN 200
@@ -51,7 +58,7 @@ struct bio_req {
     size_t len;
     void **replies;           /* redisReply *[ncmd] (owned), filled by the thread */
     int nrep;                 /* replies received */
-    double deadline;          /* monotonic seconds */
+    double deadline;          /* monotonic seconds; set by the I/O thread (route, send) */
     int status;               /* BIO_OK or BIO_E* */
     char err[BIO_ERRLEN];     /* message when status != BIO_OK */
     /* Opaque to the I/O thread, which never reads them: the submitter's (Python
@@ -85,6 +92,7 @@ typedef struct {
     double socket_timeout;
     char *stats_key;          /* prefix + "stats" */
     size_t stats_key_len;
+    unsigned long long max_reply;  /* what one reply may cost (bytes; see resp_scan) */
 } bio_config;
 
 /* Local, process-wide counters of a client, read by RedisCache.stats(). */

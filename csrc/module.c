@@ -260,8 +260,7 @@ module_exec(PyObject *module)
     }
     if (import_attr("asyncio", "InvalidStateError", &st->InvalidStateError) < 0 ||
         import_attr("json", "dumps", &st->json_dumps) < 0 ||
-        import_attr("json", "loads", &st->json_loads) < 0 ||
-        import_attr("urllib.parse", "urlsplit", &st->urlsplit) < 0) {
+        import_attr("json", "loads", &st->json_loads) < 0) {
         return -1;
     }
     if (bruno_codec_init(st) < 0) {
@@ -306,7 +305,6 @@ module_traverse(PyObject *module, visitproc visit, void *arg)
     Py_VISIT(st->json_dumps);
     Py_VISIT(st->json_loads);
     Py_VISIT(st->logger);
-    Py_VISIT(st->urlsplit);
     Py_VISIT(st->json_encoder);
     Py_VISIT(st->json_markers);
     Py_VISIT(st->json_scan_once);
@@ -340,7 +338,6 @@ module_clear(PyObject *module)
     Py_CLEAR(st->json_dumps);
     Py_CLEAR(st->json_loads);
     Py_CLEAR(st->logger);
-    Py_CLEAR(st->urlsplit);
     Py_CLEAR(st->str_set_result);
     Py_CLEAR(st->str_create_future);
     Py_CLEAR(st->str_future_blocking);

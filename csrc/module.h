@@ -26,7 +26,6 @@ typedef struct {
     PyObject *json_markers;           /* owned or NULL: its circular-reference dict */
     PyObject *json_scan_once;         /* owned or NULL: _json scanner of a JSONDecoder */
     PyObject *logger;                 /* owned: logging.getLogger("bruno_memory_c") */
-    PyObject *urlsplit;               /* owned: urllib.parse.urlsplit */
     PyObject *get_running_loop;       /* owned: asyncio.get_running_loop */
     PyObject *str_call_later;         /* owned: interned "call_later" */
     PyObject *str_is_closed;          /* owned: interned "is_closed" */

@@ -15,10 +15,10 @@
 #include <math.h>
 #include <unistd.h>
 
-/* Requests allowed in flight per cache; past it, requests wait in the cache (never
- * failing for it) and are handed to the I/O thread as earlier ones finish. */
-#define MAX_IN_FLIGHT 65536
 #define SCAN_COUNT "1000"
+/* What one reply may cost unless max_reply_bytes says otherwise: Redis' own
+ * proto-max-bulk-len (respscan.h says how a reply is costed). */
+#define DEFAULT_MAX_REPLY (512ULL * 1024 * 1024)
 
 enum {
     K_CONNECT = 1, K_CLOSE, K_GET, K_SET, K_DELETE, K_EXISTS, K_MGET, K_SETMANY,
@@ -26,6 +26,8 @@ enum {
     K_AUTOCONNECT = 0x100,  /* flag: the cache was not connected when called */
     K_ENTER = 0x200,        /* flag: connect() for __aenter__, returns the cache */
     K_WITH_TTL = 0x400,     /* flag: PTTL of each key follows (MultiLevelCache) */
+    K_FIRST = 0x800,        /* flag: clear()'s first step (DBSIZE + SCAN) */
+    K_LAST = 0x1000,        /* flag: clear()'s last step (DEL only) */
 };
 _Static_assert((int)K_GET == RC_GET && (int)K_SET == RC_SET && (int)K_DELETE == RC_DELETE &&
                    (int)K_EXISTS == RC_EXISTS && (int)K_MGET == RC_MGET &&
@@ -52,8 +54,8 @@ typedef struct {
     double connect_timeout;
     int connected;               /* connect() succeeded and no disconnect() since */
     unsigned long long hits, misses;  /* this process's counts */
-    Py_ssize_t in_flight;        /* submitted, not yet finished */
-    bio_req *backlog_head, *backlog_tail;  /* over MAX_IN_FLIGHT, not yet submitted */
+    Py_ssize_t in_flight;        /* submitted, not yet finished (delivered) */
+    unsigned long long max_reply;  /* max_reply_bytes */
     PyObject *last_bridge;       /* owned LoopBridge of the last loop used, or NULL */
     PyObject *rl_holder;         /* owned, or NULL: asyncio's running-loop holder seen
                                     with last_bridge (identity check; see rc_bridge) */
@@ -232,7 +234,6 @@ rc_client(RedisCache *self)
         self->client = NULL;
         self->connected = 0;
         self->in_flight = 0;
-        self->backlog_head = self->backlog_tail = NULL;
         Py_CLEAR(self->last_bridge);
         Py_CLEAR(self->rl_holder);
     }
@@ -244,6 +245,7 @@ rc_client(RedisCache *self)
     cfg.db = self->db;
     cfg.connect_timeout = self->connect_timeout;
     cfg.socket_timeout = self->socket_timeout;
+    cfg.max_reply = self->max_reply;
     cfg.host = (char *)PyUnicode_AsUTF8(self->host);
     if (cfg.host == NULL) {
         return NULL;
@@ -322,63 +324,18 @@ rc_bridge(RedisCache *self, int *no_loop)
 
 static void rc_done(bio_req *r);
 
-static void
-backlog_push(RedisCache *self, bio_req *r)
-{
-    r->next = NULL;
-    if (self->backlog_tail) {
-        self->backlog_tail->next = r;
-    }
-    else {
-        self->backlog_head = r;
-    }
-    self->backlog_tail = r;
-}
-
-/* Hand r to the I/O thread through the running loop's bridge, or to the backlog
- * past MAX_IN_FLIGHT. 0 or -1. */
+/* Hand r to the I/O thread through the running loop's bridge. However many are in
+ * flight, it is taken: past what one connection pipelines, the I/O thread keeps
+ * requests waiting, in order (no loop needs to run for them to move on). 0 or -1. */
 static int
 rc_submit(RedisCache *self, bio_req *r, PyObject *bridge)
 {
     self->in_flight++;
-    if (self->in_flight > MAX_IN_FLIGHT || self->backlog_head != NULL) {
-        backlog_push(self, r);
-        return 0;
-    }
     if (bruno_bridge_submit(bridge, r, self->in_flight) < 0) {
         self->in_flight--;
         return -1;
     }
     return 0;
-}
-
-static void
-rc_release_backlog(RedisCache *self)
-{
-    while (self->backlog_head != NULL && self->in_flight <= MAX_IN_FLIGHT) {
-        bio_req *r = self->backlog_head;
-        self->backlog_head = r->next;
-        if (self->backlog_head == NULL) {
-            self->backlog_tail = NULL;
-        }
-        /* Through its loop's bridge, behind the requests batched there (which are
-         * older): commands must reach Redis in the order they were made. */
-        BrunoAwaitable *aw = (BrunoAwaitable *)r->user;
-        PyObject *bridge = aw->loop ? bruno_bridge_for_loop(self->st, aw->loop) : NULL;
-        if (bridge != NULL) {
-            int rc = bruno_bridge_submit(bridge, r, self->in_flight);
-            Py_DECREF(bridge);
-            if (rc == 0) {
-                continue;
-            }
-        }
-        PyErr_Clear();
-        if (bio_submit(r) < 0) {
-            r->status = BIO_ECONN;
-            snprintf(r->err, sizeof r->err, "cannot start the I/O thread");
-            r->on_done(r);
-        }
-    }
 }
 
 /* Free a request that was never submitted (its references included). */
@@ -420,13 +377,22 @@ start_deferred(PyObject *awobj)
         }
         return -1;
     }
+    if (bio_client_pid(r->client) != bio_pid()) {
+        /* Made before a fork, awaited in the child: the parent's client is not served
+         * here. The request goes to this process's (the parent's reference is
+         * abandoned, as rc_client abandons the parent's client). */
+        bio_client *own = rc_client(self);
+        if (own == NULL) {
+            return -1;
+        }
+        r->client = own;
+        bio_client_incref(own);
+    }
     aw->deferred = NULL;
     Py_XSETREF(aw->loop, bruno_bridge_loop(bridge));
     aw->plain_future = bruno_bridge_plain_future(bridge);
     r->bridge = bruno_bridge_c(bridge);
     bio_bridge_incref(r->bridge);
-    r->deadline = bio_now() + (r->op == BIO_OP_CONNECT ? self->connect_timeout
-                                                       : self->socket_timeout);
     r->user = Py_NewRef(awobj);
     if (rc_submit(self, r, bridge) < 0) {
         Py_DECREF(awobj);
@@ -439,10 +405,11 @@ start_deferred(PyObject *awobj)
 
 /* Make a request of `kind` from the commands in b (taken), submit it, and return
  * its pending awaitable. Without a running loop the request waits in the
- * awaitable until it is awaited. */
+ * awaitable until it is awaited. With `failure` (op BIO_OP_FAIL) the request fails
+ * with that message without being sent, and comes back as any failed request. */
 static PyObject *
 rc_request(RedisCache *self, const char *qualname, int kind, int op, bio_buf *b,
-           ml_via *via)
+           ml_via *via, const char *failure)
 {
     bio_client *client = b->oom ? NULL : rc_client(self);
     if (client == NULL) {
@@ -474,6 +441,9 @@ rc_request(RedisCache *self, const char *qualname, int kind, int op, bio_buf *b,
     r->kind = kind;
     r->on_done = rc_done;
     r->ctx = Py_NewRef(self);
+    if (failure != NULL) {
+        snprintf(r->err, sizeof r->err, "%s", failure);
+    }
     PyObject *awobj = bruno_aw_pending(self->st, qualname);
     if (awobj == NULL) {
         drop_unsent(r);
@@ -602,19 +572,24 @@ failed_result(RedisCache *self, int kind, const char *what, PyObject *key, PyObj
         Py_DECREF(text);
         Py_RETURN_FALSE;
     case K_SET:
+        log_error2(self, "Error setting key %s: %s", key, text);
         *exc = rc_error(self, "Failed to set cache key: %s", what);
         break;
     case K_SETMANY:
+        log_error(self, "Error setting multiple keys: %s", text);
         *exc = rc_error(self, "Failed to set multiple keys: %s", what);
         break;
     case K_CLEAR:
+        log_error(self, "Error clearing cache: %s", text);
         *exc = rc_error(self, "Failed to clear cache: %s", what);
         break;
     case K_STATS:
     case K_STATS_SCAN:
+        log_error(self, "Error getting stats: %s", text);
         Py_DECREF(text);
         return Py_BuildValue("{s:s,s:s}", "type", "redis", "error", what);
-    default:
+    default:  /* connect(), or a method that had to connect first */
+        log_error(self, "Failed to connect to Redis: %s", text);
         *exc = rc_error(self, "Redis connection failed: %s", what);
         break;
     }
@@ -651,7 +626,6 @@ rc_continue(RedisCache *self, BrunoAwaitable *aw, bio_req *prev, int kind, bio_b
     r->on_done = rc_done;
     r->ctx = Py_NewRef(self);
     r->user = Py_NewRef(aw);
-    r->deadline = bio_now() + self->socket_timeout;
     r->via = prev->via;
     prev->via = NULL;
     if (rc_submit(self, r, bridge) < 0) {
@@ -686,7 +660,21 @@ cursor_done(redisReply *cursor)
     return cursor->len == 1 && cursor->str[0] == '0';
 }
 
-/* clear(): replies are [DEL]? [SCAN]?; continue until the cursor is 0.
+/* How many SCAN steps a keyspace of `dbsize` keys can need, with room to spare:
+ * each SCAN ... COUNT 1000 returns at least its ~1000 elements or visits 10,000
+ * buckets, and a table (two while rehashing) has at most 4 buckets per key. A server
+ * that keeps answering with a non-zero cursor past this is broken or hostile: the
+ * clear (or the statistics' count) ends with an error instead of looping forever. */
+static long long
+scan_budget(long long dbsize)
+{
+    return 16 + (dbsize > 0 ? dbsize / 100 : 0);
+}
+
+/* clear(): the first step is DBSIZE + SCAN 0, then [DEL keys] SCAN cursor while the
+ * cursor is not 0, then a last DEL of what the last SCAN found. aw->ctx holds the
+ * steps left (a Python int). An abandoned clear (its awaitable cancelled or closed)
+ * stops at its next step: what the steps already taken deleted stays deleted.
  * Returns a new reference (None when done), or NULL with *exc or an exception;
  * *pending = 1 when a follow-up was submitted. */
 static PyObject *
@@ -696,22 +684,48 @@ clear_step(RedisCache *self, BrunoAwaitable *aw, bio_req *r, PyObject **exc, int
         redisReply *rep = r->replies[i];
         if (rep->type == REDIS_REPLY_ERROR) {
             PyObject *t = reply_error_text(rep);
-            *exc = rc_error(self, "Failed to clear cache: %s", t ? PyUnicode_AsUTF8(t) : "");
+            PyObject *res = failed_result(self, K_CLEAR, t ? PyUnicode_AsUTF8(t) : "", NULL, exc);
             Py_XDECREF(t);
-            return NULL;
+            return res;
         }
     }
     redisReply *last = r->replies[r->nrep - 1], *cursor, *keys;
-    if (last->type != REDIS_REPLY_ARRAY) {
-        Py_RETURN_NONE;  /* the final DEL */
+    if (r->kind & K_LAST) {
+        if (last->type != REDIS_REPLY_INTEGER) {
+            return failed_result(self, K_CLEAR, "unexpected DEL reply", NULL, exc);
+        }
+        Py_RETURN_NONE;
     }
     if (scan_parts(last, &cursor, &keys) < 0) {
-        *exc = rc_error(self, "Failed to clear cache: %s", "unexpected SCAN reply");
-        return NULL;
+        return failed_result(self, K_CLEAR, "unexpected SCAN reply", NULL, exc);
+    }
+    long long budget;
+    if (r->kind & K_FIRST) {
+        redisReply *dbsize = r->replies[0];
+        if (dbsize->type != REDIS_REPLY_INTEGER) {
+            return failed_result(self, K_CLEAR, "unexpected DBSIZE reply", NULL, exc);
+        }
+        budget = scan_budget(dbsize->integer);
+    }
+    else {
+        budget = aw->ctx != NULL ? PyLong_AsLongLong(aw->ctx) : 0;
+    }
+    if (aw->state == AW_DONE) {
+        Py_RETURN_NONE;  /* abandoned: no further step */
     }
     if (keys->elements == 0 && cursor_done(cursor)) {
         Py_RETURN_NONE;
     }
+    if (!cursor_done(cursor) && --budget <= 0) {
+        return failed_result(self, K_CLEAR,
+                             "SCAN did not finish (more steps than the keyspace can need)",
+                             NULL, exc);
+    }
+    PyObject *left = PyLong_FromLongLong(budget);
+    if (left == NULL) {
+        return NULL;
+    }
+    Py_XSETREF(aw->ctx, left);
     bio_buf b;
     bio_buf_init(&b);
     if (keys->elements > 0) {
@@ -721,14 +735,30 @@ clear_step(RedisCache *self, BrunoAwaitable *aw, bio_req *r, PyObject **exc, int
             bio_buf_bulk(&b, keys->element[i]->str, keys->element[i]->len);
         }
     }
+    int kind = K_CLEAR;
     if (!cursor_done(cursor)) {
         append_scan(self, &b, cursor->str, cursor->len);
     }
-    if (rc_continue(self, aw, r, K_CLEAR, &b) < 0) {
+    else {
+        kind |= K_LAST;
+    }
+    if (rc_continue(self, aw, r, kind, &b) < 0) {
         return NULL;
     }
     *pending = 1;
     return NULL;
+}
+
+/* get_stats()'s error dict (logged): the text of an error reply `rep`, else `what`. */
+static PyObject *
+stats_failed(RedisCache *self, redisReply *rep, const char *what)
+{
+    PyObject *t = rep != NULL && rep->type == REDIS_REPLY_ERROR ? reply_error_text(rep) : NULL;
+    const char *detail = t != NULL ? PyUnicode_AsUTF8(t) : what;
+    PyObject *unused = NULL;
+    PyObject *d = detail != NULL ? failed_result(self, K_STATS, detail, NULL, &unused) : NULL;
+    Py_XDECREF(t);
+    return d;
 }
 
 /* get_stats(): [HINCRBY...]* HGETALL SCAN, then SCAN until the cursor is 0.
@@ -739,7 +769,7 @@ stats_step(RedisCache *self, BrunoAwaitable *aw, bio_req *r, int *pending)
     redisReply *scan = r->replies[r->nrep - 1], *cursor, *keys;
     PyObject *acc = aw->ctx;
     if ((r->kind & 0xff) == K_STATS) {
-        redisReply *h = r->replies[r->nrep - 2];
+        redisReply *h = r->replies[r->nrep - 3], *dbsize = r->replies[r->nrep - 2];
         long long hits = 0, misses = 0;
         if (h->type == REDIS_REPLY_ARRAY) {
             for (size_t i = 0; i + 1 < h->elements; i += 2) {
@@ -763,23 +793,22 @@ stats_step(RedisCache *self, BrunoAwaitable *aw, bio_req *r, int *pending)
             misses = (long long)self->misses;
         }
         else {
-            PyObject *t = h->type == REDIS_REPLY_ERROR ? reply_error_text(h)
-                                                       : PyUnicode_FromString("unexpected reply");
-            return t ? Py_BuildValue("{s:s,s:N}", "type", "redis", "error", t) : NULL;
+            return stats_failed(self, h, "unexpected HGETALL reply");
         }
-        acc = Py_BuildValue("[LLi]", hits, misses, 0);
+        if (dbsize->type != REDIS_REPLY_INTEGER) {
+            return stats_failed(self, NULL, "unexpected DBSIZE reply");
+        }
+        acc = Py_BuildValue("[LLiL]", hits, misses, 0, scan_budget(dbsize->integer));
         if (acc == NULL) {
             return NULL;
         }
         Py_XSETREF(aw->ctx, acc);
     }
     if (scan->type == REDIS_REPLY_ERROR) {
-        PyObject *t = reply_error_text(scan);
-        PyObject *d = Py_BuildValue("{s:s,s:N}", "type", "redis", "error", t);
-        return d;
+        return stats_failed(self, scan, NULL);
     }
     if (scan_parts(scan, &cursor, &keys) < 0) {
-        return Py_BuildValue("{s:s,s:s}", "type", "redis", "error", "unexpected SCAN reply");
+        return stats_failed(self, NULL, "unexpected SCAN reply");
     }
     long long size = PyLong_AsLongLong(PyList_GET_ITEM(acc, 2)) + (long long)keys->elements;
     PyObject *sz = PyLong_FromLongLong(size);
@@ -788,6 +817,13 @@ stats_step(RedisCache *self, BrunoAwaitable *aw, bio_req *r, int *pending)
     }
     PyList_SetItem(acc, 2, sz);
     if (!cursor_done(cursor)) {
+        long long budget = PyLong_AsLongLong(PyList_GET_ITEM(acc, 3)) - 1;
+        PyObject *left = budget > 0 ? PyLong_FromLongLong(budget) : NULL;
+        if (left == NULL) {
+            return budget > 0 ? NULL : stats_failed(
+                self, NULL, "SCAN did not finish (more steps than the keyspace can need)");
+        }
+        PyList_SetItem(acc, 3, left);
         bio_buf b;
         bio_buf_init(&b);
         append_scan(self, &b, cursor->str, cursor->len);
@@ -799,8 +835,10 @@ stats_step(RedisCache *self, BrunoAwaitable *aw, bio_req *r, int *pending)
     }
     long long hits = PyLong_AsLongLong(PyList_GET_ITEM(acc, 0));
     long long misses = PyLong_AsLongLong(PyList_GET_ITEM(acc, 1));
-    long long total = hits + misses;
-    PyObject *rate = PyFloat_FromDouble(total > 0 ? (double)hits / (double)total * 100 : 0.0);
+    /* In doubles: counters another client wrote may be anything, up to LLONG_MAX
+     * each, whose sum a long long cannot hold. */
+    double total = (double)hits + (double)misses;
+    PyObject *rate = PyFloat_FromDouble(total > 0 ? (double)hits / total * 100 : 0.0);
     if (rate == NULL) {
         return NULL;
     }
@@ -903,10 +941,10 @@ ok_result(RedisCache *self, BrunoAwaitable *aw, bio_req *r, PyObject **exc, int 
             redisReply *e = r->replies[i];
             if (e->type == REDIS_REPLY_ERROR) {
                 PyObject *t = reply_error_text(e);
-                *exc = rc_error(self, "Failed to set multiple keys: %s",
-                                t ? PyUnicode_AsUTF8(t) : "");
+                PyObject *res = failed_result(self, K_SETMANY, t ? PyUnicode_AsUTF8(t) : "",
+                                              NULL, exc);
                 Py_XDECREF(t);
-                return NULL;
+                return res;
             }
         }
         Py_RETURN_NONE;
@@ -962,7 +1000,7 @@ rc_done(bio_req *r)
         /* As the reference: a method that had to connect first raises the
          * connection failure. (A MultiLevelCache's reads never raise for their
          * L2: they fall through to the usual failure result below.) */
-        exc = rc_error(self, "Redis connection failed: %s", r->err);
+        result = failed_result(self, K_CONNECT, r->err, NULL, &exc);
     }
     else if (kind == K_CLOSE) {
         self->connected = 0;
@@ -996,12 +1034,51 @@ rc_done(bio_req *r)
         }
     }
     bio_req_free(r);
-    rc_release_backlog(self);
     Py_DECREF(aw);
     Py_DECREF(self);
 }
 
 /* ------------------------------------------------------------------ methods */
+
+/* What a request could not be made for gives its via back. */
+static PyObject *
+no_request(PyObject *ret, ml_via *via)
+{
+    if (via != NULL) {
+        bruno_mlc_via_drop(via);
+    }
+    return ret;
+}
+
+/* A read whose key cannot become text (str() or format() raised, or the text is not
+ * UTF-8 encodable): as in the reference, whose key building sits inside its try, the
+ * method gives its failure value (None / False / {}) and the error is logged — the
+ * request takes the normal way back, failed without being sent (so a
+ * MultiLevelCache counts it as an L2 failure too). An exception that is not an
+ * Exception (KeyboardInterrupt, ...) propagates. ctx: what the log names. */
+static PyObject *
+rc_unsendable(RedisCache *self, const char *qualname, int kind, ml_via *via, PyObject *ctx)
+{
+    if (!PyErr_ExceptionMatches(PyExc_Exception)) {
+        return no_request(NULL, via);
+    }
+    PyObject *exc = PyErr_GetRaisedException();
+    PyObject *text = PyObject_Str(exc);
+    Py_DECREF(exc);
+    const char *msg = text ? PyUnicode_AsUTF8(text) : NULL;
+    if (msg == NULL) {
+        PyErr_Clear();
+        msg = "key cannot be formatted";
+    }
+    bio_buf b;
+    bio_buf_init(&b);
+    PyObject *aw = rc_request(self, qualname, kind, BIO_OP_FAIL, &b, via, msg);
+    Py_XDECREF(text);
+    if (aw != NULL) {
+        ((BrunoAwaitable *)aw)->ctx = Py_NewRef(ctx);
+    }
+    return aw;
+}
 
 /* A one-key command, NAME prefix+key, and with K_WITH_TTL a PTTL of the key. */
 static PyObject *
@@ -1012,10 +1089,7 @@ rc_key_command(RedisCache *self, const char *qualname, const char *cmd, int kind
     PyObject *holder;
     const char *text = key_text(key, &len, &holder);  /* formatted once */
     if (text == NULL) {
-        if (via != NULL) {
-            bruno_mlc_via_drop(via);
-        }
-        return NULL;
+        return rc_unsendable(self, qualname, kind, via, key);
     }
     bio_buf b;
     bio_buf_init(&b);
@@ -1025,7 +1099,7 @@ rc_key_command(RedisCache *self, const char *qualname, const char *cmd, int kind
         append_key_text(self, &b, text, len);
     }
     Py_DECREF(holder);
-    PyObject *aw = rc_request(self, qualname, kind, BIO_OP_CMD, &b, via);
+    PyObject *aw = rc_request(self, qualname, kind, BIO_OP_CMD, &b, via, NULL);
     if (aw != NULL) {
         ((BrunoAwaitable *)aw)->ctx = Py_NewRef(key);  /* for the error log */
     }
@@ -1075,7 +1149,7 @@ bruno_rc_exists(PyObject *l2, PyObject *key, const char *qualname, ml_via *via)
  * cannot be encoded (*exc set to a CacheError), or -1 on another error. */
 static int
 append_set(RedisCache *self, bio_buf *b, PyObject *key, PyObject *value, int mode,
-           long long amount, const char *errfmt, PyObject **exc)
+           long long amount, int kind, PyObject **exc)
 {
     Py_ssize_t vlen;
     PyObject *holder;
@@ -1089,17 +1163,28 @@ append_set(RedisCache *self, bio_buf *b, PyObject *key, PyObject *value, int mod
         }
         PyObject *val = PyErr_GetRaisedException();
         PyObject *s = val ? PyObject_Str(val) : NULL;
-        *exc = rc_error(self, errfmt, s ? PyUnicode_AsUTF8(s) : "cannot encode value");
+        const char *msg = s ? PyUnicode_AsUTF8(s) : NULL;
+        PyErr_Clear();
+        (void)failed_result(self, kind, msg ? msg : "cannot encode value", key, exc);
         Py_XDECREF(s);
         Py_XDECREF(val);
-        PyErr_Clear();
         return *exc ? 1 : -1;
     }
     bio_buf_array(b, mode ? 5 : 3);
     append_str(b, "SET");
     if (append_key(self, b, key) < 0) {
         Py_DECREF(holder);
-        return -1;
+        if (!PyErr_ExceptionMatches(PyExc_Exception)) {
+            return -1;  /* KeyboardInterrupt and the like propagate */
+        }
+        PyObject *val = PyErr_GetRaisedException();
+        PyObject *s = PyObject_Str(val);
+        Py_DECREF(val);
+        const char *msg = s ? PyUnicode_AsUTF8(s) : NULL;
+        PyErr_Clear();
+        (void)failed_result(self, kind, msg ? msg : "key cannot be formatted", key, exc);
+        Py_XDECREF(s);
+        return *exc ? 1 : -1;
     }
     bio_buf_bulk(b, text, (size_t)vlen);
     Py_DECREF(holder);
@@ -1110,16 +1195,6 @@ append_set(RedisCache *self, bio_buf *b, PyObject *key, PyObject *value, int mod
         bio_buf_bulk(b, num, (size_t)n);
     }
     return 0;
-}
-
-/* What a request could not be made for gives its via back. */
-static PyObject *
-no_request(PyObject *ret, ml_via *via)
-{
-    if (via != NULL) {
-        bruno_mlc_via_drop(via);
-    }
-    return ret;
 }
 
 PyObject *
@@ -1135,12 +1210,16 @@ bruno_rc_set(PyObject *l2, PyObject *key, PyObject *value, PyObject *ttl,
     bio_buf b;
     bio_buf_init(&b);
     PyObject *exc = NULL;
-    int rc = append_set(self, &b, key, value, mode, amount, "Failed to set cache key: %s", &exc);
+    int rc = append_set(self, &b, key, value, mode, amount, K_SET, &exc);
     if (rc != 0) {
         bio_buf_free(&b);
         return no_request(rc < 0 ? NULL : bruno_aw_error(self->st, qualname, exc), via);
     }
-    return rc_request(self, qualname, K_SET, BIO_OP_CMD, &b, via);
+    PyObject *aw = rc_request(self, qualname, K_SET, BIO_OP_CMD, &b, via, NULL);
+    if (aw != NULL) {
+        ((BrunoAwaitable *)aw)->ctx = Py_NewRef(key);  /* for the error log */
+    }
+    return aw;
 }
 
 static PyObject *
@@ -1173,8 +1252,9 @@ rc_mget(RedisCache *self, PyObject *keys, int kind, const char *qualname, ml_via
                 Py_DECREF(ref[i].holder);
             }
             PyMem_Free(ref);
+            PyObject *aw = rc_unsendable(self, qualname, kind, via, keys);
             Py_DECREF(keys);
-            return no_request(NULL, via);
+            return aw;
         }
     }
     bio_buf b;
@@ -1193,7 +1273,7 @@ rc_mget(RedisCache *self, PyObject *keys, int kind, const char *qualname, ml_via
         Py_DECREF(ref[i].holder);
     }
     PyMem_Free(ref);
-    PyObject *aw = rc_request(self, qualname, kind, BIO_OP_CMD, &b, via);
+    PyObject *aw = rc_request(self, qualname, kind, BIO_OP_CMD, &b, via, NULL);
     if (aw == NULL) {
         Py_DECREF(keys);
         return NULL;
@@ -1244,13 +1324,13 @@ bruno_rc_set_many(PyObject *l2, PyObject *items, PyObject *ttl, const char *qual
         PyObject *exc = NULL;
         int rc = append_set(self, &b, PyTuple_GET_ITEM(items, 2 * i),
                             PyTuple_GET_ITEM(items, 2 * i + 1), mode, amount,
-                            "Failed to set multiple keys: %s", &exc);
+                            K_SETMANY, &exc);
         if (rc != 0) {  /* nothing is written when one value cannot be encoded */
             bio_buf_free(&b);
             return no_request(rc < 0 ? NULL : bruno_aw_error(self->st, qualname, exc), via);
         }
     }
-    return rc_request(self, qualname, K_SETMANY, BIO_OP_CMD, &b, via);
+    return rc_request(self, qualname, K_SETMANY, BIO_OP_CMD, &b, via, NULL);
 }
 
 static PyObject *
@@ -1282,8 +1362,10 @@ bruno_rc_clear(PyObject *l2, const char *qualname, ml_via *via)
     RedisCache *self = (RedisCache *)l2;
     bio_buf b;
     bio_buf_init(&b);
+    bio_buf_array(&b, 1);
+    append_str(&b, "DBSIZE");  /* bounds the SCAN steps (scan_budget) */
     append_scan(self, &b, "0", 1);
-    return rc_request(self, qualname, K_CLEAR, BIO_OP_CMD, &b, via);
+    return rc_request(self, qualname, K_CLEAR | K_FIRST, BIO_OP_CMD, &b, via, NULL);
 }
 
 static PyObject *
@@ -1322,8 +1404,10 @@ bruno_rc_get_stats(PyObject *l2, const char *qualname, ml_via *via)
     bio_buf_array(&b, 2);
     append_str(&b, "HGETALL");
     bio_buf_bulk2(&b, stats_key, plen, "stats", 5);
+    bio_buf_array(&b, 1);
+    append_str(&b, "DBSIZE");  /* bounds the SCAN steps (scan_budget) */
     append_scan(self, &b, "0", 1);
-    return rc_request(self, qualname, K_STATS, BIO_OP_CMD, &b, via);
+    return rc_request(self, qualname, K_STATS, BIO_OP_CMD, &b, via, NULL);
 }
 
 static PyObject *
@@ -1344,7 +1428,7 @@ rc_connect_impl(RedisCache *self, int flags, const char *qualname)
     }
     bio_buf b;
     bio_buf_init(&b);
-    return rc_request(self, qualname, K_CONNECT | flags, BIO_OP_CONNECT, &b, NULL);
+    return rc_request(self, qualname, K_CONNECT | flags, BIO_OP_CONNECT, &b, NULL, NULL);
 }
 
 static PyObject *
@@ -1389,7 +1473,7 @@ rc_disconnect_impl(RedisCache *self, const char *qualname)
     self->connected = 0;
     bio_buf b;
     bio_buf_init(&b);
-    return rc_request(self, qualname, K_CLOSE, BIO_OP_CLOSE, &b, NULL);
+    return rc_request(self, qualname, K_CLOSE, BIO_OP_CLOSE, &b, NULL, NULL);
 }
 
 static PyObject *
@@ -1489,15 +1573,31 @@ rc_init(RedisCache *self, PyObject *args, PyObject *kwds)
 {
     static char *kwlist[] = {"host", "port", "db", "password", "prefix", "default_ttl",
                              "max_connections", "username", "pool_size", "max_overflow",
-                             "socket_timeout", "connect_timeout", "unix_socket_path", NULL};
+                             "socket_timeout", "connect_timeout", "unix_socket_path",
+                             "max_reply_bytes", NULL};
     PyObject *host = NULL, *port = NULL, *db = NULL, *password = Py_None, *prefix = NULL,
              *default_ttl = NULL, *max_conn = NULL, *username = Py_None, *pool_size = Py_None,
-             *max_overflow = Py_None, *sock_to = NULL, *conn_to = NULL, *unix_path = Py_None;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "|OOOOOOO$OOOOOO:RedisCache", kwlist, &host,
+             *max_overflow = Py_None, *sock_to = NULL, *conn_to = NULL, *unix_path = Py_None,
+             *max_reply = NULL;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "|OOOOOOO$OOOOOOO:RedisCache", kwlist, &host,
                                      &port, &db, &password, &prefix, &default_ttl, &max_conn,
                                      &username, &pool_size, &max_overflow, &sock_to, &conn_to,
-                                     &unix_path)) {
+                                     &unix_path, &max_reply)) {
         return -1;
+    }
+    unsigned long long max_reply_bytes = DEFAULT_MAX_REPLY;
+    if (max_reply != NULL) {
+        if (!PyLong_Check(max_reply) || PyBool_Check(max_reply)) {
+            PyErr_Format(PyExc_TypeError, "max_reply_bytes must be an int, not %.100s",
+                         Py_TYPE(max_reply)->tp_name);
+            return -1;
+        }
+        max_reply_bytes = PyLong_AsUnsignedLongLong(max_reply);
+        if (PyErr_Occurred() || max_reply_bytes < 1024) {
+            PyErr_Clear();
+            PyErr_SetString(PyExc_ValueError, "max_reply_bytes must be at least 1024");
+            return -1;
+        }
     }
     if (self->client != NULL) {
         PyErr_SetString(PyExc_RuntimeError, "RedisCache is already initialised");
@@ -1547,6 +1647,7 @@ rc_init(RedisCache *self, PyObject *args, PyObject *kwds)
     }
     self->port = iport;
     self->db = idb;
+    self->max_reply = max_reply_bytes;
     self->socket_timeout = st_;
     self->connect_timeout = ct;
     Py_XSETREF(self->host, Py_NewRef(host));
@@ -1575,6 +1676,7 @@ rc_new(PyTypeObject *type, PyObject *Py_UNUSED(args), PyObject *Py_UNUSED(kwds))
     self->st = st;
     self->port = 6379;
     self->socket_timeout = self->connect_timeout = 5.0;
+    self->max_reply = DEFAULT_MAX_REPLY;
     self->host = Py_NewRef(st->str_localhost);
     self->password = Py_NewRef(Py_None);
     self->username = Py_NewRef(Py_None);
@@ -1592,120 +1694,37 @@ rc_new(PyTypeObject *type, PyObject *Py_UNUSED(args), PyObject *Py_UNUSED(kwds))
     return (PyObject *)self;
 }
 
-/* from_url("redis://[user:password@]host[:port][/db]" | "unix:///path?db=N", **kw) */
+/* from_url(url, **kw): the url's keywords (bruno_memory_c._urls.parse_url), those
+ * given explicitly winning, passed to the class. */
 static PyObject *
 rc_from_url(PyObject *cls, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
 {
-    bruno_state *st = bruno_state_from_type((PyTypeObject *)cls);
-    if (st == NULL) {
-        return NULL;
-    }
     if (nargs != 1) {
         PyErr_SetString(PyExc_TypeError, "from_url() takes the url as its only positional argument");
         return NULL;
     }
-    PyObject *url = args[0];
-    if (!PyUnicode_Check(url)) {
-        PyErr_Format(PyExc_TypeError, "url must be a str, not %.100s", Py_TYPE(url)->tp_name);
-        return NULL;
-    }
-    PyObject *kw = PyDict_New(), *parts = NULL, *result = NULL;
+    PyObject *mod = PyImport_ImportModule("bruno_memory_c._urls");
+    PyObject *kw = mod ? PyObject_CallMethod(mod, "parse_url", "O", args[0]) : NULL;
+    Py_XDECREF(mod);
     if (kw == NULL) {
         return NULL;
     }
-    parts = PyObject_CallOneArg(st->urlsplit, url);
-    if (parts == NULL) {
+    PyObject *result = NULL;
+    if (!PyDict_Check(kw)) {
+        PyErr_SetString(PyExc_TypeError, "parse_url() must return a dict");
         goto done;
     }
-    PyObject *scheme = PyObject_GetAttrString(parts, "scheme");
-    if (scheme == NULL) {
-        goto done;
-    }
-    int is_unix = PyUnicode_CompareWithASCIIString(scheme, "unix") == 0;
-    int is_redis = PyUnicode_CompareWithASCIIString(scheme, "redis") == 0;
-    Py_DECREF(scheme);
-    if (!is_unix && !is_redis) {
-        PyErr_SetString(PyExc_ValueError, "url scheme must be redis:// or unix://");
-        goto done;
-    }
-    static const char *const attrs[] = {"username", "password", "hostname", "port", "path",
-                                        "query"};
-    PyObject *v[6] = {NULL};
-    for (int i = 0; i < 6; i++) {
-        v[i] = PyObject_GetAttrString(parts, attrs[i]);
-        if (v[i] == NULL) {
-            for (int j = 0; j < i; j++) {
-                Py_DECREF(v[j]);
-            }
-            goto done;  /* e.g. ValueError for a bad port */
+    for (Py_ssize_t i = 0; kwnames != NULL && i < PyTuple_GET_SIZE(kwnames); i++) {
+        if (PyDict_SetItem(kw, PyTuple_GET_ITEM(kwnames, i), args[nargs + i]) < 0) {
+            goto done;
         }
     }
-    int rc = 0;
-    PyObject *parse = PyImport_ImportModule("urllib.parse");
-    PyObject *unquote = parse ? PyObject_GetAttrString(parse, "unquote") : NULL;
-    if (unquote == NULL) {
-        rc = -1;
-    }
-    for (int i = 0; i < 2 && rc == 0; i++) {  /* username, password: percent-decoded */
-        if (v[i] != Py_None && PyUnicode_GET_LENGTH(v[i]) > 0) {
-            PyObject *u = PyObject_CallOneArg(unquote, v[i]);
-            rc = u ? PyDict_SetItemString(kw, attrs[i], u) : -1;
-            Py_XDECREF(u);
-        }
-    }
-    if (rc == 0 && !is_unix && v[2] != Py_None) {
-        rc = PyDict_SetItemString(kw, "host", v[2]);
-    }
-    if (rc == 0 && !is_unix && v[3] != Py_None) {
-        rc = PyDict_SetItemString(kw, "port", v[3]);
-    }
-    if (rc == 0 && is_unix) {
-        rc = PyDict_SetItemString(kw, "unix_socket_path", v[4]);
-    }
-    if (rc == 0 && !is_unix && PyUnicode_GET_LENGTH(v[4]) > 1) {  /* "/db" */
-        PyObject *digits = PyUnicode_Substring(v[4], 1, PyUnicode_GET_LENGTH(v[4]));
-        PyObject *n = digits ? PyLong_FromUnicodeObject(digits, 10) : NULL;
-        Py_XDECREF(digits);
-        rc = n ? PyDict_SetItemString(kw, "db", n) : -1;
-        Py_XDECREF(n);
-    }
-    if (rc == 0 && PyUnicode_GET_LENGTH(v[5]) > 0) {  /* ?db=N */
-        PyObject *q = PyObject_CallMethod(parse, "parse_qs", "O", v[5]);
-        PyObject *dbs = q ? PyDict_GetItemString(q, "db") : NULL;
-        if (q == NULL) {
-            rc = -1;
-        }
-        else if (dbs != NULL && PyList_Check(dbs) && PyList_GET_SIZE(dbs) > 0) {
-            PyObject *n = PyLong_FromUnicodeObject(PyList_GET_ITEM(dbs, 0), 10);
-            rc = n ? PyDict_SetItemString(kw, "db", n) : -1;
-            Py_XDECREF(n);
-        }
-        Py_XDECREF(q);
-    }
-    Py_XDECREF(unquote);
-    Py_XDECREF(parse);
-    for (int i = 0; i < 6; i++) {
-        Py_DECREF(v[i]);
-    }
-    if (rc < 0) {
-        goto done;
-    }
-    if (kwnames != NULL) {  /* explicit keywords win over the url */
-        for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(kwnames); i++) {
-            if (PyDict_SetItem(kw, PyTuple_GET_ITEM(kwnames, i), args[nargs + i]) < 0) {
-                goto done;
-            }
-        }
-    }
-    {
-        PyObject *empty = PyTuple_New(0);
-        if (empty != NULL) {
-            result = PyObject_Call(cls, empty, kw);
-            Py_DECREF(empty);
-        }
+    PyObject *empty = PyTuple_New(0);
+    if (empty != NULL) {
+        result = PyObject_Call(cls, empty, kw);
+        Py_DECREF(empty);
     }
 done:
-    Py_XDECREF(parts);
     Py_DECREF(kw);
     return result;
 }
@@ -1748,6 +1767,12 @@ rc_get_db(RedisCache *self, void *Py_UNUSED(closure))
     return PyLong_FromLong(self->db);
 }
 
+static PyObject *
+rc_get_max_reply(RedisCache *self, void *Py_UNUSED(closure))
+{
+    return PyLong_FromUnsignedLongLong(self->max_reply);
+}
+
 /* ------------------------------------------------------------------ lifecycle */
 
 static int
@@ -1776,8 +1801,8 @@ rc_dealloc(RedisCache *self)
     if (self->weakreflist != NULL) {
         PyObject_ClearWeakRefs((PyObject *)self);
     }
-    /* No request can be in flight or in the backlog: each holds a reference to
-     * us. Dropping our client reference lets the I/O thread close the socket. */
+    /* No request can be in flight: each holds a reference to us. Dropping our
+     * client reference lets the I/O thread close the socket. */
     if (self->client != NULL && bio_client_pid(self->client) == bio_pid()) {
         bio_client_decref(self->client);
     }
@@ -1872,6 +1897,9 @@ static PyMemberDef rc_members[] = {
 static PyGetSetDef rc_getset[] = {
     {"port", (getter)rc_get_port, NULL, "Redis port.", NULL},
     {"db", (getter)rc_get_db, NULL, "Database number.", NULL},
+    {"max_reply_bytes", (getter)rc_get_max_reply, NULL,
+     "What one reply may cost: a larger one fails its request and replaces the "
+     "connection.", NULL},
     {"connected", (getter)rc_get_connected, NULL,
      "True after connect() until disconnect() (the reference's _connected).", NULL},
     {"_connected", (getter)rc_get_connected, NULL, "Alias of connected.", NULL},
@@ -1886,7 +1914,7 @@ static PyType_Slot rc_slots[] = {
      "RedisCache(host='localhost', port=6379, db=0, password=None, prefix='bruno:cache:',\n"
      "           default_ttl=3600, max_connections=10, *, username=None, pool_size=None,\n"
      "           max_overflow=None, socket_timeout=5.0, connect_timeout=5.0,\n"
-     "           unix_socket_path=None)\n"
+     "           unix_socket_path=None, max_reply_bytes=536870912)\n"
      "--\n\n"
      "Redis-backed cache, in C: a background I/O thread pipelines every request on one\n"
      "connection, so no request waits for (or fails for want of) a pooled connection.\n"
