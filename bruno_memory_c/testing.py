@@ -26,6 +26,7 @@ import subprocess
 import tempfile
 import threading
 import time
+import urllib.parse
 import weakref
 from typing import Any, Iterator
 
@@ -50,6 +51,21 @@ def refused_port() -> Iterator[int]:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         yield s.getsockname()[1]
+
+
+def _conf_quote(value: str) -> str:
+    """value as one double-quoted redis.conf argument: printable ASCII as is, every
+    other byte of its UTF-8 (and the quote and backslash) escaped."""
+    out = []
+    for byte in value.encode("utf-8", "surrogateescape"):
+        ch = chr(byte)
+        if ch in '"\\':
+            out.append("\\" + ch)
+        elif 0x20 <= byte < 0x7F:
+            out.append(ch)
+        else:
+            out.append(f"\\x{byte:02x}")
+    return '"' + "".join(out) + '"'
 
 
 def _encode(*args: Any) -> bytes:
@@ -149,18 +165,33 @@ class RedisServer:
     # -- lifecycle --------------------------------------------------------------
     @property
     def url(self) -> str:
-        auth = f":{self.password}@" if self.password else ""
+        """``redis://[:password@]127.0.0.1:port/0``, the password percent-encoded (any
+        character, ``@ : / % # ?`` included, survives ``RedisCache.from_url``)."""
+        auth = f":{urllib.parse.quote(self.password, safe='')}@" if self.password else ""
         return f"redis://{auth}127.0.0.1:{self.port}/0"
 
+    def _config_file(self) -> str:
+        """The server's secrets, in a file only we can read (mode 0600, in the private
+        directory) instead of on its command line, which any local user can read
+        (``ps``, ``/proc/<pid>/cmdline``). Rewritten at each start: the current password."""
+        path = os.path.join(self.dir, "redis.conf")
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+        with os.fdopen(fd, "w", encoding="ascii") as f:
+            os.fchmod(f.fileno(), 0o600)
+            if self.password:
+                f.write(f"requirepass {_conf_quote(self.password)}\n")
+        return path
+
     def _args(self) -> list[str]:
-        args = [self.executable, "--port", str(self.port), "--bind", "127.0.0.1",
+        # The configuration file must be the first argument; options after it add to
+        # (and override) it.
+        args = [self.executable, self._config_file(), "--port", str(self.port),
+                "--bind", "127.0.0.1",
                 "--save", "", "--appendonly", "no", "--dir", self.dir,
                 "--daemonize", "no", "--loglevel", "warning",
                 "--logfile", os.path.join(self.dir, "redis.log")]
         if _server_major(self.executable) >= 7:  # DEBUG is off by default since 7.0
             args += ["--enable-debug-command", "local"]
-        if self.password:
-            args += ["--requirepass", self.password]
         if self.unix_path:
             args += ["--unixsocket", self.unix_path, "--unixsocketperm", "700"]
         return args + list(self.extra_args)

@@ -123,3 +123,56 @@ def test_a_failed_start_says_why():
     with pytest.raises(RuntimeError, match="no-such-option|Bad directive|FATAL"):
         with RedisServer(extra_args=("--no-such-option", "x")):
             pass
+
+
+# A password that needs escaping everywhere: in a URL (@ : / % # ?), in redis.conf
+# (quote, backslash, space), and beyond ASCII.
+AWKWARD_PASSWORD = 'p@ss:w/rd%#? "q\\u\' é'
+
+
+def test_password_is_not_on_the_server_command_line():
+    """The password goes to the server in a configuration file readable by us only, not
+    on its command line, which every local user can read (ps, /proc/<pid>/cmdline).
+    With --set-proc-title no the server keeps its argv as given, so /proc shows
+    exactly what it was started with."""
+    with RedisServer(password=AWKWARD_PASSWORD,
+                     extra_args=("--set-proc-title", "no")) as server:
+        assert server.command("PING") == "PONG"
+        with open(f"/proc/{server.proc.pid}/cmdline", "rb") as f:
+            cmdline = f.read()
+        assert b"--requirepass" not in cmdline
+        for secret in (AWKWARD_PASSWORD, "p@ss", "w/rd"):
+            assert secret.encode() not in cmdline, cmdline
+            assert not any(secret in arg for arg in server.proc.args), server.proc.args
+        conf = os.path.join(server.dir, "redis.conf")
+        assert oct(os.stat(conf).st_mode & 0o777) == oct(0o600)
+        assert oct(os.stat(server.dir).st_mode & 0o077) == oct(0)  # a private directory
+        # The server really requires that password.
+        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as s:
+            s.sendall(b"PING\r\n")
+            assert s.makefile("rb").readline().startswith(b"-NOAUTH")
+        assert server.command("CONFIG", "GET", "requirepass") == [
+            b"requirepass", AWKWARD_PASSWORD.encode()]
+
+
+async def test_url_escapes_the_password():
+    """server.url percent-encodes the password, so that from_url (which decodes it)
+    connects with exactly that password."""
+    with RedisServer(password=AWKWARD_PASSWORD) as server:
+        assert AWKWARD_PASSWORD not in server.url
+        async with RedisCache.from_url(server.url, prefix="esc:") as cache:
+            assert cache.password == AWKWARD_PASSWORD
+            await cache.set("k", {"v": 1})
+            assert await cache.get("k") == {"v": 1}
+        assert server.command("GET", "esc:k") == b'{"v": 1}'
+
+
+def test_password_survives_restart():
+    """The configuration file is written again at each start: a restarted server asks
+    for the current password."""
+    with RedisServer(password="first") as server:
+        server.kill()
+        server.password = AWKWARD_PASSWORD
+        server.restart()
+        assert server.command("CONFIG", "GET", "requirepass") == [
+            b"requirepass", AWKWARD_PASSWORD.encode()]
