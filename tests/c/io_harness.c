@@ -1,0 +1,255 @@
+/* io_harness.c: tests of the I/O layer (csrc/io.c, csrc/respscan.c) below Python.
+ *
+ * Built and run by tests/test_io_layer.py, linked with --wrap=malloc,calloc,free so
+ * that allocations can be made to fail and freed blocks inspected:
+ *   scan                      the reply-cost scanner on valid and invalid RESP, cut
+ *                             into every possible pair of chunks
+ *   client-alloc-fail         every allocation of bio_client_new failing in turn:
+ *                             NULL, and no file descriptor (standard input!) closed
+ *   secrets PORT PASSWORD     connect with AUTH to a redis-server, disconnect, let
+ *                             the client go: no block freed meanwhile held the password
+ * Prints "ok" and exits 0, or says what failed and exits 1. */
+#define _GNU_SOURCE
+#include "io.h"
+#include "respscan.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <malloc.h>
+#include <poll.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+/* ------------------------------------------------------------------ allocator */
+
+void *__real_malloc(size_t n);
+void *__real_calloc(size_t n, size_t m);
+void __real_free(void *p);
+
+static int fail_at = -1;        /* fail the fail_at-th allocation from now (0 = next) */
+static int allocs;
+static const char *secret;      /* freed blocks must not hold it */
+static size_t secret_len;
+static volatile int secret_seen;
+
+static int
+should_fail(void)
+{
+    return fail_at >= 0 && allocs++ == fail_at;
+}
+
+void *
+__wrap_malloc(size_t n)
+{
+    return should_fail() ? NULL : __real_malloc(n);
+}
+
+void *
+__wrap_calloc(size_t n, size_t m)
+{
+    return should_fail() ? NULL : __real_calloc(n, m);
+}
+
+void
+__wrap_free(void *p)
+{
+    if (p != NULL && secret != NULL) {
+        size_t n = malloc_usable_size(p);
+        if (n >= secret_len && memmem(p, n, secret, secret_len) != NULL) {
+            secret_seen = 1;
+        }
+    }
+    __real_free(p);
+}
+
+static int failures;
+
+static void
+check(int ok, const char *what)
+{
+    if (!ok) {
+        printf("FAILED: %s\n", what);
+        failures++;
+    }
+}
+
+/* ------------------------------------------------------------------ scan */
+
+static int
+scan_all(const char *p, size_t n, unsigned long long max, size_t cut)
+{
+    resp_scan s;
+    resp_scan_init(&s);
+    int rc = resp_scan_feed(&s, p, cut, max);
+    if (rc == RESP_SCAN_OK) {
+        rc = resp_scan_feed(&s, p + cut, n - cut, max);
+    }
+    if (rc == RESP_SCAN_OK && (s.depth != 0 || s.in_line || s.bulk_left != 0)) {
+        return -1;  /* a whole reply should leave the scanner between replies */
+    }
+    return rc;
+}
+
+/* The scanner's verdict on p (NUL-terminated), the same for every chunking. */
+static void
+expect(const char *p, unsigned long long max, int want, const char *what)
+{
+    size_t n = strlen(p);
+    for (size_t cut = 0; cut <= n; cut++) {
+        int got = scan_all(p, n, max, cut);
+        if (got != want) {
+            printf("FAILED: %s: cut at %zu gives %d, not %d\n", what, cut, got, want);
+            failures++;
+            return;
+        }
+    }
+}
+
+static void
+test_scan(void)
+{
+    const unsigned long long big = 1 << 20;
+    expect("+OK\r\n", big, RESP_SCAN_OK, "status");
+    expect("-ERR no\r\n", big, RESP_SCAN_OK, "error");
+    expect(":-2\r\n:12345\r\n", big, RESP_SCAN_OK, "integers");
+    expect("$5\r\nhello\r\n$-1\r\n$0\r\n\r\n", big, RESP_SCAN_OK, "bulks and nil");
+    expect("*2\r\n$1\r\n0\r\n*3\r\n$1\r\na\r\n$1\r\nb\r\n$1\r\nc\r\n", big, RESP_SCAN_OK,
+           "SCAN reply");
+    expect("*-1\r\n*0\r\n", big, RESP_SCAN_OK, "nil and empty arrays");
+    expect("*2\r\n*2\r\n:1\r\n*1\r\n$3\r\nabc\r\n+x\r\n", big, RESP_SCAN_OK, "nesting");
+    expect("$5\r\nhel\r\n\r\n", big, RESP_SCAN_OK, "CRLF inside a bulk payload");
+    /* limits */
+    expect("$2000\r\n", 1024, RESP_SCAN_TOO_BIG, "bulk over the limit, at its header");
+    expect("*100000000\r\n", 512ULL << 20, RESP_SCAN_TOO_BIG,
+           "100M-element array over 512 MiB at its header");
+    expect("*10\r\n:1\r\n", 10 * RESP_ELEMENT_COST - 1, RESP_SCAN_TOO_BIG, "elements cost");
+    expect("+aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\n", 16, RESP_SCAN_TOO_BIG,
+           "status line over the limit");
+    /* the cost is per reply: many small replies never add up */
+    {
+        char buf[4096];
+        size_t n = 0;
+        for (int i = 0; i < 200; i++) {
+            n += (size_t)snprintf(buf + n, sizeof buf - n, "$5\r\nhello\r\n");
+        }
+        buf[n] = '\0';
+        expect(buf, 64, RESP_SCAN_OK, "200 small replies under a 64-byte limit");
+    }
+    /* not RESP */
+    expect("hello\r\n", big, RESP_SCAN_PROTOCOL, "no type byte");
+    expect("$abc\r\n", big, RESP_SCAN_PROTOCOL, "length not a number");
+    expect("$-2\r\n", big, RESP_SCAN_PROTOCOL, "negative length");
+    expect("*\r\n", big, RESP_SCAN_PROTOCOL, "no length");
+    expect("+OK\rX", big, RESP_SCAN_PROTOCOL, "CR without LF");
+    expect("$99999999999999999999\r\n", ~0ULL, RESP_SCAN_PROTOCOL, "20-digit length");
+    expect("*1\r\n*1\r\n*1\r\n*1\r\n*1\r\n*1\r\n*1\r\n*1\r\n:1\r\n", big, RESP_SCAN_PROTOCOL,
+           "nesting deeper than hiredis takes");
+}
+
+/* ------------------------------------------------------------------ client alloc */
+
+static bio_config
+config(const char *host, int port, const char *password)
+{
+    bio_config cfg;
+    memset(&cfg, 0, sizeof cfg);
+    cfg.host = (char *)host;
+    cfg.port = port;
+    cfg.username = NULL;
+    cfg.password = (char *)password;
+    cfg.password_len = password ? strlen(password) : 0;
+    cfg.connect_timeout = 5;
+    cfg.socket_timeout = 5;
+    cfg.stats_key = "t:stats";
+    cfg.stats_key_len = 7;
+    cfg.max_reply = 1 << 20;
+    return cfg;
+}
+
+static void
+test_client_alloc_fail(void)
+{
+    bio_config cfg = config("127.0.0.1", 6379, "secret");
+    int made = 0;
+    for (int k = 0; k < 32 && !made; k++) {
+        allocs = 0;
+        fail_at = k;
+        bio_client *c = bio_client_new(&cfg);
+        fail_at = -1;
+        check(fcntl(0, F_GETFD) != -1, "standard input still open after a failed client");
+        if (c != NULL) {
+            made = 1;
+            bio_client_decref(c);
+        }
+    }
+    check(made, "a client is made once no allocation fails");
+}
+
+/* ------------------------------------------------------------------ secrets */
+
+static bio_req *
+wait_done(bio_bridge *b)
+{
+    struct pollfd p = {.fd = b->efd, .events = POLLIN};
+    for (int i = 0; i < 100; i++) {
+        if (poll(&p, 1, 100) > 0) {
+            bio_req *r = bio_bridge_take(b);
+            if (r != NULL) {
+                return r;
+            }
+        }
+    }
+    return NULL;
+}
+
+static void
+test_secrets(int port, const char *password)
+{
+    secret = password;
+    secret_len = strlen(password);
+    bio_config cfg = config("127.0.0.1", port, password);
+    bio_client *c = bio_client_new(&cfg);
+    bio_bridge *b = bio_bridge_new();
+    check(c != NULL && b != NULL, "client and bridge made");
+    if (c == NULL || b == NULL) {
+        return;
+    }
+    bio_req *r = bio_req_new(c, b, BIO_OP_CONNECT, 0);
+    check(r != NULL && bio_submit(r) == 0, "connect submitted");
+    r = wait_done(b);
+    check(r != NULL && r->status == BIO_OK, "connected with the password");
+    bio_req_free(r);
+    r = bio_req_new(c, b, BIO_OP_CLOSE, 0);
+    check(r != NULL && bio_submit(r) == 0, "close submitted");
+    r = wait_done(b);
+    check(r != NULL && r->status == BIO_OK, "closed");
+    bio_req_free(r);
+    bio_client_decref(c);  /* the I/O thread lets it go: its copy of the password too */
+    usleep(300 * 1000);
+    bio_bridge_decref(b);
+    check(!secret_seen, "no freed block held the password");
+}
+
+int
+main(int argc, char **argv)
+{
+    if (argc >= 2 && strcmp(argv[1], "scan") == 0) {
+        test_scan();
+    }
+    else if (argc >= 2 && strcmp(argv[1], "client-alloc-fail") == 0) {
+        test_client_alloc_fail();
+    }
+    else if (argc >= 4 && strcmp(argv[1], "secrets") == 0) {
+        test_secrets(atoi(argv[2]), argv[3]);
+    }
+    else {
+        fprintf(stderr, "usage: io_harness scan | client-alloc-fail | secrets PORT PASSWORD\n");
+        return 2;
+    }
+    if (failures == 0) {
+        printf("ok\n");
+    }
+    return failures ? 1 : 0;
+}
