@@ -73,6 +73,9 @@ MIX = [("get", 40), ("set", 20), ("delete", 5), ("exists", 10), ("get_many", 15)
 LOGGED_FAILURE = {"Error getting key": "get", "Error getting multiple keys": "get_many",
                   "Error deleting key": "delete", "Error checking key": "exists",
                   "Error decoding cached value": "decode"}
+#: Failures that are raised (CacheError) and may be logged too: not counted as swallowed.
+LOGGED_AND_RAISED = ("Error setting key", "Error setting multiple keys",
+                     "Error clearing cache")
 
 
 def resources() -> dict:
@@ -93,6 +96,7 @@ class FailureLog(logging.Handler):
     def __init__(self) -> None:
         super().__init__(logging.ERROR)
         self.counts: collections.Counter = collections.Counter()
+        self.raised_logged = 0  # set/set_many failures: raised, and logged as well
 
     def emit(self, record: logging.LogRecord) -> None:
         msg = str(record.msg)
@@ -100,6 +104,9 @@ class FailureLog(logging.Handler):
             if msg.startswith(prefix):
                 self.counts[kind] += 1
                 return
+        if msg.startswith(LOGGED_AND_RAISED):
+            self.raised_logged += 1
+            return
         self.counts["other"] += 1
 
 
@@ -421,7 +428,8 @@ def main(argv=None) -> int:
           f"({', '.join(f'{k} {fmt_int(v)}' for k, v in sorted(soak.completed.items()))})")
     print(f"failures, swallowed (None/False/{{}} per the error table, logged): "
           f"{dict(failures.counts) or 0}")
-    print(f"failures, CacheError raised: {dict(soak.raised) or 0}")
+    print(f"failures, CacheError raised: {dict(soak.raised) or 0} "
+          f"({failures.raised_logged} of them also logged)")
     print(f"wrong: {wrong} {dict(soak.wrong) if wrong else ''}")
     for example in soak.wrong_examples:
         print(f"    {example}")
@@ -473,7 +481,8 @@ def main(argv=None) -> int:
         "completed": dict(soak.completed),
         "completed_total": completed,
         "failures": {"swallowed_logged": dict(failures.counts),
-                     "cache_error_raised": dict(soak.raised)},
+                     "cache_error_raised": dict(soak.raised),
+                     "raised_and_logged": failures.raised_logged},
         "wrong": dict(soak.wrong),
         "wrong_examples": soak.wrong_examples,
         "lost": dict(soak.lost),
