@@ -110,6 +110,7 @@ class RedisCache:
         socket_timeout: float | None = 5.0,
         connect_timeout: float | None = 5.0,
         unix_socket_path: str | None = None,
+        max_reply_bytes: int = 536870912,
     ) -> None: ...
     @classmethod
     def from_url(
@@ -130,8 +131,9 @@ class RedisCache:
         socket_timeout: float | None = ...,
         connect_timeout: float | None = ...,
         unix_socket_path: str | None = ...,
+        max_reply_bytes: int = ...,
     ) -> Self:
-        """A cache for ``redis://[user:password@]host[:port][/db]`` or
+        """A cache for ``redis://[user:password@]host[:port][/db][?option=value...]`` or
         ``unix:///path/redis.sock?db=N``; keyword arguments override the URL."""
 
     @property
@@ -160,6 +162,8 @@ class RedisCache:
     def socket_timeout(self) -> float | None: ...
     @property
     def connect_timeout(self) -> float | None: ...
+    @property
+    def max_reply_bytes(self) -> int: ...
     @property
     def stats_key(self) -> str: ...
     @property
