@@ -176,9 +176,12 @@ class Soak:
         self.serial = 0
 
     # -- the model: what each key can hold ------------------------------------------
-    # possible[key] is a set of values (None: absent). A write that succeeded makes it
-    # {value}; one that failed adds value (it may have been applied); a successful
-    # delete makes it {None}. None is always acceptable from a read: the server may
+    # Every value written is new: "<key>|<serial>|<padding>", serials increasing. What a
+    # key can hold is kept in constant space (the soak's own memory must not grow with
+    # the failures it provokes, or it would hide the cache's): KeyState.ok is the serial
+    # of its last successful write (None: absent, after a successful delete or at the
+    # start), lo..hi the serials of the writes to it that failed since (any of them
+    # may have been applied). None is always acceptable from a read: the server may
     # have been restarted (empty) since, or the read failed.
 
     def bad(self, reason: str, detail: str) -> None:
@@ -186,9 +189,9 @@ class Soak:
         if len(self.wrong_examples) < 20:
             self.wrong_examples.append(f"{reason}: {detail}")
 
-    def new_value(self, t: int, rng: random.Random) -> str:
+    def new_value(self, key: str, rng: random.Random) -> tuple[int, str]:
         self.serial += 1
-        return f"t{t}:{self.serial}:" + "x" * rng.randrange(0, 200)
+        return self.serial, f"{key}|{self.serial}|" + "x" * rng.randrange(0, 200)
 
     async def bounded(self, op: str, aw):
         try:
@@ -200,19 +203,23 @@ class Soak:
     async def worker(self, t: int) -> None:
         rng = random.Random(self.seed * 100_003 + t)
         keys = [f"t{t}:k{j}" for j in range(KEYS_PER_TASK)]
-        possible: dict[str, set] = {k: {None} for k in keys}
+        state = {k: KeyState() for k in keys}
         ops = [op for op, _ in MIX]
         weights = [w for _, w in MIX]
         cache = self.cache
         while not self.stop:
             op = rng.choices(ops, weights)[0]
             try:
-                await self.one(op, t, rng, keys, possible, cache)
+                await self.one(op, rng, keys, state, cache)
             except asyncio.TimeoutError:
-                continue  # lost: counted; the key's state is unknown from here on
+                continue  # lost: counted (the key's state was widened before)
             self.completed[op] += 1
 
-    async def one(self, op, t, rng, keys, possible, cache) -> None:
+    def check_value(self, reason: str, key: str, value, st: "KeyState") -> None:
+        if value is not None and not st.may_hold(key, value):
+            self.bad(reason, f"{key}: got {str(value)[:60]!r}, {st}")
+
+    async def one(self, op, rng, keys, state, cache) -> None:
         if op == "get":
             k = rng.choice(keys)
             try:
@@ -220,19 +227,18 @@ class Soak:
             except CacheError as e:
                 self.bad("get raised", repr(e))
                 return
-            if v is not None and v not in possible[k]:
-                self.bad("get value", f"{k}: got {v!r}, possible {sorted(map(str, possible[k]))}")
+            self.check_value("get value", k, v, state[k])
         elif op == "set":
             k = rng.choice(keys)
-            v = self.new_value(t, rng)
+            serial, v = self.new_value(k, rng)
             try:
                 await self.bounded(op, cache.set(k, v))
-                possible[k] = {v}
+                state[k].written(serial)
             except CacheError:
                 self.raised[op] += 1
-                possible[k].add(v)
+                state[k].failed(serial)
             except asyncio.TimeoutError:
-                possible[k].add(v)
+                state[k].failed(serial)
                 raise
         elif op == "delete":
             k = rng.choice(keys)
@@ -241,13 +247,10 @@ class Soak:
             except CacheError as e:
                 self.bad("delete raised", repr(e))
                 return
-            except asyncio.TimeoutError:
-                possible[k].add(None)
-                raise
             if r is True:
-                if possible[k] == {None}:
-                    self.bad("delete True", f"{k} could not be stored")
-                possible[k] = {None}
+                if state[k].surely_absent():
+                    self.bad("delete True", f"{k} could not be stored: {state[k]}")
+                state[k].written(None)
             elif r is not False:
                 self.bad("delete result", repr(r))
         elif op == "exists":
@@ -257,8 +260,8 @@ class Soak:
             except CacheError as e:
                 self.bad("exists raised", repr(e))
                 return
-            if r is True and possible[k] == {None}:
-                self.bad("exists True", f"{k} could not be stored")
+            if r is True and state[k].surely_absent():
+                self.bad("exists True", f"{k} could not be stored: {state[k]}")
             elif r not in (True, False):
                 self.bad("exists result", repr(r))
         elif op == "get_many":
@@ -272,23 +275,65 @@ class Soak:
                 self.bad("get_many result", repr(d)[:200])
                 return
             for k, v in d.items():
-                if v not in possible[k]:
-                    self.bad("get_many value", f"{k}: got {v!r}")
+                if v is None:
+                    self.bad("get_many value", f"{k}: None in the result")
+                else:
+                    self.check_value("get_many value", k, v, state[k])
         elif op == "set_many":
             ks = rng.sample(keys, rng.randrange(2, 5))
-            items = {k: self.new_value(t, rng) for k in ks}
+            made = {k: self.new_value(k, rng) for k in ks}
             try:
-                await self.bounded(op, cache.set_many(items))
-                for k, v in items.items():
-                    possible[k] = {v}
+                await self.bounded(op, cache.set_many({k: v for k, (_, v) in made.items()}))
+                for k, (serial, _) in made.items():
+                    state[k].written(serial)
             except CacheError:
                 self.raised[op] += 1
-                for k, v in items.items():
-                    possible[k].add(v)
+                for k, (serial, _) in made.items():
+                    state[k].failed(serial)
             except asyncio.TimeoutError:
-                for k, v in items.items():
-                    possible[k].add(v)
+                for k, (serial, _) in made.items():
+                    state[k].failed(serial)
                 raise
+
+
+class KeyState:
+    """What one key can hold, in constant space (see Soak's model)."""
+
+    __slots__ = ("ok", "lo", "hi")
+
+    def __init__(self) -> None:
+        self.ok: int | None = None  # serial of the last successful write; None: absent
+        self.lo: int | None = None  # serials of the failed writes since: lo..hi
+        self.hi: int | None = None
+
+    def written(self, serial: int | None) -> None:
+        """A write (serial) or a delete (None) succeeded."""
+        self.ok, self.lo, self.hi = serial, None, None
+
+    def failed(self, serial: int) -> None:
+        """A write failed: it may or may not have been applied."""
+        if self.lo is None:
+            self.lo = serial
+        self.hi = serial
+
+    def surely_absent(self) -> bool:
+        return self.ok is None and self.lo is None
+
+    def may_hold(self, key: str, value) -> bool:
+        # Serials are global and increasing, and each embeds its key: within lo..hi,
+        # every serial written for this key is a failed write.
+        if not isinstance(value, str):
+            return False
+        parts = value.split("|", 2)
+        if len(parts) != 3 or parts[0] != key or not parts[1].isdigit():
+            return False
+        serial = int(parts[1])
+        if serial == self.ok:
+            return True
+        return self.lo is not None and self.hi is not None and self.lo <= serial <= self.hi
+
+    def __repr__(self) -> str:
+        return f"KeyState(ok={self.ok}, failed={self.lo}..{self.hi})"
 
 
 async def works(cache: RedisCache) -> bool:
