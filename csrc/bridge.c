@@ -357,6 +357,34 @@ bruno_bridge_for_loop(bruno_state *st, PyObject *loop)
         goto fail;
     }
     Py_DECREF(r);
+    /* The calls above ran Python code, which may have made a bridge for this loop
+     * meanwhile (or left another in the dict): keep one, retire the other. */
+    LoopBridge *other = (LoopBridge *)PyDict_GetItemWithError(st->bridges, key);
+    if (other == NULL && PyErr_Occurred()) {
+        goto fail;
+    }
+    if (other != NULL) {
+        Py_INCREF(other);
+        int keep_other = bruno_bridge_serves((PyObject *)other, loop);
+        LoopBridge *loser = keep_other ? self : other;
+        int rc = PyList_Append(st->retired_bridges, (PyObject *)loser);
+        if (rc == 0) {
+            bridge_retire(loser);  /* runs Python code; both are held */
+        }
+        if (keep_other) {
+            Py_DECREF(key);
+            Py_DECREF(self);
+            if (rc < 0) {
+                Py_DECREF(other);
+                return NULL;
+            }
+            return (PyObject *)other;
+        }
+        Py_DECREF(other);
+        if (rc < 0) {
+            goto fail;
+        }
+    }
     if (PyDict_SetItem(st->bridges, key, (PyObject *)self) < 0) {
         goto fail;
     }

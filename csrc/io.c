@@ -91,6 +91,8 @@ struct bio_client {
     double close_deadline;
     double hs_deadline;          /* resolve + connect + handshake must finish by then */
     double backoff, backoff_until;
+    int unreachable;             /* the backoff follows a failed attempt, not a drop */
+    int stats_in_flight;         /* a statistics flush awaits its replies */
     double ready_since;
     double next_flush;
     int ever_connected;
@@ -111,20 +113,80 @@ static struct {
     bio_client *clients;         /* I/O thread only */
 } E = {.lock = PTHREAD_MUTEX_INITIALIZER, .wake_fd = -1, .epfd = -1};
 
+/* Every descriptor this file opens (sockets, epoll, eventfds), so that a forked child
+ * can close the parent's: otherwise the child would keep the parent's connections to
+ * Redis open for as long as it lives (the parent's disconnect() then ends nothing).
+ * Locked around fork() by the atfork handlers, so the child sees a whole list. */
+static struct {
+    pthread_mutex_t lock;
+    int *fds;
+    size_t n, cap;
+} FDS = {.lock = PTHREAD_MUTEX_INITIALIZER};
+
+static void
+fd_register(int fd)
+{
+    pthread_mutex_lock(&FDS.lock);
+    if (FDS.n == FDS.cap) {
+        size_t cap = FDS.cap ? FDS.cap * 2 : 64;
+        int *fds = realloc(FDS.fds, cap * sizeof *fds);
+        if (fds == NULL) {  /* unlisted: only a child would miss closing it */
+            pthread_mutex_unlock(&FDS.lock);
+            return;
+        }
+        FDS.fds = fds;
+        FDS.cap = cap;
+    }
+    FDS.fds[FDS.n++] = fd;
+    pthread_mutex_unlock(&FDS.lock);
+}
+
+/* close(fd), taking it off the list. */
+static void
+fd_close(int fd)
+{
+    pthread_mutex_lock(&FDS.lock);
+    for (size_t i = 0; i < FDS.n; i++) {
+        if (FDS.fds[i] == fd) {
+            FDS.fds[i] = FDS.fds[--FDS.n];
+            break;
+        }
+    }
+    close(fd);
+    pthread_mutex_unlock(&FDS.lock);
+}
+
 static pid_t cached_pid;
 static pthread_once_t pid_once = PTHREAD_ONCE_INIT;
 
 static void
-pid_refresh(void)
+fork_prepare(void)
+{
+    pthread_mutex_lock(&FDS.lock);
+}
+
+static void
+fork_parent(void)
+{
+    pthread_mutex_unlock(&FDS.lock);
+}
+
+static void
+fork_child(void)
 {
     cached_pid = getpid();
+    for (size_t i = 0; i < FDS.n; i++) {
+        close(FDS.fds[i]);
+    }
+    FDS.n = 0;
+    pthread_mutex_init(&FDS.lock, NULL);
 }
 
 static void
 pid_init(void)
 {
     cached_pid = getpid();
-    pthread_atfork(NULL, NULL, pid_refresh);
+    pthread_atfork(fork_prepare, fork_parent, fork_child);
 }
 
 pid_t
@@ -253,6 +315,7 @@ bio_bridge_new(void)
         free(b);
         return NULL;
     }
+    fd_register(b->efd);
     pthread_mutex_init(&b->lock, NULL);
     atomic_init(&b->refs, 1);
     b->pid = bio_pid();
@@ -269,8 +332,8 @@ void
 bio_bridge_decref(bio_bridge *b)
 {
     if (atomic_fetch_sub(&b->refs, 1) == 1) {
-        if (b->pid == bio_pid()) {
-            close(b->efd);
+        if (b->pid == bio_pid()) {  /* (a forked child's copy was closed at the fork) */
+            fd_close(b->efd);
         }
         pthread_mutex_destroy(&b->lock);
         free(b);
@@ -375,7 +438,7 @@ bio_client_decref(bio_client *c)
 {
     if (atomic_fetch_sub(&c->refs, 1) == 1) {
         if (c->fd >= 0) {
-            close(c->fd);
+            fd_close(c->fd);
         }
         if (c->reader) {
             redisReaderFree(c->reader);
@@ -565,6 +628,7 @@ static void
 send_request(bio_client *c, bio_req *r, double now)
 {
     r->deadline = now + c->cfg.socket_timeout;
+    r->sent = 1;
     if (send_slot(c, r->buf, r->len, r->ncmd, r, SLOT_USER, r->deadline) < 0) {
         complete(r, BIO_ECONN, "out of memory");
         return;
@@ -651,7 +715,7 @@ close_socket(bio_client *c)
 {
     if (c->fd >= 0) {
         epoll_ctl(E.epfd, EPOLL_CTL_DEL, c->fd, NULL);
-        close(c->fd);
+        fd_close(c->fd);
         c->fd = -1;
     }
     if (c->reader) {
@@ -659,6 +723,7 @@ close_socket(bio_client *c)
         c->reader = NULL;
     }
     resp_scan_init(&c->scan);
+    c->stats_in_flight = 0;
     if (c->out_secret > 0) {
         explicit_bzero(c->out, c->out_secret);
         c->out_secret = 0;
@@ -676,11 +741,19 @@ finish_close(bio_client *c, double now)
     close_socket(c);
     fail_inflight(c, BIO_ECLOSED, "disconnected");
     c->state = ST_IDLE;
+    c->backoff = 0;  /* a new start */
     if (r) {
         complete(r, BIO_OK, NULL);
     }
     if (c->wait_head != NULL) {
-        start_connect(c, now);  /* requests made after the disconnect() (a reconnect) */
+        /* Requests made after the disconnect() (a reconnect): a connect() among them
+         * has its connect_timeout from now, not from when it waited for the close. */
+        for (bio_req *w = c->wait_head; w; w = w->next) {
+            if (w->op == BIO_OP_CONNECT) {
+                w->deadline = now + c->cfg.connect_timeout;
+            }
+        }
+        start_connect(c, now);
     }
 }
 
@@ -712,12 +785,16 @@ connection_failed(bio_client *c, const char *msg, double now)
     }
     c->backoff = c->backoff <= 0 ? BACKOFF_MIN : fmin(c->backoff * 2, BACKOFF_MAX);
     c->backoff_until = now + c->backoff;
+    c->unreachable = !was_ready;
     c->state = ST_BACKOFF;
 }
 
 static void
 append_stats_flush(bio_client *c, double now)
 {
+    if (c->stats_in_flight) {
+        return;  /* one at a time: a stalled server does not pile them up */
+    }
     unsigned long long hits = atomic_exchange(&c->counters.pending_hits, 0);
     unsigned long long misses = atomic_exchange(&c->counters.pending_misses, 0);
     if (hits == 0 && misses == 0) {
@@ -743,7 +820,10 @@ append_stats_flush(bio_client *c, double now)
     if (!b.oom) {
         /* Due like any request: a server that never answers replaces the connection
          * (and a dropped cache's client is not kept waiting for it). */
-        send_slot(c, b.data, b.len, b.ncmd, NULL, SLOT_STATS, now + c->cfg.socket_timeout);
+        if (send_slot(c, b.data, b.len, b.ncmd, NULL, SLOT_STATS,
+                      now + c->cfg.socket_timeout) == 0) {
+            c->stats_in_flight = 1;
+        }
     }
     bio_buf_free(&b);
 }
@@ -759,6 +839,12 @@ start_handshake(bio_client *c, double now)
     }
     bio_buf b;
     bio_buf_init(&b);
+    /* Room for all of it at once: a buffer grown by realloc would leave a copy of
+     * the password in the block it frees. (Each argument: 24 bytes of header at most.) */
+    if (buf_reserve(&b, 256 + c->cfg.username_len + c->cfg.password_len) < 0) {
+        connection_failed(c, "out of memory", now);
+        return;
+    }
     if (c->cfg.password) {
         if (c->cfg.username) {
             const char *argv[3] = {"AUTH", c->cfg.username, c->cfg.password};
@@ -827,11 +913,13 @@ open_unix(bio_client *c, char *err, size_t errlen)
         snprintf(err, errlen, "socket: %s", strerror(errno));
         return -1;
     }
+    fd_register(fd);
     if (connect(fd, (struct sockaddr *)&sa, sizeof sa) < 0 && errno != EINPROGRESS &&
         errno != EAGAIN) {
-        snprintf(err, errlen, "Error %d connecting to unix socket: %s. %s.", errno,
-                 c->cfg.unix_path, strerror(errno));
-        close(fd);
+        int e = errno;
+        snprintf(err, errlen, "Error %d connecting to unix socket: %s. %s.", e,
+                 c->cfg.unix_path, strerror(e));
+        fd_close(fd);
         return -1;
     }
     return fd;
@@ -854,13 +942,15 @@ open_tcp(bio_client *c, struct addrinfo *res, char *err, size_t errlen)
         snprintf(err, errlen, "socket: %s", strerror(errno));
         return -1;
     }
+    fd_register(fd);
     int one = 1;
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
     setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &one, sizeof one);
     if (connect(fd, ai->ai_addr, ai->ai_addrlen) < 0 && errno != EINPROGRESS) {
-        snprintf(err, errlen, "Error %d connecting to %s:%d. %s.", errno, c->cfg.host,
-                 c->cfg.port, strerror(errno));
-        close(fd);
+        int e = errno;
+        snprintf(err, errlen, "Error %d connecting to %s:%d. %s.", e, c->cfg.host,
+                 c->cfg.port, strerror(e));
+        fd_close(fd);
         return -1;
     }
     return fd;
@@ -1117,10 +1207,17 @@ on_reply(bio_client *c, void *reply, double now)
          * anyway, and so do we. */
         ((redisReply *)reply)->type = REDIS_REPLY_STATUS;
     }
-    if (s->kind == SLOT_HANDSHAKE && reply_is_error(reply)) {
+    if (s->kind == SLOT_HANDSHAKE && ((redisReply *)reply)->type != REDIS_REPLY_STATUS) {
+        /* AUTH and SELECT answer +OK, PING +PONG: anything else is a refusal, or not
+         * a Redis server. */
         char err[BIO_ERRLEN];
-        snprintf(err, sizeof err, "%.*s", (int)((redisReply *)reply)->len,
-                 ((redisReply *)reply)->str);
+        if (reply_is_error(reply)) {
+            snprintf(err, sizeof err, "%.*s", (int)((redisReply *)reply)->len,
+                     ((redisReply *)reply)->str);
+        }
+        else {
+            snprintf(err, sizeof err, "Protocol error: unexpected reply to the handshake");
+        }
         freeReplyObject(reply);
         ring_pop(c);  /* its other replies will never be read */
         connection_failed(c, err, now);
@@ -1138,6 +1235,9 @@ on_reply(bio_client *c, void *reply, double now)
     bio_req *r = s->req;
     int kind = s->kind;
     ring_pop(c);
+    if (kind == SLOT_STATS) {
+        c->stats_in_flight = 0;
+    }
     if (r) {
         complete(r, BIO_OK, NULL);
     }
@@ -1198,6 +1298,11 @@ do_read(bio_client *c, double now)
                 if (c->fd < 0 || c->reader == NULL) {
                     return;  /* the reply closed or failed the connection */
                 }
+            }
+            if (c->r_count == 0 && resp_scan_busy(&c->scan)) {
+                /* The start of a reply nobody asked for came with the last one owed. */
+                connection_failed(c, "Protocol error: unexpected reply", now);
+                return;
             }
             if ((size_t)n < sizeof buf) {
                 return;
@@ -1288,8 +1393,10 @@ route(bio_req *r, double now)
             send_request(c, r, now);
             return;
         }
-        if (c->state == ST_BACKOFF && r->op == BIO_OP_CMD) {
-            /* Fail fast while the server is known to be unreachable. */
+        if (c->state == ST_BACKOFF && c->unreachable && r->op == BIO_OP_CMD) {
+            /* Fail fast while the server is known to be unreachable (the last attempt
+             * to connect failed). After a working connection dropped, requests wait
+             * for the attempt the backoff ends with. */
             complete(r, BIO_ECONN, c->last_err);
             return;
         }
@@ -1313,6 +1420,13 @@ client_timers(bio_client *c, double now)
     bio_req **pp = &c->wait_head, *prev = NULL;
     while (*pp) {
         bio_req *r = *pp;
+        if (r->op == BIO_OP_CONNECT && c->close_req != NULL) {
+            /* Behind a disconnect(): its connect_timeout starts with its attempt
+             * (finish_close), the close itself being bounded by socket_timeout. */
+            prev = r;
+            pp = &r->next;
+            continue;
+        }
         if (r->deadline <= now) {
             *pp = r->next;
             if (c->wait_tail == r) {
@@ -1491,14 +1605,9 @@ engine_start(void)
     if (E.started) {
         /* A forked child: the parent's threads do not exist here. Start afresh; the
          * parent's clients, queues and resolutions are left alone (never touched
-         * again). */
+         * again), their descriptors already closed at the fork (fork_child). */
         pthread_mutex_init(&E.lock, NULL);
-        if (E.wake_fd >= 0) {
-            close(E.wake_fd);
-        }
-        if (E.epfd >= 0) {
-            close(E.epfd);
-        }
+        E.wake_fd = E.epfd = -1;
         E.head = E.tail = NULL;
         E.resolved = NULL;
         E.wake_pending = 0;
@@ -1506,13 +1615,18 @@ engine_start(void)
         atomic_store(&E.resolvers, 0);
         E.started = 0;
     }
-    E.epfd = epoll_create1(EPOLL_CLOEXEC);
-    E.wake_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
-    if (E.epfd < 0 || E.wake_fd < 0) {
-        return -1;
+    if (E.epfd < 0 && (E.epfd = epoll_create1(EPOLL_CLOEXEC)) >= 0) {
+        fd_register(E.epfd);
     }
-    struct epoll_event ev = {.events = EPOLLIN, .data.ptr = NULL};
-    if (epoll_ctl(E.epfd, EPOLL_CTL_ADD, E.wake_fd, &ev) < 0) {
+    if (E.wake_fd < 0 && (E.wake_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)) >= 0) {
+        fd_register(E.wake_fd);
+        struct epoll_event ev = {.events = EPOLLIN, .data.ptr = NULL};
+        if (E.epfd >= 0 && epoll_ctl(E.epfd, EPOLL_CTL_ADD, E.wake_fd, &ev) < 0) {
+            fd_close(E.wake_fd);  /* (kept, if made, for the next try otherwise) */
+            E.wake_fd = -1;
+        }
+    }
+    if (E.epfd < 0 || E.wake_fd < 0) {
         return -1;
     }
     /* The thread must not take signals meant for the interpreter's main thread. */

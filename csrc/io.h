@@ -60,6 +60,7 @@ struct bio_req {
     int nrep;                 /* replies received */
     double deadline;          /* monotonic seconds; set by the I/O thread (route, send) */
     int status;               /* BIO_OK or BIO_E* */
+    int sent;                 /* its commands went out (so they may have run) */
     char err[BIO_ERRLEN];     /* message when status != BIO_OK */
     /* Opaque to the I/O thread, which never reads them: the submitter's (Python
      * objects and the function the loop bridge calls with the finished request). */

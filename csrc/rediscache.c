@@ -10,6 +10,7 @@
 #include "codec.h"
 #include "io.h"
 #include "rediscache.h"
+#include "respscan.h"
 
 #include <hiredis/hiredis.h>
 #include <math.h>
@@ -63,7 +64,7 @@ typedef struct {
     bruno_state *st;             /* borrowed */
 } RedisCache;
 
-static PyObject *rc_error(RedisCache *self, const char *fmt, const char *detail);
+static PyObject *rc_error(RedisCache *self, const char *prefix, const char *detail);
 
 /* ------------------------------------------------------------------ helpers */
 
@@ -296,13 +297,17 @@ rc_bridge(RedisCache *self, int *no_loop)
      * holder is not found, e.g. on later Pythons, the slow path serves.) */
     PyObject *tsdict = PyThreadState_GetDict();
     PyObject *holder = tsdict ? PyDict_GetItemWithError(tsdict, self->st->str_running_loop_key)
-                              : NULL;
+                              : NULL;  /* borrowed */
     if (holder != NULL && holder == self->rl_holder && self->last_bridge != NULL) {
         return self->last_bridge;
     }
     PyErr_Clear();
+    /* Held from here: the calls below run Python code, which may start or stop a loop
+     * in this thread and so replace (and free) the holder in the dict. */
+    Py_XINCREF(holder);
     PyObject *loop = PyObject_CallNoArgs(self->st->get_running_loop);
     if (loop == NULL) {
+        Py_XDECREF(holder);
         if (PyErr_ExceptionMatches(PyExc_RuntimeError)) {
             PyErr_Clear();
             *no_loop = 1;
@@ -313,12 +318,13 @@ rc_bridge(RedisCache *self, int *no_loop)
         PyObject *bridge = bruno_bridge_for_loop(self->st, loop);
         if (bridge == NULL) {
             Py_DECREF(loop);
+            Py_XDECREF(holder);
             return NULL;
         }
         Py_XSETREF(self->last_bridge, bridge);
     }
     Py_DECREF(loop);
-    Py_XSETREF(self->rl_holder, Py_XNewRef(holder));
+    Py_XSETREF(self->rl_holder, holder);  /* our reference moves in */
     return self->last_bridge;
 }
 
@@ -508,9 +514,12 @@ log_error2(RedisCache *self, const char *fmt, PyObject *key, PyObject *detail)
 
 /* CacheError(prefix + detail), as an exception instance (new reference). */
 static PyObject *
-rc_error(RedisCache *self, const char *fmt, const char *detail)
+rc_error(RedisCache *self, const char *prefix, const char *detail)
 {
-    PyObject *msg = PyUnicode_FromFormat(fmt, detail);
+    /* (detail may have been cut short in the middle of a UTF-8 sequence) */
+    PyObject *text = PyUnicode_DecodeUTF8(detail, (Py_ssize_t)strlen(detail), "replace");
+    PyObject *msg = text ? PyUnicode_FromFormat("%s%U", prefix, text) : NULL;
+    Py_XDECREF(text);
     if (msg == NULL) {
         return NULL;
     }
@@ -550,7 +559,7 @@ count(RedisCache *self, int hit)
 static PyObject *
 failed_result(RedisCache *self, int kind, const char *what, PyObject *key, PyObject **exc)
 {
-    PyObject *text = PyUnicode_FromString(what);
+    PyObject *text = PyUnicode_DecodeUTF8(what, (Py_ssize_t)strlen(what), "replace");
     if (text == NULL) {
         return NULL;
     }
@@ -573,24 +582,23 @@ failed_result(RedisCache *self, int kind, const char *what, PyObject *key, PyObj
         Py_RETURN_FALSE;
     case K_SET:
         log_error2(self, "Error setting key %s: %s", key, text);
-        *exc = rc_error(self, "Failed to set cache key: %s", what);
+        *exc = rc_error(self, "Failed to set cache key: ", what);
         break;
     case K_SETMANY:
         log_error(self, "Error setting multiple keys: %s", text);
-        *exc = rc_error(self, "Failed to set multiple keys: %s", what);
+        *exc = rc_error(self, "Failed to set multiple keys: ", what);
         break;
     case K_CLEAR:
         log_error(self, "Error clearing cache: %s", text);
-        *exc = rc_error(self, "Failed to clear cache: %s", what);
+        *exc = rc_error(self, "Failed to clear cache: ", what);
         break;
     case K_STATS:
     case K_STATS_SCAN:
         log_error(self, "Error getting stats: %s", text);
-        Py_DECREF(text);
-        return Py_BuildValue("{s:s,s:s}", "type", "redis", "error", what);
+        return Py_BuildValue("{s:s,s:N}", "type", "redis", "error", text);
     default:  /* connect(), or a method that had to connect first */
         log_error(self, "Failed to connect to Redis: %s", text);
-        *exc = rc_error(self, "Redis connection failed: %s", what);
+        *exc = rc_error(self, "Redis connection failed: ", what);
         break;
     }
     Py_DECREF(text);
@@ -649,6 +657,11 @@ scan_parts(redisReply *rep, redisReply **cursor, redisReply **keys)
         rep->element[1]->type != REDIS_REPLY_ARRAY) {
         return -1;
     }
+    for (size_t i = 0; i < rep->element[1]->elements; i++) {
+        if (rep->element[1]->element[i]->type != REDIS_REPLY_STRING) {
+            return -1;  /* keys are bulk strings */
+        }
+    }
     *cursor = rep->element[0];
     *keys = rep->element[1];
     return 0;
@@ -660,15 +673,54 @@ cursor_done(redisReply *cursor)
     return cursor->len == 1 && cursor->str[0] == '0';
 }
 
-/* How many SCAN steps a keyspace of `dbsize` keys can need, with room to spare:
- * each SCAN ... COUNT 1000 returns at least its ~1000 elements or visits 10,000
- * buckets, and a table (two while rehashing) has at most 4 buckets per key. A server
- * that keeps answering with a non-zero cursor past this is broken or hostile: the
- * clear (or the statistics' count) ends with an error instead of looping forever. */
-static long long
-scan_budget(long long dbsize)
+/* Where a SCAN loop (clear(), get_stats()'s count) is: the steps it may still take
+ * and its last cursor, bits reversed. A server that answers with a non-zero cursor for
+ * ever (broken or hostile) must not keep it going:
+ *   - Redis iterates in reverse binary order, so a cursor read bit-reversed grows at
+ *     every step until the final 0, whatever resizes and rehashing happen meanwhile: a
+ *     cursor that does not is an error at once;
+ *   - and the steps are capped: each SCAN ... COUNT 1000 returns about 1000 keys or
+ *     visits 10,000 buckets, so even a table of 2^32 buckets takes about 430,000
+ *     steps; the cap is 2^20 plus one per 100 keys of DBSIZE. */
+typedef struct {
+    long long left;
+    unsigned long long rev;
+} scan_pos;
+
+static scan_pos
+scan_start(long long dbsize)
 {
-    return 16 + (dbsize > 0 ? dbsize / 100 : 0);
+    scan_pos pos = {(1LL << 20) + (dbsize > 0 ? dbsize / 100 : 0), 0};
+    return pos;
+}
+
+/* Take one more step from `cursor` (a SCAN reply's, not "0"): NULL, or why not. */
+static const char *
+scan_advance(scan_pos *pos, redisReply *cursor)
+{
+    if (cursor->len == 0 || cursor->len > 20) {
+        return "unexpected SCAN cursor";
+    }
+    unsigned long long v = 0;
+    for (size_t i = 0; i < cursor->len; i++) {
+        char c = cursor->str[i];
+        if (c < '0' || c > '9' || v > (~0ULL - 9) / 10) {
+            return "unexpected SCAN cursor";
+        }
+        v = v * 10 + (unsigned long long)(c - '0');
+    }
+    unsigned long long rev = 0;
+    for (int i = 0; i < 64; i++, v >>= 1) {
+        rev = (rev << 1) | (v & 1);
+    }
+    if (rev <= pos->rev) {
+        return "SCAN cursor did not advance";
+    }
+    if (--pos->left <= 0) {
+        return "SCAN did not finish (more steps than any keyspace needs)";
+    }
+    pos->rev = rev;
+    return NULL;
 }
 
 /* clear(): the first step is DBSIZE + SCAN 0, then [DEL keys] SCAN cursor while the
@@ -699,16 +751,16 @@ clear_step(RedisCache *self, BrunoAwaitable *aw, bio_req *r, PyObject **exc, int
     if (scan_parts(last, &cursor, &keys) < 0) {
         return failed_result(self, K_CLEAR, "unexpected SCAN reply", NULL, exc);
     }
-    long long budget;
+    scan_pos pos;
     if (r->kind & K_FIRST) {
         redisReply *dbsize = r->replies[0];
         if (dbsize->type != REDIS_REPLY_INTEGER) {
             return failed_result(self, K_CLEAR, "unexpected DBSIZE reply", NULL, exc);
         }
-        budget = scan_budget(dbsize->integer);
+        pos = scan_start(dbsize->integer);
     }
-    else {
-        budget = aw->ctx != NULL ? PyLong_AsLongLong(aw->ctx) : 0;
+    else if (aw->ctx == NULL || !PyArg_ParseTuple(aw->ctx, "LK", &pos.left, &pos.rev)) {
+        return NULL;
     }
     if (aw->state == AW_DONE) {
         Py_RETURN_NONE;  /* abandoned: no further step */
@@ -716,16 +768,15 @@ clear_step(RedisCache *self, BrunoAwaitable *aw, bio_req *r, PyObject **exc, int
     if (keys->elements == 0 && cursor_done(cursor)) {
         Py_RETURN_NONE;
     }
-    if (!cursor_done(cursor) && --budget <= 0) {
-        return failed_result(self, K_CLEAR,
-                             "SCAN did not finish (more steps than the keyspace can need)",
-                             NULL, exc);
+    const char *stuck = cursor_done(cursor) ? NULL : scan_advance(&pos, cursor);
+    if (stuck != NULL) {
+        return failed_result(self, K_CLEAR, stuck, NULL, exc);
     }
-    PyObject *left = PyLong_FromLongLong(budget);
-    if (left == NULL) {
+    PyObject *state = Py_BuildValue("(LK)", pos.left, pos.rev);
+    if (state == NULL) {
         return NULL;
     }
-    Py_XSETREF(aw->ctx, left);
+    Py_XSETREF(aw->ctx, state);
     bio_buf b;
     bio_buf_init(&b);
     if (keys->elements > 0) {
@@ -798,7 +849,8 @@ stats_step(RedisCache *self, BrunoAwaitable *aw, bio_req *r, int *pending)
         if (dbsize->type != REDIS_REPLY_INTEGER) {
             return stats_failed(self, NULL, "unexpected DBSIZE reply");
         }
-        acc = Py_BuildValue("[LLiL]", hits, misses, 0, scan_budget(dbsize->integer));
+        scan_pos pos = scan_start(dbsize->integer);
+        acc = Py_BuildValue("[LLiLK]", hits, misses, 0, pos.left, pos.rev);
         if (acc == NULL) {
             return NULL;
         }
@@ -817,13 +869,21 @@ stats_step(RedisCache *self, BrunoAwaitable *aw, bio_req *r, int *pending)
     }
     PyList_SetItem(acc, 2, sz);
     if (!cursor_done(cursor)) {
-        long long budget = PyLong_AsLongLong(PyList_GET_ITEM(acc, 3)) - 1;
-        PyObject *left = budget > 0 ? PyLong_FromLongLong(budget) : NULL;
-        if (left == NULL) {
-            return budget > 0 ? NULL : stats_failed(
-                self, NULL, "SCAN did not finish (more steps than the keyspace can need)");
+        scan_pos pos = {PyLong_AsLongLong(PyList_GET_ITEM(acc, 3)),
+                        PyLong_AsUnsignedLongLong(PyList_GET_ITEM(acc, 4))};
+        const char *stuck = scan_advance(&pos, cursor);
+        if (stuck != NULL) {
+            return stats_failed(self, NULL, stuck);
+        }
+        PyObject *left = PyLong_FromLongLong(pos.left);
+        PyObject *rev = PyLong_FromUnsignedLongLong(pos.rev);
+        if (left == NULL || rev == NULL) {
+            Py_XDECREF(left);
+            Py_XDECREF(rev);
+            return NULL;
         }
         PyList_SetItem(acc, 3, left);
+        PyList_SetItem(acc, 4, rev);
         bio_buf b;
         bio_buf_init(&b);
         append_scan(self, &b, cursor->str, cursor->len);
@@ -974,7 +1034,7 @@ static PyObject *
 fetch_error(RedisCache *self)
 {
     PyObject *value = PyErr_GetRaisedException();
-    return value ? value : rc_error(self, "internal error: %s", "no result");
+    return value ? value : rc_error(self, "internal error: ", "no result");
 }
 
 /* Called by the loop bridge, on the awaiting loop, for each finished request. */
@@ -988,7 +1048,22 @@ rc_done(bio_req *r)
     PyObject *exc = NULL, *result = NULL;
     int pending = 0;
     int kind = r->kind & 0xff;
-    if (r->status == BIO_OK) {
+    if (kind == K_STATS && r->status != BIO_OK && !r->sent && aw->ctx != NULL &&
+        PyTuple_Check(aw->ctx)) {
+        /* The pending statistics it carried never left: they are pending again. */
+        unsigned long long hits, misses;
+        if (PyArg_ParseTuple(aw->ctx, "KK", &hits, &misses)) {
+            bio_counters *c = bio_client_counters(self->client);
+            atomic_fetch_add(&c->pending_hits, hits);
+            atomic_fetch_add(&c->pending_misses, misses);
+        }
+        PyErr_Clear();
+    }
+    if (r->status == BIO_EDROPPED) {
+        /* Its loop is gone, so nobody can be waiting: drop it quietly. */
+        result = Py_NewRef(Py_None);
+    }
+    else if (r->status == BIO_OK) {
         if (r->kind & K_AUTOCONNECT) {
             self->connected = 1;  /* connected on the way, as the reference's connect() */
         }
@@ -1004,10 +1079,6 @@ rc_done(bio_req *r)
     }
     else if (kind == K_CLOSE) {
         self->connected = 0;
-        result = Py_NewRef(Py_None);
-    }
-    else if (r->status == BIO_EDROPPED) {
-        /* Its loop is gone, so nobody can be waiting: drop it quietly. */
         result = Py_NewRef(Py_None);
     }
     else {
@@ -1070,12 +1141,23 @@ rc_unsendable(RedisCache *self, const char *qualname, int kind, ml_via *via, PyO
         PyErr_Clear();
         msg = "key cannot be formatted";
     }
+    /* What the log names: ascii(key) — its str() is what failed, and a lone
+     * surrogate in a log record breaks UTF-8 log handlers. */
+    PyObject *shown = PyObject_ASCII(ctx);
+    if (shown == NULL) {
+        PyErr_Clear();
+        shown = PyUnicode_FromFormat("<%s object>", Py_TYPE(ctx)->tp_name);
+    }
     bio_buf b;
     bio_buf_init(&b);
-    PyObject *aw = rc_request(self, qualname, kind, BIO_OP_FAIL, &b, via, msg);
+    PyObject *aw = shown ? rc_request(self, qualname, kind, BIO_OP_FAIL, &b, via, msg)
+                         : no_request(NULL, via);
     Py_XDECREF(text);
     if (aw != NULL) {
-        ((BrunoAwaitable *)aw)->ctx = Py_NewRef(ctx);
+        ((BrunoAwaitable *)aw)->ctx = shown;  /* reference moves in */
+    }
+    else {
+        Py_XDECREF(shown);
     }
     return aw;
 }
@@ -1363,7 +1445,7 @@ bruno_rc_clear(PyObject *l2, const char *qualname, ml_via *via)
     bio_buf b;
     bio_buf_init(&b);
     bio_buf_array(&b, 1);
-    append_str(&b, "DBSIZE");  /* bounds the SCAN steps (scan_budget) */
+    append_str(&b, "DBSIZE");  /* bounds the SCAN steps (scan_start) */
     append_scan(self, &b, "0", 1);
     return rc_request(self, qualname, K_CLEAR | K_FIRST, BIO_OP_CMD, &b, via, NULL);
 }
@@ -1405,9 +1487,18 @@ bruno_rc_get_stats(PyObject *l2, const char *qualname, ml_via *via)
     append_str(&b, "HGETALL");
     bio_buf_bulk2(&b, stats_key, plen, "stats", 5);
     bio_buf_array(&b, 1);
-    append_str(&b, "DBSIZE");  /* bounds the SCAN steps (scan_budget) */
+    append_str(&b, "DBSIZE");  /* bounds the SCAN steps (scan_start) */
     append_scan(self, &b, "0", 1);
-    return rc_request(self, qualname, K_STATS, BIO_OP_CMD, &b, via, NULL);
+    PyObject *aw = rc_request(self, qualname, K_STATS, BIO_OP_CMD, &b, via, NULL);
+    if (aw != NULL && (hits || misses)) {
+        /* What it took, given back if it is never sent (see rc_done). */
+        ((BrunoAwaitable *)aw)->ctx = Py_BuildValue("(KK)", hits, misses);
+    }
+    else if (aw == NULL) {
+        atomic_fetch_add(&c->pending_hits, hits);
+        atomic_fetch_add(&c->pending_misses, misses);
+    }
+    return aw;
 }
 
 static PyObject *
@@ -1593,9 +1684,10 @@ rc_init(RedisCache *self, PyObject *args, PyObject *kwds)
             return -1;
         }
         max_reply_bytes = PyLong_AsUnsignedLongLong(max_reply);
-        if (PyErr_Occurred() || max_reply_bytes < 1024) {
+        if (PyErr_Occurred() || max_reply_bytes < 1024 || max_reply_bytes > RESP_MAX_LIMIT) {
             PyErr_Clear();
-            PyErr_SetString(PyExc_ValueError, "max_reply_bytes must be at least 1024");
+            PyErr_Format(PyExc_ValueError, "max_reply_bytes must be between 1024 and %llu",
+                         (unsigned long long)RESP_MAX_LIMIT);
             return -1;
         }
     }

@@ -15,8 +15,12 @@
 /* What an array element costs on top of its bytes: a pointer in its array and a
  * reply object (hiredis 0.14: 48 bytes + malloc overhead). */
 #define RESP_ELEMENT_COST 64
-/* Nesting hiredis 0.14 accepts (its task stack). */
-#define RESP_MAX_DEPTH 7
+/* Nesting of arrays hiredis 0.14 parses (its task stack holds 9: 8 arrays and a
+ * scalar). */
+#define RESP_MAX_DEPTH 8
+/* The largest limit the arithmetic below takes without overflow (RedisCache refuses
+ * a larger max_reply_bytes). */
+#define RESP_MAX_LIMIT (1ULL << 60)
 
 typedef struct {
     unsigned long long cost;          /* of the reply being received so far */
@@ -34,6 +38,13 @@ typedef struct {
 enum { RESP_SCAN_OK = 0, RESP_SCAN_TOO_BIG, RESP_SCAN_PROTOCOL };
 
 void resp_scan_init(resp_scan *s);
+
+/* Inside a reply (part of one was seen)? */
+static inline int
+resp_scan_busy(const resp_scan *s)
+{
+    return s->in_line || s->bulk_left > 0 || s->depth > 0;
+}
 
 /* Scan n more bytes. RESP_SCAN_OK, or RESP_SCAN_TOO_BIG when the reply being received
  * costs more than max_cost, or RESP_SCAN_PROTOCOL for bytes that are not RESP2. */

@@ -531,3 +531,113 @@ def test_loop_stopped_with_requests_in_flight_does_not_block_the_cache(redis_ser
     finally:
         first.close()
         held.clear()
+
+
+async def test_clear_and_stats_over_a_sparse_table(redis_server):
+    """A real server whose table is far larger than its keys (Redis does not shrink a
+    table while a fork child runs, nor below 10% fill): SCAN takes many more steps than
+    DBSIZE alone suggests, and clear() and get_stats() must still finish. (A review
+    found the first bound on SCAN steps — 16 + DBSIZE/100 — failing them here: 20 keys
+    in a table of 262,144 buckets take ~27 steps. Steps are now bounded by the cursor
+    advancing, and by a cap no real table reaches.)"""
+    for start in range(0, 200_000, 10_000):
+        args = []
+        for i in range(start, start + 10_000):
+            args += [f"filler{i}", "1"]
+        assert redis_server.command("MSET", *args) == "OK"
+    # A background save that takes its time (1 ms a key): while its child runs, the
+    # server resizes no table.
+    assert redis_server.command("CONFIG", "SET", "rdb-key-save-delay", "1000") == "OK"
+    redis_server.command("BGSAVE")
+    for start in range(0, 200_000, 10_000):
+        redis_server.command("DEL", *[f"filler{i}" for i in range(start, start + 10_000)])
+    for i in range(20):
+        store(redis_server, f"k{i}", i)
+    assert redis_server.command("DBSIZE") == 20
+    cache = make_cache(redis_server)
+    stats = await asyncio.wait_for(cache.get_stats(), HANG)
+    assert stats["size"] == 20, stats
+    await asyncio.wait_for(cache.clear(), HANG)
+    assert redis_server.command("DBSIZE") == 0
+    info = redis_server.command("INFO", "persistence").decode()
+    assert "rdb_bgsave_in_progress:1" in info  # the table could not shrink meanwhile
+    await cache.disconnect()
+
+
+def test_a_forked_child_closes_the_parents_connections(redis_server):
+    """A child forked while the parent is connected does not keep the parent's sockets:
+    once the parent disconnects, the server sees its connection end even though the
+    child lives on. (A review found the child holding every connection its parent ever
+    made, for its whole life.)"""
+
+    def clients():
+        listing = redis_server.command("CLIENT", "LIST").decode().splitlines()
+        return [line for line in listing if "cmd=client" not in line]
+
+    cache = make_cache(redis_server)
+    asyncio.run(cache.set("k", 1))
+    assert len(clients()) == 1
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "This process .* is multi-threaded",
+                                DeprecationWarning)
+        pid = os.fork()
+    if pid == 0:  # a worker that never touches the cache
+        time.sleep(20)
+        os._exit(0)
+    try:
+        asyncio.run(cache.disconnect())
+        deadline = time.monotonic() + HANG
+        while clients():
+            assert time.monotonic() < deadline, clients()
+            time.sleep(0.05)
+    finally:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+
+
+async def test_get_stats_that_was_never_sent_gives_its_counts_back(redis_server):
+    """get_stats() carries this process's pending hit and miss increments (HINCRBY in
+    its pipeline). When it fails without having been sent (here: during the backoff
+    after an outage), they are pending again and reach the hash once Redis is back.
+    (A review found them lost.)"""
+    cache = make_cache(redis_server, socket_timeout=1.0, connect_timeout=1.0)
+    await cache.set("k", 1)
+    for _ in range(10):
+        assert await cache.get("k") == 1  # 10 hits, pending
+    redis_server.kill()
+    assert await cache.get("k") is None  # failed: the server is gone
+    assert "error" in await cache.get_stats()
+    await asyncio.to_thread(redis_server.restart)
+    deadline = time.monotonic() + HANG
+    while True:  # reconnected and flushed (at least once a second)
+        try:
+            await cache.set("k", 1)
+        except CacheError:
+            pass
+        hits = redis_server.command("HGET", PREFIX + "stats", "hits")
+        if hits is not None and int(hits) == 10:
+            break
+        assert time.monotonic() < deadline, hits
+        await asyncio.sleep(0.1)
+    await cache.disconnect()
+
+
+def test_requests_of_a_closed_loop_are_dropped_quietly(redis_server, caplog):
+    """A request still in flight when its loop closes is dropped, unlogged, by the next
+    loop's sweep — also on a cache that was never connect()ed, whose requests connect
+    on the way. (A review found that case logged as "Failed to connect to Redis: event
+    loop closed".)"""
+    LOGGER.setLevel(logging.ERROR)
+    cache = make_cache(redis_server)
+    loop = asyncio.new_event_loop()
+
+    async def fire():
+        cache.get("k")  # never awaited
+
+    loop.run_until_complete(fire())
+    time.sleep(0.3)  # its reply waits, undrained
+    loop.close()
+    caplog.clear()
+    asyncio.run(cache.get("other"))
+    assert cache.stats()["in_flight"] == 0
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []

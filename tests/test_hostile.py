@@ -504,16 +504,43 @@ def endless_scan(conn, cmd):
     return array([bulk("1"), array([])])
 
 
+def reverse_bits(v: int) -> int:
+    return int(f"{v:064b}"[::-1], 2)
+
+
 def counting_scan():
-    """SCAN answers a new nonzero cursor every time (1, 2, 3, ...), no keys: a scan
-    that only a cancellation can stop (no cursor repeats)."""
+    """SCAN answers a new cursor every time, as Redis would over a table of 2^64
+    buckets (reverse-binary order: 1, 2, 3, ... with their bits reversed), no keys: a
+    scan that looks like progress, that only a cancellation can stop."""
     n = [0]
 
     def h(conn, cmd):
         n[0] += 1
-        return array([bulk(str(n[0])), array([])])
+        return array([bulk(str(reverse_bits(n[0]))), array([])])
 
     return h
+
+
+@pytest.mark.parametrize("method", ["clear", "get_stats"])
+@pytest.mark.parametrize("cursors", [["5", "5"], ["1", "2"], ["abc"], ["-1"]],
+                         ids=["repeated", "not-reverse-binary", "not-a-number", "negative"])
+async def test_scan_cursor_that_does_not_advance_ends_the_scan(hostile, method, cursors):
+    """A SCAN cursor read bit-reversed must grow at every step (Redis iterates in
+    reverse binary order, whatever resizes happen): one that repeats, goes backwards or
+    is not a number ends clear() (CacheError) or get_stats() (error dict) at once."""
+    answers = iter(cursors)
+    server = hostile({"SCAN": lambda conn, cmd: array([bulk(next(answers, cursors[-1])),
+                                                        array([])])})
+    cache = make_cache(server)
+    async with disconnecting(cache):
+        if method == "clear":
+            with pytest.raises(CacheError, match="^Failed to clear cache: (SCAN cursor did "
+                                                 "not advance|unexpected SCAN cursor)"):
+                await bounded(cache.clear())
+        else:
+            got = await bounded(cache.get_stats())
+            assert got["error"] in ("SCAN cursor did not advance", "unexpected SCAN cursor")
+        assert server.count("SCAN") <= len(cursors) + 1, server.summary()
 
 
 SCANNING = {
@@ -888,3 +915,102 @@ def test_slow_dns_does_not_block_other_caches(redis_server, loop_name, tmp_path)
     if result["slow_outcome"] == "CacheError":
         assert result["slow_error"].startswith("Redis connection failed: "), result
     assert result["slow_elapsed"] < 1.0 + 9.0, result
+
+
+# ======================================================== follow-ups of the review
+
+
+@pytest.mark.parametrize("command, reply", [
+    ("PING", integer(1)), ("PING", bulk("PONG")), ("PING", array([simple("PONG")])),
+    ("AUTH", integer(0)), ("SELECT", bulk("OK")),
+], ids=lambda v: v.decode().strip() if isinstance(v, bytes) else v)
+async def test_handshake_answered_with_the_wrong_shape_is_refused(hostile, command, reply):
+    """The handshake is AUTH (+OK), SELECT (+OK), PING (+PONG): any other reply is a
+    refusal — or not a Redis server — and connect() raises CacheError saying so, and
+    nothing else is sent on that connection. (Before: any non-error reply counted as
+    success.)"""
+    server = hostile({command: fixed(reply)})
+    cache = make_cache(server, password="pw", db=1)
+    async with disconnecting(cache):
+        with pytest.raises(CacheError, match="^Redis connection failed: Protocol error: "
+                                             "unexpected reply to the handshake"):
+            await bounded(cache.connect())
+        assert not cache.connected
+        assert server.count("GET") == server.count("SET") == 0, server.summary()
+
+
+@pytest.mark.parametrize("element", [integer(3), array([]), bulk(None)],
+                         ids=["integer", "array", "nil"])
+async def test_scan_keys_that_are_not_strings_fail_the_clear(hostile, element):
+    """SCAN whose key list holds something other than bulk strings: clear() raises
+    CacheError ("unexpected SCAN reply") and deletes nothing. (Before: it sent `DEL ""`,
+    built by copying from a NULL pointer, and returned None.)"""
+    server = hostile({"SCAN": fixed(array([bulk("0"), array([bulk(PREFIX + "a"), element])]))})
+    cache = make_cache(server)
+    async with disconnecting(cache):
+        with pytest.raises(CacheError, match="^Failed to clear cache: unexpected SCAN reply"):
+            await bounded(cache.clear())
+        assert server.count("DEL") == 0, server.summary()
+
+
+async def test_connect_behind_a_slow_disconnect_gets_its_whole_connect_timeout(hostile):
+    """connect() made while a disconnect() waits (up to socket_timeout) for its
+    statistics flush: its connect_timeout starts when its attempt does, so a flush that
+    takes longer than connect_timeout does not fail it. (Before: "Timeout connecting
+    to server", and the cache ended disconnected.)"""
+    server = hostile({"HINCRBY": delayed(0.8)})
+    cache = make_cache(server, socket_timeout=5.0, connect_timeout=0.5)
+    async with disconnecting(cache):
+        await bounded(cache.connect())
+        await bounded(cache.get("k"))               # a statistics increment to flush
+        closing = cache.disconnect()
+        await bounded(cache.connect())
+        await bounded(closing)
+        assert cache.connected
+        assert await bounded(cache.exists("k")) is False
+        assert server.accepted == 2, server.summary()
+
+
+async def test_after_a_working_connection_drops_requests_wait_for_the_next(hostile, caplog):
+    """A ready connection dropped by the server (here: an oversized reply, a protocol
+    error) is followed by a short backoff; requests made meanwhile wait for the next
+    connection instead of failing at once with the old connection's error (which a
+    request to a healthy server would then be logged with). Only a failed attempt to
+    connect makes requests fail fast."""
+    behaviour = store(Behaviour({"GET": first(1, fixed(bulk(b"x" * 4096)))}), k="v")
+    server = hostile(behaviour)
+    cache = make_cache(server, max_reply_bytes=1024, socket_timeout=5.0, connect_timeout=5.0)
+    async with disconnecting(cache):
+        await bounded(cache.connect())
+        assert await bounded(cache.get("k")) is None          # too large: dropped
+        caplog.clear()
+        assert await bounded(cache.get("k")) == "v"           # waited for a new connection
+        assert not error_records(caplog), [r.getMessage() for r in caplog.records]
+        assert server.accepted == 2, server.summary()
+
+
+async def test_partial_reply_after_the_last_one_owed_drops_the_connection(hostile):
+    """The server answers SET with `+OK\\r\\n` and, in the same segment, the start of a
+    reply nobody asked for (`$2\\r\\n`): the connection is dropped, so the stray bytes
+    cannot glue onto the next reply. (A review found the next EXISTS — `:1\\r\\n` — read
+    as the bulk `:1`: exists() gave False for a stored key.)"""
+    behaviour = store(Behaviour({"SET": first(1, fixed(b"+OK\r\n$2\r\n"))}), present="v")
+    server = hostile(behaviour)
+    cache = make_cache(server, socket_timeout=5.0, connect_timeout=5.0)
+    async with disconnecting(cache):
+        await bounded(cache.set("x", 1))
+        assert await bounded(cache.exists("present")) is True
+        assert server.accepted == 2, server.summary()
+        assert server.conn(1).closed_by_client, server.summary()
+
+
+async def test_error_text_cut_inside_a_utf8_sequence(caplog):
+    """An error message longer than the 200 bytes a request carries, cut in the middle
+    of a UTF-8 sequence (a non-ASCII host name here): the caller still gets CacheError
+    (connect, or any method that had to connect first) with the text's readable part.
+    (A review found UnicodeDecodeError raised instead.)"""
+    cache = RedisCache(host="\u0434" * 100, port=6379, connect_timeout=2.0)
+    for call in (cache.connect, lambda: cache.get("k"), lambda: cache.set("k", 1)):
+        with pytest.raises(CacheError, match="^Redis connection failed: "):
+            await bounded(call())
+        await asyncio.sleep(0.1)

@@ -24,7 +24,7 @@ def harness(tmp_path_factory) -> str:
     cmd = ["gcc", "-std=c11", "-Wall", "-Wextra", "-Werror", "-O1", "-g", "-I", csrc,
            os.path.join(csrc, "io.c"), os.path.join(csrc, "respscan.c"),
            os.path.join(ROOT, "tests", "c", "io_harness.c"), "-lhiredis", "-lpthread", "-lm",
-           "-Wl,--wrap=malloc,--wrap=calloc,--wrap=free", "-o", exe]
+           "-Wl,--wrap=malloc,--wrap=calloc,--wrap=realloc,--wrap=free", "-o", exe]
     # The harness is not ours to sanitize: no preloaded ASan runtime in the compiler.
     env = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", "ASAN_OPTIONS")}
     built = subprocess.run(cmd, capture_output=True, text=True, env=env)
@@ -51,10 +51,11 @@ def test_a_failed_client_allocation_closes_no_descriptor(harness):
     run(harness, "client-alloc-fail")
 
 
-def test_the_password_is_wiped_before_its_memory_is_freed(harness):
-    """Connect with AUTH, disconnect, let the client go: no block freed on the way (the
-    AUTH command built for the handshake, the output buffer, the client's copy of
-    the password) still held the password."""
-    password = "Wiped-" + os.urandom(8).hex()
+@pytest.mark.parametrize("length, db", [(22, 0), (60, 3), (500, 1)])
+def test_the_password_is_wiped_before_its_memory_is_freed(harness, length, db):
+    """Connect with AUTH (and SELECT), disconnect, let the client go: no block freed on
+    the way, or given up by a realloc (the AUTH command built for the handshake, the
+    output buffer, the client's copy of the password), still held the password."""
+    password = ("Wiped-" + os.urandom(length).hex())[:length]
     with RedisServer(password=password) as server:
-        run(harness, "secrets", str(server.port), password)
+        run(harness, "secrets", str(server.port), password, str(db))

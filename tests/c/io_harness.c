@@ -1,13 +1,14 @@
 /* io_harness.c: tests of the I/O layer (csrc/io.c, csrc/respscan.c) below Python.
  *
- * Built and run by tests/test_io_layer.py, linked with --wrap=malloc,calloc,free so
- * that allocations can be made to fail and freed blocks inspected:
+ * Built and run by tests/test_io_layer.py, linked with --wrap=malloc,calloc,realloc,free
+ * so that allocations can be made to fail and freed blocks inspected:
  *   scan                      the reply-cost scanner on valid and invalid RESP, cut
  *                             into every possible pair of chunks
  *   client-alloc-fail         every allocation of bio_client_new failing in turn:
  *                             NULL, and no file descriptor (standard input!) closed
- *   secrets PORT PASSWORD     connect with AUTH to a redis-server, disconnect, let
- *                             the client go: no block freed meanwhile held the password
+ *   secrets PORT PASSWORD DB  connect with AUTH (and SELECT DB) to a redis-server,
+ *                             disconnect, let the client go: no block freed (or given
+ *                             up by realloc) meanwhile held the password
  * Prints "ok" and exits 0, or says what failed and exits 1. */
 #define _GNU_SOURCE
 #include "io.h"
@@ -26,6 +27,7 @@
 
 void *__real_malloc(size_t n);
 void *__real_calloc(size_t n, size_t m);
+void *__real_realloc(void *p, size_t n);
 void __real_free(void *p);
 
 static int fail_at = -1;        /* fail the fail_at-th allocation from now (0 = next) */
@@ -52,8 +54,9 @@ __wrap_calloc(size_t n, size_t m)
     return should_fail() ? NULL : __real_calloc(n, m);
 }
 
-void
-__wrap_free(void *p)
+/* Does the block p (about to be freed, or given up by realloc) hold the secret? */
+static void
+inspect_block(void *p)
 {
     if (p != NULL && secret != NULL) {
         size_t n = malloc_usable_size(p);
@@ -61,7 +64,20 @@ __wrap_free(void *p)
             secret_seen = 1;
         }
     }
+}
+
+void
+__wrap_free(void *p)
+{
+    inspect_block(p);
     __real_free(p);
+}
+
+void *
+__wrap_realloc(void *p, size_t n)
+{
+    inspect_block(p);  /* (it may move: then the old block is freed as it is) */
+    return should_fail() ? NULL : __real_realloc(p, n);
 }
 
 static int failures;
@@ -144,14 +160,24 @@ test_scan(void)
     expect("*\r\n", big, RESP_SCAN_PROTOCOL, "no length");
     expect("+OK\rX", big, RESP_SCAN_PROTOCOL, "CR without LF");
     expect("$99999999999999999999\r\n", ~0ULL, RESP_SCAN_PROTOCOL, "20-digit length");
-    expect("*1\r\n*1\r\n*1\r\n*1\r\n*1\r\n*1\r\n*1\r\n*1\r\n:1\r\n", big, RESP_SCAN_PROTOCOL,
-           "nesting deeper than hiredis takes");
+    expect("*1\r\n*1\r\n*1\r\n*1\r\n*1\r\n*1\r\n*1\r\n*1\r\n:1\r\n", big, RESP_SCAN_OK,
+           "8 nested arrays, as deep as hiredis goes");
+    expect("*1\r\n*1\r\n*1\r\n*1\r\n*1\r\n*1\r\n*1\r\n*1\r\n*1\r\n:1\r\n", big,
+           RESP_SCAN_PROTOCOL, "nesting deeper than hiredis takes");
+    {
+        resp_scan s;
+        resp_scan_init(&s);
+        check(resp_scan_feed(&s, "+OK\r\n$3\r", 8, big) == RESP_SCAN_OK && resp_scan_busy(&s),
+              "a reply begun is seen as begun");
+        check(resp_scan_feed(&s, "\nabc\r\n", 6, big) == RESP_SCAN_OK && !resp_scan_busy(&s),
+              "and finished when it is");
+    }
 }
 
 /* ------------------------------------------------------------------ client alloc */
 
 static bio_config
-config(const char *host, int port, const char *password)
+config(const char *host, int port, const char *password, int db)
 {
     bio_config cfg;
     memset(&cfg, 0, sizeof cfg);
@@ -160,6 +186,7 @@ config(const char *host, int port, const char *password)
     cfg.username = NULL;
     cfg.password = (char *)password;
     cfg.password_len = password ? strlen(password) : 0;
+    cfg.db = db;
     cfg.connect_timeout = 5;
     cfg.socket_timeout = 5;
     cfg.stats_key = "t:stats";
@@ -171,7 +198,7 @@ config(const char *host, int port, const char *password)
 static void
 test_client_alloc_fail(void)
 {
-    bio_config cfg = config("127.0.0.1", 6379, "secret");
+    bio_config cfg = config("127.0.0.1", 6379, "secret", 0);
     int made = 0;
     for (int k = 0; k < 32 && !made; k++) {
         allocs = 0;
@@ -205,11 +232,11 @@ wait_done(bio_bridge *b)
 }
 
 static void
-test_secrets(int port, const char *password)
+test_secrets(int port, const char *password, int db)
 {
     secret = password;
     secret_len = strlen(password);
-    bio_config cfg = config("127.0.0.1", port, password);
+    bio_config cfg = config("127.0.0.1", port, password, db);
     bio_client *c = bio_client_new(&cfg);
     bio_bridge *b = bio_bridge_new();
     check(c != NULL && b != NULL, "client and bridge made");
@@ -241,11 +268,11 @@ main(int argc, char **argv)
     else if (argc >= 2 && strcmp(argv[1], "client-alloc-fail") == 0) {
         test_client_alloc_fail();
     }
-    else if (argc >= 4 && strcmp(argv[1], "secrets") == 0) {
-        test_secrets(atoi(argv[2]), argv[3]);
+    else if (argc >= 5 && strcmp(argv[1], "secrets") == 0) {
+        test_secrets(atoi(argv[2]), argv[3], atoi(argv[4]));
     }
     else {
-        fprintf(stderr, "usage: io_harness scan | client-alloc-fail | secrets PORT PASSWORD\n");
+        fprintf(stderr, "usage: io_harness scan | client-alloc-fail | secrets PORT PASSWORD DB\n");
         return 2;
     }
     if (failures == 0) {
