@@ -1,6 +1,7 @@
 """install(): make an installed bruno-memory hand out these classes."""
 from __future__ import annotations
 
+import copyreg
 import importlib
 import importlib.util
 import sys
@@ -23,21 +24,54 @@ def _import_bruno_cache() -> tuple[Any, Any, Any]:
             "bruno_memory_c.install() needs bruno-memory (pip install bruno-memory); "
             "without it, import the caches from bruno_memory_c directly"
         )
+    stub = None
     try:
         importlib.import_module("bruno_memory")
     except ImportError:
         spec = None if "bruno_memory" in sys.modules else importlib.util.find_spec("bruno_memory")
         if spec is not None:  # not in sys.modules (and found at the top)
-            package = types.ModuleType("bruno_memory", "bruno-memory (caches only)")
-            package.__path__ = list(spec.submodule_search_locations or [])
-            package.__spec__ = spec
-            package.__file__ = spec.origin
-            package.__package__ = "bruno_memory"
-            sys.modules["bruno_memory"] = package
-    cache = importlib.import_module("bruno_memory.utils.cache")
-    utils = importlib.import_module("bruno_memory.utils")
-    exceptions = importlib.import_module("bruno_memory.exceptions")
+            stub = types.ModuleType("bruno_memory", "bruno-memory (caches only)")
+            stub.__path__ = list(spec.submodule_search_locations or [])
+            stub.__spec__ = spec
+            stub.__file__ = spec.origin
+            stub.__package__ = "bruno_memory"
+            sys.modules["bruno_memory"] = stub
+    try:
+        cache = importlib.import_module("bruno_memory.utils.cache")
+        utils = importlib.import_module("bruno_memory.utils")
+        exceptions = importlib.import_module("bruno_memory.exceptions")
+    finally:
+        if stub is not None and sys.modules.get("bruno_memory") is stub:
+            # The stub served to load the three modules only: a later
+            # `import bruno_memory` runs the real __init__ (and raises its real
+            # ImportError), while `from bruno_memory.utils.cache import ...` still
+            # finds the loaded modules.
+            del sys.modules["bruno_memory"]
     return cache, utils, exceptions
+
+
+def _raised_class() -> type:
+    """The CacheError class the caches raise in this process (see _CombinedMeta)."""
+    from bruno_memory_c import _core
+
+    return _core._get_cache_error()
+
+
+class _CombinedMeta(type):
+    """Metaclass of the combined CacheError made by install(): the class pickles as
+    "the class the caches raise in the receiving process" (it has no importable name:
+    it exists only where install() ran). See _reduce_combined."""
+
+
+def _reduce_combined(cls: type) -> Any:
+    if "_bruno_combined" in cls.__dict__:
+        return (_raised_class, ())
+    return cls.__qualname__  # a user's subclass: by its own name, as any class
+
+
+# (pickle saves a class by name whatever its metaclass, unless the copyreg table says
+# otherwise for that metaclass)
+copyreg.pickle(_CombinedMeta, _reduce_combined)
 
 
 def _rebuild_cache_error(args: tuple[Any, ...], state: dict[str, Any] | None) -> BaseException:
@@ -50,7 +84,9 @@ def _rebuild_cache_error(args: tuple[Any, ...], state: dict[str, Any] | None) ->
     return error
 
 
-def _reduce_cache_error(self: BaseException) -> tuple[Any, ...]:
+def _reduce_cache_error(self: BaseException) -> Any:
+    if "_bruno_combined" not in type(self).__dict__:
+        return BaseException.__reduce__(self)  # a user's subclass: as any exception
     return (_rebuild_cache_error, (self.args, self.__dict__ or None))
 
 
@@ -73,13 +109,13 @@ def install() -> None:
     theirs = exceptions.CacheError
     current = _core._get_cache_error()
     if not issubclass(current, theirs):
-        combined = type(
+        combined: Any = _CombinedMeta(
             "CacheError",
             (current, theirs),
             {"__module__": "bruno_memory_c", "__doc__": current.__doc__,
              # pickled (multiprocessing, concurrent.futures) by what it is, not by a
              # name: the receiving process may or may not have called install()
-             "__reduce__": _reduce_cache_error},
+             "__reduce__": _reduce_cache_error, "_bruno_combined": True},
         )
         _core._set_cache_error(combined)
 

@@ -30,7 +30,10 @@ async def get_from_l2(mlc: Any, key: Any) -> Any:
         try:
             value = await mlc.l2.get(key)
         except Exception:
-            mlc._count(0, 0, 1, 1, 0)
+            mlc._count(0, 0, 1, 1, 0)  # no answer: a miss, and an L2 error
+            raise
+        except BaseException:
+            mlc._count(0, 0, 1, 0, 0)  # cancelled before the answer: a miss
             raise
         mlc._count(0, value is not None, value is None, 0, 0)
         if value is not None and mlc.promote_on_hit:
@@ -93,7 +96,14 @@ async def get_many(mlc: Any, keys: Any) -> Any:
                 hits += 1
         mlc._count(hits, 0, 0, 0, 0)
         if missing:
-            l2_results = await _l2_call(mlc, mlc.l2.get_many(missing))
+            try:
+                l2_results = await mlc.l2.get_many(missing)
+            except Exception:
+                mlc._count(0, 0, len(missing), 1, 0)  # no answer: misses, an L2 error
+                raise
+            except BaseException:
+                mlc._count(0, 0, len(missing), 0, 0)  # cancelled before the answer
+                raise
             result.update(l2_results)
             found = sum(1 for k in missing if k in l2_results)
             mlc._count(0, found, len(missing) - found, 0, 0)

@@ -63,9 +63,12 @@ bruno_aw_ready(bruno_state *st, const char *qualname, PyObject *result)
         return NULL;
     }
     aw->result = result;  /* stolen */
-    /* Only an object the collector tracks can lead back to us in a cycle; an
-     * untracked result (None, int, str, float, ...) needs no tracking. */
-    if (PyObject_GC_IsTracked(result)) {
+    /* Only an object that can reference others can lead back to us in a cycle: an
+     * atom (None, int, str, float, ...) needs no tracking, nor a tuple the collector
+     * stopped tracking (its items are atoms, and it cannot change). A container that
+     * is not tracked now (a dict of atoms) may be later, once it holds us. */
+    if (PyObject_IS_GC(result) &&
+        !(PyTuple_CheckExact(result) && !PyObject_GC_IsTracked(result))) {
         PyObject_GC_Track(aw);
     }
     return (PyObject *)aw;
@@ -441,7 +444,13 @@ aw_throw(PyObject *op, PyObject *const *args, Py_ssize_t nargs)
         exc = Py_NewRef(typ);
     }
     else if (PyExceptionClass_Check(typ)) {
-        if (PyExceptionInstance_Check(val)) {
+        /* As a coroutine's: an instance of the class (or a subclass) is raised as it
+         * is; any other value is the argument of a new instance of the class. */
+        int is_instance = PyExceptionInstance_Check(val) ? PyObject_IsInstance(val, typ) : 0;
+        if (is_instance < 0) {
+            return NULL;
+        }
+        if (is_instance) {
             exc = Py_NewRef(val);
         }
         else if (val == Py_None) {
@@ -476,6 +485,21 @@ aw_throw(PyObject *op, PyObject *const *args, Py_ssize_t nargs)
     }
     aw->started = 1;
     aw_finish(aw);
+    if (PyErr_GivenExceptionMatches(exc, PyExc_StopIteration)) {
+        /* PEP 479, as for a coroutine that does not catch it: a StopIteration leaving
+         * it would read as its return value. */
+        PyObject *rt = PyObject_CallFunction(PyExc_RuntimeError, "s",
+                                             "coroutine raised StopIteration");
+        if (rt == NULL) {
+            Py_DECREF(exc);
+            return NULL;
+        }
+        PyException_SetCause(rt, Py_NewRef(exc));
+        PyException_SetContext(rt, exc);  /* steals */
+        PyErr_SetObject(PyExc_RuntimeError, rt);
+        Py_DECREF(rt);
+        return NULL;
+    }
     PyErr_SetObject((PyObject *)Py_TYPE(exc), exc);
     Py_DECREF(exc);
     return NULL;

@@ -315,9 +315,12 @@ bruno_imc_read_many(PyObject *l1, PyObject *tuple)
         return NULL;
     }
     PyObject *result = PyDict_New();
-    double coarse = -1;
     for (Py_ssize_t i = 0; result != NULL && i < n; i++) {
         PyObject *key = PyTuple_GET_ITEM(tuple, i), *value;
+        /* A clock reading per key: Python code run for an earlier one (a key's
+         * __eq__, a value's __del__) may take any time, and an entry that expired
+         * meanwhile must not be returned. */
+        double coarse = -1;
         if (imc_read(self, key, hashes[i], &coarse, &value) < 0) {
             Py_CLEAR(result);
             break;
@@ -680,10 +683,15 @@ static int
 start_deferred(PyObject *awobj)
 {
     BrunoAwaitable *aw = (BrunoAwaitable *)awobj;
-    InMemoryCache *self = aw->deferred;  /* owned */
-    aw->deferred = NULL;
+    InMemoryCache *self = aw->deferred;  /* owned by the awaitable */
     PyObject *loop = PyObject_CallNoArgs(self->st->get_running_loop);
-    int rc = loop == NULL ? -1 : imc_start_on(self, loop);
+    if (loop == NULL) {
+        /* Still no running loop (a send() outside one): the work stays deferred, so
+         * that awaiting it later in a loop does it, as RedisCache's does. */
+        return -1;
+    }
+    aw->deferred = NULL;
+    int rc = imc_start_on(self, loop);
     Py_DECREF(self);
     if (rc < 0) {
         return -1;

@@ -58,12 +58,17 @@ bruno_seconds(PyObject *ttl, const char *what, double *out)
 PyObject *
 bruno_keys_tuple(PyObject *keys)
 {
-    PyObject *tuple = PySequence_Tuple(keys);
-    if (tuple == NULL && PyErr_ExceptionMatches(PyExc_TypeError)) {
+    if (PyTuple_CheckExact(keys)) {
+        return Py_NewRef(keys);
+    }
+    if (Py_TYPE(keys)->tp_iter == NULL && !PySequence_Check(keys)) {
+        /* Not iterable at all: say what was expected. (An iterable whose iteration
+         * raises, TypeError included, raises that, as the reference lets it.) */
         PyErr_Format(PyExc_TypeError, "get_many() expects an iterable of keys, not %.100s",
                      Py_TYPE(keys)->tp_name);
+        return NULL;
     }
-    return tuple;
+    return PySequence_Tuple(keys);
 }
 
 PyObject *

@@ -569,3 +569,33 @@ async def test_threads_calling_cache():
     assert errors == []
     cache._check_consistency()
     assert cache.stats()["size"] <= 500
+
+
+@pytest.mark.parametrize("args", [
+    (KeyError, ValueError("v")),    # an instance of another class: the class's argument
+    (KeyError, KeyError("k")),      # an instance of the class: raised as it is
+    (LookupError, KeyError("k")),   # an instance of a subclass: raised as it is
+    (KeyError, ("a", "b")),         # a tuple: the class's arguments
+    (KeyError("k"),),
+    (StopIteration(5),),            # PEP 479: RuntimeError from it
+    (StopIteration, 5),
+], ids=["other-instance", "same-class", "subclass", "tuple", "instance", "stop-instance",
+        "stop-class"])
+def test_throw_raises_what_a_coroutine_would(args):
+    """throw() makes the exception a coroutine that does not catch it would raise: the
+    same type, arguments, and for a StopIteration a RuntimeError caused by it (a Task
+    would otherwise take it for the awaitable's result). (Before: the value was raised
+    whatever its class, and StopIteration escaped as is.)"""
+
+    async def coroutine():
+        return None
+
+    def outcome(target):
+        with pytest.raises(BaseException) as info:
+            target.throw(*args)
+        e = info.value
+        return type(e), e.args, type(e.__cause__), getattr(e.__cause__, "args", None)
+
+    theirs = coroutine()
+    expected = outcome(theirs)
+    assert outcome(InMemoryCache().get("x")) == expected

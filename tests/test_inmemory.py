@@ -14,6 +14,7 @@ import inspect
 import math
 import pydoc
 import sys
+import time
 import types
 import weakref
 
@@ -28,6 +29,7 @@ from bruno_memory_c import (
     CacheError,
     CacheInterface,
     InMemoryCache,
+    MultiLevelCache,
     __version__,
 )
 from conftest import LOOP_FACTORIES, drive
@@ -1373,3 +1375,69 @@ def test_start_made_outside_a_loop_and_never_awaited_leaks_nothing():
     del aw
     assert sys.getrefcount(cache) == before
     assert not cache.running
+
+
+@pytest.mark.parametrize("make", [InMemoryCache, lambda: MultiLevelCache(InMemoryCache())],
+                         ids=["InMemoryCache", "MultiLevelCache-without-L2"])
+def test_a_deferred_start_sent_outside_a_loop_can_still_be_awaited(make):
+    """start() made with no running loop defers its work to its first send; a send()
+    outside any loop raises "no running event loop" and keeps that work, so awaiting it
+    later in a loop arms the cleanup (as RedisCache's deferred requests do). (Before:
+    the failed send dropped the work and left the awaitable pending: a later await
+    parked for ever.)"""
+    cache = make()
+    aw = cache.start()
+    with pytest.raises(RuntimeError, match="no running event loop"):
+        aw.send(None)
+
+    async def later():
+        await asyncio.wait_for(aw, 10)
+        await cache.stop()
+
+    asyncio.run(later())
+
+
+@pytest.mark.parametrize("make", [InMemoryCache, lambda: MultiLevelCache(InMemoryCache())],
+                         ids=["InMemoryCache", "MultiLevelCache"])
+def test_get_many_lets_its_iterables_own_error_through(make):
+    """An iterable of keys that raises while iterated (TypeError included) raises that
+    error, as the reference lets it; only a non-iterable is "expects an iterable".
+    (Before: a generator raising TypeError midway was reported as not iterable.)"""
+    cache = make()
+
+    def keys():
+        yield "a"
+        raise TypeError("the iterable's own error")
+
+    with pytest.raises(TypeError, match="^the iterable's own error$"):
+        cache.get_many(keys())
+    with pytest.raises(ValueError, match="^other$"):
+        cache.get_many(map(lambda k: (_ for _ in ()).throw(ValueError("other")), ["a"]))
+    with pytest.raises(TypeError, match="expects an iterable of keys, not int"):
+        cache.get_many(5)
+
+
+def test_get_many_never_returns_an_entry_that_expired_during_the_batch():
+    """Python code run for one key of a batch (here a key's __eq__, taking longer than
+    another key's remaining life) must not let a later key's expired entry through:
+    the clock is read for each key. (Before: one reading served the whole batch.)"""
+    cache = InMemoryCache()
+
+    class Slow:
+        def __hash__(self):
+            return 7
+
+        def __eq__(self, other):
+            time.sleep(0.2)  # the lookup of this key compares with Stored below
+            return False
+
+    class Stored:
+        def __hash__(self):
+            return 7
+
+    drive(cache.set("a", 1, ttl=100))     # found: its expiry check reads the clock
+    drive(cache.set(Stored(), 2, ttl=100))
+    drive(cache.set("x", 3, ttl=0.1))
+    got = drive(cache.get_many(["a", Slow(), "x"]))
+    assert got == {"a": 1}, got
+    assert drive(cache.get("x")) is None

@@ -21,12 +21,15 @@ def run(code: str, *args: str) -> subprocess.CompletedProcess:
 
 def test_install_hands_out_our_classes():
     proc = run("""
+        import sys
         import bruno_memory_c
         bruno_memory_c.install()
         bruno_memory_c.install()  # idempotent
 
-        import bruno_memory.utils as utils
-        import bruno_memory.utils.cache as cache
+        # (bruno-memory's package itself cannot import here: its dependencies are
+        # missing, see test_a_later_import_of_bruno_memory_is_not_fooled_by_install)
+        from bruno_memory.utils import cache
+        utils = sys.modules["bruno_memory.utils"]
         for name in ("InMemoryCache", "RedisCache", "MultiLevelCache"):
             assert getattr(cache, name) is getattr(bruno_memory_c, name), name
             assert getattr(utils, name) is getattr(bruno_memory_c, name), name
@@ -195,3 +198,52 @@ def test_install_over_an_importable_bruno_memory(tmp_path):
     """)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "ok"
+
+
+def test_the_combined_class_and_its_subclasses_pickle_as_themselves():
+    """The CacheError class install() makes is named bruno_memory_c.CacheError but is
+    not that object: it pickles as "the class the caches raise in the receiving
+    process" (its instances already did); a user's subclass of it, and its instances,
+    pickle as themselves, not as the combined class. (Before: pickling the class
+    failed, and a subclass's instances came back as the combined class.)"""
+    proc = run("""
+        import pickle
+        import bruno_memory_c
+        bruno_memory_c.install()
+        combined = bruno_memory_c._core._get_cache_error()
+        assert combined is not bruno_memory_c.CacheError
+        assert pickle.loads(pickle.dumps(combined)) is combined
+
+        import __main__
+        class MyError(combined):
+            pass
+        __main__.MyError = MyError
+        assert pickle.loads(pickle.dumps(MyError)) is MyError
+        again = pickle.loads(pickle.dumps(MyError("boom", 1)))
+        assert type(again) is MyError and again.args == ("boom", 1)
+        print("ok")
+    """)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "ok"
+
+
+def test_a_later_import_of_bruno_memory_is_not_fooled_by_install():
+    """bruno-memory installed without its dependencies: install() loads its cache
+    modules only, and leaves no stand-in package behind — a later `import
+    bruno_memory` raises the real ImportError (its missing dependency), while the cache
+    modules stay importable. (Before: a stub package made `import bruno_memory`
+    succeed silently, without create_backend.)"""
+    proc = run("""
+        import bruno_memory_c
+        bruno_memory_c.install()
+        from bruno_memory.utils.cache import InMemoryCache
+        assert InMemoryCache is bruno_memory_c.InMemoryCache
+        try:
+            import bruno_memory
+        except ImportError as e:
+            print("ImportError", type(e).__name__)
+        else:
+            raise AssertionError(f"import bruno_memory succeeded: {bruno_memory!r}")
+    """)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("ImportError"), proc.stdout

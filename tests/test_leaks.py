@@ -588,3 +588,30 @@ def test_dropping_a_deep_chain_of_caches():
                           timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.strip() == "survived"
+
+
+def test_a_cycle_through_an_unawaited_ready_awaitable_is_collected():
+    """A ready awaitable of a dict the collector does not track (a dict of atoms), held
+    unawaited by that same dict: the cycle dict -> awaitable -> dict is collected, as
+    the same shape with a coroutine is. (Before: the awaitable was tracked only if its
+    result was tracked when it was made, so the collector never saw the cycle: ~7.8 MB
+    kept after 20,000 of them.)"""
+    cache = InMemoryCache()
+
+    class Marker:  # weakly referenceable, held by the dict
+        pass
+
+    refs = []
+    for _ in range(100):
+        d = {"n": 1, "s": "text"}
+        assert not gc.is_tracked(d)
+        drive(cache.set("d", d))
+        aw = cache.get("d")          # never awaited: a ready awaitable of d
+        d["aw"] = aw                 # d -> aw -> d
+        marker = Marker()
+        d["marker"] = marker
+        refs.append(weakref.ref(marker))
+        del d, aw, marker
+    drive(cache.clear())
+    gc.collect()
+    assert [r for r in refs if r() is not None] == []

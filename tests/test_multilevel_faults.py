@@ -653,7 +653,9 @@ async def test_generic_path_l2_failures_are_counted():
         await bounded(m.get_many(["hot", "cold"]))
     s = m.stats()
     assert s["l2_errors"] == 6, s
-    assert s["l1_hits"] == 2 and s["misses"] == 1, s
+    # "cold" missed twice: get(), and get_many()'s one key missing from L1 (README,
+    # "Counting": a key no answer came back for is a miss, on every path)
+    assert s["l1_hits"] == 2 and s["misses"] == 2, s
     l2.set.assert_awaited_once_with("s", 1, None)
     l2.set_many.assert_awaited_once_with({"a": 1}, None)
 
@@ -730,3 +732,49 @@ async def test_random_faults_under_load(redis_server, make_ml):
     assert m.stats()["l2_errors"] > 0
     await wait_in_flight_zero(l2)
     await assert_l2_used_again(m, l1, redis_server, "after-random")
+
+
+async def test_counting_is_the_same_on_both_paths_when_l2_fails(closed_port):
+    """One rule for both paths (README, "Counting"): every key L1 did not have counts
+    once — l2_hits if the answer had it, else a miss (L2 did not have it, failed, or
+    the call was cancelled first) — and each L2 call that fails adds one l2_error.
+    Over our RedisCache (fast path, reads never raise) and over an L2 that raises
+    (generic path, the error reaches the caller), get() and get_many() of keys L1
+    lacks count the same. (Before: the generic get_many counted its error and no
+    misses.)"""
+    fast = MultiLevelCache(InMemoryCache(), make_l2(closed_port))
+    generic = MultiLevelCache(InMemoryCache(), failing_l2_mock(CacheError("L2 down")))
+    for m in (fast, generic):
+        drive(m.l1.set("hot", "H"))
+        for call in (lambda: m.get("cold"), lambda: m.get_many(["hot", "a", "b"])):
+            try:
+                await bounded(call())
+            except CacheError:
+                assert m is generic
+    assert counters(fast) == counters(generic) == {
+        "l1_hits": 1, "l2_hits": 0, "misses": 3, "l2_errors": 2, "promotions": 0}
+
+
+async def test_a_cancelled_generic_read_counts_its_keys_as_misses():
+    """Cancelled while L2 has not answered: on the generic path the answer never comes
+    back, so each key L1 did not have counts as a miss (no L2 error). (Before: nothing
+    was counted. On the fast path the request completes anyway and counts by its
+    answer.)"""
+    l2 = AsyncMock(spec=RedisCache)
+    never = asyncio.Event()
+
+    async def hang(*args):
+        await never.wait()
+
+    l2.get.side_effect = hang
+    l2.get_many.side_effect = hang
+    m = MultiLevelCache(InMemoryCache(), l2)
+    for call in (lambda: m.get("a"), lambda: m.get_many(["a", "b"])):
+        task = asyncio.ensure_future(call())
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    assert counters(m) == {"l1_hits": 0, "l2_hits": 0, "misses": 3, "l2_errors": 0,
+                           "promotions": 0}

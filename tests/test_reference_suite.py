@@ -47,7 +47,7 @@ bruno_memory_c.install()
 
 @pytest.fixture(autouse=True)
 def _ours_installed():
-    import bruno_memory.utils.cache as cache
+    from bruno_memory.utils import cache
 
     for name in ("InMemoryCache", "RedisCache", "MultiLevelCache"):
         assert getattr(cache, name) is getattr(bruno_memory_c, name), name
