@@ -62,12 +62,9 @@ struct bio_req {
     int status;               /* BIO_OK or BIO_E* */
     int sent;                 /* its commands went out (so they may have run) */
     char err[BIO_ERRLEN];     /* message when status != BIO_OK */
-    /* Opaque to the I/O thread, which never reads them: the submitter's (Python
-     * objects and the function the loop bridge calls with the finished request). */
+    /* The submitter's, opaque to the I/O thread (which never reads them): its data,
+     * and the function the loop bridge calls with the finished request. */
     void *user;
-    void *ctx;
-    void *via;                /* a MultiLevelCache's ml_via, or NULL */
-    int kind;
     void (*on_done)(bio_req *r);
 };
 
@@ -141,23 +138,5 @@ void bio_req_free(bio_req *r);  /* frees buffers and replies, drops references *
  * child). Never blocks on the network. Returns 0, or -1 if the thread cannot be
  * started (errno set); the request is then not taken. */
 int bio_submit(bio_req *r);
-
-/* RESP building: a growable buffer. */
-typedef struct {
-    char *data;
-    size_t len, cap;
-    int ncmd;
-    int oom;
-} bio_buf;
-
-void bio_buf_init(bio_buf *b);
-void bio_buf_free(bio_buf *b);
-/* Append one command of argc arguments. */
-void bio_buf_command(bio_buf *b, int argc, const char *const *argv, const size_t *argvlen);
-/* Or build it piece by piece: the array header (counts one command), then bulk
- * strings; bio_buf_bulk2 writes one bulk string made of two parts (prefix + key). */
-void bio_buf_array(bio_buf *b, size_t n);
-void bio_buf_bulk(bio_buf *b, const char *s, size_t n);
-void bio_buf_bulk2(bio_buf *b, const char *s1, size_t n1, const char *s2, size_t n2);
 
 #endif

@@ -6,11 +6,12 @@
  * Two paths, chosen per call from the levels' exact types:
  *   fast     L1 is our InMemoryCache and L2 our RedisCache (or None): everything
  *            happens here. An L1 hit is one table lookup; an L1 miss is one L2
- *            request carrying an ml_via (this file's record of why it asked), and
- *            rediscache.c hands the finished request to bruno_mlc_l2_done() on the
- *            awaiting loop, where L2's answer is promoted into L1 in the same
- *            completion batch. GET and PTTL share a pipeline, so a promoted entry
- *            expires in L1 no later than in L2.
+ *            request made with a hook (rediscache.h) whose data is an ml_via (this
+ *            file's record of why it asked): RedisCache calls via_done() on the
+ *            awaiting loop with the typed answer (values, remaining TTLs, failure),
+ *            where L2's answer is promoted into L1 in the same completion batch. GET
+ *            and PTTL share a pipeline, so a promoted entry expires in L1 no later
+ *            than in L2.
  *   generic  any other levels (the reference's RedisCache, an AsyncMock): the
  *            coroutines of bruno_memory_c/_multilevel.py await them exactly as the
  *            reference does (same methods, same arguments). With our L1, get() still
@@ -31,7 +32,6 @@
 #include "lru.h"
 #include "rediscache.h"
 
-#include <hiredis/hiredis.h>
 #include <math.h>
 
 typedef struct {
@@ -48,10 +48,8 @@ typedef struct {
     bruno_state *st;         /* borrowed: module state, alive while our type is */
 } MultiLevelCache;
 
-enum { ML_GET = 1, ML_GET_MANY, ML_SET, ML_DELETE, ML_EXISTS, ML_SET_MANY, ML_CLEAR,
-       ML_STATS };
-
-struct ml_via {
+/* Why an L2 request was made: the data of its hook. */
+typedef struct {
     MultiLevelCache *mlc;    /* owned */
     PyObject *keys;          /* owned or NULL: the key (get), or the tuple of keys
                                 asked of L2 (get_many); their reads are counted */
@@ -60,8 +58,8 @@ struct ml_via {
                                 L1's get_stats() dict) */
     double issued;           /* when the request was made (monotonic seconds) */
     unsigned long long epoch;  /* clear_epoch when the request was made */
-    int op;                  /* ML_* */
-};
+    int op;                  /* the rc_op asked of L2 */
+} ml_via;
 
 /* ------------------------------------------------------------------ paths */
 
@@ -200,15 +198,15 @@ clear_end(MultiLevelCache *self)
 
 /* ------------------------------------------------------------------ vias */
 
-/* A via for op; for reads, key is a key (ML_GET) or a tuple of keys (ML_GET_MANY)
+/* A via for op; for reads, key is a key (RC_GET) or a tuple of keys (RC_MGET)
  * whose reads are counted from now. NULL with an exception. */
 static ml_via *
 via_new(MultiLevelCache *self, int op, PyObject *keys, PyObject *partial)
 {
-    if (op == ML_GET && reading_add(self, keys, 2) < 0) {
+    if (op == RC_GET && reading_add(self, keys, 2) < 0) {
         return NULL;
     }
-    if (op == ML_GET_MANY) {
+    if (op == RC_MGET) {
         for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(keys); i++) {
             if (reading_add(self, PyTuple_GET_ITEM(keys, i), 2) < 0) {
                 while (--i >= 0) {
@@ -224,17 +222,17 @@ via_new(MultiLevelCache *self, int op, PyObject *keys, PyObject *partial)
     if (via == NULL) {
         PyErr_NoMemory();
         PyObject *saved = PyErr_GetRaisedException();
-        for (Py_ssize_t i = 0; op == ML_GET_MANY && i < PyTuple_GET_SIZE(keys); i++) {
+        for (Py_ssize_t i = 0; op == RC_MGET && i < PyTuple_GET_SIZE(keys); i++) {
             (void)reading_add(self, PyTuple_GET_ITEM(keys, i), -2);
         }
-        if (op == ML_GET) {
+        if (op == RC_GET) {
             (void)reading_add(self, keys, -2);
         }
         PyErr_SetRaisedException(saved);
         return NULL;
     }
     via->mlc = (MultiLevelCache *)Py_NewRef(self);
-    via->keys = (op == ML_GET || op == ML_GET_MANY) ? Py_NewRef(keys) : NULL;
+    via->keys = (op == RC_GET || op == RC_MGET) ? Py_NewRef(keys) : NULL;
     via->partial = Py_XNewRef(partial);
     via->issued = lru_now();
     via->epoch = self->clear_epoch;
@@ -253,32 +251,48 @@ via_free(ml_via *via)
     Py_DECREF(self);
 }
 
-void
-bruno_mlc_via_drop(ml_via *via)
+/* The hook's drop: the request was never made (or never sent). */
+static void
+via_drop(void *data)
 {
+    ml_via *via = data;
     PyObject *saved = PyErr_GetRaisedException();
-    if (via->op == ML_GET) {
+    if (via->op == RC_GET) {
         (void)reading_end(via->mlc, via->keys);
     }
-    else if (via->op == ML_GET_MANY) {
+    else if (via->op == RC_MGET) {
         for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(via->keys); i++) {
             (void)reading_end(via->mlc, PyTuple_GET_ITEM(via->keys, i));
         }
     }
-    else if (via->op == ML_CLEAR) {
+    else if (via->op == RC_CLEAR) {
         clear_end(via->mlc);
     }
     via_free(via);
     PyErr_SetRaisedException(saved);
 }
 
-int
-bruno_mlc_via_traverse(ml_via *via, visitproc visit, void *arg)
+static int
+via_traverse(void *data, visitproc visit, void *arg)
 {
+    ml_via *via = data;
     Py_VISIT((PyObject *)via->mlc);
     Py_VISIT(via->keys);
     Py_VISIT(via->partial);
     return 0;
+}
+
+/* The hook of a request made for this via (the request takes the via over). */
+static void via_done(void *data, const rc_answer *answer, PyObject **result, PyObject **exc);
+
+static const rc_hook *
+hook_of(ml_via *via, rc_hook *hook)
+{
+    hook->done = via_done;
+    hook->drop = via_drop;
+    hook->traverse = via_traverse;
+    hook->data = via;
+    return hook;
 }
 
 /* ------------------------------------------------------------------ L2 answers */
@@ -294,13 +308,13 @@ log_promotion_error(MultiLevelCache *self)
     Py_XDECREF(v);
 }
 
-/* Promote key -> value into L1 if it may (PTTL reply `ttl`; via: when asked). */
+/* Promote key -> value into L1 if it may (pttl: its remaining life in L2, in ms, as
+ * PTTL said; NULL if unknown; via: when asked). */
 static void
-promote(MultiLevelCache *self, PyObject *key, PyObject *value, redisReply *ttl, ml_via *via,
-        int fresh)
+promote(MultiLevelCache *self, PyObject *key, PyObject *value, const long long *pttl,
+        ml_via *via, int fresh)
 {
-    if (!fresh || via->epoch != self->clear_epoch || self->clears_running ||
-        ttl == NULL || ttl->type != REDIS_REPLY_INTEGER) {
+    if (!fresh || via->epoch != self->clear_epoch || self->clears_running || pttl == NULL) {
         return;
     }
     int wanted = PyObject_IsTrue(self->promote_obj);  /* tested per use, as the reference */
@@ -309,13 +323,13 @@ promote(MultiLevelCache *self, PyObject *key, PyObject *value, redisReply *ttl, 
         return;
     }
     double until;
-    if (ttl->integer == -1) {
+    if (*pttl == -1) {
         until = INFINITY;  /* no expiry in L2: L1's default ttl alone */
     }
-    else if (ttl->integer > 0) {
+    else if (*pttl > 0) {
         /* Redis measured the remaining time after we asked: counting it from when
          * we asked makes L1 expire no later than L2. */
-        until = via->issued + (double)ttl->integer / 1000.0;
+        until = via->issued + (double)*pttl / 1000.0;
         if (until <= lru_now()) {
             return;  /* a late await: already gone from L2 */
         }
@@ -335,38 +349,29 @@ promote(MultiLevelCache *self, PyObject *key, PyObject *value, redisReply *ttl, 
     Py_DECREF(l1);
 }
 
-static int
-any_error_reply(bio_req *r)
+/* The hook's done: L2's answer, on the awaiting loop, before the caller's awaitable is
+ * resolved with *result / *exc (which may be replaced here). */
+static void
+via_done(void *data, const rc_answer *answer, PyObject **result, PyObject **exc)
 {
-    for (int i = 0; i < r->nrep; i++) {
-        if (((redisReply *)r->replies[i])->type == REDIS_REPLY_ERROR) {
-            return 1;
-        }
-    }
-    return 0;
-}
-
-void
-bruno_mlc_l2_done(ml_via *via, bio_req *r, int kind, PyObject **result, PyObject **exc)
-{
+    ml_via *via = data;
     MultiLevelCache *self = via->mlc;
-    (void)kind;
-    if (r->status != BIO_OK || any_error_reply(r)) {
+    if (answer->failed) {
         self->l2_errors++;
     }
-    redisReply **rep = (redisReply **)r->replies;
-    if (via->op == ML_GET) {
+    if (via->op == RC_GET) {
         int fresh = reading_end(self, via->keys);
         PyObject *v = *result;
         if (v != NULL && v != Py_None) {
             self->l2_hits++;
-            promote(self, via->keys, v, r->nrep > 1 ? rep[1] : NULL, via, fresh);
+            promote(self, via->keys, v, answer->npttl > 0 ? &answer->pttl[0] : NULL, via,
+                    fresh);
         }
         else {
             self->misses++;
         }
     }
-    else if (via->op == ML_GET_MANY) {
+    else if (via->op == RC_MGET) {
         PyObject *keys = via->keys, *found = *result;  /* found: dict, or None */
         Py_ssize_t n = PyTuple_GET_SIZE(keys);
         for (Py_ssize_t i = 0; i < n; i++) {
@@ -381,7 +386,7 @@ bruno_mlc_l2_done(ml_via *via, bio_req *r, int kind, PyObject **result, PyObject
             }
             self->l2_hits++;
             Py_INCREF(v);
-            promote(self, key, v, r->nrep > 1 + i ? rep[1 + i] : NULL, via, fresh);
+            promote(self, key, v, answer->npttl > i ? &answer->pttl[i] : NULL, via, fresh);
             Py_DECREF(v);
         }
         /* The answer: L1's dict updated with L2's, as the reference builds it. */
@@ -395,13 +400,13 @@ bruno_mlc_l2_done(ml_via *via, bio_req *r, int kind, PyObject **result, PyObject
             }
         }
     }
-    else if (via->op == ML_DELETE && via->partial == Py_True && *result != NULL) {
+    else if (via->op == RC_DELETE && via->partial == Py_True && *result != NULL) {
         Py_SETREF(*result, Py_NewRef(Py_True));  /* l1_result or l2_result */
     }
-    else if (via->op == ML_CLEAR) {
+    else if (via->op == RC_CLEAR) {
         clear_end(self);
     }
-    else if (via->op == ML_STATS && *result != NULL) {
+    else if (via->op == RC_STATS && *result != NULL) {
         PyObject *d = Py_BuildValue("{s:s,s:O,s:O}", "type", "multi_level", "l1",
                                     via->partial, "l2", *result);
         Py_SETREF(*result, d);
@@ -442,11 +447,13 @@ mlc_get(MultiLevelCache *self, PyObject *const *args, Py_ssize_t nargs, PyObject
     if (lv.path != PATH_FAST) {
         return ml_release(&lv, ml_generic(self, "get_from_l2", &key, 1));
     }
-    ml_via *via = via_new(self, ML_GET, key, NULL);
+    ml_via *via = via_new(self, RC_GET, key, NULL);
     if (via == NULL) {
         return ml_release(&lv, NULL);
     }
-    return ml_release(&lv, bruno_rc_fetch(lv.l2, key, "MultiLevelCache.get", via));
+    rc_hook hook;
+    return ml_release(&lv, bruno_rc_get(lv.l2, key, 1, "MultiLevelCache.get",
+                                        hook_of(via, &hook)));
 }
 
 static PyObject *
@@ -469,11 +476,13 @@ mlc_set(MultiLevelCache *self, PyObject *const *args, Py_ssize_t nargs, PyObject
     if (lv.path == PATH_L1_ONLY) {
         return ml_release(&lv, bruno_aw_none(self->st, "MultiLevelCache.set"));
     }
-    ml_via *via = via_new(self, ML_SET, NULL, NULL);
+    ml_via *via = via_new(self, RC_SET, NULL, NULL);
     if (via == NULL) {
         return ml_release(&lv, NULL);
     }
-    return ml_release(&lv, bruno_rc_set(lv.l2, a[0], a[1], a[2], "MultiLevelCache.set", via));
+    rc_hook hook;
+    return ml_release(&lv, bruno_rc_set(lv.l2, a[0], a[1], a[2], "MultiLevelCache.set",
+                                        hook_of(via, &hook)));
 }
 
 static PyObject *
@@ -496,11 +505,13 @@ mlc_delete(MultiLevelCache *self, PyObject *const *args, Py_ssize_t nargs, PyObj
         return ml_release(&lv, bruno_aw_ready(self->st, "MultiLevelCache.delete",
                                               PyBool_FromLong(deleted)));
     }
-    ml_via *via = via_new(self, ML_DELETE, NULL, deleted ? Py_True : NULL);
+    ml_via *via = via_new(self, RC_DELETE, NULL, deleted ? Py_True : NULL);
     if (via == NULL) {
         return ml_release(&lv, NULL);
     }
-    return ml_release(&lv, bruno_rc_delete(lv.l2, key, "MultiLevelCache.delete", via));
+    rc_hook hook;
+    return ml_release(&lv, bruno_rc_delete(lv.l2, key, "MultiLevelCache.delete",
+                                           hook_of(via, &hook)));
 }
 
 static PyObject *
@@ -520,11 +531,13 @@ mlc_exists(MultiLevelCache *self, PyObject *const *args, Py_ssize_t nargs, PyObj
         return ml_release(&lv, bruno_aw_ready(self->st, "MultiLevelCache.exists",
                                               PyBool_FromLong(found)));
     }
-    ml_via *via = via_new(self, ML_EXISTS, NULL, NULL);
+    ml_via *via = via_new(self, RC_EXISTS, NULL, NULL);
     if (via == NULL) {
         return ml_release(&lv, NULL);
     }
-    return ml_release(&lv, bruno_rc_exists(lv.l2, key, "MultiLevelCache.exists", via));
+    rc_hook hook;
+    return ml_release(&lv, bruno_rc_exists(lv.l2, key, "MultiLevelCache.exists",
+                                           hook_of(via, &hook)));
 }
 
 static PyObject *
@@ -566,9 +579,11 @@ mlc_get_many(MultiLevelCache *self, PyObject *const *args, Py_ssize_t nargs,
     if (missing == NULL) {
         goto done;
     }
-    ml_via *via = via_new(self, ML_GET_MANY, missing, found);
+    ml_via *via = via_new(self, RC_MGET, missing, found);
     if (via != NULL) {
-        ret = bruno_rc_fetch_many(lv.l2, missing, "MultiLevelCache.get_many", via);
+        rc_hook hook;
+        ret = bruno_rc_get_many(lv.l2, missing, 1, "MultiLevelCache.get_many",
+                                hook_of(via, &hook));
         if (ret != NULL) {
             self->l1_hits += (unsigned long long)(n - m);
         }
@@ -616,9 +631,11 @@ mlc_set_many(MultiLevelCache *self, PyObject *const *args, Py_ssize_t nargs,
         ret = bruno_aw_none(self->st, "MultiLevelCache.set_many");
         goto done;
     }
-    ml_via *via = via_new(self, ML_SET_MANY, NULL, NULL);
+    ml_via *via = via_new(self, RC_SETMANY, NULL, NULL);
     if (via != NULL) {
-        ret = bruno_rc_set_many(lv.l2, flat, a[1], "MultiLevelCache.set_many", via);
+        rc_hook hook;
+        ret = bruno_rc_set_many(lv.l2, flat, a[1], "MultiLevelCache.set_many",
+                                hook_of(via, &hook));
     }
 done:
     Py_DECREF(flat);
@@ -641,12 +658,14 @@ mlc_clear(MultiLevelCache *self, PyObject *Py_UNUSED(ignored))
         clear_end(self);
         return ml_release(&lv, bruno_aw_none(self->st, "MultiLevelCache.clear"));
     }
-    ml_via *via = via_new(self, ML_CLEAR, NULL, NULL);
+    ml_via *via = via_new(self, RC_CLEAR, NULL, NULL);
     if (via == NULL) {
         clear_end(self);
         return ml_release(&lv, NULL);
     }
-    return ml_release(&lv, bruno_rc_clear(lv.l2, "MultiLevelCache.clear", via));
+    rc_hook hook;
+    return ml_release(&lv, bruno_rc_clear(lv.l2, "MultiLevelCache.clear",
+                                          hook_of(via, &hook)));
 }
 
 static PyObject *
@@ -666,9 +685,10 @@ mlc_get_stats(MultiLevelCache *self, PyObject *Py_UNUSED(ignored))
         ret = d ? bruno_aw_ready(self->st, "MultiLevelCache.get_stats", d) : NULL;
     }
     else {
-        ml_via *via = via_new(self, ML_STATS, NULL, l1_stats);
+        ml_via *via = via_new(self, RC_STATS, NULL, l1_stats);
         if (via != NULL) {
-            ret = bruno_rc_get_stats(lv.l2, "MultiLevelCache.get_stats", via);
+            rc_hook hook;
+            ret = bruno_rc_get_stats(lv.l2, "MultiLevelCache.get_stats", hook_of(via, &hook));
         }
     }
     Py_DECREF(l1_stats);

@@ -1,4 +1,4 @@
-"""The I/O layer below Python (csrc/io.c, csrc/respscan.c), tested in C.
+"""The I/O layer below Python (csrc/io_engine.c, io_conn.c, resp.c, respscan.c), in C.
 
 tests/c/io_harness.c is compiled here (gcc, the hiredis headers: what building the
 extension needs anyway) and linked with wrapped malloc/calloc/free, so that an
@@ -22,7 +22,7 @@ def harness(tmp_path_factory) -> str:
     exe = str(tmp_path_factory.mktemp("io") / "io_harness")
     csrc = os.path.join(ROOT, "csrc")
     cmd = ["gcc", "-std=c11", "-Wall", "-Wextra", "-Werror", "-O1", "-g", "-I", csrc,
-           os.path.join(csrc, "io.c"), os.path.join(csrc, "respscan.c"),
+           *(os.path.join(csrc, f) for f in ("io_engine.c", "io_conn.c", "resp.c", "respscan.c")),
            os.path.join(ROOT, "tests", "c", "io_harness.c"), "-lhiredis", "-lpthread", "-lm",
            "-Wl,--wrap=malloc,--wrap=calloc,--wrap=realloc,--wrap=free", "-o", exe]
     # The harness is not ours to sanitize: no preloaded ASan runtime in the compiler.

@@ -1,4 +1,4 @@
-/* io_harness.c: tests of the I/O layer (csrc/io.c, csrc/respscan.c) below Python.
+/* io_harness.c: tests of the I/O layer (csrc/io_*.c, resp.c, respscan.c) below Python.
  *
  * Built and run by tests/test_io_layer.py, linked with --wrap=malloc,calloc,realloc,free
  * so that allocations can be made to fail and freed blocks inspected:

@@ -1,0 +1,126 @@
+/* io_internal.h: what io_engine.c and io_conn.c share (no Python in here).
+ *
+ * io_engine.c: the thread (its loop, the submit queue, start and fork), the bridges'
+ * completion queues, clients and requests, descriptors, name resolution.
+ * io_conn.c: one client's connection: its state machine, the in-flight FIFO, the
+ * handshake, reading and writing, routing requests, and its timers. */
+#ifndef BRUNO_IO_INTERNAL_H
+#define BRUNO_IO_INTERNAL_H
+
+#define _GNU_SOURCE
+#include "io.h"
+#include "clock.h"
+#include "resp.h"
+#include "respscan.h"
+
+#include <hiredis/hiredis.h>
+#include <netdb.h>
+#include <pthread.h>
+#include <stdatomic.h>
+
+#define READ_CHUNK 65536
+#define MAX_READ_PER_PASS (4 * 1024 * 1024)
+#define BACKOFF_MIN 0.05
+#define BACKOFF_MAX 2.0
+/* A connection that stayed ready this long before it dropped was healthy: the next
+ * attempt is made at once. One that dropped sooner (a server that closes every
+ * connection, a middlebox) makes the next attempt back off. */
+#define HEALTHY_AFTER 1.0
+#define STATS_FLUSH_EVERY 1.0
+/* Commands sent and not yet answered on one connection; further requests wait (in
+ * order) for room, which replies make. */
+#define MAX_PIPELINE 65536
+/* Name resolutions in progress at once, process-wide (one thread each). */
+#define MAX_RESOLVERS 32
+
+enum { ST_IDLE, ST_RESOLVING, ST_CONNECTING, ST_HANDSHAKE, ST_READY, ST_BACKOFF };
+enum { SLOT_USER, SLOT_HANDSHAKE, SLOT_STATS };
+
+/* One entry of the in-flight FIFO: the request whose replies come next, or NULL
+ * once it was completed early (timeout, disconnect) and its replies are discarded. */
+typedef struct {
+    bio_req *req;
+    int remaining;
+    int kind;         /* SLOT_* */
+    double deadline;  /* its replies are due by then, or the connection is replaced */
+} slot;
+
+/* A name being resolved by a thread of its own: getaddrinfo blocks (a silent DNS
+ * server: seconds), and the I/O thread must not. The job is the resolver thread's
+ * until it is handed back (E.resolved); then the I/O thread's, which frees it. */
+typedef struct resolve_job {
+    struct resolve_job *next;
+    char *host;
+    char port[16];
+    int gai;                 /* getaddrinfo's result */
+    struct addrinfo *res;    /* owned: its addresses */
+} resolve_job;
+
+struct bio_client {
+    atomic_int refs;
+    pid_t pid;
+    bio_config cfg;
+    bio_counters counters;
+    /* Everything below belongs to the I/O thread. */
+    bio_client *next;            /* engine's list of registered clients */
+    int registered;
+    int state;                   /* ST_* */
+    int fd;
+    int want_out;                /* EPOLLOUT registered */
+    redisReader *reader;
+    resp_scan scan;              /* the cost of the reply being received */
+    char *out;                   /* bytes to write: out[pos..len) */
+    size_t out_len, out_pos, out_cap;
+    size_t out_secret;           /* out[0..out_secret) holds AUTH: wiped once sent */
+    slot *ring;                  /* in-flight FIFO */
+    size_t r_head, r_count, r_cap;
+    bio_req *wait_head, *wait_tail;  /* requests waiting for a connection or for room */
+    bio_req *close_req;          /* a CLOSE waiting for the final statistics flush */
+    resolve_job *resolving;      /* borrowed identity of our job in progress, or NULL */
+    double close_deadline;
+    double hs_deadline;          /* resolve + connect + handshake must finish by then */
+    double backoff, backoff_until;
+    int unreachable;             /* the backoff follows a failed attempt, not a drop */
+    int stats_in_flight;         /* a statistics flush awaits its replies */
+    double ready_since;
+    double next_flush;
+    int ever_connected;
+    char last_err[BIO_ERRLEN];
+};
+
+
+typedef struct {
+    pthread_mutex_t lock;
+    bio_req *head, *tail;        /* submitted, not yet taken by the thread */
+    resolve_job *resolved;       /* finished resolutions, not yet taken */
+    int wake_pending;
+    int wake_fd;
+    int epfd;
+    int started;
+    pid_t pid;
+    pthread_t thread;
+    atomic_int resolvers;        /* resolver threads running */
+    bio_client *clients;         /* I/O thread only */
+} bio_engine;
+
+extern bio_engine E;
+
+
+/* io_engine.c */
+void io_complete(bio_req *r, int status, const char *msg);  /* to its bridge */
+void io_fd_register(int fd);
+void io_fd_close(int fd);
+void io_wake_unlock(void);  /* E.lock held: wake the thread, unlock */
+int io_start_resolving(bio_client *c, char *err, size_t errlen);
+
+/* io_conn.c */
+void io_connect_to(bio_client *c, int gai, struct addrinfo *res, double now);
+void io_connect_ready(bio_client *c, double now);
+void io_route(bio_req *r, double now);
+double io_client_timers(bio_client *c, double now);  /* when it next needs a pass */
+void io_flush_out(bio_client *c, double now);
+void io_do_read(bio_client *c, double now);
+void io_close_socket(bio_client *c);
+void io_append_stats_flush(bio_client *c, double now);
+
+#endif

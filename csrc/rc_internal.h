@@ -1,0 +1,147 @@
+/* rc_internal.h: what the files of RedisCache share.
+ *
+ *   rediscache.c    the type: options (__init__, from_url), attributes, the methods
+ *                   (each a line: its arguments, then rc_start)
+ *   rc_commands.c   the command table: per operation, how its commands are built, how
+ *                   its replies are decoded, what its failure gives (one entry each)
+ *   rc_request.c    request plumbing: the client, the running loop's bridge, starting
+ *                   (now, or deferred until awaited), continuing multi-step operations,
+ *                   and completing on the awaiting loop (rc_done), hooks included
+ *
+ * Layers call downward only: multilevel.c -> rediscache.h -> (these) -> io.h. */
+#ifndef BRUNO_RC_INTERNAL_H
+#define BRUNO_RC_INTERNAL_H
+
+#include "awaitable.h"
+#include "io.h"
+#include "rediscache.h"
+#include "resp.h"
+
+#include <hiredis/hiredis.h>
+
+typedef struct {
+    PyObject_HEAD
+    bio_client *client;          /* owned C reference, or NULL before first use */
+    PyObject *host;              /* owned str */
+    int port;
+    int db;
+    PyObject *password;          /* owned str or None */
+    PyObject *username;          /* owned str or None */
+    PyObject *unix_socket_path;  /* owned str or None */
+    PyObject *prefix;            /* owned str */
+    PyObject *prefix_bytes;      /* owned bytes: prefix in UTF-8 */
+    PyObject *default_ttl;       /* owned: None or a number, as given */
+    PyObject *max_connections;   /* owned: as given (requests are multiplexed) */
+    PyObject *pool_size;         /* owned: as given, or None */
+    PyObject *max_overflow;      /* owned: as given, or None */
+    double socket_timeout;       /* seconds; INFINITY for None */
+    double connect_timeout;
+    unsigned long long max_reply;  /* max_reply_bytes */
+    int connected;               /* connect() succeeded and no disconnect() since */
+    unsigned long long hits, misses;  /* this process's counts */
+    Py_ssize_t in_flight;        /* submitted, not yet finished (delivered) */
+    PyObject *last_bridge;       /* owned LoopBridge of the last loop used, or NULL */
+    PyObject *rl_holder;         /* owned, or NULL: asyncio's running-loop holder seen
+                                    with last_bridge (identity check; see rc_bridge) */
+    PyObject *weakreflist;
+    bruno_state *st;             /* borrowed */
+} RedisCache;
+
+/* Flags of a call. */
+enum {
+    RC_F_AUTOCONNECT = 1 << 0,   /* the cache was not connected when called */
+    RC_F_ENTER = 1 << 1,         /* connect() for __aenter__: gives the cache */
+    RC_F_WITH_TTL = 1 << 2,      /* get/get_many: each key's PTTL follows (for a hook) */
+    RC_F_FIRST = 1 << 3,         /* the first step of clear()/get_stats() */
+    RC_F_LAST = 1 << 4,          /* the last step of clear() (DEL only) */
+};
+
+/* Where a SCAN loop (clear(), get_stats()'s count) is: see rc_commands.c. */
+typedef struct {
+    long long left;              /* steps it may still take */
+    unsigned long long rev;      /* its last cursor, bits reversed */
+} scan_pos;
+
+/* One call of a RedisCache operation, from the method to the awaitable's result.
+ * Owned by its request (bio_req.user) while one is out; a multi-step operation hands
+ * it from one request to the next. */
+typedef struct {
+    RedisCache *cache;           /* owned */
+    BrunoAwaitable *aw;          /* owned once the request is submitted (a deferred
+                                    request is held by its awaitable instead) */
+    int op;                      /* rc_op */
+    int flags;                   /* RC_F_* */
+    rc_hook hook;                /* a C caller's hook (hook.done NULL: none) */
+    PyObject *subject;           /* owned or NULL: what the error log names (the key, or
+                                    its ascii()), or get_many's tuple of keys */
+    /* clear() and get_stats() */
+    scan_pos scan;
+    unsigned long long hits, misses;  /* get_stats: the pending increments it carries
+                                         (given back if never sent), then the totals */
+    long long size;              /* get_stats: keys counted so far */
+} rc_call;
+
+/* The arguments of a method, as the command table's builders take them (borrowed;
+ * NULL where the operation has none). */
+typedef struct {
+    PyObject *key;
+    PyObject *value;
+    PyObject *ttl;
+    PyObject *items;             /* get_many: tuple of keys; set_many: flat (k, v, ...) */
+} rc_args;
+
+/* What a builder made of its call. */
+typedef struct {
+    PyObject *ready;             /* owned or NULL: the result is known without Redis */
+    PyObject *raise;             /* owned or NULL: the call fails at once with this */
+    int unsendable;              /* a key could not become text: fail with `why` */
+    char why[BIO_ERRLEN];
+} rc_built;
+
+/* What a failed call gives (the reference's error semantics). */
+enum { RC_FAIL_NONE, RC_FAIL_FALSE, RC_FAIL_DICT, RC_FAIL_RAISE, RC_FAIL_ERROR_DICT };
+
+/* One operation of the command table. */
+typedef struct {
+    int bio_op;                  /* BIO_OP_CMD, BIO_OP_CONNECT, BIO_OP_CLOSE */
+    int fail;                    /* RC_FAIL_* */
+    const char *log;             /* the error log, NULL for none */
+    int logs_key;                /* the log names the call's subject first ("Error
+                                    getting key %s: %s"), else the error only */
+    const char *raise;           /* RC_FAIL_RAISE: the CacheError's prefix */
+    /* Append the call's commands to b: 0, or -1 with an exception; a result known at
+     * once, a failure at once, or an unsendable key are said in *built. */
+    int (*build)(rc_call *call, const rc_args *args, resp_buf *b, rc_built *built);
+    /* Every reply arrived: the result (new reference), or NULL with *exc (or an
+     * exception); *pending = 1 when the call went on with a follow-up request. */
+    PyObject *(*decode)(rc_call *call, bio_req *r, PyObject **exc, int *pending);
+} rc_command;
+
+extern const rc_command rc_commands[RC_NOPS];
+
+/* rc_commands.c */
+int rc_ttl_option(RedisCache *self, PyObject *ttl, int *mode, long long *amount);
+/* The failure result of a call, as the table's entry for `op` says (the call's own,
+ * or RC_CONNECT for a method that had to connect first): logged, then a new
+ * reference, or NULL with *exc set (RC_FAIL_RAISE). `what` may be cut inside a UTF-8
+ * sequence. */
+PyObject *rc_failure(rc_call *call, int op, const char *what, PyObject **exc);
+/* CacheError(prefix + detail), an instance (new reference). */
+PyObject *rc_error(RedisCache *self, const char *prefix, const char *detail);
+/* Count a get's hit or miss (this process, and the next statistics flush). */
+void rc_count(RedisCache *self, int hit);
+
+/* rc_request.c */
+bio_client *rc_client(RedisCache *self);
+/* Make a call of `op` and start it; returns its awaitable (new reference), or NULL
+ * with an exception. Takes the hook over (its drop runs if no request is made). */
+PyObject *rc_start(RedisCache *self, int op, int flags, const rc_args *args,
+                   const char *qualname, const rc_hook *hook);
+/* A multi-step operation's next request, with the commands in b (taken), carrying
+ * the call on (r, the finished request, lets go of it). 0, or -1 with an exception. */
+int rc_continue(bio_req *r, int flags, resp_buf *b);
+/* Log `fmt` % (arg, detail) (or % detail when arg is NULL) on the module's logger,
+ * keeping the exception being raised, if any. */
+void rc_log(RedisCache *self, const char *fmt, PyObject *arg, PyObject *detail);
+
+#endif
