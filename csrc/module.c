@@ -119,6 +119,20 @@ bruno_mapping_flat(bruno_state *st, PyObject *mapping)
     return snap;
 }
 
+void
+bruno_log_error(bruno_state *st, const char *fmt, PyObject *arg, PyObject *detail)
+{
+    PyObject *saved = PyErr_GetRaisedException();
+    PyObject *r = arg != NULL
+        ? PyObject_CallMethod(st->logger, "error", "sOO", fmt, arg, detail)
+        : PyObject_CallMethod(st->logger, "error", "sO", fmt, detail);
+    if (r == NULL) {
+        PyErr_Clear();
+    }
+    Py_XDECREF(r);
+    PyErr_SetRaisedException(saved);
+}
+
 int
 bruno_parse_args(const char *fname, PyObject *const *args, Py_ssize_t nargs,
                  PyObject *kwnames, const char *const *names, int required,

@@ -53,6 +53,11 @@ bruno_state_from_type(PyTypeObject *tp)
     return mod ? (bruno_state *)PyModule_GetState(mod) : NULL;
 }
 
+/* Log `fmt` % (arg, detail) (or % detail when arg is NULL) at ERROR on the module's
+ * logger ("bruno_memory_c"), keeping the exception being raised, if any. The one
+ * logging helper of the C code: a failure of logging itself is dropped. */
+void bruno_log_error(bruno_state *st, const char *fmt, PyObject *arg, PyObject *detail);
+
 /* Argument parsing for METH_FASTCALL | METH_KEYWORDS functions.
  * names: NULL-terminated parameter names; the first `required` are mandatory.
  * out: receives borrowed references (NULL for an omitted optional argument).

@@ -30,36 +30,9 @@
 #include "awaitable.h"
 #include "inmemory.h"
 #include "lru.h"
-#include "rediscache.h"
+#include "ml_internal.h"
 
 #include <math.h>
-
-typedef struct {
-    PyObject_HEAD
-    PyObject *l1;            /* owned: the L1 cache */
-    PyObject *l2;            /* owned: the L2 cache, or None */
-    PyObject *promote_obj;   /* owned: promote_on_hit as given (tested when used) */
-    unsigned long long l1_hits, l2_hits, misses, l2_errors, promotions;
-    unsigned long long clear_epoch;  /* bumped when a clear() starts and ends */
-    int clears_running;      /* clear() calls under way */
-    PyObject *reading;       /* owned dict or NULL: key -> int, 2 per L2 read in
-                                flight (fast path), + 1 once the key was written */
-    PyObject *weakreflist;
-    bruno_state *st;         /* borrowed: module state, alive while our type is */
-} MultiLevelCache;
-
-/* Why an L2 request was made: the data of its hook. */
-typedef struct {
-    MultiLevelCache *mlc;    /* owned */
-    PyObject *keys;          /* owned or NULL: the key (get), or the tuple of keys
-                                asked of L2 (get_many); their reads are counted */
-    PyObject *partial;       /* owned or NULL: L1's part of the answer (get_many: the
-                                dict; delete: True when L1 deleted the key; get_stats:
-                                L1's get_stats() dict) */
-    double issued;           /* when the request was made (monotonic seconds) */
-    unsigned long long epoch;  /* clear_epoch when the request was made */
-    int op;                  /* the rc_op asked of L2 */
-} ml_via;
 
 /* ------------------------------------------------------------------ paths */
 
@@ -120,303 +93,6 @@ ml_generic(MultiLevelCache *self, const char *name, PyObject *const *args, Py_ss
     return coro;
 }
 
-/* ------------------------------------------------------------------ reads in flight */
-
-static int
-reading_add(MultiLevelCache *self, PyObject *key, long delta)
-{
-    if (self->reading == NULL && (self->reading = PyDict_New()) == NULL) {
-        return -1;
-    }
-    PyObject *cur = PyDict_GetItemWithError(self->reading, key);  /* borrowed */
-    if (cur == NULL && PyErr_Occurred()) {
-        return -1;
-    }
-    long v = (cur ? PyLong_AsLong(cur) : 0) + delta;
-    if (v < 2) {
-        return cur ? PyDict_DelItem(self->reading, key) : 0;
-    }
-    PyObject *o = PyLong_FromLong(v);
-    if (o == NULL) {
-        return -1;
-    }
-    int rc = PyDict_SetItem(self->reading, key, o);
-    Py_DECREF(o);
-    return rc;
-}
-
-/* A write of key through this cache: reads of it in flight must not promote. */
-static int
-note_write(MultiLevelCache *self, PyObject *key)
-{
-    if (self->reading == NULL || PyDict_GET_SIZE(self->reading) == 0) {
-        return 0;
-    }
-    PyObject *cur = PyDict_GetItemWithError(self->reading, key);
-    if (cur == NULL) {
-        return PyErr_Occurred() ? -1 : 0;
-    }
-    long v = PyLong_AsLong(cur);
-    return v & 1 ? 0 : reading_add(self, key, 1);
-}
-
-/* A read of key is over: returns 1 when it may promote (no write since), else 0. */
-static int
-reading_end(MultiLevelCache *self, PyObject *key)
-{
-    if (self->reading == NULL) {
-        return 0;
-    }
-    PyObject *cur = PyDict_GetItemWithError(self->reading, key);
-    if (cur == NULL) {
-        PyErr_Clear();
-        return 0;
-    }
-    int fresh = !(PyLong_AsLong(cur) & 1);
-    if (reading_add(self, key, -2) < 0) {
-        PyErr_Clear();
-    }
-    return fresh;
-}
-
-/* A clear() starts / ends: no L2 read that overlaps one promotes (see promote()). */
-static void
-clear_begin(MultiLevelCache *self)
-{
-    self->clear_epoch++;
-    self->clears_running++;
-}
-
-static void
-clear_end(MultiLevelCache *self)
-{
-    if (self->clears_running > 0) {
-        self->clears_running--;
-    }
-    self->clear_epoch++;
-}
-
-/* ------------------------------------------------------------------ vias */
-
-/* A via for op; for reads, key is a key (RC_GET) or a tuple of keys (RC_MGET)
- * whose reads are counted from now. NULL with an exception. */
-static ml_via *
-via_new(MultiLevelCache *self, int op, PyObject *keys, PyObject *partial)
-{
-    if (op == RC_GET && reading_add(self, keys, 2) < 0) {
-        return NULL;
-    }
-    if (op == RC_MGET) {
-        for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(keys); i++) {
-            if (reading_add(self, PyTuple_GET_ITEM(keys, i), 2) < 0) {
-                while (--i >= 0) {
-                    PyObject *saved = PyErr_GetRaisedException();
-                    (void)reading_add(self, PyTuple_GET_ITEM(keys, i), -2);
-                    PyErr_SetRaisedException(saved);
-                }
-                return NULL;
-            }
-        }
-    }
-    ml_via *via = PyMem_Malloc(sizeof *via);
-    if (via == NULL) {
-        PyErr_NoMemory();
-        PyObject *saved = PyErr_GetRaisedException();
-        for (Py_ssize_t i = 0; op == RC_MGET && i < PyTuple_GET_SIZE(keys); i++) {
-            (void)reading_add(self, PyTuple_GET_ITEM(keys, i), -2);
-        }
-        if (op == RC_GET) {
-            (void)reading_add(self, keys, -2);
-        }
-        PyErr_SetRaisedException(saved);
-        return NULL;
-    }
-    via->mlc = (MultiLevelCache *)Py_NewRef(self);
-    via->keys = (op == RC_GET || op == RC_MGET) ? Py_NewRef(keys) : NULL;
-    via->partial = Py_XNewRef(partial);
-    via->issued = lru_now();
-    via->epoch = self->clear_epoch;
-    via->op = op;
-    return via;
-}
-
-static void
-via_free(ml_via *via)
-{
-    MultiLevelCache *self = via->mlc;
-    PyObject *keys = via->keys, *partial = via->partial;
-    PyMem_Free(via);
-    Py_XDECREF(keys);
-    Py_XDECREF(partial);
-    Py_DECREF(self);
-}
-
-/* The hook's drop: the request was never made (or never sent). */
-static void
-via_drop(void *data)
-{
-    ml_via *via = data;
-    PyObject *saved = PyErr_GetRaisedException();
-    if (via->op == RC_GET) {
-        (void)reading_end(via->mlc, via->keys);
-    }
-    else if (via->op == RC_MGET) {
-        for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(via->keys); i++) {
-            (void)reading_end(via->mlc, PyTuple_GET_ITEM(via->keys, i));
-        }
-    }
-    else if (via->op == RC_CLEAR) {
-        clear_end(via->mlc);
-    }
-    via_free(via);
-    PyErr_SetRaisedException(saved);
-}
-
-static int
-via_traverse(void *data, visitproc visit, void *arg)
-{
-    ml_via *via = data;
-    Py_VISIT((PyObject *)via->mlc);
-    Py_VISIT(via->keys);
-    Py_VISIT(via->partial);
-    return 0;
-}
-
-/* The hook of a request made for this via (the request takes the via over). */
-static void via_done(void *data, const rc_answer *answer, PyObject **result, PyObject **exc);
-
-static const rc_hook *
-hook_of(ml_via *via, rc_hook *hook)
-{
-    hook->done = via_done;
-    hook->drop = via_drop;
-    hook->traverse = via_traverse;
-    hook->data = via;
-    return hook;
-}
-
-/* ------------------------------------------------------------------ L2 answers */
-
-static void
-log_promotion_error(MultiLevelCache *self)
-{
-    PyObject *v = PyErr_GetRaisedException();
-    PyObject *r = PyObject_CallMethod(self->st->logger, "error", "sO",
-                                      "Error promoting a value into L1: %r", v ? v : Py_None);
-    Py_XDECREF(r);
-    PyErr_Clear();
-    Py_XDECREF(v);
-}
-
-/* Promote key -> value into L1 if it may (pttl: its remaining life in L2, in ms, as
- * PTTL said; NULL if unknown; via: when asked). */
-static void
-promote(MultiLevelCache *self, PyObject *key, PyObject *value, const long long *pttl,
-        ml_via *via, int fresh)
-{
-    if (!fresh || via->epoch != self->clear_epoch || self->clears_running || pttl == NULL) {
-        return;
-    }
-    int wanted = PyObject_IsTrue(self->promote_obj);  /* tested per use, as the reference */
-    if (wanted <= 0) {
-        PyErr_Clear();
-        return;
-    }
-    double until;
-    if (*pttl == -1) {
-        until = INFINITY;  /* no expiry in L2: L1's default ttl alone */
-    }
-    else if (*pttl > 0) {
-        /* Redis measured the remaining time after we asked: counting it from when
-         * we asked makes L1 expire no later than L2. */
-        until = via->issued + (double)*pttl / 1000.0;
-        if (until <= lru_now()) {
-            return;  /* a late await: already gone from L2 */
-        }
-    }
-    else {
-        return;  /* expired (-2) or expiring now (0) */
-    }
-    PyObject *l1 = Py_NewRef(self->l1);  /* the key's __eq__ may reassign cache.l1 */
-    if (bruno_imc_exact(self->st, l1)) {
-        if (bruno_imc_promote(l1, key, value, until) < 0) {
-            log_promotion_error(self);
-        }
-        else {
-            self->promotions++;
-        }
-    }
-    Py_DECREF(l1);
-}
-
-/* The hook's done: L2's answer, on the awaiting loop, before the caller's awaitable is
- * resolved with *result / *exc (which may be replaced here). */
-static void
-via_done(void *data, const rc_answer *answer, PyObject **result, PyObject **exc)
-{
-    ml_via *via = data;
-    MultiLevelCache *self = via->mlc;
-    if (answer->failed) {
-        self->l2_errors++;
-    }
-    if (via->op == RC_GET) {
-        int fresh = reading_end(self, via->keys);
-        PyObject *v = *result;
-        if (v != NULL && v != Py_None) {
-            self->l2_hits++;
-            promote(self, via->keys, v, answer->npttl > 0 ? &answer->pttl[0] : NULL, via,
-                    fresh);
-        }
-        else {
-            self->misses++;
-        }
-    }
-    else if (via->op == RC_MGET) {
-        PyObject *keys = via->keys, *found = *result;  /* found: dict, or None */
-        Py_ssize_t n = PyTuple_GET_SIZE(keys);
-        for (Py_ssize_t i = 0; i < n; i++) {
-            PyObject *key = PyTuple_GET_ITEM(keys, i);
-            int fresh = reading_end(self, key);
-            PyObject *v = found && PyDict_CheckExact(found)
-                              ? PyDict_GetItemWithError(found, key) : NULL;  /* borrowed */
-            if (v == NULL) {
-                PyErr_Clear();
-                self->misses++;
-                continue;
-            }
-            self->l2_hits++;
-            Py_INCREF(v);
-            promote(self, key, v, answer->npttl > i ? &answer->pttl[i] : NULL, via, fresh);
-            Py_DECREF(v);
-        }
-        /* The answer: L1's dict updated with L2's, as the reference builds it. */
-        if (found != NULL && PyDict_CheckExact(found) && via->partial != NULL) {
-            if (PyDict_Update(via->partial, found) < 0) {
-                Py_CLEAR(*result);
-                *exc = PyErr_GetRaisedException();  /* the awaiting task gets the error */
-            }
-            else {
-                Py_SETREF(*result, Py_NewRef(via->partial));
-            }
-        }
-    }
-    else if (via->op == RC_DELETE && via->partial == Py_True && *result != NULL) {
-        Py_SETREF(*result, Py_NewRef(Py_True));  /* l1_result or l2_result */
-    }
-    else if (via->op == RC_CLEAR) {
-        clear_end(self);
-    }
-    else if (via->op == RC_STATS && *result != NULL) {
-        PyObject *d = Py_BuildValue("{s:s,s:O,s:O}", "type", "multi_level", "l1",
-                                    via->partial, "l2", *result);
-        Py_SETREF(*result, d);
-        if (d == NULL) {
-            *exc = PyErr_GetRaisedException();
-        }
-    }
-    via_free(via);
-}
-
 /* ------------------------------------------------------------------ data methods */
 
 static PyObject *
@@ -447,13 +123,13 @@ mlc_get(MultiLevelCache *self, PyObject *const *args, Py_ssize_t nargs, PyObject
     if (lv.path != PATH_FAST) {
         return ml_release(&lv, ml_generic(self, "get_from_l2", &key, 1));
     }
-    ml_via *via = via_new(self, RC_GET, key, NULL);
+    ml_via *via = ml_via_new(self, RC_GET, key, NULL);
     if (via == NULL) {
         return ml_release(&lv, NULL);
     }
     rc_hook hook;
     return ml_release(&lv, bruno_rc_get(lv.l2, key, 1, "MultiLevelCache.get",
-                                        hook_of(via, &hook)));
+                                        ml_hook_of(via, &hook)));
 }
 
 static PyObject *
@@ -470,19 +146,19 @@ mlc_set(MultiLevelCache *self, PyObject *const *args, Py_ssize_t nargs, PyObject
         a[2] = a[2] ? a[2] : Py_None;
         return ml_release(&lv, ml_generic(self, "set", a, 3));
     }
-    if (note_write(self, a[0]) < 0 || bruno_imc_put(lv.l1, a[0], a[1], a[2]) < 0) {
+    if (ml_note_write(self, a[0]) < 0 || bruno_imc_put(lv.l1, a[0], a[1], a[2]) < 0) {
         return ml_release(&lv, NULL);
     }
     if (lv.path == PATH_L1_ONLY) {
         return ml_release(&lv, bruno_aw_none(self->st, "MultiLevelCache.set"));
     }
-    ml_via *via = via_new(self, RC_SET, NULL, NULL);
+    ml_via *via = ml_via_new(self, RC_SET, NULL, NULL);
     if (via == NULL) {
         return ml_release(&lv, NULL);
     }
     rc_hook hook;
     return ml_release(&lv, bruno_rc_set(lv.l2, a[0], a[1], a[2], "MultiLevelCache.set",
-                                        hook_of(via, &hook)));
+                                        ml_hook_of(via, &hook)));
 }
 
 static PyObject *
@@ -494,7 +170,7 @@ mlc_delete(MultiLevelCache *self, PyObject *const *args, Py_ssize_t nargs, PyObj
     if (lv.path == PATH_GENERIC) {
         return ml_release(&lv, ml_generic(self, "delete", &key, 1));
     }
-    if (note_write(self, key) < 0) {
+    if (ml_note_write(self, key) < 0) {
         return ml_release(&lv, NULL);
     }
     int deleted = bruno_imc_remove(lv.l1, key);
@@ -505,13 +181,13 @@ mlc_delete(MultiLevelCache *self, PyObject *const *args, Py_ssize_t nargs, PyObj
         return ml_release(&lv, bruno_aw_ready(self->st, "MultiLevelCache.delete",
                                               PyBool_FromLong(deleted)));
     }
-    ml_via *via = via_new(self, RC_DELETE, NULL, deleted ? Py_True : NULL);
+    ml_via *via = ml_via_new(self, RC_DELETE, NULL, deleted ? Py_True : NULL);
     if (via == NULL) {
         return ml_release(&lv, NULL);
     }
     rc_hook hook;
     return ml_release(&lv, bruno_rc_delete(lv.l2, key, "MultiLevelCache.delete",
-                                           hook_of(via, &hook)));
+                                           ml_hook_of(via, &hook)));
 }
 
 static PyObject *
@@ -531,13 +207,13 @@ mlc_exists(MultiLevelCache *self, PyObject *const *args, Py_ssize_t nargs, PyObj
         return ml_release(&lv, bruno_aw_ready(self->st, "MultiLevelCache.exists",
                                               PyBool_FromLong(found)));
     }
-    ml_via *via = via_new(self, RC_EXISTS, NULL, NULL);
+    ml_via *via = ml_via_new(self, RC_EXISTS, NULL, NULL);
     if (via == NULL) {
         return ml_release(&lv, NULL);
     }
     rc_hook hook;
     return ml_release(&lv, bruno_rc_exists(lv.l2, key, "MultiLevelCache.exists",
-                                           hook_of(via, &hook)));
+                                           ml_hook_of(via, &hook)));
 }
 
 static PyObject *
@@ -579,11 +255,11 @@ mlc_get_many(MultiLevelCache *self, PyObject *const *args, Py_ssize_t nargs,
     if (missing == NULL) {
         goto done;
     }
-    ml_via *via = via_new(self, RC_MGET, missing, found);
+    ml_via *via = ml_via_new(self, RC_MGET, missing, found);
     if (via != NULL) {
         rc_hook hook;
         ret = bruno_rc_get_many(lv.l2, missing, 1, "MultiLevelCache.get_many",
-                                hook_of(via, &hook));
+                                ml_hook_of(via, &hook));
         if (ret != NULL) {
             self->l1_hits += (unsigned long long)(n - m);
         }
@@ -620,7 +296,7 @@ mlc_set_many(MultiLevelCache *self, PyObject *const *args, Py_ssize_t nargs,
     }
     PyObject *ret = NULL;
     for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(flat); i += 2) {
-        if (note_write(self, PyTuple_GET_ITEM(flat, i)) < 0) {
+        if (ml_note_write(self, PyTuple_GET_ITEM(flat, i)) < 0) {
             goto done;
         }
     }
@@ -631,11 +307,11 @@ mlc_set_many(MultiLevelCache *self, PyObject *const *args, Py_ssize_t nargs,
         ret = bruno_aw_none(self->st, "MultiLevelCache.set_many");
         goto done;
     }
-    ml_via *via = via_new(self, RC_SETMANY, NULL, NULL);
+    ml_via *via = ml_via_new(self, RC_SETMANY, NULL, NULL);
     if (via != NULL) {
         rc_hook hook;
         ret = bruno_rc_set_many(lv.l2, flat, a[1], "MultiLevelCache.set_many",
-                                hook_of(via, &hook));
+                                ml_hook_of(via, &hook));
     }
 done:
     Py_DECREF(flat);
@@ -652,20 +328,20 @@ mlc_clear(MultiLevelCache *self, PyObject *Py_UNUSED(ignored))
     if (lv.path == PATH_GENERIC) {
         return ml_release(&lv, ml_generic(self, "clear", NULL, 0));
     }
-    clear_begin(self);
+    ml_clear_begin(self);
     bruno_imc_clear(lv.l1);
     if (lv.path == PATH_L1_ONLY) {
-        clear_end(self);
+        ml_clear_end(self);
         return ml_release(&lv, bruno_aw_none(self->st, "MultiLevelCache.clear"));
     }
-    ml_via *via = via_new(self, RC_CLEAR, NULL, NULL);
+    ml_via *via = ml_via_new(self, RC_CLEAR, NULL, NULL);
     if (via == NULL) {
-        clear_end(self);
+        ml_clear_end(self);
         return ml_release(&lv, NULL);
     }
     rc_hook hook;
     return ml_release(&lv, bruno_rc_clear(lv.l2, "MultiLevelCache.clear",
-                                          hook_of(via, &hook)));
+                                          ml_hook_of(via, &hook)));
 }
 
 static PyObject *
@@ -685,10 +361,10 @@ mlc_get_stats(MultiLevelCache *self, PyObject *Py_UNUSED(ignored))
         ret = d ? bruno_aw_ready(self->st, "MultiLevelCache.get_stats", d) : NULL;
     }
     else {
-        ml_via *via = via_new(self, RC_STATS, NULL, l1_stats);
+        ml_via *via = ml_via_new(self, RC_STATS, NULL, l1_stats);
         if (via != NULL) {
             rc_hook hook;
-            ret = bruno_rc_get_stats(lv.l2, "MultiLevelCache.get_stats", hook_of(via, &hook));
+            ret = bruno_rc_get_stats(lv.l2, "MultiLevelCache.get_stats", ml_hook_of(via, &hook));
         }
     }
     Py_DECREF(l1_stats);
@@ -841,14 +517,14 @@ mlc_count(MultiLevelCache *self, PyObject *const *args, Py_ssize_t nargs)
 static PyObject *
 mlc_clear_begin(MultiLevelCache *self, PyObject *Py_UNUSED(ignored))
 {
-    clear_begin(self);
+    ml_clear_begin(self);
     Py_RETURN_NONE;
 }
 
 static PyObject *
 mlc_clear_end(MultiLevelCache *self, PyObject *Py_UNUSED(ignored))
 {
-    clear_end(self);
+    ml_clear_end(self);
     Py_RETURN_NONE;
 }
 

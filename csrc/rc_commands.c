@@ -245,7 +245,7 @@ rc_failure(rc_call *call, int op, const char *what, PyObject **exc)
         self->connected = 0;
     }
     if (cmd->log != NULL) {
-        rc_log(self, cmd->log, cmd->logs_key ? (call->subject ? call->subject : Py_None)
+        bruno_log_error(self->st, cmd->log, cmd->logs_key ? (call->subject ? call->subject : Py_None)
                                              : NULL, text);
     }
     PyObject *result = NULL;
@@ -319,7 +319,7 @@ decode_value(rc_call *call, redisReply *rep)
     PyObject *s = PyObject_Str(exc);
     Py_DECREF(exc);
     PyErr_Clear();
-    rc_log(call->cache, "Error decoding cached value: %s", NULL, s ? s : Py_None);
+    bruno_log_error(call->cache->st, "Error decoding cached value: %s", NULL, s ? s : Py_None);
     Py_XDECREF(s);
     Py_RETURN_NONE;
 }

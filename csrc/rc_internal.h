@@ -140,8 +140,5 @@ PyObject *rc_start(RedisCache *self, int op, int flags, const rc_args *args,
 /* A multi-step operation's next request, with the commands in b (taken), carrying
  * the call on (r, the finished request, lets go of it). 0, or -1 with an exception. */
 int rc_continue(bio_req *r, int flags, resp_buf *b);
-/* Log `fmt` % (arg, detail) (or % detail when arg is NULL) on the module's logger,
- * keeping the exception being raised, if any. */
-void rc_log(RedisCache *self, const char *fmt, PyObject *arg, PyObject *detail);
 
 #endif

@@ -13,22 +13,6 @@
 #include <math.h>
 #include <string.h>
 
-/* ------------------------------------------------------------------ logging */
-
-void
-rc_log(RedisCache *self, const char *fmt, PyObject *arg, PyObject *detail)
-{
-    PyObject *saved = PyErr_GetRaisedException();
-    PyObject *r = arg != NULL
-        ? PyObject_CallMethod(self->st->logger, "error", "sOO", fmt, arg, detail)
-        : PyObject_CallMethod(self->st->logger, "error", "sO", fmt, detail);
-    if (r == NULL) {
-        PyErr_Clear();
-    }
-    Py_XDECREF(r);
-    PyErr_SetRaisedException(saved);
-}
-
 /* ------------------------------------------------------------------ client */
 
 bio_client *
@@ -282,27 +266,28 @@ rc_start(RedisCache *self, int op, int flags, const rc_args *args, const char *q
     if (call == NULL) {
         return NULL;
     }
+    PyObject *known = NULL;  /* the awaitable of an answer known without Redis */
+    bio_req *r = NULL;
     resp_buf b;
     resp_buf_init(&b);
     rc_built built = {0};
     if (rc_client(self) == NULL || rc_commands[op].build(call, args, &b, &built) < 0) {
-        resp_buf_free(&b);
-        call_free(call);
-        return NULL;
+        goto out;
     }
-    if (built.ready != NULL || built.raise != NULL) {  /* known without Redis */
-        resp_buf_free(&b);
-        call_free(call);
-        return built.ready ? bruno_aw_ready(self->st, qualname, built.ready)
-                           : bruno_aw_error(self->st, qualname, built.raise);
+    if (built.ready != NULL || built.raise != NULL) {
+        known = built.ready ? bruno_aw_ready(self->st, qualname, built.ready)
+                            : bruno_aw_error(self->st, qualname, built.raise);
+        goto out;
     }
     if (built.unsendable) {
         resp_buf_free(&b);  /* nothing to send: it fails on the normal way back */
     }
-    bio_req *r = request_new(call, NULL, &b, built.unsendable ? built.why : NULL);
+    r = request_new(call, NULL, &b, built.unsendable ? built.why : NULL);  /* takes b */
+out:
     if (r == NULL) {
+        resp_buf_free(&b);
         call_free(call);
-        return NULL;
+        return known;
     }
     PyObject *awobj = bruno_aw_pending(self->st, qualname);
     if (awobj == NULL) {

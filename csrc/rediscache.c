@@ -14,27 +14,26 @@
  * proto-max-bulk-len (respscan.h says how a reply is costed). */
 #define DEFAULT_MAX_REPLY (512ULL * 1024 * 1024)
 
-static double
-timeout_arg(PyObject *v, const char *what, int *err)
+/* A timeout option into *out, in seconds: 5 when omitted, infinite for None.
+ * 0, or -1 with TypeError / ValueError. */
+static int
+timeout_arg(PyObject *v, const char *what, double *out)
 {
-    if (v == NULL) {
-        return 5.0;
-    }
-    if (v == Py_None) {
-        return INFINITY;
+    if (v == NULL || v == Py_None) {
+        *out = v == NULL ? 5.0 : INFINITY;
+        return 0;
     }
     double d = PyFloat_AsDouble(v);
     if (d == -1.0 && PyErr_Occurred()) {
         PyErr_Format(PyExc_TypeError, "%s must be a number or None", what);
-        *err = 1;
-        return 0;
+        return -1;
     }
     if (!(d > 0)) {
         PyErr_Format(PyExc_ValueError, "%s must be > 0", what);
-        *err = 1;
-        return 0;
+        return -1;
     }
-    return d;
+    *out = d;
+    return 0;
 }
 
 /* ------------------------------------------------------------------ calls */
@@ -361,7 +360,7 @@ rc_init(RedisCache *self, PyObject *args, PyObject *kwds)
         PyErr_SetString(PyExc_RuntimeError, "RedisCache is already initialised");
         return -1;
     }
-    int iport = 6379, idb = 0, err = 0;
+    int iport = 6379, idb = 0;
     if (host == NULL) {
         host = self->st->str_localhost;
     }
@@ -386,9 +385,9 @@ rc_init(RedisCache *self, PyObject *args, PyObject *kwds)
         PyErr_Format(PyExc_TypeError, "prefix must be a str, not %.100s", Py_TYPE(prefix)->tp_name);
         return -1;
     }
-    double st_ = timeout_arg(sock_to, "socket_timeout", &err);
-    double ct = err ? 0 : timeout_arg(conn_to, "connect_timeout", &err);
-    if (err) {
+    double st_, ct;
+    if (timeout_arg(sock_to, "socket_timeout", &st_) < 0 ||
+        timeout_arg(conn_to, "connect_timeout", &ct) < 0) {
         return -1;
     }
     PyObject *pbytes = PyUnicode_AsUTF8String(prefix);
