@@ -20,7 +20,7 @@ TEST_WORKERS ?= 4
 # sources: _core.cpython-311-x86_64-linux-gnu.so, ...-312-..., ...).
 EXT = bruno_memory_c/_core$(shell $(PY) -c 'import sysconfig; print(sysconfig.get_config_var("EXT_SUFFIX"))')
 
-.PHONY: all sysdeps venv build test test-all test-asan demo bench wheel test-wheel clean
+.PHONY: all sysdeps venv build test test-all test-asan demo bench mutants wheel test-wheel clean
 
 all: build
 
@@ -91,14 +91,19 @@ test-asan: build
 demo: build
 	$(PY) examples/demo.py
 
+# Every benchmark with --strict (a missed target, a wrong result or a missing contender
+# fails it), all of them even when one fails, then the chart and a summary; fails if any
+# failed. BENCH_ARGS="--quick --results-dir /tmp/bench": a short trial run elsewhere.
 bench: build
 	$(PIP) install -r requirements-bench.txt
-	$(PY) benchmarks/bench_inmemory.py
-	$(PY) benchmarks/bench_redis.py
-	$(PY) benchmarks/bench_redis.py --loop uvloop
-	$(PY) benchmarks/bench_multilevel.py
-	$(PY) benchmarks/bench_multilevel.py --loop uvloop
-	$(PY) benchmarks/chart.py
+	$(PY) benchmarks/run_all.py $(BENCH_ARGS)
+
+# Mutation check (not part of CI; 10-15 minutes here): tools/mutants.py breaks csrc/*.c
+# on purpose in a scratch copy under /tmp (never this tree), builds each mutant there and
+# runs its tests: fails when a mutant survives (no test noticed the defect).
+# MUTANTS_ARGS="--only NAME ...", "--list", "--rev HEAD": see the script.
+mutants: venv
+	$(PY) tools/mutants.py $(MUTANTS_ARGS)
 
 # Release artifacts in dist/: the sdist, and from it one wheel per supported interpreter,
 # repaired by auditwheel (manylinux tag, libhiredis copied into bruno_memory_c.libs/).

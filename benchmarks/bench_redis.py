@@ -15,10 +15,13 @@ the rounds):
 - redis-py:  raw redis.asyncio.Redis on a BlockingConnectionPool(max_connections=50)
              (hiredis parser), `json.loads(await r.get("bench:k..."))`
 - glide:     valkey-glide's async GlideClient (request_timeout 5 s, like ours'
-             socket_timeout; default inflight limit 1000), `json.loads(await c.get(...))`;
-             skipped when valkey-glide is not installed
+             socket_timeout; default inflight limit 1000), `json.loads(await c.get(...))`.
+             When valkey-glide is not installed (requirements-bench.txt installs it) the
+             others are still measured, but the run fails (exit 1, --strict or not): a
+             missing contender is not a target met
 - ceiling:   `redis-benchmark -P 16 -c 50 -t get -q` against the same server (a C client
-             pipelining 16 deep on 50 connections: what the server gives at most)
+             pipelining 16 deep on 50 connections: what the server gives at most); missing
+             (no redis-benchmark), it fails the run as a missing contender does
 
 Data: 1000 keys "k{i}" (Redis keys "bench:k{i}"), distinct JSON values, written once by
 ours before the measurements; every contender reads those same Redis keys and every result
@@ -476,8 +479,15 @@ def main(argv=None) -> int:
     warnings.simplefilter("ignore", DeprecationWarning)  # the reference's client.close()
     if HAVE_GLIDE:
         GlideLogger.set_logger_config(GlideLogLevel.ERROR)
-    else:
-        print("valkey-glide: not installed (pip install valkey-glide)")
+    # A contender that cannot run fails the run (after measuring the others): its
+    # targets would otherwise be skipped and the rest would read as "all met".
+    missing = []
+    if not HAVE_GLIDE:
+        missing.append("valkey-glide (not installed: pip install -r requirements-bench.txt)")
+    if shutil.which("redis-benchmark") is None:
+        missing.append("redis-benchmark, the ceiling (not found: it comes with redis-server)")
+    for m in missing:
+        print(f"MISSING contender: {m}: this run will fail")
 
     contenders = [c for c in ALL_CONTENDERS if c in FACTORIES]
     started = time.time()
@@ -708,7 +718,12 @@ def main(argv=None) -> int:
                 f"sequential p50: ours {fmt_us(op50)} µs vs valkey-glide {fmt_us(gp50)} µs "
                 "(target: ahead)", ours_us=op50, glide_us=gp50)
     else:
-        print("SKIP ahead of valkey-glide: valkey-glide not installed")
+        verdict("throughput_100_vs_glide", False,
+                "100 tasks: ahead of valkey-glide: not measured, valkey-glide is missing")
+        verdict("seq_p50_vs_glide", False,
+                "sequential p50: ahead of valkey-glide: not measured, valkey-glide is missing")
+    for m in missing:
+        verdict("contender_present", False, f"missing contender: {m}", contender=m)
     all_pass = all(v["pass"] for v in verdicts)
 
     result = {
@@ -722,6 +737,7 @@ def main(argv=None) -> int:
             "quick": opts.quick,
             "contenders": contenders,
             "glide_installed": HAVE_GLIDE,
+            "missing_contenders": missing,
             "keys": N_KEYS,
             "value_example": value_for(0),
             "prefix": PREFIX,
@@ -747,6 +763,9 @@ def main(argv=None) -> int:
         "all_pass": all_pass,
     }
     write_results(opts.output, result)
+    if missing:
+        print(f"bench_redis.py: the run failed: missing contender(s): {'; '.join(missing)}")
+        return 1
     return 1 if (opts.strict and not all_pass) else 0
 
 

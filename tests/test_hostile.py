@@ -624,6 +624,23 @@ async def test_get_never_answered_times_out_and_replaces_the_connection(hostile)
         assert served_on(server, "GET")[-1] > 1, server.summary()
 
 
+async def test_a_reply_later_than_socket_timeout_after_sending_is_too_late(hostile):
+    """README, socket_timeout: a command's reply is due within socket_timeout after it
+    is sent. A GET answered 1.8 s after it arrived, with socket_timeout 1 s, is too late:
+    the get returns None (the error table's answer), the connection is replaced, and the
+    next get is answered on a new one. (A deadline of twice socket_timeout would take
+    the late answer: tools/mutants.py, doubled-timeout.)"""
+    server = hostile(store(Behaviour({"GET": first(1, delayed(1.8))}), k="v"))
+    cache = make_cache(server, socket_timeout=1.0)
+    async with disconnecting(cache):
+        await bounded(cache.connect())
+        assert await bounded(cache.get("k")) is None
+        await server.until(lambda: server.conn(1).closed, BOUND, "the late connection closes")
+        assert server.conn(1).closed_by_client, server.summary()
+        await eventually(lambda: cache.get("k"), lambda r: r == "v")
+        assert served_on(server, "GET") == [1, 2], server.summary()
+
+
 async def test_dropped_caches_close_connections_whose_stats_flush_is_never_answered(hostile):
     """Statistics flush never answered: the server answers everything except HINCRBY.
     Five caches each do a `get` (a miss: one pending statistics increment each) and

@@ -2,7 +2,12 @@
 
 Refcounts of keys and values return to their baseline after each kind of operation and
 after the cache is dropped; awaitables release their results however they end; and a
-million mixed operations on a bounded cache leave the traced memory where it was."""
+million mixed operations on a bounded cache leave the traced memory where it was.
+
+Every check here works in the normal build and in the ASan build (PYTHONMALLOC=malloc):
+refcounts, live objects (gc, weakrefs), tracemalloc, and tests/_leakmeter.py's
+native_heap_bytes() (glibc's counters, or ASan's allocator statistics under ASan) —
+never sys.getallocatedblocks(), which is 0 there."""
 import asyncio
 import gc
 import sys
@@ -13,6 +18,7 @@ import pytest
 
 from bruno_memory_c import CacheAwaitable, InMemoryCache
 from conftest import drive
+from _leakmeter import NATIVE_METER, Growth, native_heap_bytes, quiesce, raw_free, raw_malloc
 
 rc = sys.getrefcount
 
@@ -413,7 +419,14 @@ def test_awaitable_in_a_cycle_is_collected():
     assert ref() is None
 
 
-def test_allocated_blocks_stable_for_every_path():
+def test_memory_stable_for_every_path():
+    """Every path of every method, 10,000 rounds after a warm-up: what Python's
+    allocators hold (tracemalloc: the table's nodes and buckets are PyMem blocks, the
+    awaitables objects) and what the C allocator holds (native_heap_bytes) stay put.
+
+    (This was measured with sys.getallocatedblocks(), which is 0 under the ASan build's
+    PYTHONMALLOC=malloc: the check passed there whatever leaked. Both meters used now
+    work in both builds; see tests/_leakmeter.py.)"""
     cache = InMemoryCache(max_size=64)
     keys = [f"key{i}" for i in range(128)]
     value = Obj("v")
@@ -446,13 +459,45 @@ def test_allocated_blocks_stable_for_every_path():
 
     for i in range(5000):
         one_round(i)
-    gc.collect()
-    before = sys.getallocatedblocks()
-    for i in range(50_000):
-        one_round(i)
-    gc.collect()
-    growth = sys.getallocatedblocks() - before
-    assert growth < 200, growth
+    with Growth() as growth:
+        for i in range(10_000):
+            one_round(i)
+    # A leak of one 16-byte block per round would be 160 KB.
+    assert growth.traced < 64 * 1024, growth
+    assert growth.native < 256 * 1024, growth
+
+
+def test_the_memory_meters_see_allocations():
+    """The leak tests' meters are not blind in this build: each sees allocations of a
+    known size, and sees them given back. (Under ASan, sys.getallocatedblocks() and
+    glibc's mallinfo2() see nothing at all; see tests/_leakmeter.py.)"""
+    size = 4 * 1024 * 1024
+    before = native_heap_bytes()
+    pointers = [raw_malloc(size // 64) for _ in range(64)]
+    held = native_heap_bytes() - before
+    for pointer in pointers:
+        raw_free(pointer)
+    after = native_heap_bytes() - before
+    assert size <= held < size + 512 * 1024, (held, NATIVE_METER)
+    assert abs(after) < 512 * 1024, (after, NATIVE_METER)
+
+    # tracemalloc sees the LRU table's PyMem nodes (and, in this build, whichever
+    # allocator serves them).
+    cache = InMemoryCache(max_size=100_000)
+    keys = [f"meter-{i}" for i in range(20_000)]
+    with Growth() as growth:
+        drive(cache.set_many(dict.fromkeys(keys, 1)))
+    assert growth.traced > 20_000 * 32, growth
+    drive(cache.clear())
+    del cache
+    # And a leak of the kind the tests look for, 16 bytes per round, shows.
+    with Growth() as growth:
+        leaked = [raw_malloc(16) for _ in range(50_000)]
+    try:
+        assert growth.native >= 50_000 * 16, growth
+    finally:
+        for pointer in leaked:
+            raw_free(pointer)
 
 
 # ---------------------------------------------------------------------------- tracemalloc
@@ -504,10 +549,10 @@ def test_million_operations_memory_is_flat():
     tracemalloc.start()
     try:
         run_sync(mixed_workload(cache, 200_000, keys, values, batches, batch_keys))  # warm-up
-        gc.collect()
+        quiesce()
         start, _ = tracemalloc.get_traced_memory()
         run_sync(mixed_workload(cache, 1_000_000, keys, values, batches, batch_keys))
-        gc.collect()
+        quiesce()
         end, _ = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
@@ -547,11 +592,11 @@ def test_failing_operations_memory_is_flat():
     try:
         for i in range(5000):
             failing_round(i)
-        gc.collect()
+        quiesce()
         start, _ = tracemalloc.get_traced_memory()
         for i in range(50_000):
             failing_round(i)
-        gc.collect()
+        quiesce()
         end, _ = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()

@@ -8,18 +8,22 @@ running loop), tasks cancelled mid-flight, requests timing out on a stalled serv
 requests failing on a dead one, a loop closed under requests in flight; then the generic
 path with an AsyncMock L2 and the L1-only path. After a warm-up:
 - `sys.getrefcount` of keys, values, the caches and the types is back at its baseline;
-- tracemalloc's traced memory (and glibc's, for the I/O thread) stays under a small bound;
+- tracemalloc's traced memory, and the C allocator's (tests/_leakmeter.py's
+  native_heap_bytes(): the I/O thread's requests, replies and vias, which tracemalloc
+  cannot see), stay under small bounds;
 - CacheAwaitable objects do not accumulate;
 - a MultiLevelCache in a reference cycle (in its own L1, ...) is collected.
+
+Every check works in the normal build and in the ASan build (PYTHONMALLOC=malloc, where
+sys.getallocatedblocks() is 0 and glibc's mallinfo2() sees nothing: the C allocator is
+measured there by ASan's own statistics; see tests/_leakmeter.py).
 """
 from __future__ import annotations
 
 import asyncio
-import ctypes
 import gc
 import sys
 import time
-import tracemalloc
 import weakref
 from unittest.mock import AsyncMock
 
@@ -28,6 +32,7 @@ import pytest
 from bruno_memory_c import CacheAwaitable, CacheError, InMemoryCache, MultiLevelCache, RedisCache
 from bruno_memory_c.testing import RedisServer, free_port
 from conftest import drive
+from _leakmeter import Growth
 from _ml_support import (  # noqa: F401 (quiet_cache_logger: an autouse fixture)
     HANG,
     RECOVER,
@@ -82,36 +87,6 @@ def refcounts(objects) -> list[int]:
 
 def awaitables_alive() -> int:
     return sum(1 for o in gc.get_objects() if type(o) is CacheAwaitable)
-
-
-class _MallInfo2(ctypes.Structure):
-    _fields_ = [(name, ctypes.c_size_t) for name in (
-        "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks",
-        "uordblks", "fordblks", "keepcost")]
-
-
-def malloc_in_use() -> int:
-    """Bytes glibc malloc has handed out: the I/O thread's allocations (requests,
-    replies, vias) are not seen by tracemalloc."""
-    fn = ctypes.CDLL(None).mallinfo2
-    fn.restype = _MallInfo2
-    info = fn()
-    return info.uordblks + info.hblkhd
-
-
-class Traced:
-    """with Traced() as t: ...; t.growth -> traced bytes gained inside (gc'd both ends)."""
-
-    def __enter__(self):
-        tracemalloc.start()
-        gc.collect()
-        self.before = tracemalloc.get_traced_memory()[0]
-        return self
-
-    def __exit__(self, *exc):
-        gc.collect()
-        self.growth = tracemalloc.get_traced_memory()[0] - self.before
-        tracemalloc.stop()
 
 
 # ------------------------------------------------------------- refcounts, fast path
@@ -442,17 +417,18 @@ async def test_memory_flat_l2_up(redis_server, make_ml):
     await settle(l2)
     before = m.stats()
     aw_before = awaitables_alive()
-    malloc_before = malloc_in_use()
-    with Traced() as t:
+    with Growth() as growth:
         await mixed_load(m, 200_000)
         await settle(l2)
-    malloc_growth = malloc_in_use() - malloc_before
     after = m.stats()
     for name in ("l1_hits", "l2_hits", "misses", "promotions"):
         assert after[name] > before[name], (name, after)
     assert after["l2_errors"] == 0
-    assert t.growth < 2 * 1024 * 1024, t.growth
-    assert malloc_growth < 16 * 1024 * 1024, malloc_growth
+    # 200,000 operations, most of them L2 requests: a leak of 4 bytes per operation
+    # would be 800 KB. (Measured without a leak: tens of KB in either build; leaking
+    # the 8 or 16 bytes of a request's reply array shows as 1.8 MB.)
+    assert growth.traced < 512 * 1024, growth
+    assert growth.native < 512 * 1024, growth
     assert awaitables_alive() <= aw_before
 
 
@@ -465,14 +441,13 @@ async def test_memory_flat_l2_down(redis_server, make_ml):
     await settle(l2)
     errors = m.stats()["l2_errors"]
     aw_before = awaitables_alive()
-    malloc_before = malloc_in_use()
-    with Traced() as t:
+    with Growth() as growth:
         await mixed_load(m, 150_000)
         await settle(l2)
-    malloc_growth = malloc_in_use() - malloc_before
     assert m.stats()["l2_errors"] > errors
-    assert t.growth < 2 * 1024 * 1024, t.growth
-    assert malloc_growth < 16 * 1024 * 1024, malloc_growth
+    # a leak of 4 bytes per operation would be 600 KB
+    assert growth.traced < 512 * 1024, growth
+    assert growth.native < 512 * 1024, growth
     assert awaitables_alive() <= aw_before
 
 
@@ -503,10 +478,13 @@ async def test_memory_flat_under_cancellation(redis_server, make_ml):
     await rounds(30)
     await settle(l2)
     aw_before = awaitables_alive()
-    with Traced() as t:
+    with Growth() as growth:
         await rounds(300)
         await settle(l2)
-    assert t.growth < 1024 * 1024, t.growth
+    # 30,000 operations, most of them L2 requests, half cancelled: 8 bytes each
+    # would be 240 KB (leaking a request's reply array shows as 450 KB)
+    assert growth.traced < 256 * 1024, growth
+    assert growth.native < 192 * 1024, growth
     assert awaitables_alive() <= aw_before
     assert m.stats()["l2_errors"] == 0
 
@@ -585,12 +563,13 @@ async def test_generic_path_asyncmock_memory_and_refcounts():
         await rounds(200)
         base = refcounts(objects)
         aw_before = awaitables_alive()
-        with Traced() as t:
+        with Growth() as growth:
             await rounds(3000)
     s = m.stats()
     assert s["l2_hits"] > 0 and s["promotions"] > 0 and s["misses"] > 0
     assert s["l2_errors"] > 0
-    assert t.growth < 1024 * 1024, t.growth
+    assert growth.traced < 1024 * 1024, growth
+    assert growth.native < 1024 * 1024, growth
     assert refcounts(objects) == base
     assert awaitables_alive() <= aw_before
 
@@ -654,9 +633,10 @@ async def test_generic_path_user_l2_class_refcounts():
 # ------------------------------------------------------------------ L1-only path
 
 
-def test_l1_only_path_allocated_blocks_flat():
+def test_l1_only_path_memory_flat():
     """MultiLevelCache(l1) with no L2: every method completes without suspending and
-    allocates nothing lasting."""
+    allocates nothing lasting (tracemalloc and the C allocator; this was
+    sys.getallocatedblocks(), 0 under the ASan build)."""
     l1 = InMemoryCache(max_size=64)
     m = MultiLevelCache(l1)
     keys = [f"key{i}" for i in range(128)]
@@ -681,13 +661,12 @@ def test_l1_only_path_allocated_blocks_flat():
 
     for i in range(5000):
         one_round(i)
-    gc.collect()
-    before = sys.getallocatedblocks()
-    for i in range(50_000):
-        one_round(i)
-    gc.collect()
-    growth = sys.getallocatedblocks() - before
-    assert growth < 200, growth
+    with Growth() as growth:
+        for i in range(10_000):
+            one_round(i)
+    # a leak of 16 bytes per round would be 160 KB
+    assert growth.traced < 64 * 1024, growth
+    assert growth.native < 256 * 1024, growth
     drive(l1.clear())
     assert rc(value) == value_base
 

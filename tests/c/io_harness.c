@@ -141,6 +141,14 @@ test_scan(void)
     expect("*100000000\r\n", 512ULL << 20, RESP_SCAN_TOO_BIG,
            "100M-element array over 512 MiB at its header");
     expect("*10\r\n:1\r\n", 10 * RESP_ELEMENT_COST - 1, RESP_SCAN_TOO_BIG, "elements cost");
+    /* elements add up across the arrays of one reply: each array alone is under the
+     * limit (9 x 64 bytes), the reply is not (2 + 9 + 9 elements) */
+    expect("*2\r\n*9\r\n:1\r\n:1\r\n:1\r\n:1\r\n:1\r\n:1\r\n:1\r\n:1\r\n:1\r\n"
+           "*9\r\n:1\r\n:1\r\n:1\r\n:1\r\n:1\r\n:1\r\n:1\r\n:1\r\n:1\r\n",
+           16 * RESP_ELEMENT_COST, RESP_SCAN_TOO_BIG, "elements of nested arrays add up");
+    expect("*2\r\n*9\r\n:1\r\n:1\r\n:1\r\n:1\r\n:1\r\n:1\r\n:1\r\n:1\r\n:1\r\n"
+           "*9\r\n:1\r\n:1\r\n:1\r\n:1\r\n:1\r\n:1\r\n:1\r\n:1\r\n:1\r\n",
+           24 * RESP_ELEMENT_COST, RESP_SCAN_OK, "the same reply under a limit of 24 elements");
     expect("+aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\n", 16, RESP_SCAN_TOO_BIG,
            "status line over the limit");
     /* the cost is per reply: many small replies never add up */
