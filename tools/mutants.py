@@ -69,7 +69,7 @@ MUTANTS = [
         "README, RedisCache storage: a truthy ttl is stored with `SET ... EX seconds` "
         "(`PX` milliseconds for a fractional ttl); Differences, 9: a fractional ttl works "
         "(`PX` milliseconds)",
-        [("csrc/rediscache.c",
+        [("csrc/rc_commands.c",
           "    if (v == floor(v)) {\n        *mode = 1;",
           "    if (v == floor(v) || v >= 1) {\n        *mode = 1;")],
         ["tests/test_redis.py", "tests/test_redis_interop.py"]),
@@ -79,9 +79,9 @@ MUTANTS = [
         "instead of at most once a second",
         "README, Differences, 5: `get` costs one round trip, not two: statistics "
         "increments are batched; ARCHITECTURE: sent once a second by the thread",
-        [("csrc/io.c",
-          "        if (c->next_flush <= now) {\n            append_stats_flush(c, now);",
-          "        if (1) {\n            append_stats_flush(c, now);")],
+        [("csrc/io_conn.c",
+          "        if (c->next_flush <= now) {\n            io_append_stats_flush(c, now);",
+          "        if (1) {\n            io_append_stats_flush(c, now);")],
         ["tests/test_redis.py", "tests/test_hostile.py", "tests/test_hardening.py"]),
     Mutant(
         "doubled-timeout",
@@ -89,7 +89,7 @@ MUTANTS = [
         "README, socket_timeout: a command's reply is due within this long after it is "
         "sent; Failures: a server that stops answering costs each request at most "
         "socket_timeout",
-        [("csrc/io.c",
+        [("csrc/io_conn.c",
           "    r->deadline = now + c->cfg.socket_timeout;\n    r->sent = 1;",
           "    r->deadline = now + 2 * c->cfg.socket_timeout;\n    r->sent = 1;")],
         ["tests/test_hostile.py", "tests/test_hardening.py", "tests/test_redis_faults.py"]),
@@ -110,8 +110,8 @@ MUTANTS = [
         "remaining PTTL of the Redis entry",
         "README, Differences, 10: a value promoted from L2 never outlives its L2 entry "
         "in L1 (its remaining PTTL)",
-        [("csrc/multilevel.c",
-          "        until = via->issued + (double)ttl->integer / 1000.0;",
+        [("csrc/ml_l2.c",
+          "        until = via->issued + (double)*pttl / 1000.0;",
           "        until = INFINITY;")],
         ["tests/test_multilevel.py", "tests/test_multilevel_faults.py"]),
     # ---- what the hardening (issue 10) made important
@@ -120,7 +120,7 @@ MUTANTS = [
         "reconnect attempts back off 50 ms every time instead of doubling to 2 s",
         "README, Failures: a backoff of 50 ms doubling to 2 s, so a server that closes "
         "every connection cannot make the cache reconnect in a loop",
-        [("csrc/io.c",
+        [("csrc/io_conn.c",
           "fmin(c->backoff * 2, BACKOFF_MAX)",
           "fmin(c->backoff * 1, BACKOFF_MAX)")],
         ["tests/test_hostile.py", "tests/test_redis_faults.py"]),
@@ -140,7 +140,7 @@ MUTANTS = [
         "README, Failures: a server that answers SCAN with a non-zero cursor for ever "
         "ends a clear() with an error (ARCHITECTURE: a cursor that does not advance, "
         "read bit-reversed, is an error at once)",
-        [("csrc/rediscache.c",
+        [("csrc/rc_commands.c",
           "    if (rev <= pos->rev) {",
           "    if (0 && rev <= pos->rev) {")],
         ["tests/test_hostile.py", "tests/test_hardening.py"]),
@@ -151,8 +151,8 @@ MUTANTS = [
         "because the abandoned awaitable no longer holds the SCAN position)",
         "README, Failures: a clear() whose awaitable is cancelled stops at its next "
         "SCAN step (also when cancelled before its first reply)",
-        [("csrc/rediscache.c",
-          "    if (aw->state == AW_DONE) {\n"
+        [("csrc/rc_commands.c",
+          "    if (call->aw->state == AW_DONE) {\n"
           "        Py_RETURN_NONE;  /* abandoned: no further step */",
           "    if (0) {\n"
           "        Py_RETURN_NONE;  /* abandoned: no further step */")],
@@ -166,7 +166,7 @@ MUTANTS = [
         "kept in the parser (glued onto the next reply) instead of dropping the connection",
         "ARCHITECTURE: bytes arriving when nothing was asked (whole or partial, alone or "
         "after the last reply owed) drop the connection",
-        [("csrc/io.c",
+        [("csrc/io_conn.c",
           "            if (c->r_count == 0 && resp_scan_busy(&c->scan)) {",
           "            if (0 && c->r_count == 0 && resp_scan_busy(&c->scan)) {")],
         ["tests/test_hostile.py"]),
