@@ -22,7 +22,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-import ctypes
 import gc
 import json
 import logging
@@ -39,6 +38,7 @@ import pytest
 
 from bruno_memory_c import CacheAwaitable, CacheError, RedisCache
 from bruno_memory_c.testing import RedisServer, _encode
+from _leakmeter import native_heap_bytes
 from conftest import sent_to, until
 
 TIMEOUT = 0.5   # socket_timeout and connect_timeout of the caches under test
@@ -1186,19 +1186,11 @@ async def test_16mb_value_when_server_dies_mid_transfer(redis_server):
 # ----------------------------------------------------------------------------- leaks
 
 
-class _MallInfo2(ctypes.Structure):
-    _fields_ = [(name, ctypes.c_size_t) for name in (
-        "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks",
-        "uordblks", "fordblks", "keepcost")]
-
-
 def malloc_in_use() -> int:
-    """Bytes glibc malloc has handed out (every arena, mmapped chunks included): what
-    the I/O thread allocates (requests, replies, buffers) is not seen by tracemalloc."""
-    fn = ctypes.CDLL(None).mallinfo2
-    fn.restype = _MallInfo2
-    info = fn()
-    return info.uordblks + info.hblkhd
+    """Bytes the C allocator has handed out (glibc's, or AddressSanitizer's under
+    make test-asan): what the I/O thread allocates (requests, replies, buffers) is not
+    seen by tracemalloc."""
+    return native_heap_bytes()
 
 
 def awaitables_alive() -> int:
