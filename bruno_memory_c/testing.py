@@ -11,9 +11,21 @@ afterwards::
         ...
 
 It can also misbehave on purpose, for fault tests: ``kill()`` (SIGKILL), ``restart()``
-on the same port, ``stall(seconds)`` (``DEBUG SLEEP``), ``command(...)`` for anything
-else (``CONFIG SET``, ``CLIENT KILL``, ...). With pytest, use the ``redis_server``
-fixture from ``bruno_memory_c.testing`` (``pytest_plugins = ["bruno_memory_c.testing"]``).
+on the same port, ``stall(seconds)``, ``command(...)`` for anything else (``CONFIG SET``,
+``CLIENT KILL``, ...). With pytest, use the ``redis_server`` fixture from
+``bruno_memory_c.testing`` (``pytest_plugins = ["bruno_memory_c.testing"]``).
+
+``stall(seconds)`` stops the server process (SIGSTOP) and returns once it has stopped
+(every thread of it, as ``/proc`` reports), so the stall has certainly begun: from then
+on the kernel still accepts connections and buffers what clients send, and nothing is
+read or answered. A thread it returns resumes the server (SIGCONT) after ``seconds``;
+``join()`` it to wait for the end, or ``cancel()`` it to end the stall at once (a test
+can stall for longer than it needs and end the stall when it has checked what it wanted;
+``with server.stall(60): ...`` ends it with the block).
+Overlapping stalls end when the last one does; ``kill()``, ``stop()``, ``restart()`` and
+``close()`` end every stall. ``unread_bytes()`` tells, for each client connection, how
+many bytes the server has not read yet (the kernel's receive queue, also while stalled):
+what a client has sent and the server not yet seen.
 """
 from __future__ import annotations
 
@@ -30,7 +42,7 @@ import urllib.parse
 import weakref
 from typing import Any, Iterator
 
-__all__ = ["RedisServer", "redis_server", "free_port", "refused_port"]
+__all__ = ["RedisServer", "Stall", "redis_server", "free_port", "refused_port"]
 
 
 def free_port() -> int:
@@ -128,6 +140,72 @@ def _server_major(executable: str) -> int:
     return _VERSIONS[executable]
 
 
+def _thread_states(pid: int) -> list[str]:
+    """The scheduler state letter of every thread of process pid (``/proc``); [] when
+    the process is gone."""
+    states = []
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return []
+    for tid in tids:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/stat", "rb") as f:
+                stat = f.read()
+        except OSError:
+            continue  # a thread that just exited
+        # "tid (comm) S ...": the name may hold spaces and parentheses
+        states.append(stat[stat.rindex(b")") + 2:][:1].decode())
+    return states
+
+
+def _wait_stopped(proc: "subprocess.Popen[bytes]", timeout: float = 30.0) -> None:
+    """Return once every thread of proc is stopped (state T), which SIGSTOP brings
+    about asynchronously; RuntimeError if the process exits or never stops."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if proc.poll() is not None:
+            raise RuntimeError("redis-server exited instead of stopping")
+        states = _thread_states(proc.pid)
+        if states and all(state in "tT" for state in states):
+            return
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"redis-server did not stop (thread states {states})")
+        time.sleep(0.001)
+
+
+class Stall(threading.Thread):
+    """A stall of a RedisServer under way (what ``RedisServer.stall()`` returns): the
+    thread that resumes the server when the stall ends. ``join()`` waits for that;
+    ``cancel()`` ends the stall now; as a context manager (``with server.stall(60):``)
+    it ends the stall when the block ends."""
+
+    def __init__(self, server: "RedisServer", proc: "subprocess.Popen[bytes]",
+                 seconds: float) -> None:
+        super().__init__(name=f"redis-stall-{proc.pid}", daemon=True)
+        self.seconds = seconds
+        self._server = server
+        self._proc = proc
+        self._ended = threading.Event()
+
+    def run(self) -> None:
+        self._ended.wait(self.seconds)
+        self._server._stall_ended(self, self._proc)
+
+    def cancel(self) -> None:
+        """End the stall at once (the server resumes, unless another stall of it is
+        still under way) and wait until it has. Idempotent."""
+        self._ended.set()
+        if self.is_alive() and threading.current_thread() is not self:
+            self.join()
+
+    def __enter__(self) -> "Stall":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.cancel()
+
+
 class RedisServer:
     """A redis-server process of one's own (see the module docstring).
 
@@ -152,6 +230,8 @@ class RedisServer:
         self.unix_path = os.path.join(self.dir, "redis.sock") if unix_socket else None
         self._state: dict[str, Any] = {"dir": self.dir}
         self._finalizer = weakref.finalize(self, _cleanup, self._state)
+        self._stalls: set[Stall] = set()
+        self._stall_lock = threading.Lock()
 
     @property
     def proc(self) -> "subprocess.Popen[bytes] | None":
@@ -256,10 +336,13 @@ class RedisServer:
 
     def stop(self) -> None:
         """Stop the server (SIGTERM, then SIGKILL) and wait for it."""
+        self._end_stalls()
         if self.proc is None:
             return
         if self.proc.poll() is None:
             self.proc.terminate()
+            with contextlib.suppress(OSError):  # a process stopped by other means
+                self.proc.send_signal(signal.SIGCONT)
             try:
                 self.proc.wait(5)
             except subprocess.TimeoutExpired:
@@ -268,11 +351,13 @@ class RedisServer:
         self.proc = None
 
     def kill(self) -> None:
-        """SIGKILL the server, as a crash would."""
+        """SIGKILL the server, as a crash would. A stalled server dies stalled (it
+        answers nothing more), and its stalls end."""
         if self.proc is not None and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGKILL)
             self.proc.wait()
         self.proc = None
+        self._end_stalls()
 
     def restart(self) -> None:
         """Start again on the same port (after kill() or stop())."""
@@ -313,13 +398,59 @@ class RedisServer:
             s.sendall(_encode(*args))
             return _read_reply(f)
 
-    def stall(self, seconds: float) -> threading.Thread:
-        """Make the server sleep (DEBUG SLEEP) without blocking the caller."""
-        t = threading.Thread(target=self.command, args=("DEBUG", "SLEEP", seconds),
-                             kwargs={"timeout": seconds + 10}, daemon=True)
-        t.start()
-        time.sleep(0.05)  # let the server start sleeping
-        return t
+    def stall(self, seconds: float) -> Stall:
+        """Stop the server (SIGSTOP) without blocking the caller, for ``seconds``.
+
+        Returns once the server has stopped, as the kernel reports: the stall has begun.
+        The returned thread (a ``Stall``) resumes the server (SIGCONT) after ``seconds``;
+        ``join()`` it to wait for that, ``cancel()`` it to end the stall now. While
+        stalled, the server accepts connections (the kernel does) and reads and answers
+        nothing, as under a long ``DEBUG SLEEP``; its clock runs on, so keys expire."""
+        proc = self.proc
+        if proc is None or proc.poll() is not None:
+            raise RuntimeError("the server is not running: nothing to stall")
+        stall = Stall(self, proc, seconds)
+        with self._stall_lock:
+            self._stalls.add(stall)
+            proc.send_signal(signal.SIGSTOP)
+        try:
+            _wait_stopped(proc)
+        except BaseException:
+            stall.cancel()
+            self._stall_ended(stall, proc)
+            raise
+        stall.start()
+        return stall
+
+    def _stall_ended(self, stall: Stall, proc: "subprocess.Popen[bytes]") -> None:
+        """A stall is over: resume the server unless another stall still holds it."""
+        with self._stall_lock:
+            self._stalls.discard(stall)
+            if not self._stalls:
+                with contextlib.suppress(OSError):
+                    proc.send_signal(signal.SIGCONT)  # (nothing once it has exited)
+
+    def _end_stalls(self) -> None:
+        with self._stall_lock:
+            stalls = list(self._stalls)
+        for stall in stalls:
+            stall.cancel()  # (its thread resumes the server, unless another stall holds it)
+
+    def unread_bytes(self) -> dict[int, int]:
+        """{client port: bytes it sent that the server has not read yet}, for every TCP
+        connection to the server (the kernel's receive queue, from ``/proc/net/tcp``;
+        Linux).
+        While the server is stalled this is what each client has sent it since."""
+        out: dict[int, int] = {}
+        with open("/proc/net/tcp", encoding="ascii") as f:
+            next(f)  # header
+            for line in f:
+                fields = line.split()
+                local, remote, state, queues = fields[1], fields[2], fields[3], fields[4]
+                if state != "01" or int(local.split(":")[1], 16) != self.port:
+                    continue  # not an established connection to our port
+                out[int(remote.split(":")[1], 16)] = int(queues.split(":")[1], 16)
+        return out
 
 
 try:  # a pytest fixture, when pytest is there

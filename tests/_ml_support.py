@@ -3,6 +3,7 @@ a fixture that makes multi-level caches and disconnects their L2s, hang bounds."
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 
@@ -14,6 +15,7 @@ from bruno_memory_c import CacheError, InMemoryCache, MultiLevelCache, RedisCach
 TIMEOUT = 0.5            # socket_timeout and connect_timeout of the L2 caches under test
 HANG = 10.0              # any await taking this long is a hang
 RECOVER = 15.0           # bound for "L2 is used again" after a fault ends
+STALL = 3600.0           # a stall the test ends itself once it has checked
 LOGGER = logging.getLogger("bruno_memory_c")
 
 
@@ -68,3 +70,15 @@ async def wait_in_flight_zero(l2: RedisCache, limit: float = HANG) -> None:
     while l2.stats()["in_flight"] != 0:
         assert time.monotonic() < deadline, f"requests stuck in flight: {l2.stats()}"
         await asyncio.sleep(0.01)
+
+
+@contextlib.contextmanager
+def stalled(server):
+    """The server stopped for the whole block (RedisServer.stall(): returns once it has
+    stopped; the kernel accepts connections and buffers what is sent, nothing is read
+    or answered); the block's end resumes it."""
+    stall = server.stall(STALL)
+    try:
+        yield stall
+    finally:
+        stall.cancel()

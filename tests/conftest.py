@@ -11,6 +11,10 @@ parametrized the same way.
 """
 import asyncio
 import contextlib
+import re
+import socket
+import threading
+import time
 
 import pytest
 import uvloop
@@ -118,3 +122,143 @@ def reserved_port():
     reserved = ReservedPort()
     yield reserved
     reserved.release()
+
+
+# ------------------------------------------------------------------ waiting for states
+#
+# Tests synchronise on the state they need (a counter reached, bytes queued at a stalled
+# server, a thread ready), never on a sleep of a guessed length. The limits below only
+# turn a hang into a failure: nothing that works needs more than a fraction of them.
+
+WAIT_LIMIT = 60.0
+
+
+def wait_until(predicate, what: str, limit: float = WAIT_LIMIT, interval: float = 0.002):
+    """Poll predicate() (from a plain thread) until it is true; AssertionError naming
+    `what` if it is still false after `limit` seconds (a hang)."""
+    deadline = time.monotonic() + limit
+    while not predicate():
+        assert time.monotonic() < deadline, f"never happened: {what}"
+        time.sleep(interval)
+
+
+async def until(predicate, what: str, limit: float = WAIT_LIMIT, interval: float = 0.002):
+    """wait_until() for a coroutine: the loop runs while it waits."""
+    deadline = time.monotonic() + limit
+    while not predicate():
+        assert time.monotonic() < deadline, f"never happened: {what}"
+        await asyncio.sleep(interval)
+
+
+def sent_to(server, port: int, nbytes: int, limit: float = WAIT_LIMIT) -> None:
+    """Wait until the (stalled) server holds at least nbytes unread from the client
+    connection whose local port is `port`."""
+    wait_until(lambda: server.unread_bytes().get(port, 0) >= nbytes,
+               f"{nbytes} bytes from port {port} queued at the server", limit)
+
+
+# ------------------------------------------------------------------ what Redis was sent
+
+_MONITOR_ARG = re.compile(r'"((?:[^"\\]|\\.)*)"')
+_MONITOR_ESCAPES = {"n": b"\n", "r": b"\r", "t": b"\t", "a": b"\a", "b": b"\b",
+                    '"': b'"', "\\": b"\\"}
+
+
+def _monitor_unescape(text: str) -> str:
+    """One MONITOR argument (sdscatrepr: printable ASCII as is, escapes for the rest)
+    back to its text."""
+    out, i = bytearray(), 0
+    while i < len(text):
+        ch = text[i]
+        if ch == "\\":
+            nxt = text[i + 1]
+            if nxt == "x":
+                out.append(int(text[i + 2:i + 4], 16))
+                i += 4
+                continue
+            out += _MONITOR_ESCAPES[nxt]
+            i += 2
+            continue
+        out += ch.encode("ascii")
+        i += 1
+    return out.decode("utf-8", "surrogateescape")
+
+
+class Monitor:
+    """The commands a server executes, as MONITOR reports them: ``with Monitor(server)
+    as mon: ...``, then ``mon.wait_for(lambda cmd: ...)`` gives the first command (a
+    list of str, the name upper-cased) matching, in execution order."""
+
+    def __init__(self, server) -> None:
+        self.server = server
+        self.commands: list[list[str]] = []
+        self._lock = threading.Condition()
+
+    def __enter__(self) -> "Monitor":
+        self.sock = socket.create_connection(("127.0.0.1", self.server.port), timeout=60)
+        self.file = self.sock.makefile("rb")
+        if self.server.password:
+            self.sock.sendall(b"AUTH %s\r\n" % self.server.password.encode())
+            assert self.file.readline().startswith(b"+OK")
+        self.sock.sendall(b"MONITOR\r\n")
+        assert self.file.readline() == b"+OK\r\n"
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.file.close()
+        self.sock.close()
+
+    def _read_one(self) -> list[str]:
+        line = self.file.readline()
+        assert line.startswith(b"+"), line
+        text = line[1:].decode("utf-8", "surrogateescape").rstrip("\r\n")
+        args = [_monitor_unescape(m) for m in _MONITOR_ARG.findall(text.split("] ", 1)[1])]
+        args[0] = args[0].upper()
+        return args
+
+    def wait_for(self, match) -> list[str]:
+        """The first command executed since the monitor started (and not returned by an
+        earlier wait_for) for which match(command) is true; reads until it comes (a
+        socket timeout, 60 s, if it never does)."""
+        while True:
+            cmd = self._read_one()
+            self.commands.append(cmd)
+            if match(cmd):
+                return cmd
+
+
+def server_time_ms(server) -> int:
+    """The server's clock (TIME), in milliseconds: what Redis computes expiries from."""
+    seconds, micros = server.command("TIME")
+    return int(seconds) * 1000 + int(micros) // 1000
+
+
+class ExpiryWindow:
+    """``with ExpiryWindow(server) as w: <write keys>``, then ``w.expiry(key, ttl_ms)``
+    checks that key expires ttl_ms after the write: the absolute expiry Redis holds
+    (PEXPIRETIME) lies within [server time before + ttl_ms, server time after + ttl_ms].
+    No bound on how long the write took: a slow machine widens the window, it never
+    fails the check."""
+
+    def __init__(self, server) -> None:
+        self.server = server
+
+    def __enter__(self) -> "ExpiryWindow":
+        self.before = server_time_ms(self.server)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.after = server_time_ms(self.server)
+
+    def expiry(self, key: str, ttl_ms: int) -> int:
+        """Check key's expiry (see the class); returns it. A key that is gone already
+        (a short ttl on a slow machine) passes only if the server's clock shows that
+        ttl_ms have passed since the write began: it did not expire early."""
+        at = self.server.command("PEXPIRETIME", key)
+        if at == -2:  # expired and removed: not before its time
+            now = server_time_ms(self.server)
+            assert now >= self.before + ttl_ms, (key, ttl_ms, now - self.before)
+            return at
+        assert self.before + ttl_ms <= at <= self.after + ttl_ms, (
+            key, ttl_ms, at - self.before, at - self.after)
+        return at

@@ -48,6 +48,7 @@ def test_code_written_for_bruno_memory_runs_unchanged():
     proc = run("""
         import asyncio
         import bruno_memory_c
+        from bruno_memory_c.testing import refused_port
         bruno_memory_c.install()
 
         from bruno_memory.exceptions import CacheError
@@ -60,18 +61,24 @@ def test_code_written_for_bruno_memory_runs_unchanged():
             assert await cache.get("k") == {"v": 1}
             assert (await cache.get_stats())["l1"]["hits"] == 1
             await cache.stop()
-            bad = RedisCache(port=1, connect_timeout=0.5)
-            try:
-                await bad.connect()
-            except CacheError as e:           # bruno-memory's class catches ours
-                assert "Redis connection failed" in str(e)
-                assert isinstance(e, bruno_memory_c.CacheError)
-            else:
-                raise AssertionError("no error")
-            try:
-                await bad.set("k", 1)
-            except CacheError:
-                pass
+            with refused_port() as port:          # nothing listens there
+                bad = RedisCache(port=port, connect_timeout=0.5)
+                try:
+                    await bad.connect()
+                except CacheError as e:           # bruno-memory's class catches ours
+                    assert str(e).startswith("Redis connection failed: "), str(e)
+                    assert isinstance(e, bruno_memory_c.CacheError)
+                else:
+                    raise AssertionError("connect() did not raise")
+                # a data method connects first, as the reference's does, and raises
+                # that failure: caught as bruno-memory's CacheError too
+                try:
+                    await bad.set("k", 1)
+                except CacheError as e:
+                    assert str(e).startswith("Redis connection failed: "), str(e)
+                    assert type(e) is bruno_memory_c._core._get_cache_error()
+                else:
+                    raise AssertionError("set() did not raise")
             print("ok")
 
         asyncio.run(main())

@@ -43,6 +43,7 @@ try:  # tests/ as a package, or as a plain directory on sys.path (pytest's prepe
     from ._reference import reference_classes
 except ImportError:
     from _reference import reference_classes
+from conftest import ExpiryWindow, Monitor, drive
 
 REF = reference_classes()
 RefInMemoryCache = REF["InMemoryCache"]
@@ -254,18 +255,23 @@ def test_repr_names_levels():
 
 async def test_set_writes_l1_then_l2_with_default_ttl(mlc, l1, redis_server):
     value = {"a": [1, 2], "b": "x"}
-    assert await mlc.set("k", value) is None
+    with ExpiryWindow(redis_server) as w:
+        assert await mlc.set("k", value) is None
     assert await l1.get("k") is value  # L1 stores by reference
     assert raw_json(redis_server, "k") == value
-    assert 3_500_000 < raw_pttl(redis_server, "k") <= 3_600_000  # L2's default_ttl
+    w.expiry(PREFIX + "k", 3_600_000)  # L2's default_ttl
 
 
 async def test_set_passes_ttl_to_both_levels(mlc, l1, redis_server):
-    await mlc.set("k", "v", ttl=100)
-    await mlc.set("f", "w", 2.5)  # fractional: PX
+    with Monitor(redis_server) as mon:
+        with ExpiryWindow(redis_server) as w:
+            await mlc.set("k", "v", ttl=100)
+            await mlc.set("f", "w", 2.5)  # fractional: PX
+        assert [mon.wait_for(lambda cmd: cmd[0] == "SET") for _ in range(2)] == [
+            ["SET", PREFIX + "k", '"v"', "EX", "100"], ["SET", PREFIX + "f", '"w"', "PX", "2500"]]
     assert await l1.get("k") == "v"
-    assert 90_000 < raw_pttl(redis_server, "k") <= 100_000
-    assert 0 < raw_pttl(redis_server, "f") <= 2_500
+    w.expiry(PREFIX + "k", 100_000)
+    w.expiry(PREFIX + "f", 2_500)
 
 
 async def test_set_ttl_zero_stores_without_expiry_in_l2(mlc, redis_server):
@@ -284,14 +290,15 @@ async def test_set_overwrites_both_levels(mlc, l1, redis_server):
 
 async def test_set_many_writes_both_levels(mlc, l1, redis_server):
     items = {"a": 1, "b": [2, 3], "c": None}
-    assert await mlc.set_many(items, ttl=50) is None
+    with ExpiryWindow(redis_server) as w:
+        assert await mlc.set_many(items, ttl=50) is None
+        await mlc.set_many({"d": "x"})
     assert await l1.get_many(["a", "b", "c"]) == {"a": 1, "b": [2, 3]}
     assert await l1.exists("c")
     for name, value in items.items():
         assert raw_json(redis_server, name) == value
-        assert 0 < raw_pttl(redis_server, name) <= 50_000
-    await mlc.set_many({"d": "x"})
-    assert 3_500_000 < raw_pttl(redis_server, "d") <= 3_600_000
+        w.expiry(PREFIX + name, 50_000)
+    w.expiry(PREFIX + "d", 3_600_000)
 
 
 async def test_set_many_accepts_any_mapping(mlc, l1, redis_server):
@@ -480,19 +487,21 @@ async def test_start_and_stop(mlc, l1, l2):
 
 
 async def test_promoted_entry_never_outlives_l2(l2, redis_server):
-    """L1's default ttl is an hour and L2's entries live 1 s: what is promoted from them
-    is gone from L1 when they are gone from L2. And the other way round: L1's own
-    default ttl still caps a promotion from a long-lived L2 entry."""
+    """L1's default ttl is an hour and L2's entries live 2 s: what is promoted from them
+    is gone from L1 as soon as they are gone from L2 (checked once Redis has removed
+    them, not after a guessed sleep). And the other way round: L1's own default ttl
+    still caps a promotion from a long-lived L2 entry."""
     long_l1 = InMemoryCache(default_ttl=3600)
     m = MultiLevelCache(long_l1, l2)
-    await l2.set("g", "via-get", 1)
-    await l2.set_many({"h": "via-get-many"}, 1)
-    await m.set("s", "written-through", 1)
+    with ExpiryWindow(redis_server) as w:
+        await l2.set("g", "via-get", 2)
+        await l2.set_many({"h": "via-get-many"}, 2)
+        await m.set("s", "written-through", 2)
     assert await m.get("g") == "via-get"
     assert await m.get_many(["h"]) == {"h": "via-get-many"}
     assert await long_l1.get("g") == "via-get"
     assert await long_l1.get("h") == "via-get-many"
-    assert 0 < raw_pttl(redis_server, "g") <= 1000
+    w.expiry(PREFIX + "g", 2000)
 
     short_l1 = InMemoryCache(default_ttl=1)
     m2 = MultiLevelCache(short_l1, l2)
@@ -500,7 +509,10 @@ async def test_promoted_entry_never_outlives_l2(l2, redis_server):
     assert await m2.get("long") == "lives"
     assert await short_l1.get("long") == "lives"
 
-    await asyncio.sleep(1.3)
+    # once Redis has expired g, h and s:
+    assert await poll(lambda: not any(raw_exists(redis_server, n) for n in "ghs"))
+    # L1's own default ttl: the promoted copy goes within a second of its promotion
+    assert await poll(lambda: not drive(short_l1.exists("long")))
     for name in ("g", "h", "s"):
         assert await long_l1.get(name) is None, name
         assert not raw_exists(redis_server, name)
@@ -599,29 +611,39 @@ async def test_concurrent_reads_of_one_key_promote(mlc, l1, l2):
     assert results == ["v"] * 5 + [{"k": "v"}]
     assert await l1.get("k") == "v"
     c = counters(mlc)
-    assert c["l2_hits"] == 7 and c["misses"] == 0 and c["promotions"] >= 1
+    assert c["l2_hits"] == 7 and c["misses"] == 0 and c["promotions"] == 7, c
 
 
 @pytest.mark.parametrize("when", ["before-first-step", "after-first-step"])
-async def test_cancelled_read_leaves_the_guard_clean(mlc, l1, l2, when):
+async def test_cancelled_read_leaves_the_guard_clean(redis_server, when):
+    """A read cancelled while its L2 request is unanswered (the server is stalled, so
+    no answer can have come): the task raises CancelledError; the request completes
+    anyway, but a write made meanwhile keeps its answer out of L1; afterwards reads
+    promote again."""
+    l1 = InMemoryCache()
+    l2 = make_l2(redis_server, socket_timeout=60)  # (no timeout while stalled)
+    mlc = MultiLevelCache(l1, l2)
     await l2.set("k", "old")
-    t = asyncio.ensure_future(mlc.get("k"))  # the L2 read is issued here
-    if when == "before-first-step":
-        t.cancel()
+    stall = redis_server.stall(3600)
+    try:
+        t = asyncio.ensure_future(mlc.get("k"))  # the L2 read is issued here
+        if when == "after-first-step":
+            await asyncio.sleep(0)  # the task awaits L2's answer now
+        assert t.cancel()
         with pytest.raises(asyncio.CancelledError):
             await t
-    else:
-        await asyncio.sleep(0)
-        t.cancel()  # the answer may already have come: then the task just finishes
-        try:
-            assert await t == "old"
-        except asyncio.CancelledError:
-            pass
-    await mlc.set("k", "new")
-    assert await l1.get("k") == "new"
+        writing = asyncio.ensure_future(mlc.set("k", "new"))  # L1 now, L2 behind the read
+    finally:
+        stall.cancel()
+    assert await writing is None
+    assert await poll(lambda: l2.stats()["in_flight"] == 0)
+    assert await l1.get("k") == "new"  # the read's "old" was not promoted over it
     assert await l1.delete("k")
     assert await mlc.get("k") == "new"
     assert await l1.get("k") == "new"  # promotion works after the cancelled read
+    c = counters(mlc)
+    assert (c["l2_hits"], c["promotions"]) == (2, 1)  # both reads answered, one promoted
+    await l2.disconnect()
 
 
 # ------------------------------------------------------------ fast path: get_many
@@ -953,7 +975,8 @@ BAD_CALLS = [
 @pytest.mark.parametrize("make_call, exc", [c[1:] for c in BAD_CALLS],
                          ids=[c[0] for c in BAD_CALLS])
 async def test_bad_input_raises_and_changes_nothing(mlc, l1, redis_server, make_call, exc):
-    await mlc.set("k", "v", 100)
+    with ExpiryWindow(redis_server) as w:
+        await mlc.set("k", "v", 100)
     before_l1 = await l1.get_stats()
     before_counters = counters(mlc)
     with pytest.raises(exc):
@@ -963,7 +986,7 @@ async def test_bad_input_raises_and_changes_nothing(mlc, l1, redis_server, make_
     assert await l1.get("k") == "v"
     assert not await l1.exists("fresh")
     assert raw_json(redis_server, "k") == "v"
-    assert 0 < raw_pttl(redis_server, "k") <= 100_000
+    w.expiry(PREFIX + "k", 100_000)  # the original write's expiry, untouched
     assert data_keys(redis_server) == {PREFIX + "k"}
 
 

@@ -6,7 +6,9 @@ bruno_memory_c.testing) and checks what was stored with raw RESP commands
 (``redis_server.command(...)``), independently of the cache under test. Async tests run
 under both asyncio and uvloop (see conftest.py). Nothing asserts on how long anything
 takes: waits only poll until a condition holds (with a generous deadline) or let TTLs
-pass.
+pass. An expiry is checked exactly, whatever the machine's speed: the command the cache
+sent (MONITOR), and the absolute expiry Redis holds (PEXPIRETIME) against the server's
+clock read before and after the write (conftest.ExpiryWindow).
 """
 from __future__ import annotations
 
@@ -32,6 +34,7 @@ import pytest_asyncio
 import bruno_memory_c
 from bruno_memory_c import CacheError, CacheInterface, RedisCache
 from bruno_memory_c.testing import RedisServer
+from conftest import ExpiryWindow, Monitor, until
 
 PREFIX = "t:"
 LOGGER = "bruno_memory_c"
@@ -979,12 +982,15 @@ def test_encoding_from_threads(redis_server):
         except BaseException as e:  # pragma: no cover - reported below
             errors.append(e)
 
-    threads = [threading.Thread(target=worker, args=(n,)) for n in range(6)]
+    threads = [threading.Thread(target=worker, args=(n,), daemon=True) for n in range(6)]
     for t in threads:
         t.start()
     for t in threads:
         t.join(120)
+    assert not [t for t in threads if t.is_alive()], "a thread hung"
     assert not errors, errors
+    assert redis_server.command("DBSIZE") == 6 * 30 + 1  # + the statistics hash
+    assert hgetall(redis_server, PREFIX + "stats") == {"hits": 6 * 30}
 
 
 # Raw stored bytes: what get() gives must be what json.loads gives (None where it fails).
@@ -1158,67 +1164,104 @@ def pttl_of(server, key):
     return server.command("PTTL", PREFIX + key)
 
 
+def set_commands(mon: Monitor, n: int) -> list[list[str]]:
+    """The next n SET commands the server ran, as MONITOR saw them."""
+    return [mon.wait_for(lambda cmd: cmd[0] == "SET") for _ in range(n)]
+
+
 async def test_default_ttl_is_3600(cache, redis_server):
-    await cache.set("k", 1)
-    assert 3500 < ttl_of(redis_server, "k") <= 3600
+    with Monitor(redis_server) as mon:
+        with ExpiryWindow(redis_server) as w:
+            await cache.set("k", 1)
+        assert set_commands(mon, 1) == [["SET", PREFIX + "k", "1", "EX", "3600"]]
+    w.expiry(PREFIX + "k", 3600_000)
 
 
 async def test_integral_ttl_uses_seconds(cache, redis_server):
-    await cache.set("k", 1, ttl=100)
-    assert 90 < ttl_of(redis_server, "k") <= 100
-    await cache.set("f", 1, ttl=100.0)
-    assert 90 < ttl_of(redis_server, "f") <= 100
+    with Monitor(redis_server) as mon:
+        with ExpiryWindow(redis_server) as w:
+            await cache.set("k", 1, ttl=100)
+            await cache.set("f", 1, ttl=100.0)
+        assert set_commands(mon, 2) == [["SET", PREFIX + "k", "1", "EX", "100"],
+                                        ["SET", PREFIX + "f", "1", "EX", "100"]]
+    w.expiry(PREFIX + "k", 100_000)
+    w.expiry(PREFIX + "f", 100_000)
+
+
+async def test_fractional_ttl_of_one_and_a_half_seconds_is_px_1500(cache, redis_server):
+    """ttl=1.5 is stored with PX 1500, not rounded to whole seconds (EX 1 or EX 2):
+    the command sent says so, and the expiry Redis holds is 1500 ms after the write
+    (PEXPIRETIME within [server time before + 1500, server time after + 1500]: the
+    PTTL check "> 1000 and <= 1500 right after", without assuming how long "right
+    after" takes)."""
+    with Monitor(redis_server) as mon:
+        with ExpiryWindow(redis_server) as w:
+            await cache.set("k", "v", ttl=1.5)
+        w.expiry(PREFIX + "k", 1500)
+        assert set_commands(mon, 1) == [["SET", PREFIX + "k", '"v"', "PX", "1500"]]
 
 
 async def test_fractional_ttl_uses_milliseconds(cache, redis_server):
-    await cache.set("k", 1, ttl=100.25)
-    assert 90_000 < pttl_of(redis_server, "k") <= 100_250
+    with Monitor(redis_server) as mon:
+        with ExpiryWindow(redis_server) as w:
+            await cache.set("k", 1, ttl=100.25)
+        assert set_commands(mon, 1) == [["SET", PREFIX + "k", "1", "PX", "100250"]]
     # PX, not EX: 100.25 s is not rounded to 100 or 101 s
-    assert pttl_of(redis_server, "k") > 100_000 - 10_000
+    w.expiry(PREFIX + "k", 100_250)
 
 
 async def test_fractional_ttl_rounds_milliseconds_up(cache, redis_server):
-    await cache.set("k", 1, ttl=50.0001)  # 50000.1 ms -> 50001 ms
-    p = pttl_of(redis_server, "k")
-    assert 40_000 < p <= 50_001
+    with Monitor(redis_server) as mon:
+        with ExpiryWindow(redis_server) as w:
+            await cache.set("k", 1, ttl=50.0001)  # 50000.1 ms -> 50001 ms
+        assert set_commands(mon, 1) == [["SET", PREFIX + "k", "1", "PX", "50001"]]
+    w.expiry(PREFIX + "k", 50_001)
 
 
 async def test_sub_second_ttl_expires(cache, redis_server):
-    await cache.set("k", 1, ttl=0.3)
-    assert 0 < pttl_of(redis_server, "k") <= 300
+    with Monitor(redis_server) as mon:
+        await cache.set("k", 1, ttl=0.3)
+        assert set_commands(mon, 1) == [["SET", PREFIX + "k", "1", "PX", "300"]]
     assert await poll(lambda: not raw_exists(redis_server, PREFIX + "k"))
     assert await cache.get("k") is None
     assert await cache.exists("k") is False
 
 
 async def test_one_second_ttl_expires(cache, redis_server):
-    await cache.set("k", 1, ttl=1)
-    assert ttl_of(redis_server, "k") in (0, 1)
+    with Monitor(redis_server) as mon:
+        await cache.set("k", 1, ttl=1)
+        assert set_commands(mon, 1) == [["SET", PREFIX + "k", "1", "EX", "1"]]
     assert await poll(lambda: not raw_exists(redis_server, PREFIX + "k"))
     assert await cache.get("k") is None
 
 
 @pytest.mark.parametrize("ttl", [decimal.Decimal("100.5"), fractions.Fraction(201, 2)])
 async def test_number_like_ttl(cache, redis_server, ttl):
-    await cache.set("k", 1, ttl=ttl)
-    assert 90_000 < pttl_of(redis_server, "k") <= 100_500
+    with Monitor(redis_server) as mon:
+        with ExpiryWindow(redis_server) as w:
+            await cache.set("k", 1, ttl=ttl)
+        assert set_commands(mon, 1) == [["SET", PREFIX + "k", "1", "PX", "100500"]]
+    w.expiry(PREFIX + "k", 100_500)
 
 
 @pytest.mark.parametrize("ttl", [0, 0.0, False])
 async def test_falsy_ttl_means_no_expiry(cache, redis_server, ttl):
-    await cache.set("k", 1, ttl=ttl)
+    with Monitor(redis_server) as mon:
+        await cache.set("k", 1, ttl=ttl)
+        await cache.set_many({"a": 1}, ttl=ttl)
+        assert set_commands(mon, 2) == [["SET", PREFIX + "k", "1"], ["SET", PREFIX + "a", "1"]]
     assert ttl_of(redis_server, "k") == -1
-    await cache.set_many({"a": 1}, ttl=ttl)
     assert ttl_of(redis_server, "a") == -1
 
 
 async def test_default_ttl_none_means_no_expiry(redis_server):
     async with make(redis_server, default_ttl=None) as c:
-        await c.set("k", 1)
+        with ExpiryWindow(redis_server) as w:
+            await c.set("k", 1)
+            await c.set("e", 1, ttl=100)
+            await c.set_many({"a": 1})
         assert ttl_of(redis_server, "k") == -1
-        await c.set("e", 1, ttl=100)
-        assert 90 < ttl_of(redis_server, "e") <= 100
-        await c.set_many({"a": 1})
+        w.expiry(PREFIX + "e", 100_000)
         assert ttl_of(redis_server, "a") == -1
 
 
@@ -1230,36 +1273,49 @@ async def test_default_ttl_zero_means_no_expiry(redis_server):
 
 async def test_fractional_default_ttl(redis_server):
     async with make(redis_server, default_ttl=100.5) as c:
-        await c.set("k", 1)
-        assert 90_000 < pttl_of(redis_server, "k") <= 100_500
-        await c.set_many({"a": 1, "b": 2})
-        assert 90_000 < pttl_of(redis_server, "a") <= 100_500
+        with Monitor(redis_server) as mon:
+            with ExpiryWindow(redis_server) as w:
+                await c.set("k", 1)
+                await c.set_many({"a": 1, "b": 2})
+            assert set_commands(mon, 3) == [
+                ["SET", PREFIX + key, str(value), "PX", "100500"]
+                for key, value in (("k", 1), ("a", 1), ("b", 2))]
+        for key in ("k", "a", "b"):
+            w.expiry(PREFIX + key, 100_500)
 
 
 async def test_integral_default_ttl(redis_server):
     async with make(redis_server, default_ttl=200) as c:
-        await c.set("k", 1)
-        assert 190 < ttl_of(redis_server, "k") <= 200
-        await c.set("n", 1, ttl=None)
-        assert 190 < ttl_of(redis_server, "n") <= 200
+        with ExpiryWindow(redis_server) as w:
+            await c.set("k", 1)
+            await c.set("n", 1, ttl=None)
+        w.expiry(PREFIX + "k", 200_000)
+        w.expiry(PREFIX + "n", 200_000)
 
 
 async def test_overwrite_without_ttl_removes_expiry(cache, redis_server):
     await cache.set("k", 1, ttl=100)
     await cache.set("k", 2, ttl=0)
     assert ttl_of(redis_server, "k") == -1
-    await cache.set("k", 3, ttl=50)
-    assert 40 < ttl_of(redis_server, "k") <= 50
+    with ExpiryWindow(redis_server) as w:
+        await cache.set("k", 3, ttl=50)
+    w.expiry(PREFIX + "k", 50_000)
 
 
 async def test_set_many_ttl(cache, redis_server):
-    await cache.set_many({"a": 1, "b": 2}, ttl=100)
-    assert 90 < ttl_of(redis_server, "a") <= 100
-    assert 90 < ttl_of(redis_server, "b") <= 100
-    await cache.set_many({"c": 3}, ttl=100.5)
-    assert 90_000 < pttl_of(redis_server, "c") <= 100_500
-    await cache.set_many({"d": 4})
-    assert 3500 < ttl_of(redis_server, "d") <= 3600
+    with Monitor(redis_server) as mon:
+        with ExpiryWindow(redis_server) as w:
+            await cache.set_many({"a": 1, "b": 2}, ttl=100)
+            await cache.set_many({"c": 3}, ttl=100.5)
+            await cache.set_many({"d": 4})
+        assert set_commands(mon, 4) == [["SET", PREFIX + "a", "1", "EX", "100"],
+                                        ["SET", PREFIX + "b", "2", "EX", "100"],
+                                        ["SET", PREFIX + "c", "3", "PX", "100500"],
+                                        ["SET", PREFIX + "d", "4", "EX", "3600"]]
+    w.expiry(PREFIX + "a", 100_000)
+    w.expiry(PREFIX + "b", 100_000)
+    w.expiry(PREFIX + "c", 100_500)
+    w.expiry(PREFIX + "d", 3600_000)
 
 
 @pytest.mark.parametrize("ttl, exc", [
@@ -1523,6 +1579,14 @@ async def test_get_stats_size_ignores_other_prefixes(cache, redis_server):
     assert (await cache.get_stats())["size"] == 1
 
 
+def hincrby_calls(server) -> int:
+    """HINCRBY commands the server has run (INFO commandstats), failed ones included."""
+    for line in server.command("INFO", "commandstats").decode().splitlines():
+        if line.startswith("cmdstat_hincrby:"):
+            return int(line.split("calls=", 1)[1].split(",", 1)[0])
+    return 0
+
+
 async def test_stats_flushed_in_background(cache, redis_server):
     await cache.set("a", 1)
     await cache.get("a")
@@ -1531,11 +1595,15 @@ async def test_stats_flushed_in_background(cache, redis_server):
     # no get_stats(), no disconnect(): the I/O thread flushes at least every second
     assert await poll(lambda: hgetall(redis_server, PREFIX + "stats") ==
                       {"hits": 2, "misses": 1})
-    # and flushes only once: the counts stay put
-    await asyncio.sleep(1.5)
-    assert hgetall(redis_server, PREFIX + "stats") == {"hits": 2, "misses": 1}
+    # and flushes each count once: after a later flush (of one more hit: one HINCRBY)
+    # the hash holds exactly what was counted
+    calls = hincrby_calls(redis_server)
+    await cache.get("a")
+    assert await poll(lambda: hincrby_calls(redis_server) == calls + 1)
+    assert hgetall(redis_server, PREFIX + "stats") == {"hits": 3, "misses": 1}
     stats = await cache.get_stats()
-    assert (stats["hits"], stats["misses"]) == (2, 1)
+    assert (stats["hits"], stats["misses"]) == (3, 1)
+    assert hincrby_calls(redis_server) == calls + 1  # nothing was left to flush
 
 
 async def test_stats_flushed_at_disconnect(redis_server):
@@ -1632,8 +1700,11 @@ async def test_stats_plain(cache):
 
 
 async def test_stats_plain_in_flight(cache):
+    """in_flight counts the requests made and not yet finished: all 100 right after
+    they are made (none can finish before this task lets the loop run), none once
+    they are awaited."""
     aws = [cache.set(f"k{i}", i) for i in range(100)]
-    assert 0 <= cache.stats()["in_flight"] <= 100
+    assert cache.stats()["in_flight"] == 100
     await asyncio.gather(*aws)
     assert cache.stats()["in_flight"] == 0
 
@@ -1675,13 +1746,16 @@ async def test_user_key_stats_and_get_stats(cache, redis_server):
     assert stats["hit_rate"] == 66.67
     assert stats["size"] == 2  # "stats" and "a"
     assert stats["connected"] is True
-    # the user value survives get_stats() and the background flushes
-    await asyncio.sleep(1.5)
-    assert raw_json(redis_server, PREFIX + "stats") == "user value"
+    # the user value survives get_stats() and the background flushes: one more hit,
+    # and its flush (refused by Redis: WRONGTYPE) happens
+    calls = hincrby_calls(redis_server)
     assert await cache.get("stats") == "user value"
+    assert await poll(lambda: hincrby_calls(redis_server) > calls)
+    assert raw_json(redis_server, PREFIX + "stats") == "user value"
     assert cache.connected and cache.stats()["connected"]
     stats = await cache.get_stats()
     assert (stats["hits"], stats["misses"]) == (3, 1)
+    assert raw_json(redis_server, PREFIX + "stats") == "user value"
 
 
 async def test_user_key_stats_survives_disconnect_flush(redis_server):
@@ -1745,7 +1819,9 @@ async def test_gather_concurrent(cache, redis_server):
     await asyncio.gather(*(cache.set(f"k{i}", {"i": i}) for i in range(n)))
     got = await asyncio.gather(*(cache.get(f"k{i}") for i in range(n)))
     assert got == [{"i": i} for i in range(n)]  # none lost (difference 1)
-    assert redis_server.command("DBSIZE") == n
+    # n keys, and the statistics hash once a flush happened (once a second: a slow run)
+    stats = redis_server.command("EXISTS", PREFIX + "stats")
+    assert redis_server.command("DBSIZE") == n + stats
 
 
 async def test_pool_arguments_never_limit_requests(redis_server):
@@ -1794,30 +1870,47 @@ async def test_as_completed(cache):
 
 
 async def test_cancel_is_safe(cache, redis_server):
+    """Tasks cancelled while their gets wait for Redis (stalled, so no reply can have
+    come) raise CancelledError; the others get the value once Redis answers."""
     await cache.set("k", 1)
-    tasks = [asyncio.create_task(cache.get("k")) for _ in range(50)]
-    await asyncio.sleep(0)
-    for t in tasks[::2]:
-        t.cancel()
+    stall = redis_server.stall(3600)
+    try:
+        tasks = [asyncio.create_task(cache.get("k")) for _ in range(50)]
+        await asyncio.sleep(0)
+        assert all(t.cancel() for t in tasks[::2])
+    finally:
+        stall.cancel()
     results = await asyncio.gather(*tasks, return_exceptions=True)
-    for i, r in enumerate(results):
-        if i % 2:
-            assert r == 1
-        else:
-            assert r == 1 or isinstance(r, asyncio.CancelledError)
+    assert all(isinstance(r, asyncio.CancelledError) for r in results[::2]), results
+    assert results[1::2] == [1] * 25
     assert await cache.get("k") == 1
     assert await poll(lambda: cache.stats()["in_flight"] == 0)
 
 
-async def test_cancelled_set_leaves_cache_working(cache, redis_server):
-    t = asyncio.create_task(cache.set("k", "v"))
-    await asyncio.sleep(0)
-    if t.cancel():  # False when the reply already arrived and the task finished
+@pytest.mark.parametrize("sent", [True, False], ids=["sent", "unsent"])
+async def test_cancelled_set_leaves_cache_working(cache, redis_server, sent):
+    """Cancelling the task awaiting a set() cancels the waiting, not the write: the
+    request was made at the call and completes anyway (README, "The awaitable"; a
+    cancelled task's "late result is dropped"). Whether the SET had reached Redis
+    when the task was cancelled (it waits unanswered at a stalled server) or had not
+    even been handed to the I/O thread (cancelled before the task first ran), the
+    value is stored once the request completes."""
+    stall = redis_server.stall(3600)
+    try:
+        commands = cache.stats()["commands"]
+        t = asyncio.create_task(cache.set("k", "v"))
+        if sent:
+            await until(lambda: cache.stats()["commands"] == commands + 1,
+                        "the SET on the connection")
+        assert t.cancel()  # stalled: no reply can have come
         with pytest.raises(asyncio.CancelledError):
             await t
-    else:
-        assert await t is None
-    assert await cache.get("k") in ("v", None)
+        assert cache.stats()["in_flight"] == 1  # the request itself goes on
+    finally:
+        stall.cancel()
+    assert await poll(lambda: cache.stats()["in_flight"] == 0)
+    assert raw_json(redis_server, PREFIX + "k") == "v"
+    assert await cache.get("k") == "v"
     await cache.set("k2", "v2")
     assert await cache.get("k2") == "v2"
 
@@ -1946,13 +2039,17 @@ def test_caches_in_threads(redis_server, loop_factory):
         except BaseException as e:  # pragma: no cover - reported below
             errors.append(e)
 
-    threads = [threading.Thread(target=worker, args=(n,)) for n in range(4)]
+    threads = [threading.Thread(target=worker, args=(n,), daemon=True) for n in range(4)]
     for t in threads:
         t.start()
     for t in threads:
         t.join(60)
-    assert not errors
-    assert redis_server.command("DBSIZE") >= 200
+    assert not [t for t in threads if t.is_alive()], "a thread hung"
+    assert not errors, errors
+    # every key of every thread, and the statistics hash their gets were flushed to
+    assert raw_keys(redis_server) == {f"{PREFIX}{n}:{i}".encode() for n in range(4)
+                                      for i in range(50)} | {PREFIX.encode() + b"stats"}
+    assert hgetall(redis_server, PREFIX + "stats") == {"hits": 4 * 50}
 
 
 async def test_throw_and_close_pending(cache):

@@ -11,13 +11,16 @@
 - Interpreter exit with a connected cache and requests in flight: exit status 0, no crash,
   no hang (every exit scenario runs in a subprocess with a timeout).
 
-Nothing asserts on time beyond hang detection (HANG, subprocess timeouts).
+Nothing asserts on time beyond hang detection (HANG, subprocess timeouts), and no
+verdict depends on how fast anything runs: phases wait for the state they need (every
+loop served, every loop failed, readers running, requests on the connection).
 """
 from __future__ import annotations
 
 import asyncio
 import logging
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -27,6 +30,7 @@ import pytest
 import uvloop
 
 from bruno_memory_c import CacheError, RedisCache
+from conftest import until, wait_until
 
 HANG = 60.0     # bound on whole concurrent phases (hang detection only)
 PREFIX = "cc:"
@@ -133,8 +137,10 @@ async def test_gather_20000_gets_in_order(redis_server):
 
 async def test_beyond_max_in_flight_nothing_lost(redis_server):
     """100,000 requests issued before any is awaited: more than the 65,536 allowed in
-    flight, the rest wait in the backlog; none fails, all are right and in order."""
-    cache = make_cache(redis_server, socket_timeout=30.0)
+    flight, the rest wait in the backlog; none fails, all are right and in order.
+    socket_timeout=None: the first 65,536 are sent at once, and their replies would
+    otherwise be due within socket_timeout of that however slow the machine is."""
+    cache = make_cache(redis_server, socket_timeout=None)
     await bounded(cache.connect())
     await bounded(cache.set_many({f"b{i}": i for i in range(1000)}))
     n = 100_000
@@ -258,11 +264,20 @@ def test_one_cache_several_loops_in_threads(redis_server):
 
 def test_server_killed_under_several_loops(redis_server):
     """Loops in four threads hammer one cache; the server is SIGKILLed and restarted:
-    every await in every loop returns (right value, None or CacheError) and every loop
-    sees the cache work again."""
+    every await in every loop returns (right value, None or CacheError), every loop
+    sees its requests fail while the server is dead, and every loop sees the cache work
+    again. The server is killed once every loop has been served, and restarted once
+    every loop has seen a failure."""
     cache = make_cache(redis_server, socket_timeout=0.5, connect_timeout=0.5)
-    phase = {"stop": False}
+    nloops = 4
+    phase = {"name": "before", "stop": False}
+    lock = threading.Lock()
+    progress = {"before": set(), "dead": set()}
     recovered = []
+
+    def note(name, n):
+        with lock:
+            progress[name].add(n)
 
     def worker(n, kind):
         async def main():
@@ -274,8 +289,13 @@ def test_server_killed_under_several_loops(redis_server):
             while not phase["stop"]:
                 j += 1
                 k = keys[j % 50]
+                name = phase["name"]
                 v = await asyncio.wait_for(cache.get(k), 10)
                 assert v is None or v == data[k], (k, v)
+                if v is not None and name == "before":
+                    note("before", n)
+                elif v is None and name == "dead":
+                    note("dead", n)  # (asked once the server was dead)
                 if j % 10 == 0:
                     try:
                         await asyncio.wait_for(cache.set(k, data[k]), 10)
@@ -299,15 +319,18 @@ def test_server_killed_under_several_loops(redis_server):
         return lambda: _run_loop(kind, main())
 
     def conductor():
-        time.sleep(0.5)
-        redis_server.kill()
-        time.sleep(1.0)
-        redis_server.restart()
-        time.sleep(0.5)
-        phase["stop"] = True
+        try:
+            wait_until(lambda: len(progress["before"]) == nloops, "every loop served")
+            phase["name"] = "dead"
+            redis_server.kill()
+            wait_until(lambda: len(progress["dead"]) == nloops, "every loop failed")
+            redis_server.restart()
+        finally:
+            phase["stop"] = True
 
     _threads([worker(n, kind) for n, kind in enumerate(["asyncio", "uvloop"] * 2)]
              + [conductor])
+    assert progress == {"before": {0, 1, 2, 3}, "dead": {0, 1, 2, 3}}
     assert sorted(recovered) == [0, 1, 2, 3]
     assert cache.stats()["reconnects"] >= 1
     assert cache.stats()["in_flight"] == 0
@@ -327,40 +350,65 @@ def test_multistep_operations_while_other_loops_use_the_cache(redis_server):
 
     stop = threading.Event()
     sizes = []
+    rounds: dict[str, int] = {}  # each reader's completed rounds (written by it only)
+    finished: list[str] = []
+    lock = threading.Lock()
 
-    def stats_user(kind):
+    def readers_progressed(names, since=None):
+        """Every reader in `names` completed a round (since the snapshot `since`)."""
+        return all(rounds.get(n, 0) > (since or {}).get(n, 0) for n in names)
+
+    def stats_user(kind, readers):
         def run():
             async def main():
                 for _ in range(15):
+                    # the other loops use the cache between (and during) these calls
+                    seen = dict(rounds)
                     s = await asyncio.wait_for(cache.get_stats(), 30)
                     assert "error" not in s, s
                     sizes.append(s["size"])
+                    await until(lambda: readers_progressed(readers, seen), "readers ran",
+                                HANG)
             try:
+                wait_until(lambda: readers_progressed(readers), "readers started", HANG)
                 _run_loop(kind, main())
-            finally:
+            except BaseException:
                 stop.set()
+                raise
+            with lock:
+                finished.append(kind)
+                if len(finished) == 2:  # the readers run until both are done
+                    stop.set()
         return run
 
     def get_user(kind, n):
         def run():
             async def main():
+                name = f"get{n}"
                 while not stop.is_set():
                     got = await asyncio.gather(*(cache.get(f"s{i}") for i in range(n, n + 40)))
                     assert got == list(range(n, n + 40))
+                    rounds[name] = rounds.get(name, 0) + 1
             _run_loop(kind, asyncio.wait_for(main(), HANG))
         return run
 
-    _threads([stats_user("asyncio"), get_user("uvloop", 0), get_user("asyncio", 100),
-              stats_user("uvloop")])
-    assert sizes and all(s >= total for s in sizes), sizes
+    readers = ["get0", "get100"]
+    _threads([stats_user("asyncio", readers), get_user("uvloop", 0), get_user("asyncio", 100),
+              stats_user("uvloop", readers)])
+    assert len(sizes) == 30 and all(s >= total for s in sizes), sizes
+    assert all(rounds[n] >= 15 for n in readers), rounds
 
     # clear() in one loop while two other loops keep reading (absent keys now).
     stop.clear()
+    rounds.clear()
 
-    def clearer():
+    def clearer(readers):
         async def main():
+            seen = dict(rounds)
             await asyncio.wait_for(cache.clear(), 30)
+            await until(lambda: readers_progressed(readers, seen), "readers ran", HANG)
         try:
+            wait_until(lambda: readers_progressed(readers), "readers started", HANG)
             _run_loop("uvloop", main())
         finally:
             stop.set()
@@ -371,10 +419,12 @@ def test_multistep_operations_while_other_loops_use_the_cache(redis_server):
                 while not stop.is_set():
                     got = await cache.get_many([f"s{i}" for i in range(5)])
                     assert set(got) <= {f"s{i}" for i in range(5)}
+                    rounds[kind] = rounds.get(kind, 0) + 1
             _run_loop(kind, asyncio.wait_for(main(), HANG))
         return run
 
-    _threads([clearer, reader("asyncio"), reader("uvloop")])
+    _threads([lambda: clearer(["asyncio", "uvloop"]), reader("asyncio"), reader("uvloop")])
+    assert all(rounds[n] >= 2 for n in ("asyncio", "uvloop")), rounds
     assert redis_server.command("KEYS", PREFIX + "s*") == []
 
 
@@ -403,36 +453,44 @@ def test_loops_come_and_go(redis_server, loop_factory):
 
 def test_requests_of_a_closed_loop_are_released(redis_server, loop_factory):
     """Requests left pending when their loop closed are released once their replies
-    come back, even if the program goes on with a single loop afterwards."""
+    come back, even if the program goes on with a single loop afterwards. The replies
+    come back after the next loop started: the server is stalled until then."""
     import gc
     import weakref
 
     cache = make_cache(redis_server)
+    stall = None
 
     async def abandon():
+        nonlocal stall
         await cache.connect()
         await cache.set("k", "v")
-        redis_server.stall(0.5)  # the replies come back after the next loop started
+        stall = redis_server.stall(3600)
+        commands = cache.stats()["commands"]
         for _ in range(100):
             cache.get("k")  # never awaited; the loop closes under them
-        await asyncio.sleep(0.05)
-
-    with asyncio.Runner(loop_factory=loop_factory) as runner:
-        runner.run(abandon())
+        await until(lambda: cache.stats()["commands"] >= commands + 100,
+                    "the gets on the connection", HANG)
 
     async def later():
-        assert await cache.get("k") == "v"  # a new loop, used from now on
-        deadline = time.monotonic() + 8
-        while cache.stats()["in_flight"] != 0 and time.monotonic() < deadline:
-            await asyncio.sleep(0.05)
-        return cache.stats()["in_flight"]
+        got = cache.get("k")  # a new loop, used from now on
+        stall.cancel()  # now the replies come back
+        assert await got == "v"
+        await until(lambda: cache.stats()["in_flight"] == 0, "the old requests released",
+                    HANG)
 
-    with asyncio.Runner(loop_factory=loop_factory) as runner:
-        in_flight = runner.run(later())
+    try:
+        with asyncio.Runner(loop_factory=loop_factory) as runner:
+            runner.run(abandon())
+        assert cache.stats()["in_flight"] == 100
+        with asyncio.Runner(loop_factory=loop_factory) as runner:
+            runner.run(later())
+    finally:
+        if stall is not None:
+            stall.cancel()
     ref = weakref.ref(cache)
     del cache
     gc.collect()
-    assert in_flight == 0
     assert ref() is None
 
 
@@ -502,16 +560,19 @@ def wait_child(pid):
     assert os.waitstatus_to_exitcode(status) == 0, status
 
 stop = threading.Event()
-def hammer():  # keeps the I/O thread and the bridges busy from other threads' loops
+def hammer(busy):  # keeps the I/O thread and the bridges busy from other threads' loops
     async def main():
         while not stop.is_set():
             got = await asyncio.gather(*(cache.get(k) for k in list(DATA)[:50]))
             assert got == list(DATA.values())[:50]
+            busy.set()
     run(main())
-threads = [threading.Thread(target=hammer) for _ in range(2)] if mode == "busy" else []
+busy = [threading.Event() for _ in range(2)] if mode == "busy" else []
+threads = [threading.Thread(target=hammer, args=(b,)) for b in busy]
 for t in threads:
     t.start()
-time.sleep(0.2)
+for b in busy:  # both hammering before the fork
+    assert b.wait(60), "a hammer thread never got going"
 
 if mode == "in-loop":
     async def forking():
@@ -554,9 +615,9 @@ def test_fork_child_uses_the_same_cache(redis_server, loop_name, mode):
 
 
 EXIT_SCRIPT = r"""
-import asyncio, os, socket, sys, threading, time
+import asyncio, os, signal, socket, sys, threading, time
 from bruno_memory_c import RedisCache
-port, loop_name, mode = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+port, loop_name, mode, server_pid = int(sys.argv[1]), sys.argv[2], sys.argv[3], int(sys.argv[4])
 
 def new_loop():
     if loop_name == "uvloop":
@@ -572,12 +633,25 @@ cache = RedisCache(host="127.0.0.1", port=port, socket_timeout=5, connect_timeou
                    prefix="exit:")
 keep = []
 
-def stall_server(seconds):
-    s = socket.create_connection(("127.0.0.1", port))
-    s.sendall(b"*3\r\n$5\r\nDEBUG\r\n$5\r\nSLEEP\r\n$%d\r\n%s\r\n"
-              % (len(str(seconds)), str(seconds).encode()))
-    keep.append(s)  # no reply awaited
-    time.sleep(0.05)
+def stop_server(pid):  # SIGSTOP the server (the test resumes it), wait until stopped
+    os.kill(pid, signal.SIGSTOP)
+    deadline = time.monotonic() + 60
+    while True:
+        states = []
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{tid}/stat", "rb") as f:
+                stat = f.read()
+            states.append(stat[stat.rindex(b")") + 2:][:1])
+        if all(s == b"T" for s in states):
+            return
+        assert time.monotonic() < deadline, states
+        time.sleep(0.001)
+
+async def on_the_connection(n, since):
+    deadline = time.monotonic() + 60
+    while cache.stats()["commands"] < since + n:
+        assert time.monotonic() < deadline, cache.stats()
+        await asyncio.sleep(0.001)
 
 async def start_requests(n=2000):
     await cache.connect()
@@ -601,10 +675,11 @@ elif mode == "sys.exit-in-loop":
 elif mode == "stalled-server":
     async def main():
         await start_requests(10)
-        stall_server(3)
+        stop_server(server_pid)
+        since = cache.stats()["commands"]
         keep.extend(cache.get("k") for _ in range(500))
         keep.extend(asyncio.ensure_future(cache.get("k")) for _ in range(100))
-        await asyncio.sleep(0.1)  # written, unanswered
+        await on_the_connection(600, since)  # written, unanswered
         print("ok", flush=True)
         sys.exit(0)
     run(main())
@@ -614,15 +689,18 @@ elif mode == "loop-not-closed":
     loop.run_until_complete(start_requests())
     keep.append(loop)  # exits with the loop open and requests in flight
 elif mode == "daemon-thread-loop":
-    def forever():
+    def forever(busy):
         async def main():
             await cache.connect()
             while True:
                 await asyncio.gather(*(cache.get("k") for _ in range(100)))
+                busy.set()
         run(main())
-    for _ in range(2):
-        threading.Thread(target=forever, daemon=True).start()
-    time.sleep(0.5)
+    busy = [threading.Event() for _ in range(2)]
+    for b in busy:
+        threading.Thread(target=forever, args=(b,), daemon=True).start()
+    for b in busy:  # exit while both loops are in full swing
+        assert b.wait(60), "a loop never got going"
 elif mode == "atexit-use":
     import atexit
     def at_exit():
@@ -652,7 +730,11 @@ print("ok")
                                   "loop-not-closed", "daemon-thread-loop", "atexit-use",
                                   "cycle"])
 def test_interpreter_exit_with_requests_in_flight(redis_server, loop_name, mode):
-    proc = run_script(EXIT_SCRIPT, redis_server.port, loop_name, mode, timeout=60)
+    try:
+        proc = run_script(EXIT_SCRIPT, redis_server.port, loop_name, mode,
+                          redis_server.proc.pid, timeout=60)
+    finally:  # "stalled-server" leaves the server stopped (SIGSTOP)
+        redis_server.proc.send_signal(signal.SIGCONT)
     assert_clean_exit(proc)
     # The server is fine afterwards, and so is a new process.
     assert redis_server.command("PING") == "PONG"

@@ -19,6 +19,7 @@ import pytest_asyncio
 from _reference import reference_classes
 from bruno_memory_c import CacheError, RedisCache
 from bruno_memory_c.testing import RedisServer, refused_port
+from conftest import ExpiryWindow, Monitor
 
 # redis-py deprecates Redis.close() (the reference's disconnect) in favour of aclose().
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
@@ -224,40 +225,49 @@ def ttl(server, key):
     return server.command("TTL", PREFIX + key)
 
 
-@pytest.mark.parametrize("kw", [{}, {"ttl": None}, {"ttl": 100}, {"ttl": 1}, {"ttl": 0}],
-                         ids=repr)
-async def test_ttl_equivalent(ours, ref, redis_server, kw):
-    await ours.set("a", 1, **kw)
-    await ref.set("b", 1, **kw)
-    ta, tb = ttl(redis_server, "a"), ttl(redis_server, "b")
-    if tb == -1:
-        assert ta == -1
+@pytest.mark.parametrize("kw, ttl_ms", [({}, 3_600_000), ({"ttl": None}, 3_600_000),
+                                        ({"ttl": 100}, 100_000), ({"ttl": 1}, 1000),
+                                        ({"ttl": 0}, None)], ids=lambda v: repr(v))
+async def test_ttl_equivalent(ours, ref, redis_server, kw, ttl_ms):
+    """Both store the same expiry: ttl_ms after each one's write (each checked against
+    the server's clock around its own write), or none."""
+    with ExpiryWindow(redis_server) as wa:
+        await ours.set("a", 1, **kw)
+    with ExpiryWindow(redis_server) as wb:
+        await ref.set("b", 1, **kw)
+    if ttl_ms is None:
+        assert ttl(redis_server, "a") == ttl(redis_server, "b") == -1
     else:
-        assert 0 <= tb and abs(ta - tb) <= 1
-    assert await ours.exists("b") and await ref.exists("a")
+        wa.expiry(PREFIX + "a", ttl_ms)
+        wb.expiry(PREFIX + "b", ttl_ms)
+    if ttl_ms != 1000:  # (1 s: each may be gone already; test_expired_for_both)
+        assert await ours.exists("b") is True and await ref.exists("a") is True
 
 
 @pytest.mark.parametrize("default_ttl", [None, 0, 300], ids=repr)
 async def test_default_ttl_equivalent(redis_server, default_ttl):
     o = make_ours(redis_server, default_ttl=default_ttl)
     r = make_ref(redis_server, default_ttl=default_ttl)
-    await o.set("a", 1)
-    await r.set("b", 1)
-    await o.set_many({"c": 1})
-    await r.set_many({"d": 1})
-    got = [ttl(redis_server, k) for k in "abcd"]
+    with ExpiryWindow(redis_server) as w:
+        await o.set("a", 1)
+        await r.set("b", 1)
+        await o.set_many({"c": 1})
+        await r.set_many({"d": 1})
     if default_ttl:
-        assert all(default_ttl - 10 < t <= default_ttl for t in got), got
+        for k in "abcd":
+            w.expiry(PREFIX + k, default_ttl * 1000)
     else:
-        assert got == [-1, -1, -1, -1]
+        assert [ttl(redis_server, k) for k in "abcd"] == [-1, -1, -1, -1]
     await o.disconnect()
     await r.disconnect()
 
 
 async def test_set_many_ttl_equivalent(ours, ref, redis_server):
-    await ours.set_many({"a": 1, "b": 2}, ttl=200)
-    await ref.set_many({"c": 1, "d": 2}, ttl=200)
-    assert all(190 < ttl(redis_server, k) <= 200 for k in "abcd")
+    with ExpiryWindow(redis_server) as w:
+        await ours.set_many({"a": 1, "b": 2}, ttl=200)
+        await ref.set_many({"c": 1, "d": 2}, ttl=200)
+    for k in "abcd":
+        w.expiry(PREFIX + k, 200_000)
     await ours.set_many({"e": 1}, ttl=0)
     await ref.set_many({"f": 1}, ttl=0)
     assert ttl(redis_server, "e") == ttl(redis_server, "f") == -1
@@ -275,8 +285,12 @@ async def test_expired_for_both(ours, ref, redis_server):
 
 async def test_fractional_ttl_ours_uses_px(ours, ref, redis_server):
     # the reference's SETEX only takes whole seconds; ours stores a fraction with PX
-    await ours.set("a", 1, ttl=100.5)
-    assert 90_000 < redis_server.command("PTTL", PREFIX + "a") <= 100_500
+    with Monitor(redis_server) as mon:
+        with ExpiryWindow(redis_server) as w:
+            await ours.set("a", 1, ttl=100.5)
+        assert mon.wait_for(lambda cmd: cmd[0] == "SET") == [
+            "SET", PREFIX + "a", "1", "PX", "100500"]
+    w.expiry(PREFIX + "a", 100_500)
     assert await ref.get("a") == 1
 
 

@@ -9,6 +9,7 @@ import pytest
 
 from bruno_memory_c import RedisCache
 from bruno_memory_c.testing import RedisServer, free_port
+from conftest import sent_to
 
 
 def refused(port: int) -> bool:
@@ -96,11 +97,133 @@ async def test_fixture_gives_a_running_server_a_cache_can_use(redis_server):
     assert redis_server.command("GET", "helper:k") == b"[1, 2]"  # bulk replies: bytes
 
 
-def test_stall_blocks_the_server_not_the_caller(redis_server):
-    thread = redis_server.stall(0.3)
-    assert thread.is_alive()
-    thread.join(5)
+def thread_states(server) -> list[str]:
+    """The scheduler state of each thread of the server process (T: stopped)."""
+    states = []
+    for tid in os.listdir(f"/proc/{server.proc.pid}/task"):
+        with open(f"/proc/{server.proc.pid}/task/{tid}/stat", "rb") as f:
+            stat = f.read()
+        states.append(stat[stat.rindex(b")") + 2:][:1].decode())
+    return states
+
+
+def test_stall_has_begun_when_it_returns_and_ends_on_time(redis_server):
+    """stall() returns once the server is stopped (every thread), not after a guess:
+    a command sent then is buffered by the kernel and answered only when the stall
+    ends, which join() waits for."""
+    with socket.create_connection(("127.0.0.1", redis_server.port), timeout=30) as s:
+        thread = redis_server.stall(0.3)
+        assert thread.is_alive()
+        assert set(thread_states(redis_server)) == {"T"}
+        s.sendall(b"PING\r\n")
+        # sent, unread: the server reads nothing while stalled
+        sent_to(redis_server, s.getsockname()[1], len(b"PING\r\n"))
+        assert redis_server.unread_bytes()[s.getsockname()[1]] == len(b"PING\r\n")
+        thread.join(30)
+        assert not thread.is_alive()
+        assert s.makefile("rb").readline() == b"+PONG\r\n"  # answered after the stall
     assert redis_server.command("PING") == "PONG"
+    assert "T" not in thread_states(redis_server)
+
+
+def test_stall_accepts_connections_and_answers_nothing(redis_server):
+    """While stalled the kernel still accepts connections; nothing is answered."""
+    thread = redis_server.stall(60)
+    try:
+        with socket.create_connection(("127.0.0.1", redis_server.port), timeout=30) as s:
+            s.sendall(b"PING\r\n")
+            sent_to(redis_server, s.getsockname()[1], len(b"PING\r\n"))
+            s.settimeout(0)
+            with pytest.raises(BlockingIOError):  # no reply: nothing runs to send one
+                s.recv(64)
+            s.settimeout(30)
+            thread.cancel()
+            assert s.makefile("rb").readline() == b"+PONG\r\n"
+    finally:
+        thread.cancel()
+
+
+def test_a_stall_can_be_ended_early_and_cancel_is_idempotent(redis_server):
+    thread = redis_server.stall(3600)
+    assert set(thread_states(redis_server)) == {"T"}
+    thread.cancel()
+    assert not thread.is_alive()  # cancel() waits for the stall to end
+    assert redis_server.command("PING") == "PONG"
+    thread.cancel()
+    thread.join()
+    assert redis_server.command("PING") == "PONG"
+    with redis_server.stall(3600) as thread:  # ended with the block
+        assert set(thread_states(redis_server)) == {"T"}
+    assert not thread.is_alive()
+    assert redis_server.command("PING") == "PONG"
+
+
+def test_overlapping_stalls_end_with_the_last(redis_server):
+    long = redis_server.stall(3600)
+    short = redis_server.stall(0.05)
+    short.join(30)
+    assert not short.is_alive()
+    assert set(thread_states(redis_server)) == {"T"}  # the long stall still holds it
+    long.cancel()
+    assert redis_server.command("PING") == "PONG"
+
+
+@pytest.mark.parametrize("end", ["stop", "kill", "restart", "close"])
+def test_stop_kill_restart_close_end_a_stall(end):
+    """A stalled server can be stopped, killed, restarted and closed: each ends the
+    stall (SIGTERM is not left pending behind SIGSTOP)."""
+    server = RedisServer().start()
+    try:
+        thread = server.stall(3600)
+        pid = server.proc.pid
+        getattr(server, end)()
+        assert not thread.is_alive()
+        if end == "restart":
+            assert server.command("PING") == "PONG"
+        else:
+            with pytest.raises(ProcessLookupError):
+                os.kill(pid, 0)  # gone (and reaped)
+    finally:
+        server.close()
+
+
+def test_a_stalled_server_killed_answers_nothing_more(redis_server):
+    """kill() of a stalled server kills it stalled: what it was sent meanwhile is never
+    answered (the stall is not ended first)."""
+    with socket.create_connection(("127.0.0.1", redis_server.port), timeout=30) as s:
+        thread = redis_server.stall(3600)
+        s.sendall(b"PING\r\n")
+        sent_to(redis_server, s.getsockname()[1], len(b"PING\r\n"))
+        redis_server.kill()
+        assert not thread.is_alive()
+        try:
+            reply = s.recv(64)
+        except ConnectionResetError:  # unread data: the kernel resets the connection
+            reply = b""
+        assert reply == b""
+
+
+def test_stalling_a_server_that_is_not_running_raises(redis_server):
+    redis_server.kill()
+    with pytest.raises(RuntimeError, match="not running"):
+        redis_server.stall(1)
+
+
+def test_unread_bytes_lists_each_client_connection(redis_server):
+    with socket.create_connection(("127.0.0.1", redis_server.port), timeout=30) as a, \
+            socket.create_connection(("127.0.0.1", redis_server.port), timeout=30) as b:
+        a.sendall(b"PING\r\n")
+        assert a.makefile("rb").readline() == b"+PONG\r\n"
+        thread = redis_server.stall(3600)
+        try:
+            b.sendall(b"*1\r\n$4\r\nPING\r\n")
+            sent_to(redis_server, b.getsockname()[1], len(b"*1\r\n$4\r\nPING\r\n"))
+            unread = redis_server.unread_bytes()
+            assert unread[a.getsockname()[1]] == 0
+            assert unread[b.getsockname()[1]] == len(b"*1\r\n$4\r\nPING\r\n")
+        finally:
+            thread.cancel()
+        assert b.makefile("rb").readline() == b"+PONG\r\n"
 
 
 def test_a_taken_port_is_never_mistaken_for_our_server():
