@@ -24,17 +24,19 @@ EXT = bruno_memory_c/_core$(shell $(PY) -c 'import sysconfig; print(sysconfig.ge
 
 all: build
 
-# Debian packages: the hiredis headers/library and a redis-server for the tests.
+# Debian packages: the hiredis and OpenSSL headers/libraries, a redis-server (built with
+# TLS) and the openssl command for the tests (certificates are made at test time).
+SYSDEPS = libhiredis-dev libssl-dev openssl redis-server
 sysdeps:
 	@if ! command -v dpkg >/dev/null 2>&1; then \
-	  command -v redis-server >/dev/null && \
-	  echo '#include <hiredis/hiredis.h>' | $${CC:-cc} -E -x c - >/dev/null 2>&1 || \
-	  { echo "need the hiredis headers and redis-server (not a Debian system: install them yourself)"; exit 1; }; \
-	elif ! dpkg -s libhiredis-dev redis-server >/dev/null 2>&1; then \
-	  echo "installing libhiredis-dev redis-server (apt-get)"; \
+	  command -v redis-server >/dev/null && command -v openssl >/dev/null && \
+	  printf '#include <hiredis/hiredis.h>\n#include <openssl/ssl.h>\n' | $${CC:-cc} -E -x c - >/dev/null 2>&1 || \
+	  { echo "need the hiredis and OpenSSL headers, openssl and redis-server (not a Debian system: install them yourself)"; exit 1; }; \
+	elif ! dpkg -s $(SYSDEPS) >/dev/null 2>&1; then \
+	  echo "installing $(SYSDEPS) (apt-get)"; \
 	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
 	  $$SUDO apt-get update -qq && \
-	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq libhiredis-dev redis-server >/dev/null; \
+	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $(SYSDEPS) >/dev/null; \
 	fi
 
 $(PY):

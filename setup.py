@@ -59,6 +59,9 @@ PROBE_PYTHON = ("#define PY_SSIZE_T_CLEAN\n#include <Python.h>\n"
                 "int bruno_probe(void) { return PY_MAJOR_VERSION; }\n")
 PROBE_HIREDIS = ("#include <hiredis/hiredis.h>\n"
                  "void *bruno_probe(void) { return redisReaderCreate(); }\n")
+PROBE_OPENSSL = ("#include <openssl/ssl.h>\n"
+                 "#if OPENSSL_VERSION_NUMBER < 0x10101000L\n#error OpenSSL 1.1.1 or later\n#endif\n"
+                 "void *bruno_probe(void) { return SSL_CTX_new(TLS_client_method()); }\n")
 
 
 def _first_error(failure):
@@ -95,6 +98,11 @@ def _python_headers_hint(include_dir):
 HIREDIS_HINT = ("install the Debian package libhiredis-dev "
                 "(sudo apt-get install libhiredis-dev; Fedora: hiredis-devel, "
                 "Alpine: hiredis-dev, macOS: brew install hiredis), then build again")
+
+
+OPENSSL_HINT = ("install the Debian package libssl-dev "
+                "(sudo apt-get install libssl-dev; Fedora: openssl-devel, "
+                "Alpine: openssl-dev, macOS: brew install openssl), then build again")
 
 
 class BuildExt(build_ext):
@@ -137,6 +145,16 @@ class BuildExt(build_ext):
                     f"-lhiredis does not link (libhiredis.so, the hiredis library for the "
                     f"linker, is missing): {HIREDIS_HINT}\n"
                     f"  (the linker said: {_first_error(failure)})")
+            failure = self._probe(tmp, "openssl", PROBE_OPENSSL, ext)
+            if failure:
+                raise MissingBuildDependency(
+                    f"openssl/ssl.h, the OpenSSL C headers (1.1.1 or later), was not found: "
+                    f"{OPENSSL_HINT}\n  ({compiler_name} said: {_first_error(failure)})")
+            failure = self._probe(tmp, "openssl-link", PROBE_OPENSSL, ext, link=True)
+            if failure:
+                raise MissingBuildDependency(
+                    f"-lssl -lcrypto do not link (the OpenSSL libraries for the linker are "
+                    f"missing): {OPENSSL_HINT}\n  (the linker said: {_first_error(failure)})")
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
 
@@ -194,7 +212,7 @@ core = Extension(
     sources=sorted(glob.glob("csrc/*.c")),
     depends=sorted(glob.glob("csrc/*.h")),
     include_dirs=["csrc"],
-    libraries=["hiredis"],
+    libraries=["hiredis", "ssl", "crypto"],
     define_macros=macros,
     extra_compile_args=cflags,
     extra_link_args=ldflags,

@@ -26,6 +26,13 @@ Overlapping stalls end when the last one does; ``kill()``, ``stop()``, ``restart
 ``close()`` end every stall. ``unread_bytes()`` tells, for each client connection, how
 many bytes the server has not read yet (the kernel's receive queue, also while stalled):
 what a client has sent and the server not yet seen.
+
+``RedisServer(tls=True)`` serves TLS only (``--port 0 --tls-port``), with a CA, a
+server certificate (``localhost`` and ``127.0.0.1``) and a client certificate made for
+it at start by the ``openssl`` command (``make_tls_files``); ``server.url`` is then a
+``rediss://`` URL naming the CA, ``server.tls_kwargs`` the keyword arguments a
+``RedisCache`` needs (``{}`` without TLS), and ``tls_auth_clients="yes"`` makes the
+server require the client certificate (mutual TLS).
 """
 from __future__ import annotations
 
@@ -34,15 +41,17 @@ import os
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import tempfile
 import threading
 import time
 import urllib.parse
 import weakref
-from typing import Any, Iterator
+from typing import Any, Iterator, NamedTuple
 
-__all__ = ["RedisServer", "Stall", "redis_server", "free_port", "refused_port"]
+__all__ = ["RedisServer", "Stall", "TLSFiles", "make_tls_files", "redis_server",
+           "free_port", "refused_port"]
 
 
 def free_port() -> int:
@@ -174,6 +183,75 @@ def _wait_stopped(proc: "subprocess.Popen[bytes]", timeout: float = 30.0) -> Non
         time.sleep(0.001)
 
 
+class TLSFiles(NamedTuple):
+    """PEM files made by ``make_tls_files`` (paths)."""
+    ca_file: str             # the CA's certificate: what a client trusts
+    ca_key_file: str
+    cert_file: str           # the server's certificate and key
+    key_file: str
+    client_cert_file: str    # a client certificate (mutual TLS) and its key
+    client_key_file: str
+
+
+def _openssl(*args: str, cwd: str) -> None:
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        raise FileNotFoundError(
+            "openssl not found: install it (Debian: apt-get install openssl)")
+    proc = subprocess.run([openssl, *args], cwd=cwd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"openssl {args[0]} failed: {proc.stderr.strip()}")
+
+
+def make_tls_files(directory: str, names: tuple[str, ...] = ("localhost", "127.0.0.1"),
+                   ca: TLSFiles | None = None, prefix: str = "", days: int = 2) -> TLSFiles:
+    """A CA (or ``ca``'s), a server certificate for ``names`` (DNS names and IP
+    addresses) and a client certificate, both signed by it, as PEM files in
+    ``directory`` (file names start with ``prefix``). EC P-256 keys, unencrypted;
+    ``days`` < 0 makes certificates that expired."""
+    os.makedirs(directory, exist_ok=True)
+    path = lambda name: os.path.join(directory, prefix + name)  # noqa: E731
+    key = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+    if ca is None:
+        _openssl("req", "-x509", "-new", *key, "-keyout", path("ca.key"), "-out", path("ca.crt"),
+                 "-days", "2", "-subj", "/CN=bruno_memory_c test CA", cwd=directory)
+        ca_file, ca_key = path("ca.crt"), path("ca.key")
+    else:
+        ca_file, ca_key = ca.ca_file, ca.ca_key_file
+    sans = ",".join(("IP:" if _is_ip(n) else "DNS:") + n for n in names)
+    for who, cn, ext in (("server", names[0] if names else "nobody",
+                          f"subjectAltName={sans}\nextendedKeyUsage=serverAuth\n"),
+                         ("client", "bruno_memory_c test client",
+                          "extendedKeyUsage=clientAuth\n")):
+        with open(path(who + ".ext"), "w", encoding="ascii") as f:
+            f.write(ext)
+        _openssl("req", "-new", *key, "-keyout", path(who + ".key"), "-out", path(who + ".csr"),
+                 "-subj", f"/CN={cn}", cwd=directory)
+        validity = ["-days", str(days)] if days > 0 else ["-days", "1"]
+        _openssl("x509", "-req", "-in", path(who + ".csr"), "-CA", ca_file, "-CAkey", ca_key,
+                 "-CAcreateserial", "-out", path(who + ".crt"), *validity,
+                 "-extfile", path(who + ".ext"), cwd=directory)
+        if days <= 0:  # backdated: valid from -2 days to -1 day
+            _openssl("x509", "-req", "-in", path(who + ".csr"), "-CA", ca_file, "-CAkey", ca_key,
+                     "-CAcreateserial", "-out", path(who + ".crt"), "-not_before",
+                     time.strftime("%Y%m%d%H%M%SZ", time.gmtime(time.time() - 2 * 86400)),
+                     "-not_after",
+                     time.strftime("%Y%m%d%H%M%SZ", time.gmtime(time.time() - 86400)),
+                     "-extfile", path(who + ".ext"), cwd=directory)
+    return TLSFiles(ca_file, ca_key, path("server.crt"), path("server.key"),
+                    path("client.crt"), path("client.key"))
+
+
+def _is_ip(name: str) -> bool:
+    for family in (socket.AF_INET, socket.AF_INET6):
+        try:
+            socket.inet_pton(family, name)
+            return True
+        except OSError:
+            pass
+    return False
+
+
 class Stall(threading.Thread):
     """A stall of a RedisServer under way (what ``RedisServer.stall()`` returns): the
     thread that resumes the server when the stall ends. ``join()`` waits for that;
@@ -216,7 +294,8 @@ class RedisServer:
 
     def __init__(self, password: str | None = None, port: int | None = None,
                  extra_args: tuple[str, ...] = (), executable: str | None = None,
-                 unix_socket: bool = False) -> None:
+                 unix_socket: bool = False, tls: bool = False,
+                 tls_auth_clients: str = "optional") -> None:
         found = executable or shutil.which("redis-server")
         if found is None:
             raise FileNotFoundError(
@@ -228,6 +307,16 @@ class RedisServer:
         self.extra_args = tuple(extra_args)
         self.dir = tempfile.mkdtemp(prefix="bruno-redis-")
         self.unix_path = os.path.join(self.dir, "redis.sock") if unix_socket else None
+        if tls_auth_clients not in ("no", "optional", "yes"):
+            raise ValueError("tls_auth_clients must be 'no', 'optional' or 'yes'")
+        self.tls_auth_clients = tls_auth_clients
+        self.tls: TLSFiles | None = None
+        if tls:
+            try:
+                self.tls = make_tls_files(os.path.join(self.dir, "tls"))
+            except BaseException:
+                shutil.rmtree(self.dir, ignore_errors=True)
+                raise
         self._state: dict[str, Any] = {"dir": self.dir}
         self._finalizer = weakref.finalize(self, _cleanup, self._state)
         self._stalls: set[Stall] = set()
@@ -248,7 +337,23 @@ class RedisServer:
         """``redis://[:password@]127.0.0.1:port/0``, the password percent-encoded (any
         character, ``@ : / % # ?`` included, survives ``RedisCache.from_url``)."""
         auth = f":{urllib.parse.quote(self.password, safe='')}@" if self.password else ""
+        if self.tls is not None:
+            ca = urllib.parse.quote(self.tls.ca_file, safe="/")
+            return f"rediss://{auth}127.0.0.1:{self.port}/0?ssl_ca_certs={ca}"
         return f"redis://{auth}127.0.0.1:{self.port}/0"
+
+    @property
+    def tls_kwargs(self) -> dict[str, Any]:
+        """What a RedisCache needs to reach this server besides host and port: ``{}``
+        without TLS; with TLS, ``ssl=True`` and the CA (and the client certificate when
+        the server requires one)."""
+        if self.tls is None:
+            return {}
+        kw: dict[str, Any] = {"ssl": True, "ssl_ca_certs": self.tls.ca_file}
+        if self.tls_auth_clients == "yes":
+            kw.update(ssl_certfile=self.tls.client_cert_file,
+                      ssl_keyfile=self.tls.client_key_file)
+        return kw
 
     def _config_file(self) -> str:
         """The server's secrets, in a file only we can read (mode 0600, in the private
@@ -265,7 +370,13 @@ class RedisServer:
     def _args(self) -> list[str]:
         # The configuration file must be the first argument; options after it add to
         # (and override) it.
-        args = [self.executable, self._config_file(), "--port", str(self.port),
+        ports = ["--port", str(self.port)]
+        if self.tls is not None:
+            ports = ["--port", "0", "--tls-port", str(self.port),
+                     "--tls-cert-file", self.tls.cert_file, "--tls-key-file", self.tls.key_file,
+                     "--tls-ca-cert-file", self.tls.ca_file,
+                     "--tls-auth-clients", self.tls_auth_clients]
+        args = [self.executable, self._config_file(), *ports,
                 "--bind", "127.0.0.1",
                 "--save", "", "--appendonly", "no", "--dir", self.dir,
                 "--daemonize", "no", "--loglevel", "warning",
@@ -390,13 +501,25 @@ class RedisServer:
     # -- talking to it ----------------------------------------------------------
     def command(self, *args: Any, timeout: float = 10.0) -> Any:
         """Run one command on a fresh connection (authenticating if needed)."""
-        with socket.create_connection(("127.0.0.1", self.port), timeout=timeout) as s:
+        with self._connect(timeout) as s:
             f = s.makefile("rb")
             if self.password:
                 s.sendall(_encode("AUTH", self.password))
                 _read_reply(f)
             s.sendall(_encode(*args))
             return _read_reply(f)
+
+    def _connect(self, timeout: float) -> socket.socket:
+        s = socket.create_connection(("127.0.0.1", self.port), timeout=timeout)
+        if self.tls is None:
+            return s
+        context = ssl.create_default_context(cafile=self.tls.ca_file)
+        context.load_cert_chain(self.tls.client_cert_file, self.tls.client_key_file)
+        try:
+            return context.wrap_socket(s, server_hostname="127.0.0.1")
+        except BaseException:
+            s.close()
+            raise
 
     def stall(self, seconds: float) -> Stall:
         """Stop the server (SIGSTOP) without blocking the caller, for ``seconds``.

@@ -77,6 +77,31 @@ struct bio_bridge {
     pid_t pid;                /* process that created it (a forked child makes its own) */
 };
 
+/* TLS (io_tls.c). A bio_tls is a client-side TLS context: made on the caller's
+ * thread from the files its options name (read at once), then shared read-only by
+ * the connections of every client configured with it. */
+typedef struct bio_tls bio_tls;
+
+enum { BIO_TLS_VERIFY_NONE = 0, BIO_TLS_VERIFY_REQUIRED = 2 };
+
+typedef struct {
+    const char *ca_file;      /* NULL: ca_path, or the system's CA certificates */
+    const char *ca_path;      /* a directory of hashed CA certificates, or NULL */
+    const char *cert_file;    /* the client's certificate chain (mutual TLS), or NULL */
+    const char *key_file;     /* its private key (NULL: in cert_file) */
+    const char *key_password; /* the key's password, or NULL */
+    size_t key_password_len;
+    int verify;               /* BIO_TLS_VERIFY_* */
+    int check_hostname;       /* the certificate must name the host (when verifying) */
+    int min_version;          /* 0: TLS 1.2; else 0x301 (TLS 1.0) ... 0x304 (TLS 1.3) */
+    const char *ciphers;      /* OpenSSL cipher list for TLS <= 1.2, or NULL */
+} bio_tls_options;
+
+/* One reference, or NULL with err saying which option, which file and why. */
+bio_tls *bio_tls_new(const bio_tls_options *o, char *err, size_t errlen);
+void bio_tls_incref(bio_tls *t);
+void bio_tls_decref(bio_tls *t);
+
 typedef struct {
     char *host;               /* owned copies */
     int port;
@@ -91,6 +116,8 @@ typedef struct {
     char *stats_key;          /* prefix + "stats" */
     size_t stats_key_len;
     unsigned long long max_reply;  /* what one reply may cost (bytes; see resp_scan) */
+    bio_tls *tls;             /* NULL: plaintext; else TLS with it (the client holds a
+                                 reference of its own) */
 } bio_config;
 
 /* Local, process-wide counters of a client, read by RedisCache.stats(). */

@@ -190,6 +190,7 @@ pump_waiting(bio_client *c, double now)
 void
 io_close_socket(bio_client *c)
 {
+    io_tls_end(c);  /* before its socket closes */
     if (c->fd >= 0) {
         epoll_ctl(E.epfd, EPOLL_CTL_DEL, c->fd, NULL);
         io_fd_close(c->fd);
@@ -505,8 +506,35 @@ io_connect_ready(bio_client *c, double now)
         connection_failed(c, err, now);
         return;
     }
+    if (c->cfg.tls != NULL) {
+        char err[BIO_ERRLEN];
+        if (io_tls_begin(c, err, sizeof err) < 0) {
+            connection_failed(c, err, now);
+            return;
+        }
+        c->state = ST_TLS;
+        io_tls_step(c, now);
+        return;
+    }
     epoll_set(c, 0);
     start_handshake(c, now);
+}
+
+/* The TLS handshake goes on (the socket is ready for what it waited for); once done,
+ * the Redis handshake starts, on the same deadline (connect_timeout). */
+void
+io_tls_step(bio_client *c, double now)
+{
+    char err[BIO_ERRLEN];
+    int rc = io_tls_handshake(c, err, sizeof err);
+    if (rc < 0) {
+        connection_failed(c, err, now);
+        return;
+    }
+    epoll_set(c, rc == 0 && c->tls_want_out);
+    if (rc == 1) {
+        start_handshake(c, now);
+    }
 }
 
 /* ------------------------------------------------------------------ I/O */
@@ -514,11 +542,27 @@ io_connect_ready(bio_client *c, double now)
 void
 io_flush_out(bio_client *c, double now)
 {
-    if (c->fd < 0 || c->state == ST_CONNECTING || c->out_pos >= c->out_len) {
+    if (c->fd < 0 || c->state == ST_CONNECTING || c->state == ST_TLS ||
+        c->out_pos >= c->out_len) {
         return;
     }
     int wrote = 0;
     while (c->out_pos < c->out_len) {
+        char err[BIO_ERRLEN];
+        if (c->ssl != NULL) {  /* one SSL_write per batch, as one send() without TLS */
+            ssize_t n = io_tls_write(c, c->out + c->out_pos, c->out_len - c->out_pos, err,
+                                     sizeof err);
+            if (n > 0) {
+                c->out_pos += (size_t)n;
+                wrote = 1;
+                continue;
+            }
+            if (n == 0) {
+                break;
+            }
+            connection_failed(c, err, now);
+            return;
+        }
         ssize_t n = send(c->fd, c->out + c->out_pos, c->out_len - c->out_pos, MSG_NOSIGNAL);
         if (n > 0) {
             c->out_pos += (size_t)n;
@@ -531,7 +575,6 @@ io_flush_out(bio_client *c, double now)
         if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
             break;
         }
-        char err[BIO_ERRLEN];
         snprintf(err, sizeof err, "Error while writing to the socket: %s", strerror(errno));
         connection_failed(c, err, now);
         return;
@@ -545,12 +588,10 @@ io_flush_out(bio_client *c, double now)
     }
     if (c->out_pos >= c->out_len) {
         c->out_pos = c->out_len = 0;
-        if (c->want_out) {
-            epoll_set(c, 0);
-        }
     }
-    else if (!c->want_out) {
-        epoll_set(c, 1);
+    int out = c->out_pos < c->out_len || c->tls_read_wants_out;
+    if (out != c->want_out) {
+        epoll_set(c, out);
     }
 }
 
@@ -622,56 +663,88 @@ on_reply(bio_client *c, void *reply, double now)
     }
 }
 
+/* Bytes read from the connection: costed, parsed, and their replies delivered.
+ * 0, or -1 when the connection failed (or was closed by a reply). */
+static int
+take_bytes(bio_client *c, const char *buf, size_t n, double now)
+{
+    if (c->r_count == 0) {
+        /* Nothing was asked (a middlebox, a broken server): whole or partial,
+         * those bytes would glue onto the next reply. */
+        connection_failed(c, "Protocol error: unexpected reply", now);
+        return -1;
+    }
+    /* What the reply will cost is checked before hiredis builds it. */
+    int scan = resp_scan_feed(&c->scan, buf, n, c->cfg.max_reply);
+    if (scan != RESP_SCAN_OK) {
+        char err[BIO_ERRLEN];
+        if (scan == RESP_SCAN_TOO_BIG) {
+            snprintf(err, sizeof err, "Protocol error: reply larger than "
+                     "max_reply_bytes (%llu)", c->cfg.max_reply);
+        }
+        else {
+            snprintf(err, sizeof err, "Protocol error: invalid reply");
+        }
+        connection_failed(c, err, now);
+        return -1;
+    }
+    if (redisReaderFeed(c->reader, buf, n) != REDIS_OK) {
+        connection_failed(c, "Protocol error", now);
+        return -1;
+    }
+    for (;;) {
+        void *reply = NULL;
+        if (redisReaderGetReply(c->reader, &reply) != REDIS_OK) {
+            connection_failed(c, "Protocol error", now);
+            return -1;
+        }
+        if (reply == NULL) {
+            break;
+        }
+        on_reply(c, reply, now);
+        if (c->fd < 0 || c->reader == NULL) {
+            return -1;  /* the reply closed or failed the connection */
+        }
+    }
+    if (c->r_count == 0 && resp_scan_busy(&c->scan)) {
+        /* The start of a reply nobody asked for came with the last one owed. */
+        connection_failed(c, "Protocol error: unexpected reply", now);
+        return -1;
+    }
+    return 0;
+}
+
 void
 io_do_read(bio_client *c, double now)
 {
     char buf[READ_CHUNK];
     size_t total = 0;
     while (c->fd >= 0 && total < MAX_READ_PER_PASS) {
-        ssize_t n = recv(c->fd, buf, sizeof buf, 0);
-        if (n > 0) {
-            total += (size_t)n;
-            if (c->r_count == 0) {
-                /* Nothing was asked (a middlebox, a broken server): whole or partial,
-                 * those bytes would glue onto the next reply. */
-                connection_failed(c, "Protocol error: unexpected reply", now);
-                return;
-            }
-            /* What the reply will cost is checked before hiredis builds it. */
-            int scan = resp_scan_feed(&c->scan, buf, (size_t)n, c->cfg.max_reply);
-            if (scan != RESP_SCAN_OK) {
-                char err[BIO_ERRLEN];
-                if (scan == RESP_SCAN_TOO_BIG) {
-                    snprintf(err, sizeof err, "Protocol error: reply larger than "
-                             "max_reply_bytes (%llu)", c->cfg.max_reply);
-                }
-                else {
-                    snprintf(err, sizeof err, "Protocol error: invalid reply");
-                }
+        if (c->ssl != NULL) {
+            /* Through TLS: until OpenSSL has nothing more (a record at a time). What
+             * it holds beyond this pass's bound is read next pass (io_tls_pending). */
+            char err[BIO_ERRLEN];
+            ssize_t n = io_tls_read(c, buf, sizeof buf, err, sizeof err);
+            if (n < 0) {
                 connection_failed(c, err, now);
                 return;
             }
-            if (redisReaderFeed(c->reader, buf, (size_t)n) != REDIS_OK) {
-                connection_failed(c, "Protocol error", now);
+            if (n == 0) {
+                if (c->tls_read_wants_out && !c->want_out) {
+                    epoll_set(c, 1);
+                }
                 return;
             }
-            for (;;) {
-                void *reply = NULL;
-                if (redisReaderGetReply(c->reader, &reply) != REDIS_OK) {
-                    connection_failed(c, "Protocol error", now);
-                    return;
-                }
-                if (reply == NULL) {
-                    break;
-                }
-                on_reply(c, reply, now);
-                if (c->fd < 0 || c->reader == NULL) {
-                    return;  /* the reply closed or failed the connection */
-                }
+            total += (size_t)n;
+            if (take_bytes(c, buf, (size_t)n, now) < 0) {
+                return;
             }
-            if (c->r_count == 0 && resp_scan_busy(&c->scan)) {
-                /* The start of a reply nobody asked for came with the last one owed. */
-                connection_failed(c, "Protocol error: unexpected reply", now);
+            continue;
+        }
+        ssize_t n = recv(c->fd, buf, sizeof buf, 0);
+        if (n > 0) {
+            total += (size_t)n;
+            if (take_bytes(c, buf, (size_t)n, now) < 0) {
                 return;
             }
             if ((size_t)n < sizeof buf) {
@@ -830,9 +903,12 @@ io_client_timers(bio_client *c, double now)
     switch (c->state) {
     case ST_RESOLVING:
     case ST_CONNECTING:
+    case ST_TLS:
     case ST_HANDSHAKE:
         if (c->hs_deadline <= now) {
-            connection_failed(c, "Timeout connecting to server", now);
+            connection_failed(c, c->state == ST_TLS
+                              ? "Timeout connecting to server (no TLS handshake: is it a "
+                                "TLS port?)" : "Timeout connecting to server", now);
             return now;
         }
         next = fmin(next, c->hs_deadline);

@@ -228,6 +228,9 @@ bio_client_new(const bio_config *cfg)
     c->cfg.username = dup_bytes(cfg->username, cfg->username_len);
     c->cfg.password = dup_bytes(cfg->password, cfg->password_len);
     c->cfg.stats_key = malloc(cfg->stats_key_len + 1);
+    if (cfg->tls != NULL) {
+        bio_tls_incref(cfg->tls);
+    }
     if ((cfg->host && !c->cfg.host) || (cfg->unix_path && !c->cfg.unix_path) ||
         (cfg->username && !c->cfg.username) || (cfg->password && !c->cfg.password) ||
         !c->cfg.stats_key) {
@@ -251,9 +254,13 @@ void
 bio_client_decref(bio_client *c)
 {
     if (atomic_fetch_sub(&c->refs, 1) == 1) {
+        if (c->ssl != NULL) {
+            SSL_free(c->ssl);  /* no close_notify: this may be any thread */
+        }
         if (c->fd >= 0) {
             io_fd_close(c->fd);
         }
+        bio_tls_decref(c->cfg.tls);
         if (c->reader) {
             redisReaderFree(c->reader);
         }
@@ -526,7 +533,12 @@ io_main(void *arg)
                 }
                 continue;
             }
-            if (ev & (EPOLLIN | EPOLLERR | EPOLLHUP)) {
+            if (c->state == ST_TLS) {
+                io_tls_step(c, now);
+                continue;
+            }
+            if ((ev & (EPOLLIN | EPOLLERR | EPOLLHUP)) ||
+                ((ev & EPOLLOUT) && c->tls_read_wants_out)) {
                 io_do_read(c, now);
             }
         }
@@ -536,8 +548,14 @@ io_main(void *arg)
         bio_client **pp = &E.clients;
         while (*pp) {
             bio_client *c = *pp;
+            if (io_tls_pending(c) && c->state != ST_TLS) {
+                io_do_read(c, now);  /* decrypted bytes left from the last pass's bound */
+            }
             io_flush_out(c, now);
             next = fmin(next, io_client_timers(c, now));
+            if (io_tls_pending(c)) {
+                next = now;
+            }
             io_flush_out(c, now);
             if (client_finished(c, now)) {
                 *pp = c->next;

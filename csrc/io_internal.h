@@ -15,6 +15,7 @@
 
 #include <hiredis/hiredis.h>
 #include <netdb.h>
+#include <openssl/ssl.h>
 #include <pthread.h>
 #include <stdatomic.h>
 
@@ -33,7 +34,9 @@
 /* Name resolutions in progress at once, process-wide (one thread each). */
 #define MAX_RESOLVERS 32
 
-enum { ST_IDLE, ST_RESOLVING, ST_CONNECTING, ST_HANDSHAKE, ST_READY, ST_BACKOFF };
+/* A connection's states: a name resolved (by a thread of its own), a socket connected,
+ * with TLS a TLS handshake, then the Redis handshake (AUTH, SELECT, PING): ready. */
+enum { ST_IDLE, ST_RESOLVING, ST_CONNECTING, ST_TLS, ST_HANDSHAKE, ST_READY, ST_BACKOFF };
 enum { SLOT_USER, SLOT_HANDSHAKE, SLOT_STATS };
 
 /* One entry of the in-flight FIFO: the request whose replies come next, or NULL
@@ -67,6 +70,10 @@ struct bio_client {
     int state;                   /* ST_* */
     int fd;
     int want_out;                /* EPOLLOUT registered */
+    SSL *ssl;                    /* the connection's TLS session, or NULL (plaintext) */
+    int tls_want_out;            /* the TLS handshake waits to write (else to read) */
+    int tls_read_wants_out;      /* a read waits to write first (a key update) */
+    int tls_broken;              /* a TLS error: no close_notify is sent */
     redisReader *reader;
     resp_scan scan;              /* the cost of the reply being received */
     char *out;                   /* bytes to write: out[pos..len) */
@@ -122,5 +129,16 @@ void io_flush_out(bio_client *c, double now);
 void io_do_read(bio_client *c, double now);
 void io_close_socket(bio_client *c);
 void io_append_stats_flush(bio_client *c, double now);
+void io_tls_step(bio_client *c, double now);  /* the TLS handshake goes on */
+
+/* io_tls.c: a connection's TLS session (c->ssl) on its connected socket. Each call
+ * returns at once; err gets the reason of a failure. */
+int io_tls_begin(bio_client *c, char *err, size_t errlen);      /* 0 or -1 */
+int io_tls_handshake(bio_client *c, char *err, size_t errlen);  /* 1 done, 0 waits, -1 */
+/* Bytes read / written (> 0), 0 when it must wait, -1 when closed or failed. */
+ssize_t io_tls_read(bio_client *c, char *buf, size_t len, char *err, size_t errlen);
+ssize_t io_tls_write(bio_client *c, const char *buf, size_t len, char *err, size_t errlen);
+int io_tls_pending(bio_client *c);  /* decrypted bytes wait inside OpenSSL */
+void io_tls_end(bio_client *c);     /* close_notify if the session is sound; free it */
 
 #endif

@@ -37,6 +37,7 @@ typedef struct {
     double socket_timeout;       /* seconds; INFINITY for None */
     double connect_timeout;
     unsigned long long max_reply;  /* max_reply_bytes */
+    bio_tls *tls;                /* owned C reference, or NULL: plaintext */
     int connected;               /* connect() succeeded and no disconnect() since */
     unsigned long long hits, misses;  /* this process's counts */
     Py_ssize_t in_flight;        /* submitted, not yet finished (delivered) */
@@ -130,6 +131,16 @@ PyObject *rc_failure(rc_call *call, int op, const char *what, PyObject **exc);
 PyObject *rc_error(RedisCache *self, const char *prefix, const char *detail);
 /* Count a get's hit or miss (this process, and the next statistics flush). */
 void rc_count(RedisCache *self, int hit);
+
+/* rc_tls.c: the TLS keyword arguments, in this order (borrowed, NULL if omitted). */
+enum {
+    RC_TLS_SSL, RC_TLS_CA_CERTS, RC_TLS_CA_PATH, RC_TLS_CERTFILE, RC_TLS_KEYFILE,
+    RC_TLS_PASSWORD, RC_TLS_CERT_REQS, RC_TLS_CHECK_HOSTNAME, RC_TLS_MIN_VERSION,
+    RC_TLS_CIPHERS, RC_TLS_NOPTS
+};
+/* Check them all; with ssl true, *out is a new TLS context (its files read now).
+ * 0, or -1 with TypeError / ValueError (naming the option and the file). */
+int rc_tls_options(PyObject *const opt[RC_TLS_NOPTS], int unix_socket, bio_tls **out);
 
 /* rc_request.c */
 bio_client *rc_client(RedisCache *self);

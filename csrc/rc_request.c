@@ -36,6 +36,7 @@ rc_client(RedisCache *self)
     cfg.connect_timeout = self->connect_timeout;
     cfg.socket_timeout = self->socket_timeout;
     cfg.max_reply = self->max_reply;
+    cfg.tls = self->tls;
     cfg.host = (char *)PyUnicode_AsUTF8(self->host);
     if (cfg.host == NULL) {
         return NULL;

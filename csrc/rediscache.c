@@ -330,15 +330,22 @@ rc_init(RedisCache *self, PyObject *args, PyObject *kwds)
     static char *kwlist[] = {"host", "port", "db", "password", "prefix", "default_ttl",
                              "max_connections", "username", "pool_size", "max_overflow",
                              "socket_timeout", "connect_timeout", "unix_socket_path",
-                             "max_reply_bytes", NULL};
+                             "max_reply_bytes", "ssl", "ssl_ca_certs", "ssl_ca_path",
+                             "ssl_certfile", "ssl_keyfile", "ssl_password", "ssl_cert_reqs",
+                             "ssl_check_hostname", "ssl_min_version", "ssl_ciphers", NULL};
     PyObject *host = NULL, *port = NULL, *db = NULL, *password = Py_None, *prefix = NULL,
              *default_ttl = NULL, *max_conn = NULL, *username = Py_None, *pool_size = Py_None,
              *max_overflow = Py_None, *sock_to = NULL, *conn_to = NULL, *unix_path = Py_None,
              *max_reply = NULL;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "|OOOOOOO$OOOOOOO:RedisCache", kwlist, &host,
-                                     &port, &db, &password, &prefix, &default_ttl, &max_conn,
-                                     &username, &pool_size, &max_overflow, &sock_to, &conn_to,
-                                     &unix_path, &max_reply)) {
+    PyObject *tls_opt[RC_TLS_NOPTS] = {NULL};
+    if (!PyArg_ParseTupleAndKeywords(
+            args, kwds, "|OOOOOOO$OOOOOOOOOOOOOOOOO:RedisCache", kwlist, &host, &port, &db,
+            &password, &prefix, &default_ttl, &max_conn, &username, &pool_size,
+            &max_overflow, &sock_to, &conn_to, &unix_path, &max_reply,
+            &tls_opt[RC_TLS_SSL], &tls_opt[RC_TLS_CA_CERTS], &tls_opt[RC_TLS_CA_PATH],
+            &tls_opt[RC_TLS_CERTFILE], &tls_opt[RC_TLS_KEYFILE], &tls_opt[RC_TLS_PASSWORD],
+            &tls_opt[RC_TLS_CERT_REQS], &tls_opt[RC_TLS_CHECK_HOSTNAME],
+            &tls_opt[RC_TLS_MIN_VERSION], &tls_opt[RC_TLS_CIPHERS])) {
         return -1;
     }
     unsigned long long max_reply_bytes = DEFAULT_MAX_REPLY;
@@ -390,8 +397,13 @@ rc_init(RedisCache *self, PyObject *args, PyObject *kwds)
         timeout_arg(conn_to, "connect_timeout", &ct) < 0) {
         return -1;
     }
+    bio_tls *tls;  /* last: it reads the certificate files */
+    if (rc_tls_options(tls_opt, unix_path != Py_None, &tls) < 0) {
+        return -1;
+    }
     PyObject *pbytes = PyUnicode_AsUTF8String(prefix);
     if (pbytes == NULL) {
+        bio_tls_decref(tls);
         return -1;
     }
     PyObject *ttl = default_ttl ? default_ttl : self->st->int_3600;
@@ -400,8 +412,11 @@ rc_init(RedisCache *self, PyObject *args, PyObject *kwds)
     long long amount;
     if (rc_ttl_option(self, NULL, &mode, &amount) < 0) {  /* validates default_ttl */
         Py_DECREF(pbytes);
+        bio_tls_decref(tls);
         return -1;
     }
+    bio_tls_decref(self->tls);
+    self->tls = tls;
     self->port = iport;
     self->db = idb;
     self->max_reply = max_reply_bytes;
@@ -530,6 +545,12 @@ rc_get_max_reply(RedisCache *self, void *Py_UNUSED(closure))
     return PyLong_FromUnsignedLongLong(self->max_reply);
 }
 
+static PyObject *
+rc_get_ssl(RedisCache *self, void *Py_UNUSED(closure))
+{
+    return PyBool_FromLong(self->tls != NULL);
+}
+
 /* ------------------------------------------------------------------ lifecycle */
 
 static int
@@ -564,6 +585,8 @@ rc_dealloc(RedisCache *self)
         bio_client_decref(self->client);
     }
     self->client = NULL;
+    bio_tls_decref(self->tls);
+    self->tls = NULL;
     rc_clear_refs(self);
     Py_CLEAR(self->host);
     Py_CLEAR(self->password);
@@ -586,8 +609,9 @@ rc_repr(RedisCache *self)
         return PyUnicode_FromFormat("<%s unix:%U db=%d prefix=%R>", Py_TYPE(self)->tp_name,
                                     self->unix_socket_path, self->db, self->prefix);
     }
-    return PyUnicode_FromFormat("<%s %U:%d db=%d prefix=%R>", Py_TYPE(self)->tp_name,
-                                self->host, self->port, self->db, self->prefix);
+    return PyUnicode_FromFormat("<%s %s%U:%d db=%d prefix=%R>", Py_TYPE(self)->tp_name,
+                                self->tls ? "tls:" : "", self->host, self->port, self->db,
+                                self->prefix);
 }
 
 static PyMethodDef rc_methods[] = {
@@ -657,6 +681,8 @@ static PyGetSetDef rc_getset[] = {
     {"max_reply_bytes", (getter)rc_get_max_reply, NULL,
      "What one reply may cost: a larger one fails its request and replaces the "
      "connection.", NULL},
+    {"ssl", (getter)rc_get_ssl, NULL, "Whether the connection uses TLS (ssl=True, rediss://).",
+     NULL},
     {"connected", (getter)rc_get_connected, NULL,
      "True after connect() until disconnect() (the reference's _connected).", NULL},
     {"_connected", (getter)rc_get_connected, NULL, "Alias of connected.", NULL},
