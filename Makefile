@@ -98,7 +98,7 @@ demo: build
 # failed. BENCH_ARGS="--quick --results-dir /tmp/bench": a short trial run elsewhere.
 bench: build
 	$(PIP) install -r requirements-bench.txt
-	$(PY) benchmarks/run_all.py $(BENCH_ARGS)
+	$(PY) -m benchmarks.run_all $(BENCH_ARGS)
 
 # Mutation check (not part of CI; 10-15 minutes here): tools/mutants.py breaks csrc/*.c
 # on purpose in a scratch copy under /tmp (never this tree), builds each mutant there and

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """InMemoryCache benchmark: bruno_memory_c against the reference and reference points.
 
-    .venv/bin/python benchmarks/bench_inmemory.py [--quick] [--rounds N] [--strict]
+    .venv/bin/python -m benchmarks.bench_inmemory [--quick] [--rounds N] [--strict]
 
 Contenders, measured side by side in one run with the rounds interleaved (in each round
 every contender runs every operation once, in a shuffled order; the table shows the median
@@ -43,15 +43,12 @@ import sys
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
-sys.path.insert(0, os.path.join(ROOT, "tests"))  # for _reference (the reference loader)
 
 import cachetools  # noqa: E402
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import base_machine_info, bench_options, fmt_ns, write_results  # noqa: E402
+from benchmarks._common import base_machine_info, bench_options, fmt_ns, write_results  # noqa: E402
 import bruno_memory_c  # noqa: E402
-from _reference import reference_inmemory_cache  # noqa: E402
+from tests.support.reference import reference_inmemory_cache  # noqa: E402
 
 RefCache = reference_inmemory_cache()
 OurCache = bruno_memory_c.InMemoryCache

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """MultiLevelCache benchmark: bruno_memory_c against the reference, one Redis, one run.
 
-    .venv/bin/python benchmarks/bench_multilevel.py [--quick] [--rounds N] [--strict]
+    .venv/bin/python -m benchmarks.bench_multilevel [--quick] [--rounds N] [--strict]
                                                     [--loop asyncio|uvloop]
 
 One throwaway redis-server (bruno_memory_c.testing.RedisServer) serves the whole run.
@@ -74,14 +74,11 @@ import time
 import warnings
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
-sys.path.insert(0, os.path.join(ROOT, "tests"))  # for _reference (the reference loader)
 
 import redis  # noqa: E402
 import redis.asyncio  # noqa: E402
 
-sys.path.insert(0, HERE)
-from _common import (  # noqa: E402
+from benchmarks._common import (  # noqa: E402
     add_bad,
     bench_options,
     fmt_int,
@@ -96,7 +93,7 @@ from _common import (  # noqa: E402
     write_results,
 )
 import bruno_memory_c  # noqa: E402
-from _reference import reference_classes  # noqa: E402
+from tests.support.reference import reference_classes  # noqa: E402
 from bruno_memory_c.testing import RedisServer  # noqa: E402
 
 _REF = reference_classes()

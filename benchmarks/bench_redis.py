@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """RedisCache benchmark: bruno_memory_c against the reference and raw clients, one Redis.
 
-    .venv/bin/python benchmarks/bench_redis.py [--quick] [--rounds N] [--strict]
+    .venv/bin/python -m benchmarks.bench_redis [--quick] [--rounds N] [--strict]
 
 One throwaway redis-server (bruno_memory_c.testing.RedisServer) serves the whole run.
 Contenders, measured side by side with the rounds interleaved (in each round every
@@ -61,14 +61,11 @@ import time
 import warnings
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
-sys.path.insert(0, os.path.join(ROOT, "tests"))  # for _reference (the reference loader)
 
 import redis  # noqa: E402
 import redis.asyncio  # noqa: E402
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import (  # noqa: E402
+from benchmarks._common import (  # noqa: E402
     add_bad,
     bench_options,
     fmt_int,
@@ -83,7 +80,7 @@ from _common import (  # noqa: E402
     write_results,
 )
 import bruno_memory_c  # noqa: E402
-from _reference import reference_classes  # noqa: E402
+from tests.support.reference import reference_classes  # noqa: E402
 from bruno_memory_c.testing import RedisServer  # noqa: E402
 
 RefRedisCache = reference_classes()["RedisCache"]

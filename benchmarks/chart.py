@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Draw the benchmark results as one PNG: bruno_memory_c against the reference and peers.
 
-    .venv/bin/python benchmarks/chart.py [--results DIR] [--output PATH]
+    .venv/bin/python -m benchmarks.chart [--results DIR] [--output PATH]
 
 Reads the JSON files the benchmark scripts write (bench_inmemory.py -> inmemory.json,
 bench_redis.py -> redis.json / redis-uvloop.json, bench_multilevel.py -> multilevel.json /

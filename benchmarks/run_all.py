@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Run every benchmark with --strict, then draw the chart; fail if any of them failed.
 
-    .venv/bin/python benchmarks/run_all.py [--quick] [--results-dir DIR]
+    .venv/bin/python -m benchmarks.run_all [--quick] [--results-dir DIR]
 
 What `make bench` runs (after installing requirements-bench.txt): bench_inmemory.py,
 bench_redis.py and bench_multilevel.py (the last two under asyncio's default loop and
@@ -25,14 +25,15 @@ import sys
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)  # the benchmarks run as modules of the package from here
 
-#: (script, extra arguments, results file name)
+#: (module, extra arguments, results file name)
 BENCHMARKS = [
-    ("bench_inmemory.py", [], "inmemory.json"),
-    ("bench_redis.py", [], "redis.json"),
-    ("bench_redis.py", ["--loop", "uvloop"], "redis-uvloop.json"),
-    ("bench_multilevel.py", [], "multilevel.json"),
-    ("bench_multilevel.py", ["--loop", "uvloop"], "multilevel-uvloop.json"),
+    ("bench_inmemory", [], "inmemory.json"),
+    ("bench_redis", [], "redis.json"),
+    ("bench_redis", ["--loop", "uvloop"], "redis-uvloop.json"),
+    ("bench_multilevel", [], "multilevel.json"),
+    ("bench_multilevel", ["--loop", "uvloop"], "multilevel-uvloop.json"),
 ]
 
 
@@ -79,12 +80,12 @@ def main(argv=None) -> int:
     for script, extra, out_name in BENCHMARKS:
         name = " ".join([script, *extra])
         out = os.path.join(results, out_name)
-        cmd = [sys.executable, os.path.join(HERE, script), "--strict", *extra, "--output", out]
+        cmd = [sys.executable, "-m", f"benchmarks.{script}", "--strict", *extra, "--output", out]
         if opts.quick:
             cmd.append("--quick")
         print(f"\n==== {name}", flush=True)
         started = time.time()
-        rc = subprocess.run(cmd).returncode
+        rc = subprocess.run(cmd, cwd=ROOT).returncode
         seconds = time.time() - started
         failures = failures_in(out, started) if rc != 0 else []
         if rc != 0 and not failures:
@@ -94,8 +95,8 @@ def main(argv=None) -> int:
     print("\n==== chart.py", flush=True)
     started = time.time()
     png = os.path.join(results, "benchmarks.png")
-    rc = subprocess.run([sys.executable, os.path.join(HERE, "chart.py"),
-                         "--results", results, "--output", png]).returncode
+    rc = subprocess.run([sys.executable, "-m", "benchmarks.chart",
+                         "--results", results, "--output", png], cwd=ROOT).returncode
     rows.append(("chart.py", rc == 0, time.time() - started, [] if rc == 0 else [f"exited {rc}"]))
 
     failed = [r for r in rows if not r[1]]

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Soak test: RedisCache under mixed load for minutes while its server dies and drops it.
 
-    .venv/bin/python benchmarks/soak.py [--minutes 10] [--tasks 100] [--kill-every 30]
+    .venv/bin/python -m benchmarks.soak [--minutes 10] [--tasks 100] [--kill-every 30]
         [--client-kill-every 7] [--loop asyncio|uvloop] [--strict] [--output PATH]
 
 Not part of CI (it takes --minutes plus about a minute). One throwaway redis-server
@@ -52,8 +52,7 @@ import threading
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, HERE)
-from _common import fmt_int, redis_machine_info, run_on, write_results  # noqa: E402
+from benchmarks._common import fmt_int, redis_machine_info, run_on, write_results  # noqa: E402
 
 from bruno_memory_c import CacheError, RedisCache  # noqa: E402
 from bruno_memory_c.testing import RedisServer  # noqa: E402

@@ -72,7 +72,7 @@ MUTANTS = [
         [("csrc/rc_commands.c",
           "    if (v == floor(v)) {\n        *mode = 1;",
           "    if (v == floor(v) || v >= 1) {\n        *mode = 1;")],
-        ["tests/test_redis.py", "tests/test_redis_interop.py"]),
+        ["tests/redis/test_redis.py", "tests/redis/test_redis_interop.py"]),
     Mutant(
         "flush-every-pass",
         "the I/O thread sends its statistics flush (HINCRBY) on every pass of its loop "
@@ -82,7 +82,7 @@ MUTANTS = [
         [("csrc/io_conn.c",
           "        if (c->next_flush <= now) {\n            io_append_stats_flush(c, now);",
           "        if (1) {\n            io_append_stats_flush(c, now);")],
-        ["tests/test_readme_claims.py", "tests/test_redis.py", "tests/test_hardening.py"]),
+        ["tests/dropin/test_readme_claims.py", "tests/redis/test_redis.py", "tests/redis/test_hardening.py"]),
     Mutant(
         "doubled-timeout",
         "a command's reply is due 2 x socket_timeout after it is sent",
@@ -92,7 +92,7 @@ MUTANTS = [
         [("csrc/io_conn.c",
           "    r->deadline = now + c->cfg.socket_timeout;\n    r->sent = 1;",
           "    r->deadline = now + 2 * c->cfg.socket_timeout;\n    r->sent = 1;")],
-        ["tests/test_hostile.py", "tests/test_hardening.py", "tests/test_redis_faults.py"]),
+        ["tests/redis/test_hostile.py", "tests/redis/test_hardening.py", "tests/redis/test_redis_faults.py"]),
     Mutant(
         "lru-off-by-one",
         "InMemoryCache evicts only when it holds more than max_size + 1 entries",
@@ -103,7 +103,7 @@ MUTANTS = [
          ("csrc/inmemory.c",
           "    if ((Py_ssize_t)self->table.size >= self->max_size && self->table.size > 0) {",
           "    if ((Py_ssize_t)self->table.size - 1 >= self->max_size && self->table.size > 0) {")],
-        ["tests/test_inmemory.py", "tests/test_differential.py"]),
+        ["tests/inmemory/test_inmemory.py", "tests/dropin/test_differential.py"]),
     Mutant(
         "promote-ignores-pttl",
         "MultiLevelCache promotes an L2 hit with L1's default ttl, ignoring the "
@@ -113,7 +113,7 @@ MUTANTS = [
         [("csrc/ml_l2.c",
           "        until = via->issued + (double)*pttl / 1000.0;",
           "        until = INFINITY;")],
-        ["tests/test_multilevel.py", "tests/test_multilevel_faults.py"]),
+        ["tests/multilevel/test_multilevel.py", "tests/multilevel/test_multilevel_faults.py"]),
     # ---- what the hardening (issue 10) made important
     Mutant(
         "backoff-not-doubling",
@@ -123,7 +123,7 @@ MUTANTS = [
         [("csrc/io_conn.c",
           "fmin(c->backoff * 2, BACKOFF_MAX)",
           "fmin(c->backoff * 1, BACKOFF_MAX)")],
-        ["tests/test_hostile.py", "tests/test_redis_faults.py"]),
+        ["tests/redis/test_hostile.py", "tests/redis/test_redis_faults.py"]),
     Mutant(
         "scanner-ignores-elements",
         "the reply-cost scanner does not count 64 bytes per declared array element",
@@ -132,7 +132,7 @@ MUTANTS = [
         [("csrc/respscan.c",
           "    s->cost += s->number * RESP_ELEMENT_COST;\n",
           "    (void)0;  /* mutant: array elements cost nothing */\n")],
-        ["tests/test_io_layer.py", "tests/test_hostile.py"]),
+        ["tests/redis/test_io_layer.py", "tests/redis/test_hostile.py"]),
     Mutant(
         "scan-progress-unchecked",
         "a SCAN cursor that does not advance (read bit-reversed) is not an error: only "
@@ -143,7 +143,7 @@ MUTANTS = [
         [("csrc/rc_commands.c",
           "    if (rev <= pos->rev) {",
           "    if (0 && rev <= pos->rev) {")],
-        ["tests/test_hostile.py", "tests/test_hardening.py"]),
+        ["tests/redis/test_hostile.py", "tests/redis/test_hardening.py"]),
     Mutant(
         "cancelled-clear-goes-on",
         "a clear() cancelled keeps paging through SCAN + DEL (this check is what stops "
@@ -156,7 +156,7 @@ MUTANTS = [
           "        Py_RETURN_NONE;  /* abandoned: no further step */",
           "    if (0) {\n"
           "        Py_RETURN_NONE;  /* abandoned: no further step */")],
-        ["tests/test_hardening.py", "tests/test_hostile.py"]),
+        ["tests/redis/test_hardening.py", "tests/redis/test_hostile.py"]),
     # (Not a mutant: the check of bytes arriving while no reply is owed, at the top of
     # do_read. Without it, a whole reply still fails on_reply and a partial one the
     # check below, which is what the mutant removes.)
@@ -169,7 +169,7 @@ MUTANTS = [
         [("csrc/io_conn.c",
           "            if (c->r_count == 0 && resp_scan_busy(&c->scan)) {",
           "            if (0 && c->r_count == 0 && resp_scan_busy(&c->scan)) {")],
-        ["tests/test_hostile.py"]),
+        ["tests/redis/test_hostile.py"]),
 ]
 
 #: Loaded into every pytest process of a run (-p): records the extension it imports.

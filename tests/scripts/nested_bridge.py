@@ -1,5 +1,5 @@
 """A bridge made by Python code run while another bridge for the same loop is being
-made (see tests/test_reentrancy.py). Prints "ok" if the requests in flight on it when
+made (see core/test_reentrancy.py). Prints "ok" if the requests in flight on it when
 its loop closed were dropped and the cache they held was freed."""
 import asyncio
 import gc

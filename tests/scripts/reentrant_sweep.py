@@ -1,5 +1,5 @@
 """Requests dropped after their loop closed run Python code that sweeps the bridges
-again (see tests/test_reentrancy.py). Prints "ok <n>" when every dropped request's
+again (see core/test_reentrancy.py). Prints "ok <n>" when every dropped request's
 key ran its __del__ — and the process did not crash doing it."""
 import asyncio
 import signal

@@ -1,5 +1,5 @@
 """Python code that sets the running loop again while a cache looks up its bridge (see
-tests/test_reentrancy.py). Prints "ok" if the process survives it."""
+core/test_reentrancy.py). Prints "ok" if the process survives it."""
 import asyncio
 import gc
 import time

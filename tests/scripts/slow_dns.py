@@ -1,7 +1,7 @@
-"""The slow-DNS scenario of tests/test_hostile.py, run in a private mount namespace.
+"""The slow-DNS scenario of redis/test_hostile.py, run in a private mount namespace.
 
-    unshare --mount --propagation private python slow_dns.py --etc DIR --name NAME \\
-        --redis-port PORT --loop asyncio|uvloop --outer-mnt-ns 'mnt:[...]'
+    unshare --mount --propagation private python -m tests.scripts.slow_dns --etc DIR \\
+        --name NAME --redis-port PORT --loop asyncio|uvloop --outer-mnt-ns 'mnt:[...]'
 
 Bind-mounts DIR/resolv.conf, DIR/hosts and DIR/nsswitch.conf over the ones in /etc --
 only after checking that this process is NOT in the mount namespace of the test
