@@ -167,8 +167,8 @@ MUTANTS = [
         "ARCHITECTURE: bytes arriving when nothing was asked (whole or partial, alone or "
         "after the last reply owed) drop the connection",
         [("csrc/io_conn.c",
-          "            if (c->r_count == 0 && resp_scan_busy(&c->scan)) {",
-          "            if (0 && c->r_count == 0 && resp_scan_busy(&c->scan)) {")],
+          "    if (c->r_count == 0 && resp_scan_busy(&c->scan)) {",
+          "    if (0 && c->r_count == 0 && resp_scan_busy(&c->scan)) {")],
         ["tests/redis/test_hostile.py"]),
 ]
 
