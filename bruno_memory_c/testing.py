@@ -32,7 +32,9 @@ server certificate (``localhost`` and ``127.0.0.1``) and a client certificate ma
 it at start by the ``openssl`` command (``make_tls_files``); ``server.url`` is then a
 ``rediss://`` URL naming the CA, ``server.tls_kwargs`` the keyword arguments a
 ``RedisCache`` needs (``{}`` without TLS), and ``tls_auth_clients="yes"`` makes the
-server require the client certificate (mutual TLS).
+server require the client certificate (mutual TLS). ``tls_files=`` serves files made
+once by ``make_tls_files`` instead (a suite shares them between its servers).
+``connect()`` opens a raw client connection (TLS when the server serves TLS).
 """
 from __future__ import annotations
 
@@ -295,7 +297,8 @@ class RedisServer:
     def __init__(self, password: str | None = None, port: int | None = None,
                  extra_args: tuple[str, ...] = (), executable: str | None = None,
                  unix_socket: bool = False, tls: bool = False,
-                 tls_auth_clients: str = "optional") -> None:
+                 tls_auth_clients: str = "optional",
+                 tls_files: TLSFiles | None = None) -> None:
         found = executable or shutil.which("redis-server")
         if found is None:
             raise FileNotFoundError(
@@ -311,7 +314,9 @@ class RedisServer:
             raise ValueError("tls_auth_clients must be 'no', 'optional' or 'yes'")
         self.tls_auth_clients = tls_auth_clients
         self.tls: TLSFiles | None = None
-        if tls:
+        if tls and tls_files is not None:
+            self.tls = tls_files  # made by the caller (shared by several servers)
+        elif tls:
             try:
                 self.tls = make_tls_files(os.path.join(self.dir, "tls"))
             except BaseException:
@@ -508,6 +513,11 @@ class RedisServer:
                 _read_reply(f)
             s.sendall(_encode(*args))
             return _read_reply(f)
+
+    def connect(self, timeout: float = 10.0) -> socket.socket:
+        """A new blocking client connection to the server (with TLS: handshake done,
+        with the client certificate), for a test's raw traffic (MONITOR, ...)."""
+        return self._connect(timeout)
 
     def _connect(self, timeout: float) -> socket.socket:
         s = socket.create_connection(("127.0.0.1", self.port), timeout=timeout)

@@ -12,6 +12,13 @@ parametrized the same way.
 
 The areas (core/, inmemory/, redis/, multilevel/, dropin/, packaging/) have conftest.py
 files of their own for their fixtures; helpers are imported from ``tests.support``.
+
+Transports: ``redis_server`` (and ``server_options``, for a test starting a RedisServer of
+its own) follow the ``transport`` fixture, "tcp" unless the test module says
+``TRANSPORTS = ALL_TRANSPORTS`` (tests.support): then each of its tests that uses them
+runs once per transport, ``test_x[tls-...]`` against a TLS-only redis-server (the
+certificates made once per test process), the caches made with ``server.tls_kwargs``.
+``@pytest.mark.transports("tcp")`` keeps one test to the transports it names.
 """
 import contextlib
 import functools
@@ -27,6 +34,60 @@ from tests.support import LOGGER, LOOP_FACTORIES, run_on_new_loop  # noqa: E402
 
 # The `redis_server` fixture: a real redis-server on a free port, per test.
 pytest_plugins = ["bruno_memory_c.testing"]
+
+
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers", "transports(*names): run this test over these transports only "
+                   "(of its module's TRANSPORTS)")
+
+
+def pytest_generate_tests(metafunc):
+    """A test using the ``transport`` fixture (through redis_server or server_options)
+    runs once per transport of its module's TRANSPORTS (default: "tcp" only)."""
+    if "transport" not in metafunc.fixturenames:
+        return
+    transports = tuple(getattr(metafunc.module, "TRANSPORTS", ("tcp",)))
+    marker = metafunc.definition.get_closest_marker("transports")
+    if marker is not None:
+        transports = tuple(t for t in transports if t in marker.args)
+    assert transports, f"{metafunc.definition.nodeid}: no transport to run over"
+    metafunc.parametrize("transport", transports, scope="function")
+
+
+@pytest.fixture
+def transport() -> str:
+    """"tcp" or "tls" (parametrized by pytest_generate_tests)."""
+    return "tcp"
+
+
+@pytest.fixture(scope="session")
+def tls_files(tmp_path_factory):
+    """A CA, a server certificate (localhost, 127.0.0.1) and a client certificate, made
+    once per test process (bruno_memory_c.testing.make_tls_files) and shared by its TLS
+    servers."""
+    from bruno_memory_c.testing import make_tls_files
+
+    return make_tls_files(str(tmp_path_factory.mktemp("tls")))
+
+
+@pytest.fixture
+def server_options(transport, request) -> dict:
+    """RedisServer keyword arguments for the test's transport: {} for "tcp"; for "tls",
+    TLS only, with the process's certificates."""
+    if transport == "tcp":
+        return {}
+    assert transport == "tls", transport
+    return {"tls": True, "tls_files": request.getfixturevalue("tls_files")}
+
+
+@pytest.fixture
+def redis_server(server_options):
+    """A fresh redis-server for one test over its transport, stopped and removed after."""
+    from bruno_memory_c.testing import RedisServer
+
+    with RedisServer(**server_options) as server:
+        yield server
 
 
 def pytest_asyncio_loop_factories(config, item):

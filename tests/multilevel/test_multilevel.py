@@ -41,7 +41,7 @@ import bruno_memory_c.utils
 import bruno_memory_c.utils.cache
 from bruno_memory_c import CacheError, CacheInterface, InMemoryCache, MultiLevelCache, RedisCache
 from tests.support import (
-    ExpiryWindow, Monitor, drive, ml_counters, poll, reset_server_stats, server_calls,
+    ALL_TRANSPORTS, ExpiryWindow, Monitor, drive, ml_counters, poll, reset_server_stats, server_calls,
 )
 from tests.support.reference import reference_classes
 
@@ -51,6 +51,8 @@ RefRedisCache = REF["RedisCache"]
 RefMultiLevelCache = REF["MultiLevelCache"]
 
 PREFIX = "ml:"
+#: Every test with a real L2 runs over plaintext and over TLS (conftest.py).
+TRANSPORTS = ALL_TRANSPORTS
 STATS_KEYS = ["type", "l1_hits", "l2_hits", "misses", "hit_rate", "l2_errors", "promotions"]
 L2_METHODS = ("get", "set", "delete", "exists", "clear", "get_many", "set_many",
               "get_stats", "connect", "disconnect")
@@ -100,7 +102,7 @@ def read_calls(server) -> int:
 def make_l2(server, **kw) -> RedisCache:
     kw.setdefault("prefix", PREFIX)
     kw.setdefault("socket_timeout", 2)
-    return RedisCache(port=server.port, **kw)
+    return RedisCache(port=server.port, **{**server.tls_kwargs, **kw})
 
 
 def spec_mock(spec=RefRedisCache, **returns):

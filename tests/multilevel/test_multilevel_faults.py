@@ -31,13 +31,15 @@ import pytest
 from bruno_memory_c import CacheError, InMemoryCache, MultiLevelCache, RedisCache
 from bruno_memory_c.testing import RedisServer
 from tests.support import (
-    HANG, RECOVER, TIMEOUT, bounded_by, cache_maker, drive, ml_counters, on_the_connection,
+    ALL_TRANSPORTS, HANG, RECOVER, TIMEOUT, bounded_by, cache_maker, drive, ml_counters, on_the_connection,
     stalled, until, wait_in_flight_zero,
 )
 
 BOUND = TIMEOUT + 3.0    # "within socket_timeout", as a liveness bound (not a speed check)
 PREFIX = "mlf:"          # (also the make_ml fixture's, multilevel/conftest.py)
 pytestmark = pytest.mark.usefixtures("quiet_cache_logger")  # (failures are logged)
+#: Every test on a redis_server runs over plaintext and over TLS (conftest.py).
+TRANSPORTS = ALL_TRANSPORTS
 
 make_l2 = cache_maker(prefix=PREFIX, socket_timeout=TIMEOUT, connect_timeout=TIMEOUT)
 bounded = bounded_by(HANG)
@@ -116,7 +118,7 @@ def l1_hit_without_suspending(m: MultiLevelCache, l2: RedisCache, key, expected)
 
 
 async def test_every_method_with_l2_killed(redis_server, make_ml):
-    m, l1, l2 = make_ml(redis_server.port)
+    m, l1, l2 = make_ml(redis_server)
     await bounded(m.start())
     await bounded(m.set_many({"hot": "H", "hot2": "H2", "gone": "G"}))
     assert await bounded(m.get("hot")) == "H"
@@ -189,7 +191,7 @@ async def test_every_method_with_l2_killed(redis_server, make_ml):
 async def test_every_method_concurrently_with_l2_killed(redis_server, make_ml):
     """Many requests of every kind failing at once: each gives L1's answer or raises
     CacheError (set/set_many only), and each failed L2 request is counted once."""
-    m, l1, l2 = make_ml(redis_server.port)
+    m, l1, l2 = make_ml(redis_server)
     await bounded(m.start())
     n = 60
     await bounded(m.set_many({f"h{i}": [i] for i in range(n)}))
@@ -216,7 +218,7 @@ async def test_every_method_concurrently_with_l2_killed(redis_server, make_ml):
 
 
 async def test_l2_killed_then_restarted_is_used_again(redis_server, make_ml):
-    m, l1, l2 = make_ml(redis_server.port)
+    m, l1, l2 = make_ml(redis_server)
     await bounded(m.start())
     await assert_l2_used_again(m, l1, redis_server, "before")
     for cycle in range(2):
@@ -246,7 +248,7 @@ async def test_kill9_mid_load_then_restart(redis_server, make_ml):
     phases follow the load's progress: every task has written to L2 before the kill,
     every task has seen a write fail before the restart, and every task has written to
     the new server before the load stops."""
-    m, l1, l2 = make_ml(redis_server.port, l1_size=64)
+    m, l1, l2 = make_ml(redis_server, l1_size=64)
     await bounded(m.start())
     before = ml_counters(m)
     stop = False
@@ -345,7 +347,7 @@ async def test_reads_in_flight_when_l2_dies(redis_server, make_ml):
     flight (sent to the server while it was stalled, so unanswered): each gives None,
     each counts a miss and an L2 error, nothing is promoted. Then racing the kill: each
     gives its own value or None, and only right values are promoted into L1."""
-    m, l1, l2 = make_ml(redis_server.port)
+    m, l1, l2 = make_ml(redis_server)
     await bounded(m.start())
     data = {f"d{i}": {"i": i} for i in range(300)}
     await bounded(m.set_many(data))
@@ -390,7 +392,7 @@ async def test_stalled_l2_l1_hits_do_not_suspend(redis_server, make_ml):
     """L2 stalled (until the test ends the stall) with socket_timeout 0.5: L1 hits
     complete on their first send() while an L2 request is stuck in flight; L1 misses
     give None within the bound, each failure counted exactly once."""
-    m, l1, l2 = make_ml(redis_server.port)
+    m, l1, l2 = make_ml(redis_server)
     await bounded(m.start())
     hot = {f"hot{i}": [i, "h"] for i in range(20)}
     await bounded(m.set_many(hot))
@@ -434,7 +436,7 @@ async def test_stalled_l2_l1_hits_do_not_suspend(redis_server, make_ml):
 async def test_stall_late_replies_are_not_promoted_to_other_keys(redis_server, make_ml):
     """Replies the stalled server sends late, for reads that gave up, reach nobody:
     afterwards every key reads (and promotes) its own value from L2."""
-    m, l1, l2 = make_ml(redis_server.port)
+    m, l1, l2 = make_ml(redis_server)
     await bounded(m.start())
     data = {f"d{i}": {"i": i, "pad": "x" * (i % 7)} for i in range(100)}
     await bounded(m.set_many(data))
@@ -454,7 +456,7 @@ async def test_stall_late_replies_are_not_promoted_to_other_keys(redis_server, m
 async def test_write_during_stalled_read_wins(redis_server, make_ml):
     """A set of a key whose L2 read is stuck: the read gives None (timed out), the set
     raises CacheError after writing L1, and L1 keeps the written value."""
-    m, l1, l2 = make_ml(redis_server.port)
+    m, l1, l2 = make_ml(redis_server)
     await bounded(m.start())
     await bounded(m.set("k", "old"))
     await bounded(l1.clear())
@@ -474,7 +476,7 @@ async def test_frozen_l2(redis_server, make_ml):
     """SIGSTOP: connections are accepted, nothing answers, reconnects hang too. L1 hits do
     not suspend, L1 misses give None within the bound, writes raise CacheError after
     L1; after SIGCONT, L2 is used again."""
-    m, l1, l2 = make_ml(redis_server.port)
+    m, l1, l2 = make_ml(redis_server)
     await bounded(m.start())
     await bounded(m.set("hot", "H"))
     before = ml_counters(m)
@@ -498,7 +500,7 @@ async def test_frozen_l2(redis_server, make_ml):
 async def test_cancel_while_l2_stalled(redis_server, make_ml):
     """Tasks cancelled while their L2 reads sit in a stalled server: the others give
     None, nothing is promoted, and afterwards reads are right."""
-    m, l1, l2 = make_ml(redis_server.port, socket_timeout=1.0)
+    m, l1, l2 = make_ml(redis_server, socket_timeout=1.0)
     await bounded(m.start())
     data = {f"d{i}": [i] for i in range(100)}
     await bounded(m.set_many(data))
@@ -575,7 +577,7 @@ async def test_never_connected_l2(reserved_port):
 async def test_l2_error_replies_are_counted(redis_server, make_ml):
     """Errors Redis answers with (WRONGTYPE, OOM) are L2 failures too: get gives None,
     set raises CacheError after L1, both counted; L1 hits are unaffected."""
-    m, l1, l2 = make_ml(redis_server.port)
+    m, l1, l2 = make_ml(redis_server)
     await bounded(m.start())
     await bounded(m.set("hot", "H"))
     redis_server.command("HSET", PREFIX + "hash", "f", "v")
@@ -606,7 +608,7 @@ async def test_l2_error_replies_are_counted(redis_server, make_ml):
 async def test_client_kill_with_reads_in_flight(redis_server, make_ml):
     """Our L2 connection is killed by the server while reads are in flight: each read
     gives its value or None, and the connection comes back by itself."""
-    m, l1, l2 = make_ml(redis_server.port)
+    m, l1, l2 = make_ml(redis_server)
     await bounded(m.start())
     data = {f"d{i}": [i, "x"] for i in range(200)}
     await bounded(m.set_many(data))
@@ -695,7 +697,7 @@ async def test_random_faults_under_load(redis_server, make_ml):
     """Kill, stall and CLIENT KILL in turn under a continuous mixed load: every await
     returns (a right value, L1's answer, or CacheError from a write), and at the end
     L2 is used again."""
-    m, l1, l2 = make_ml(redis_server.port, l1_size=32)
+    m, l1, l2 = make_ml(redis_server, l1_size=32)
     await bounded(m.start())
     rng = random.Random(7)
     stop = False

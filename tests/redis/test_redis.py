@@ -37,10 +37,13 @@ import bruno_memory_c
 from bruno_memory_c import CacheError, CacheInterface, RedisCache
 from bruno_memory_c.testing import RedisServer
 from tests.support import (
-    LOGGER, ExpiryWindow, Monitor, error_records, hgetall, poll, raw_json, until,
+    ALL_TRANSPORTS, LOGGER, ExpiryWindow, Monitor, error_records, hgetall, poll, raw_json,
+    until,
 )
 
 PREFIX = "t:"
+#: Every test talking to a redis_server runs over plaintext and over TLS (conftest.py).
+TRANSPORTS = ALL_TRANSPORTS
 MB = 1024 * 1024
 
 
@@ -73,8 +76,18 @@ def keyspace(server) -> dict:
 
 
 def make(server, **kw) -> RedisCache:
+    """From the server's URL: redis://, or rediss://...?ssl_ca_certs=... over TLS."""
     kw.setdefault("prefix", PREFIX)
     return RedisCache.from_url(server.url, **kw)
+
+
+def server_url(server, userinfo: str = "", db: int = 0) -> str:
+    """A URL of the server with these credentials and db (rediss:// naming the CA when
+    the server serves TLS)."""
+    if server.tls is None:
+        return f"redis://{userinfo}127.0.0.1:{server.port}/{db}"
+    ca = urllib.parse.quote(server.tls.ca_file, safe="/")
+    return f"rediss://{userinfo}127.0.0.1:{server.port}/{db}?ssl_ca_certs={ca}"
 
 
 @pytest_asyncio.fixture
@@ -285,13 +298,13 @@ def test_from_url_validates_keywords():
 
 
 async def test_from_url_db_selects_database(redis_server):
-    url = f"redis://127.0.0.1:{redis_server.port}/5"
+    url = server_url(redis_server, db=5)
     async with RedisCache.from_url(url, prefix=PREFIX) as c5:
         await c5.set("k", "in five")
         assert await c5.get("k") == "in five"
     assert keyspace(redis_server) == {5: 2}  # k and the statistics hash
     assert not raw_exists(redis_server, PREFIX + "k")  # raw commands use db 0
-    async with RedisCache.from_url(url.replace("/5", "/0"), prefix=PREFIX) as c0:
+    async with RedisCache.from_url(server_url(redis_server, db=0), prefix=PREFIX) as c0:
         assert await c0.get("k") is None
         assert await c0.exists("k") is False
 
@@ -324,8 +337,8 @@ async def test_unix_socket_missing(tmp_path):
 # ---------------------------------------------------------------------- auth
 
 
-async def test_password_right_wrong_missing():
-    with RedisServer(password="s3cret") as server:
+async def test_password_right_wrong_missing(server_options):
+    with RedisServer(password="s3cret", **server_options) as server:
         good = make(server)  # server.url carries :s3cret@
         await good.connect()
         assert good.connected
@@ -333,38 +346,40 @@ async def test_password_right_wrong_missing():
         assert raw_json(server, PREFIX + "k") == 1
         await good.disconnect()
 
-        wrong = RedisCache(host="127.0.0.1", port=server.port, password="nope")
+        wrong = RedisCache(host="127.0.0.1", port=server.port, password="nope",
+                           **server.tls_kwargs)
         with pytest.raises(CacheError, match="^Redis connection failed: .*WRONGPASS"):
             await wrong.connect()
         assert wrong.connected is False
 
-        missing = RedisCache(host="127.0.0.1", port=server.port)
+        missing = RedisCache(host="127.0.0.1", port=server.port, **server.tls_kwargs)
         with pytest.raises(CacheError, match="^Redis connection failed: .*NOAUTH"):
             await missing.connect()
 
         # a data method that has to connect raises the connection failure too
         with pytest.raises(CacheError, match="^Redis connection failed: "):
-            await RedisCache(host="127.0.0.1", port=server.port, password="nope").get("k")
+            await RedisCache(host="127.0.0.1", port=server.port, password="nope",
+                             **server.tls_kwargs).get("k")
 
 
-async def test_username_and_password():
-    with RedisServer(password="s3cret") as server:
+async def test_username_and_password(server_options):
+    with RedisServer(password="s3cret", **server_options) as server:
         server.command("ACL", "SETUSER", "alice", "on", ">alicepw", "~*", "+@all")
-        url = f"redis://alice:alicepw@127.0.0.1:{server.port}/0"
+        url = server_url(server, "alice:alicepw@")
         async with RedisCache.from_url(url, prefix=PREFIX) as c:
             await c.set("k", "alice was here")
             assert await c.get("k") == "alice was here"
-        async with RedisCache.from_url(f"redis://default:s3cret@127.0.0.1:{server.port}") as c:
+        async with RedisCache.from_url(server_url(server, "default:s3cret@")) as c:
             assert c.connected
-        bad = RedisCache.from_url(f"redis://alice:wrong@127.0.0.1:{server.port}")
+        bad = RedisCache.from_url(server_url(server, "alice:wrong@"))
         with pytest.raises(CacheError, match="^Redis connection failed: "):
             await bad.connect()
 
 
-async def test_percent_encoded_password_in_url():
+async def test_percent_encoded_password_in_url(server_options):
     password = "p@ss:w/rd %?#"
-    with RedisServer(password=password) as server:
-        url = f"redis://:{urllib.parse.quote(password, safe='')}@127.0.0.1:{server.port}/0"
+    with RedisServer(password=password, **server_options) as server:
+        url = server_url(server, f":{urllib.parse.quote(password, safe='')}@")
         async with RedisCache.from_url(url, prefix=PREFIX) as c:
             assert c.password == password
             await c.set("k", 1)
@@ -372,7 +387,9 @@ async def test_percent_encoded_password_in_url():
 
 
 async def test_localhost_name(redis_server):
-    async with RedisCache(host="localhost", port=redis_server.port, prefix=PREFIX) as c:
+    # (over TLS: the name is sent (SNI) and checked against the certificate)
+    async with RedisCache(host="localhost", port=redis_server.port, prefix=PREFIX,
+                          **redis_server.tls_kwargs) as c:
         await c.set("k", "via localhost")
     assert raw_json(redis_server, PREFIX + "k") == "via localhost"
 
@@ -520,12 +537,16 @@ async def test_data_method_on_closed_port_raises_connection_failure(closed_port,
     assert c.connected is False
 
 
-async def test_connect_after_server_appears(reserved_port):
-    c = RedisCache(host="127.0.0.1", port=reserved_port.port, prefix=PREFIX, connect_timeout=2)
+async def test_connect_after_server_appears(reserved_port, server_options):
+    tls = {}
+    if server_options:  # the certificates the server will have
+        tls = {"ssl": True, "ssl_ca_certs": server_options["tls_files"].ca_file}
+    c = RedisCache(host="127.0.0.1", port=reserved_port.port, prefix=PREFIX, connect_timeout=2,
+                   **tls)
     with pytest.raises(CacheError):
         await c.connect()
     reserved_port.release()
-    with RedisServer(port=reserved_port.port) as server:
+    with RedisServer(port=reserved_port.port, **server_options) as server:
         ok = False
         deadline = time.monotonic() + 10
         while not ok:  # a retry right after the failure may still be backing off

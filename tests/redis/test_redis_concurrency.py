@@ -32,13 +32,15 @@ import pytest
 
 from bruno_memory_c import CacheError
 from tests.support import (
-    LOOP_FACTORIES, bounded_by, cache_maker, run_on_new_loop, run_script, until, wait_until,
+    ALL_TRANSPORTS, LOOP_FACTORIES, bounded_by, cache_maker, run_on_new_loop, run_script, until, wait_until,
 )
 
 HANG = 60.0     # bound on whole concurrent phases (hang detection only)
 PREFIX = "cc:"
 LOGGER = logging.getLogger("bruno_memory_c")
 pytestmark = pytest.mark.usefixtures("quiet_cache_logger")
+#: Every test on a redis_server runs over plaintext and over TLS (conftest.py).
+TRANSPORTS = ALL_TRANSPORTS
 
 make_cache = cache_maker(prefix=PREFIX, socket_timeout=10.0, connect_timeout=5.0)
 bounded = bounded_by(HANG)
@@ -486,7 +488,7 @@ def test_same_cache_sequential_runs(redis_server, loop_factory):
 
 @pytest.mark.parametrize("mode", ["idle", "busy", "in-loop"])
 def test_fork_child_uses_the_same_cache(redis_server, loop_name, mode):
-    proc = run_script("fork_child", redis_server.port, loop_name, mode)
+    proc = run_script("fork_child", redis_server.port, loop_name, mode, server=redis_server)
     assert_clean_exit(proc)
 
 
@@ -499,7 +501,7 @@ def test_fork_child_uses_the_same_cache(redis_server, loop_name, mode):
 def test_interpreter_exit_with_requests_in_flight(redis_server, loop_name, mode):
     try:
         proc = run_script("exit_in_flight", redis_server.port, loop_name, mode,
-                          redis_server.proc.pid, timeout=60)
+                          redis_server.proc.pid, timeout=60, server=redis_server)
     finally:  # "stalled-server" leaves the server stopped (SIGSTOP)
         redis_server.proc.send_signal(signal.SIGCONT)
     assert_clean_exit(proc)

@@ -36,7 +36,7 @@ import pytest
 from bruno_memory_c import CacheError, RedisCache
 from bruno_memory_c.testing import RedisServer, _encode
 from tests.support import (
-    HANG, RECOVER, STALL, TIMEOUT, awaitables_alive, bounded_by, cache_maker, on_the_connection,
+    ALL_TRANSPORTS, HANG, RECOVER, STALL, TIMEOUT, awaitables_alive, bounded_by, cache_maker, on_the_connection,
     run_script, sent_to, stalled, until, wait_in_flight_zero,
 )
 from tests.support.leakmeter import native_heap_bytes
@@ -49,6 +49,9 @@ COMMANDS = {"get": 1, "get_many": 1, "exists": 1, "delete": 1, "set": 1, "set_ma
 
 
 pytestmark = pytest.mark.usefixtures("quiet_cache_logger")
+#: Every test on a redis_server (or a server_options one) runs over plaintext and over
+#: TLS (conftest.py): the same faults, the same outcomes.
+TRANSPORTS = ALL_TRANSPORTS
 
 
 # ---------------------------------------------------------------------- helpers
@@ -316,10 +319,10 @@ async def test_kill9_unix_socket():
         server.close()
 
 
-async def test_reconnect_keeps_db_and_password():
+async def test_reconnect_keeps_db_and_password(server_options):
     """A reconnection authenticates and selects the database again: after our
     connection is killed, writes still land in db 2, and need the password."""
-    server = RedisServer(password="pw-db").start()
+    server = RedisServer(password="pw-db", **server_options).start()
     try:
         cache = make_cache(server, password="pw-db", db=2)
         await bounded(cache.connect())
@@ -495,8 +498,9 @@ async def test_client_kill_in_flight_then_reconnect(redis_server):
 
 
 def _raw_send(server: RedisServer, *args) -> socket.socket:
-    """Send one command on a fresh connection without waiting for its reply."""
-    sock = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+    """Send one command on a fresh connection (TLS if the server's is) without waiting
+    for its reply."""
+    sock = server.connect(10)
     sock.sendall(_encode(*args))
     return sock
 
@@ -555,8 +559,8 @@ async def test_client_kill_while_idle(redis_server):
 # ------------------------------------------------------------------- refused connects
 
 
-async def test_wrong_password_then_right_password():
-    server = RedisServer(password="s3cret-pw").start()
+async def test_wrong_password_then_right_password(server_options):
+    server = RedisServer(password="s3cret-pw", **server_options).start()
     try:
         wrong = make_cache(server, password="not-it")
         for _ in range(2):  # and again, from the backoff state
@@ -679,11 +683,11 @@ async def test_server_that_never_answers(close_at_once):
         listener.close()
 
 
-async def test_maxclients_reached_then_freed():
-    server = RedisServer(extra_args=("--maxclients", "1")).start()
+async def test_maxclients_reached_then_freed(server_options):
+    server = RedisServer(extra_args=("--maxclients", "1"), **server_options).start()
     hog = None
     try:
-        hog = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+        hog = server.connect(10)
         hog.sendall(b"*1\r\n$4\r\nPING\r\n")
         assert hog.recv(64).startswith(b"+PONG")  # the one slot is ours
         cache = make_cache(server)
@@ -710,8 +714,9 @@ async def test_maxclients_reached_then_freed():
         server.close()
 
 
-async def test_server_closes_idle_connections():
-    server = RedisServer(extra_args=("--timeout", "1")).start()
+async def test_server_closes_idle_connections(server_options):
+    """(Over TLS the server's close comes with its close_notify.)"""
+    server = RedisServer(extra_args=("--timeout", "1"), **server_options).start()
     try:
         cache = make_cache(server)
         await bounded(cache.connect())
@@ -810,7 +815,8 @@ def test_cancel_get_many_and_get_stats(redis_server, loop_name, what):
     """Cancelling an awaited get_many/get_stats is safe at any moment (README Failures:
     "Cancelling an awaiting task is safe at any moment"). Run in a subprocess: this used to crash
     (SIGSEGV: the late reply's handler read the context the cancellation had freed)."""
-    proc = run_script("cancel_mid_request", redis_server.port, what, loop_name)
+    proc = run_script("cancel_mid_request", redis_server.port, what, loop_name,
+                      server=redis_server)
     assert proc.returncode == 0 and "ok 0" in proc.stdout, (proc.returncode, proc.stderr[-2000:])
 
 
@@ -1294,7 +1300,8 @@ async def test_never_connected_failures_leak_nothing(closed_port):
 async def test_disconnect_with_a_command_sent_after_it_does_not_wait_for_the_timeout(redis_server):
     """A command made right after disconnect() in the same loop iteration must not keep
     the disconnect waiting for socket_timeout (review finding; hang check only)."""
-    cache = RedisCache(host="127.0.0.1", port=redis_server.port, socket_timeout=30)
+    cache = RedisCache(host="127.0.0.1", port=redis_server.port, **redis_server.tls_kwargs,
+                       socket_timeout=30)
     await cache.connect()
     await cache.get("a")  # one pending statistics increment to flush at disconnect
     got = asyncio.ensure_future(cache.get("x"))
@@ -1314,7 +1321,8 @@ async def test_order_is_kept_past_the_in_flight_limit(redis_server):
     reply is due socket_timeout after its request is *sent*, and the first 65,536 are
     sent at once), so the verdict is about order only; hang detection bounds the
     whole."""
-    cache = RedisCache(host="127.0.0.1", port=redis_server.port, socket_timeout=None)
+    cache = RedisCache(host="127.0.0.1", port=redis_server.port, socket_timeout=None,
+                       **redis_server.tls_kwargs)
     await bounded(cache.connect())
     n = 70_000
     aws = []

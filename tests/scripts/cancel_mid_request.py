@@ -11,10 +11,12 @@ import sys
 import time
 
 from bruno_memory_c import RedisCache
+from tests.scripts import server_kwargs
 port, what, loop_name = int(sys.argv[1]), sys.argv[2], sys.argv[3]
 
 async def main():
-    cache = RedisCache(host="127.0.0.1", port=port, socket_timeout=5, connect_timeout=5)
+    cache = RedisCache(host="127.0.0.1", port=port, socket_timeout=5, connect_timeout=5,
+                       **server_kwargs())
     await cache.connect()
     await cache.set_many({f"d{i}": i for i in range(20000)})  # get_stats: 20 SCAN pages
     for i in range(40):

@@ -14,6 +14,7 @@ import sys
 import threading
 import time
 from bruno_memory_c import RedisCache
+from tests.scripts import server_kwargs
 port, loop_name, mode, server_pid = int(sys.argv[1]), sys.argv[2], sys.argv[3], int(sys.argv[4])
 
 def new_loop():
@@ -27,7 +28,7 @@ def run(coro):
         return runner.run(coro)
 
 cache = RedisCache(host="127.0.0.1", port=port, socket_timeout=5, connect_timeout=5,
-                   prefix="exit:")
+                   prefix="exit:", **server_kwargs())
 keep = []
 
 def stop_server(pid):  # SIGSTOP the server (the test resumes it), wait until stopped

@@ -13,6 +13,7 @@ import sys
 import threading
 import traceback
 from bruno_memory_c import RedisCache
+from tests.scripts import server_kwargs
 port, loop_name, mode = int(sys.argv[1]), sys.argv[2], sys.argv[3]
 
 def run(coro):
@@ -22,7 +23,7 @@ def run(coro):
     return asyncio.run(coro)
 
 cache = RedisCache(host="127.0.0.1", port=port, socket_timeout=10, connect_timeout=5,
-                   prefix="fork:")
+                   prefix="fork:", **server_kwargs())
 DATA = {f"f{i}": [i, "v"] for i in range(200)}
 
 async def check(tag):

@@ -142,15 +142,25 @@ def sent_to(server, port: int, nbytes: int, limit: float = WAIT_LIMIT) -> None:
 # ------------------------------------------------------------------ our RedisCache
 
 
+#: The transports a test module runs its Redis tests over (``TRANSPORTS = ALL_TRANSPORTS``
+#: in the module; the root conftest parametrizes its ``transport`` fixture with them):
+#: "tcp" (plaintext) and "tls" (RedisServer(tls=True), the cache with ssl=True and the
+#: test CA). A module without TRANSPORTS runs over "tcp" only; a test marked
+#: ``@pytest.mark.transports("tcp")`` over the transports it names only.
+ALL_TRANSPORTS = ("tcp", "tls")
+
+
 def cache_maker(**defaults):
     """``make_cache = cache_maker(prefix=PREFIX, socket_timeout=...)``: then
     ``make_cache(server, **kw)`` is our RedisCache on 127.0.0.1 at the port of `server`
     (a RedisServer, a HostileServer, or a port number: one nothing listens on, say), with
-    `defaults` for every keyword that kw does not give."""
+    `defaults` for every keyword that kw does not give, and what the server's transport
+    needs (``server.tls_kwargs``: ssl=True and the CA for a TLS server)."""
 
     def make(server, **kw) -> RedisCache:
         port = server if isinstance(server, int) else server.port
-        return RedisCache(host="127.0.0.1", port=port, **{**defaults, **kw})
+        tls = getattr(server, "tls_kwargs", {})
+        return RedisCache(host="127.0.0.1", port=port, **{**tls, **defaults, **kw})
 
     return make
 
@@ -271,7 +281,7 @@ class Monitor:
         self._lock = threading.Condition()
 
     def __enter__(self) -> "Monitor":
-        self.sock = socket.create_connection(("127.0.0.1", self.server.port), timeout=60)
+        self.sock = self.server.connect(60)  # (TLS when the server serves TLS)
         self.file = self.sock.makefile("rb")
         if self.server.password:
             self.sock.sendall(b"AUTH %s\r\n" % self.server.password.encode())
@@ -365,11 +375,15 @@ def script_command(name: str, *args) -> list[str]:
             *map(str, args)]
 
 
-def run_script(name: str, *args, timeout: float = 120.0,
-               env: dict | None = None) -> subprocess.CompletedProcess:
+def run_script(name: str, *args, timeout: float = 120.0, env: dict | None = None,
+               server=None) -> subprocess.CompletedProcess:
     """Run tests/scripts/<name>.py with `args` in a fresh interpreter, from the repository
     root (crash and hang proof: still running after `timeout` seconds, it is killed and
-    the test fails)."""
+    the test fails). With `server` (a RedisServer), the script's caches get what its
+    transport needs (``server.tls_kwargs``, read by tests.scripts.server_kwargs())."""
+    if server is not None:
+        env = {**(os.environ if env is None else env),
+               "BRUNO_TEST_SERVER_KWARGS": json.dumps(server.tls_kwargs)}
     try:
         return subprocess.run(script_command(name, *args), capture_output=True, text=True,
                               timeout=timeout, cwd=REPO, env=env)
