@@ -192,7 +192,23 @@ describe(bio_client *c, int rc, const char *doing, char *err, size_t errlen)
 {
     int e = SSL_get_error(c->ssl, rc);
     long verify = SSL_get_verify_result(c->ssl);
-    if (e == SSL_ERROR_SSL && verify != X509_V_OK) {
+    /* The server dropped us right after the handshake, before its first reply: with
+     * TLS 1.3 that is how a refused (missing) client certificate often shows, its alert
+     * lost with the reset. */
+    const char *hint = "";
+    if (e != SSL_ERROR_SSL && c->state == ST_HANDSHAKE &&
+        SSL_CTX_get0_certificate(c->cfg.tls->ctx) == NULL) {
+        hint = " (after the TLS handshake: does the server require a client certificate? "
+               "ssl_certfile, ssl_keyfile)";
+    }
+    if (e == SSL_ERROR_SSL && (verify == X509_V_ERR_HOSTNAME_MISMATCH ||
+                               verify == X509_V_ERR_IP_ADDRESS_MISMATCH)) {
+        snprintf(err, errlen, "SSL certificate verify failed: hostname mismatch (%s): the "
+                 "server's certificate is not for '%s'", X509_verify_cert_error_string(verify),
+                 c->cfg.host);
+        ERR_clear_error();
+    }
+    else if (e == SSL_ERROR_SSL && verify != X509_V_OK) {
         snprintf(err, errlen, "SSL certificate verify failed: %s",
                  X509_verify_cert_error_string(verify));
         ERR_clear_error();
@@ -201,12 +217,12 @@ describe(bio_client *c, int rc, const char *doing, char *err, size_t errlen)
         snprintf(err, errlen, "SSL error %s: %s", doing, ssl_reason("protocol error"));
     }
     else if (e == SSL_ERROR_SYSCALL && errno != 0) {
-        snprintf(err, errlen, "SSL error %s: %s", doing, strerror(errno));
+        snprintf(err, errlen, "SSL error %s: %s%s", doing, strerror(errno), hint);
         ERR_clear_error();
     }
     else {
-        snprintf(err, errlen, "Connection closed by server%s%s.",
-                 *doing ? " during " : "", doing);  /* EOF without close_notify */
+        snprintf(err, errlen, "Connection closed by server%s%s%s.",
+                 *doing ? " during " : "", doing, hint);  /* EOF without close_notify */
         ERR_clear_error();
     }
 }
