@@ -20,6 +20,9 @@
 #include <time.h>
 #include <unistd.h>
 
+/* connect_timeout passed in the TLS handshake (the connection's, or a connect()'s). */
+#define TLS_TIMEOUT "Timeout connecting to server (no TLS handshake: is it a TLS port?)"
+
 /* ------------------------------------------------------------------ FIFO */
 
 static int
@@ -758,13 +761,18 @@ io_do_read(bio_client *c, double now)
         if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
             return;
         }
+        /* Dropped before the first reply of the handshake, without a word: what a
+         * TLS server does with a plaintext client. */
+        const char *hint = c->state == ST_HANDSHAKE && c->cfg.tls == NULL
+                           ? " (before any reply: is it a TLS port? then ssl=True or "
+                             "rediss://)" : "";
         char err[BIO_ERRLEN];
         if (n == 0) {
-            snprintf(err, sizeof err, "Connection closed by server.");
+            snprintf(err, sizeof err, "Connection closed by server.%s", hint);
         }
         else {
-            snprintf(err, sizeof err, "Error while reading from the socket: %s",
-                     strerror(errno));
+            snprintf(err, sizeof err, "Error while reading from the socket: %s%s",
+                     strerror(errno), hint);
         }
         connection_failed(c, err, now);
         return;
@@ -875,8 +883,9 @@ io_client_timers(bio_client *c, double now)
             if (c->wait_tail == r) {
                 c->wait_tail = prev;
             }
-            io_complete(r, BIO_ETIMEOUT, r->op == BIO_OP_CONNECT
-                     ? "Timeout connecting to server" : "Timeout waiting for a connection");
+            io_complete(r, BIO_ETIMEOUT, r->op != BIO_OP_CONNECT
+                     ? "Timeout waiting for a connection"
+                     : c->state == ST_TLS ? TLS_TIMEOUT : "Timeout connecting to server");
             continue;
         }
         next = fmin(next, r->deadline);
@@ -906,9 +915,8 @@ io_client_timers(bio_client *c, double now)
     case ST_TLS:
     case ST_HANDSHAKE:
         if (c->hs_deadline <= now) {
-            connection_failed(c, c->state == ST_TLS
-                              ? "Timeout connecting to server (no TLS handshake: is it a "
-                                "TLS port?)" : "Timeout connecting to server", now);
+            connection_failed(c, c->state == ST_TLS ? TLS_TIMEOUT
+                                                    : "Timeout connecting to server", now);
             return now;
         }
         next = fmin(next, c->hs_deadline);

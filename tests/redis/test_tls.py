@@ -17,6 +17,7 @@ import json
 import logging
 import os
 import shutil
+import socket
 import urllib.parse
 
 import pytest
@@ -306,7 +307,8 @@ async def test_plaintext_server_on_the_tls_port(tls_files):
         cache = cache_for(server, ssl=True, ssl_ca_certs=tls_files.ca_file,
                           connect_timeout=1.0)
         for _ in range(2):
-            await connect_fails(cache)
+            msg = await connect_fails(cache)  # (an SSL error, or the handshake's timeout)
+            assert "SSL" in msg or "TLS" in msg, msg
         # and the server is fine (nothing the handshake sent was taken as a command)
         assert server.command("DBSIZE") == 0
 
@@ -315,10 +317,24 @@ async def test_tls_server_on_the_plaintext_port(tls_server):
     """A plaintext client against a TLS server: CacheError within connect_timeout."""
     cache = cache_for(tls_server, connect_timeout=1.0)
     for _ in range(2):
-        await connect_fails(cache)
+        msg = await connect_fails(cache)
+        assert "TLS port" in msg, msg
     with pytest.raises(CacheError):
         await bounded(cache.set("k", 1))
     assert tls_server.command("DBSIZE") == 0
+
+
+async def test_peer_that_never_answers_the_handshake(tls_files):
+    """A listener that accepts (the kernel does) and never says a word: the TLS
+    handshake times out, a CacheError at connect_timeout saying so, never a hang."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(8)
+        cache = RedisCache(host="127.0.0.1", port=listener.getsockname()[1], ssl=True,
+                           ssl_ca_certs=tls_files.ca_file, connect_timeout=0.5)
+        for _ in range(2):
+            msg = await connect_fails(cache)
+            assert "Timeout" in msg and "TLS" in msg, msg
 
 
 async def test_min_version_above_the_server(tls_files):
