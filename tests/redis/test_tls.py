@@ -19,6 +19,7 @@ import os
 import shutil
 import socket
 import urllib.parse
+import warnings
 
 import pytest
 
@@ -150,14 +151,40 @@ def test_unusable_file_is_a_value_error_naming_it(tls_files, tmp_path, option):
         assert option in str(info.value) and bad in str(info.value), str(info.value)
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root reads a file of mode 000")
 def test_unreadable_file_is_a_value_error_naming_it(tls_files, tmp_path):
+    """A file of mode 000. Root reads any file, so as root the attempt runs in a forked
+    child that has given up root (user and group nobody) first."""
     copy = tmp_path / "ca.crt"
     shutil.copy(tls_files.ca_file, copy)
     copy.chmod(0)
-    with pytest.raises(ValueError, match="ssl_ca_certs") as info:
-        RedisCache(ssl=True, ssl_ca_certs=str(copy))
-    assert str(copy) in str(info.value)
+
+    def attempt() -> str:
+        try:
+            RedisCache(ssl=True, ssl_ca_certs=str(copy))
+        except ValueError as e:
+            return str(e)
+        return "no ValueError"
+
+    if os.geteuid() != 0:
+        message = attempt()
+    else:
+        r, w = os.pipe()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # fork() with threads
+            pid = os.fork()
+        if pid == 0:  # the child: never returns into pytest
+            try:
+                os.close(r)
+                os.setgid(65534)
+                os.setuid(65534)
+                os.write(w, attempt().encode())
+            finally:
+                os._exit(0)
+        os.close(w)
+        with os.fdopen(r, "rb") as f:
+            message = f.read().decode()
+        assert os.waitpid(pid, 0)[1] == 0
+    assert "ssl_ca_certs" in message and str(copy) in message, message
 
 
 def test_options_are_checked_without_ssl_too(tmp_path):
