@@ -351,6 +351,24 @@ async def test_tls_server_on_the_plaintext_port(tls_server):
     assert tls_server.command("DBSIZE") == 0
 
 
+async def test_one_server_serving_both_ports(tls_files):
+    """RedisServer(tls=True, plain_port_too=True) (the TLS benchmark's server): TLS on
+    .port, plaintext on .plain_port, one keyspace."""
+    with pytest.raises(ValueError):
+        RedisServer(plain_port_too=True)
+    with RedisServer(tls=True, tls_files=tls_files, plain_port_too=True) as server:
+        assert server.plain_port not in (None, server.port)
+        over_tls = cache_for(server, **server.tls_kwargs)
+        plain = RedisCache(host="127.0.0.1", port=server.plain_port, prefix=PREFIX,
+                           connect_timeout=CONNECT_TIMEOUT)
+        try:
+            await round_trip(over_tls, ["both"])
+            assert await bounded(plain.get("k")) == ["both"]
+        finally:
+            await over_tls.disconnect()
+            await plain.disconnect()
+
+
 async def test_peer_that_never_answers_the_handshake(tls_files):
     """A listener that accepts (the kernel does) and never says a word: the TLS
     handshake times out, a CacheError at connect_timeout saying so, never a hang."""
