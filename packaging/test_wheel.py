@@ -4,14 +4,21 @@ Run by `make test-wheel` (after `make wheel`), never by `make test`: this direct
 not in pytest's testpaths. For each supported interpreter, its wheel goes into a fresh
 venv of that interpreter (no index: the wheel needs nothing else), and then:
 
-* the wheel is a manylinux wheel with libhiredis inside (bruno_memory_c.libs/), and
-  `auditwheel show` finds no external library it would still need;
-* `ldd` on the installed extension resolves libhiredis to that copy, and never to the
-  system's /usr/lib/x86_64-linux-gnu/libhiredis.so*;
-* importing it (under LD_DEBUG=libs) loads that copy and asks the dynamic loader for no
-  other hiredis; /proc/self/maps shows the same after a run of examples/demo.py;
+* the wheel is a manylinux wheel with libhiredis, libssl and libcrypto inside
+  (bruno_memory_c.libs/, exactly those three), and `auditwheel show` finds no external
+  library it would still need;
+* `ldd` on the installed extension resolves each of them to its copy there, and never
+  to the system's /usr/lib/x86_64-linux-gnu/lib{hiredis,ssl,crypto}.so*;
+* importing it (under LD_DEBUG=libs,bindings and LD_BIND_NOW) maps exactly those three
+  copies, asks the dynamic loader for no other, and binds every symbol the extension
+  takes from them to those copies, although Python's own ssl and hashlib have mapped
+  the system's OpenSSL first; /proc/self/maps shows the copies (and no other hiredis)
+  after a run of examples/demo.py and after a set/get over TLS;
 * examples/demo.py runs with that venv's python, from a directory outside the
-  repository, against the venv's bruno_memory_c (not the in-place build).
+  repository, against the venv's bruno_memory_c (not the in-place build);
+* over TLS, against bruno_memory_c.testing.RedisServer(tls=True): a set/get with the
+  server's CA (``tls_kwargs``), the same with only SSL_CERT_FILE naming it, and without
+  either a verification failure that names the bundled OpenSSL's default CA file.
 
 And Python 3.10 (below requires-python) is refused by pip itself, before any compiler.
 
@@ -34,8 +41,20 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DIST = os.path.join(ROOT, "dist")
 TOOLS = os.path.join(ROOT, os.environ.get("BRUNO_TOOLS", ".venv-tools"))
 SUPPORTED = os.environ.get("BRUNO_SUPPORTED", "3.11 3.12 3.13").split()
-SYSTEM_HIREDIS = "/usr/lib/x86_64-linux-gnu/libhiredis"
 NAME = "bruno_memory_c"
+# The libraries auditwheel copies into bruno_memory_c.libs/ (by their name's stem), and
+# where the system's copies live (never to be used by the installed extension).
+BUNDLED = ("libhiredis", "libssl", "libcrypto")
+SYSTEM_LIBS = "/usr/lib/x86_64-linux-gnu/"
+# The CA file the bundled (Debian) libcrypto looks for by default (its OPENSSLDIR).
+BUNDLED_CA_FILE = "/usr/lib/ssl/cert.pem"
+
+
+def stem(filename: str) -> str | None:
+    """Which of BUNDLED a library file name is ("libssl-1a2b3c4d.so.3", "libssl.so.3": "libssl"),
+    or None."""
+    m = re.match(r"(lib[a-z]+)(?:-[0-9a-f]{8})?\.so", os.path.basename(filename))
+    return m.group(1) if m and m.group(1) in BUNDLED else None
 
 
 def run(cmd, **kwargs) -> subprocess.CompletedProcess:
@@ -51,9 +70,11 @@ def find_python(version: str) -> str:
 
 
 def clean_env(**extra: str) -> dict:
-    """The environment minus anything that could bring in the repository or other libraries."""
+    """The environment minus anything that could bring in the repository or other libraries
+    (or other CA certificates: the TLS check wants OpenSSL's defaults)."""
     drop = ("PYTHONPATH", "PYTHONHOME", "PYTHONSTARTUP", "LD_LIBRARY_PATH", "LD_PRELOAD",
-            "LD_DEBUG", "ASAN_OPTIONS", "PYTHONMALLOC", "VIRTUAL_ENV", "REDIS_URL")
+            "LD_DEBUG", "LD_BIND_NOW", "ASAN_OPTIONS", "PYTHONMALLOC", "VIRTUAL_ENV",
+            "REDIS_URL", "SSL_CERT_FILE", "SSL_CERT_DIR")
     env = {k: v for k, v in os.environ.items()
            if k not in drop and not k.startswith(("MAKE", "MFLAGS", "BRUNO_", "PYTEST_"))}
     env.update(extra)
@@ -97,28 +118,70 @@ def installed_venv(version: str, where) -> tuple[str, str]:
     return py, os.path.realpath(site)
 
 
-# Imports the package, then lists every hiredis the process has mapped.
-MAPS_CHECK = """
-import os, sys
-import bruno_memory_c, bruno_memory_c._core
-print("package:", os.path.realpath(bruno_memory_c.__file__))
-print("core:", os.path.realpath(bruno_memory_c._core.__file__))
-with open("/proc/self/maps") as f:
-    mapped = sorted({line.split()[-1] for line in f
-                     if "libhiredis" in os.path.basename(line.split()[-1])})
-print("mapped:", " ".join(os.path.realpath(p) for p in mapped))
+# What a script prints as "mapped:": every file of BUNDLED's names the process has mapped.
+MAPPED = """
+def mapped():
+    with open("/proc/self/maps") as f:
+        files = {line.split()[-1] for line in f if line.split()[-1].startswith("/")}
+    return sorted(os.path.realpath(p) for p in files
+                  if os.path.basename(p).startswith(("libhiredis", "libssl", "libcrypto")))
 """
 
-# examples/demo.py under the venv's interpreter, then the same listing.
+# Maps Python's own OpenSSL first (ssl, hashlib: the system's), then imports the package
+# between two markers on stderr (where LD_DEBUG writes too): what the import added.
+MAPS_CHECK = """
+import os, sys
+""" + MAPPED + """
+import asyncio, hashlib, ssl
+before = mapped()
+print("== import", file=sys.stderr, flush=True)
+import bruno_memory_c, bruno_memory_c._core
+print("== imported", file=sys.stderr, flush=True)
+print("package:", os.path.realpath(bruno_memory_c.__file__))
+print("core:", os.path.realpath(bruno_memory_c._core.__file__))
+print("added:", " ".join(p for p in mapped() if p not in before))
+"""
+
+# examples/demo.py under the venv's interpreter, then the listing.
 DEMO_RUNNER = """
 import os, runpy, sys
+""" + MAPPED + """
 import bruno_memory_c
 assert os.path.realpath(bruno_memory_c.__file__).startswith(sys.argv[2]), bruno_memory_c.__file__
 runpy.run_path(sys.argv[1], run_name="__main__")
-with open("/proc/self/maps") as f:
-    mapped = sorted({line.split()[-1] for line in f
-                     if "libhiredis" in os.path.basename(line.split()[-1])})
-print("mapped:", " ".join(os.path.realpath(p) for p in mapped))
+print("mapped:", " ".join(mapped()))
+"""
+
+# A set/get over TLS with a throwaway RedisServer(tls=True): with its CA (tls_kwargs),
+# then with no CA (verification fails: the message names the default CA file), then
+# with SSL_CERT_FILE naming its CA (read when a cache is made).
+TLS_SMOKE = """
+import asyncio, os, sys
+""" + MAPPED + """
+import bruno_memory_c
+from bruno_memory_c import CacheError, RedisCache
+from bruno_memory_c.testing import RedisServer
+assert os.path.realpath(bruno_memory_c.__file__).startswith(sys.argv[1]), bruno_memory_c.__file__
+
+async def round_trip(server, **kw):
+    cache = RedisCache(host="127.0.0.1", port=server.port, prefix="wheel-tls:",
+                       connect_timeout=5.0, socket_timeout=10.0, **kw)
+    assert cache.ssl is True
+    try:
+        await cache.set("k", {"over": "tls", "n": 1})
+        assert await cache.get("k") == {"over": "tls", "n": 1}
+        return "ok"
+    except CacheError as e:
+        return str(e)
+    finally:
+        await cache.disconnect()
+
+with RedisServer(tls=True) as server:
+    print("tls_kwargs:", asyncio.run(round_trip(server, **server.tls_kwargs)))
+    print("no_ca:", asyncio.run(round_trip(server, ssl=True)))
+    os.environ["SSL_CERT_FILE"] = server.tls.ca_file
+    print("ssl_cert_file:", asyncio.run(round_trip(server, ssl=True)))
+print("mapped:", " ".join(mapped()))
 """
 
 
@@ -128,18 +191,26 @@ def field(out: str, name: str) -> str:
     return values[0]
 
 
+def ld_debug_between(stderr: str, start: str, end: str) -> str:
+    """The lines of `stderr` between the marker lines `start` and `end`."""
+    lines = stderr.splitlines()
+    return "\n".join(lines[lines.index(start) + 1:lines.index(end)])
+
+
 @pytest.mark.parametrize("version", SUPPORTED)
-def test_wheel_carries_its_hiredis_and_runs_the_demo(version, tmp_path):
+def test_wheel_carries_its_libraries_and_runs_the_demo_and_tls(version, tmp_path):
     wheel = the_wheel(version)
 
-    # The wheel itself: libhiredis inside, nothing external left (auditwheel's view).
+    # The wheel itself: hiredis and OpenSSL inside, nothing external left (auditwheel's view).
     with zipfile.ZipFile(wheel) as z:
         names = z.namelist()
         metadata = z.read(next(n for n in names if n.endswith(".dist-info/METADATA"))).decode()
-    bundled = [n for n in names if n.startswith(f"{NAME}.libs/libhiredis")]
-    assert len(bundled) == 1, names
-    bundled_name = os.path.basename(bundled[0])
-    assert re.fullmatch(r"libhiredis-[0-9a-f]{8}\.so[.0-9]*", bundled_name), bundled_name
+    bundled = sorted(os.path.basename(n) for n in names
+                     if n.startswith(f"{NAME}.libs/") and not n.endswith("/"))
+    assert sorted(str(stem(b)) for b in bundled) == sorted(BUNDLED), names
+    for b in bundled:
+        assert re.fullmatch(r"lib[a-z]+-[0-9a-f]{8}\.so[.0-9]*", b), b
+    by_stem = {stem(b): b for b in bundled}
     assert "Requires-Python: >=3.11" in metadata
     assert f"Classifier: Programming Language :: Python :: {version}" in metadata
     plat = re.search(r"-(manylinux_2_\d+_x86_64)\.whl$", wheel).group(1)
@@ -148,44 +219,57 @@ def test_wheel_carries_its_hiredis_and_runs_the_demo(version, tmp_path):
     text = " ".join((show.stdout + show.stderr).split())
     assert f'consistent with the following platform tag: "{plat}"' in text, text
     assert "external shared libraries are required" not in text, text
-    assert "libhiredis.so" not in text, text
+    for lib in BUNDLED:
+        assert f"{lib}.so" not in text, text
 
-    # Installed into a fresh venv: ldd resolves hiredis to the bundled copy.
+    # Installed into a fresh venv: the extension needs the bundled names, and ldd
+    # resolves each to the copy in bruno_memory_c.libs/.
     py, site = installed_venv(version, tmp_path)
     libs = os.path.join(site, f"{NAME}.libs")
-    assert os.listdir(libs) == [bundled_name]
+    copies = sorted(os.path.join(libs, b) for b in bundled)
+    assert sorted(os.listdir(libs)) == bundled
     cores = glob.glob(os.path.join(site, NAME, "_core*.so"))
     assert len(cores) == 1, cores
     needed = run(["readelf", "-d", cores[0]]).stdout
-    assert f"Shared library: [{bundled_name}]" in needed, needed
-    assert "Shared library: [libhiredis.so" not in needed, needed
+    for lib, b in by_stem.items():
+        assert f"Shared library: [{b}]" in needed, needed
+        assert f"Shared library: [{lib}.so" not in needed, needed
     ldd = run(["ldd", cores[0]], env=clean_env()).stdout
     print(ldd)
-    lines = [line.strip() for line in ldd.splitlines() if "libhiredis" in line.split()[0]]
-    assert len(lines) == 1, ldd
-    m = re.fullmatch(r"(\S+) => (\S+) \(0x[0-9a-f]+\)", lines[0])
-    assert m and m.group(1) == bundled_name, lines
-    assert os.path.realpath(m.group(2)) == os.path.join(libs, bundled_name), lines
-    assert SYSTEM_HIREDIS not in ldd, ldd
+    resolved = {}
+    for line in ldd.splitlines():
+        m = re.fullmatch(r"(\S+) => (\S+) \(0x[0-9a-f]+\)", line.strip())
+        if m and stem(m.group(1)):
+            assert stem(m.group(1)) not in resolved, ldd
+            resolved[stem(m.group(1))] = (m.group(1), os.path.realpath(m.group(2)))
+    assert resolved == {lib: (b, os.path.join(libs, b)) for lib, b in by_stem.items()}, ldd
+    assert not any(f"{SYSTEM_LIBS}{lib}" in ldd for lib in BUNDLED), ldd
 
-    # Imported from outside the repository: the venv's package, which maps only its
-    # own hiredis; the dynamic loader never even looks for the system's.
+    # Imported from outside the repository, after Python's ssl and hashlib have mapped
+    # the system's OpenSSL: the import maps exactly the three copies, the dynamic loader
+    # looks for nothing else of theirs, and every symbol the extension takes from them
+    # is bound to them (LD_BIND_NOW: all of them at load).
     work = tmp_path / "elsewhere"
     work.mkdir()
-    proc = run([py, "-c", MAPS_CHECK], cwd=str(work), env=clean_env(LD_DEBUG="libs"))
+    proc = run([py, "-c", MAPS_CHECK], cwd=str(work),
+               env=clean_env(LD_DEBUG="libs,bindings", LD_BIND_NOW="1"))
     assert field(proc.stdout, "package").startswith(site + os.sep)
     assert field(proc.stdout, "core") == cores[0]
-    assert field(proc.stdout, "mapped") == os.path.join(libs, bundled_name)
-    lookups = re.findall(r"find library=(libhiredis\S*)", proc.stderr)
-    assert lookups == [bundled_name], lookups
-    tried = [os.path.realpath(p)
-             for p in re.findall(r"trying file=(\S*/libhiredis[^/\s]*)", proc.stderr)]
+    assert field(proc.stdout, "added").split() == copies
+    debug = ld_debug_between(proc.stderr, "== import", "== imported")
+    lookups = sorted(re.findall(r"find library=(\S+)", debug))
+    assert [x for x in lookups if stem(x)] == bundled, lookups
+    tried = [os.path.realpath(p) for p in re.findall(r"trying file=(\S+)", debug)]
     # (the loader tries the hwcaps subdirectories of the RUNPATH first, then the file)
+    tried = [p for p in tried if stem(p)]
     assert tried and all(p.startswith(libs + os.sep) for p in tried), tried
-    assert tried[-1] == os.path.join(libs, bundled_name), tried
-    inits = re.findall(r"calling init: (\S*/libhiredis[^/\s]*)", proc.stderr)
-    assert [os.path.realpath(p) for p in inits] == [os.path.join(libs, bundled_name)], inits
-    assert SYSTEM_HIREDIS not in proc.stderr
+    assert sorted(set(tried) & set(copies)) == copies, tried
+    inits = re.findall(r"calling init: (\S+)", debug)
+    assert sorted(os.path.realpath(p) for p in inits if stem(p)) == copies, inits
+    bindings = re.findall(r"binding file (\S+) \[\d+\] to (\S+) \[\d+\]", proc.stderr)
+    targets = {os.path.realpath(t) for f, t in bindings
+               if stem(t) and os.path.realpath(f) == cores[0]}
+    assert targets == set(copies), targets   # each copy used, nothing else of theirs
 
     # The demo, copied outside the repository, with its own throwaway redis-server.
     demo = work / "demo.py"
@@ -196,8 +280,24 @@ def test_wheel_carries_its_hiredis_and_runs_the_demo(version, tmp_path):
                env=clean_env(TMPDIR=str(tmpdir)), timeout=120)
     assert "(started a throwaway redis-server on port" in proc.stdout, proc.stdout
     assert "demo: all examples ran" in proc.stdout, proc.stdout
-    assert field(proc.stdout, "mapped") == os.path.join(libs, bundled_name)
+    mapped = field(proc.stdout, "mapped").split()
+    assert set(copies) <= set(mapped), mapped
+    # (Python's ssl maps the system's libssl and libcrypto too: no other hiredis, though)
+    hiredis = [p for p in mapped if stem(p) == "libhiredis"]
+    assert hiredis == [os.path.join(libs, by_stem["libhiredis"])], mapped
     assert list(tmpdir.iterdir()) == []  # the throwaway server cleaned up
+
+    # TLS with a throwaway TLS server (its certificates made by the openssl command).
+    proc = run([py, "-c", TLS_SMOKE, site + os.sep], cwd=str(work),
+               env=clean_env(TMPDIR=str(tmpdir)), timeout=120)
+    assert field(proc.stdout, "tls_kwargs") == "ok", proc.stdout
+    no_ca = field(proc.stdout, "no_ca")
+    assert no_ca.startswith("Redis connection failed: SSL certificate verify failed: "), no_ca
+    if os.path.isfile(BUNDLED_CA_FILE):  # (a Debian machine: the default file is there)
+        assert f"(CA certificates: {BUNDLED_CA_FILE}; " in no_ca, no_ca
+    assert field(proc.stdout, "ssl_cert_file") == "ok", proc.stdout
+    assert set(copies) <= set(field(proc.stdout, "mapped").split()), proc.stdout
+    assert list(tmpdir.iterdir()) == []
 
 
 def test_python_3_10_is_refused_by_pip_not_by_a_compiler(tmp_path):
