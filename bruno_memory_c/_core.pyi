@@ -111,6 +111,16 @@ class RedisCache:
         connect_timeout: float | None = 5.0,
         unix_socket_path: str | None = None,
         max_reply_bytes: int = 536870912,
+        ssl: bool = False,
+        ssl_ca_certs: str | None = None,
+        ssl_ca_path: str | None = None,
+        ssl_certfile: str | None = None,
+        ssl_keyfile: str | None = None,
+        ssl_password: str | bytes | None = None,
+        ssl_cert_reqs: str | int | None = "required",
+        ssl_check_hostname: bool = True,
+        ssl_min_version: str | int | None = None,
+        ssl_ciphers: str | None = None,
     ) -> None: ...
     @classmethod
     def from_url(
@@ -132,9 +142,20 @@ class RedisCache:
         connect_timeout: float | None = ...,
         unix_socket_path: str | None = ...,
         max_reply_bytes: int = ...,
+        ssl: bool = ...,
+        ssl_ca_certs: str | None = ...,
+        ssl_ca_path: str | None = ...,
+        ssl_certfile: str | None = ...,
+        ssl_keyfile: str | None = ...,
+        ssl_password: str | bytes | None = ...,
+        ssl_cert_reqs: str | int | None = ...,
+        ssl_check_hostname: bool = ...,
+        ssl_min_version: str | int | None = ...,
+        ssl_ciphers: str | None = ...,
     ) -> Self:
-        """A cache for ``redis://[user:password@]host[:port][/db][?option=value...]`` or
-        ``unix:///path/redis.sock?db=N``; keyword arguments override the URL."""
+        """A cache for ``redis://[user:password@]host[:port][/db][?option=value...]``,
+        ``rediss://...`` (TLS, with ``ssl_*`` options) or ``unix:///path/redis.sock?db=N``;
+        keyword arguments override the URL."""
 
     @property
     def host(self) -> str: ...
@@ -164,6 +185,8 @@ class RedisCache:
     def connect_timeout(self) -> float | None: ...
     @property
     def max_reply_bytes(self) -> int: ...
+    @property
+    def ssl(self) -> bool: ...
     @property
     def stats_key(self) -> str: ...
     @property

@@ -768,13 +768,16 @@ static PyType_Slot rc_slots[] = {
      "RedisCache(host='localhost', port=6379, db=0, password=None, prefix='bruno:cache:',\n"
      "           default_ttl=3600, max_connections=10, *, username=None, pool_size=None,\n"
      "           max_overflow=None, socket_timeout=5.0, connect_timeout=5.0,\n"
-     "           unix_socket_path=None, max_reply_bytes=536870912,\n"
-     "           sentinels=None, service_name=None, sentinel_username=None,\n"
-     "           sentinel_password=None)\n"
+     "           unix_socket_path=None, max_reply_bytes=536870912, ssl=False,\n"
+     "           ssl_ca_certs=None, ssl_ca_path=None, ssl_certfile=None, ssl_keyfile=None,\n"
+     "           ssl_password=None, ssl_cert_reqs='required', ssl_check_hostname=True,\n"
+     "           ssl_min_version=None, ssl_ciphers=None, sentinels=None,\n"
+     "           service_name=None, sentinel_username=None, sentinel_password=None)\n"
      "--\n\n"
      "Redis-backed cache, in C: a background I/O thread pipelines every request on one\n"
      "connection, so no request waits for (or fails for want of) a pooled connection.\n"
-     "Storage is the reference's: prefix + str(key) -> json.dumps(value)."},
+     "Storage is the reference's: prefix + str(key) -> json.dumps(value).\n"
+     "ssl=True: TLS (OpenSSL, in the I/O thread), with redis-py's ssl_* options."},
     {Py_tp_new, rc_new},
     {Py_tp_init, rc_init},
     {Py_tp_dealloc, rc_dealloc},

@@ -23,8 +23,10 @@ def harness(tmp_path_factory) -> str:
     exe = str(tmp_path_factory.mktemp("io") / "io_harness")
     csrc = os.path.join(REPO, "csrc")
     cmd = ["gcc", "-std=c11", "-Wall", "-Wextra", "-Werror", "-O1", "-g", "-I", csrc,
-           *(os.path.join(csrc, f) for f in ("io_engine.c", "io_conn.c", "resp.c", "respscan.c")),
-           os.path.join(TESTS, "c", "io_harness.c"), "-lhiredis", "-lpthread", "-lm",
+           *(os.path.join(csrc, f) for f in ("io_engine.c", "io_conn.c", "io_tls.c", "resp.c",
+                                              "respscan.c")),
+           os.path.join(TESTS, "c", "io_harness.c"), "-lhiredis", "-lssl", "-lcrypto",
+           "-lpthread", "-lm",
            "-Wl,--wrap=malloc,--wrap=calloc,--wrap=realloc,--wrap=free", "-o", exe]
     # The harness is not ours to sanitize: no preloaded ASan runtime in the compiler.
     env = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", "ASAN_OPTIONS")}
