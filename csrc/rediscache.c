@@ -714,7 +714,8 @@ static PyMethodDef rc_methods[] = {
     {"from_url", (PyCFunction)(void (*)(void))rc_from_url,
      METH_FASTCALL | METH_KEYWORDS | METH_CLASS,
      "from_url($cls, url, /, **kwargs)\n--\n\n"
-     "RedisCache from redis://[user:password@]host[:port][/db] or unix:///path?db=N;\n"
+     "RedisCache from redis://[user:password@]host[:port][/db], unix:///path?db=N or\n"
+     "redis+sentinel://host:port,host:port/service[/db];\n"
      "keyword arguments override what the url says."},
     {NULL, NULL, 0, NULL},
 };
