@@ -789,10 +789,20 @@ class SentinelGroup:
         port = self.primary_address()[1]
         return next(s for s in self.servers if s.port != port)
 
-    def failover(self) -> None:
+    def failover(self, timeout: float = 60.0) -> None:
         """SENTINEL FAILOVER: the sentinels promote the replica without waiting for the
-        primary to be down."""
-        self.sentinel_command(0, "SENTINEL", "FAILOVER", self.service_name)
+        primary to be down. Asked again while a sentinel says it cannot yet (a failover
+        still in progress, the replica not synced again after an earlier one)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                self.sentinel_command(0, "SENTINEL", "FAILOVER", self.service_name)
+                return
+            except RuntimeError as e:
+                if not str(e).startswith(("INPROG", "NOGOODSLAVE")) or \
+                        time.monotonic() > deadline:
+                    raise
+            time.sleep(0.1)
 
     def wait_primary_changed(self, old_port: int, timeout: float = 60.0) -> RedisServer:
         """Wait until the sentinels name another primary and it says it is one (ROLE)."""
