@@ -667,9 +667,8 @@ on_reply(bio_client *c, void *reply, double now)
     if (s->kind == SLOT_USER && io_sentinel_readonly(c, reply)) {
         /* A demoted primary: drop the connection (what is in flight fails as on any
          * failure); the next attempt asks the sentinels. */
-        snprintf(role_err, sizeof role_err, "%.*s (%s:%d is no longer the primary of "
-                 "'%s'; the sentinels will be asked again)", (int)((redisReply *)reply)->len,
-                 ((redisReply *)reply)->str, c->cfg.host, c->cfg.port,
+        snprintf(role_err, sizeof role_err, "READONLY: %.60s:%d is no longer the primary "
+                 "of '%.40s'; the sentinels will be asked again", c->cfg.host, c->cfg.port,
                  io_sentinel_service(c));
         freeReplyObject(reply);
         connection_failed(c, role_err, now);

@@ -151,7 +151,7 @@ sock_open(const char *host, int port, double deadline, char *err, size_t errlen)
     struct addrinfo *res = NULL;
     int gai = getaddrinfo(host, portstr, &hints, &res);
     if (gai != 0) {
-        snprintf(err, errlen, "%s:%d: %s", host, port, gai_strerror(gai));
+        snprintf(err, errlen, "%.100s:%d: %s", host, port, gai_strerror(gai));
         return -1;
     }
     struct addrinfo *ai = res;
@@ -163,7 +163,7 @@ sock_open(const char *host, int port, double deadline, char *err, size_t errlen)
     }
     int fd = socket(ai->ai_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (fd < 0) {
-        snprintf(err, errlen, "%s:%d: socket: %s", host, port, strerror(errno));
+        snprintf(err, errlen, "%.100s:%d: socket: %s", host, port, strerror(errno));
         freeaddrinfo(res);
         return -1;
     }
@@ -173,7 +173,7 @@ sock_open(const char *host, int port, double deadline, char *err, size_t errlen)
     int rc = connect(fd, ai->ai_addr, ai->ai_addrlen);
     freeaddrinfo(res);
     if (rc < 0 && errno != EINPROGRESS) {
-        snprintf(err, errlen, "%s:%d: %s", host, port, strerror(errno));
+        snprintf(err, errlen, "%.100s:%d: %s", host, port, strerror(errno));
         io_fd_close(fd);
         return -1;
     }
@@ -186,7 +186,7 @@ sock_open(const char *host, int port, double deadline, char *err, size_t errlen)
                 continue;
             }
             if (n <= 0) {
-                snprintf(err, errlen, "%s:%d: timeout connecting", host, port);
+                snprintf(err, errlen, "%.100s:%d: timeout connecting", host, port);
                 io_fd_close(fd);
                 return -1;
             }
@@ -198,7 +198,7 @@ sock_open(const char *host, int port, double deadline, char *err, size_t errlen)
             soerr = errno;
         }
         if (soerr != 0) {
-            snprintf(err, errlen, "%s:%d: %s", host, port, strerror(soerr));
+            snprintf(err, errlen, "%.100s:%d: %s", host, port, strerror(soerr));
             io_fd_close(fd);
             return -1;
         }
@@ -310,7 +310,7 @@ sentinel_auth(bio_sentinels *s, int fd, redisReader *rd, double deadline, char *
     redisReply *r = reply;
     rc = 0;
     if (r->type == REDIS_REPLY_ERROR) {
-        snprintf(err, errlen, "AUTH: %.*s", (int)r->len, r->str);
+        snprintf(err, errlen, "AUTH: %.*s", (int)(r->len < 120 ? r->len : 120), r->str);
         rc = -1;
     }
     freeReplyObject(reply);
@@ -360,10 +360,10 @@ ask_one(bio_sentinels *s, int i, double deadline, char *host, size_t hostlen, in
     }
     redisReply *r = reply;
     if (r->type == REDIS_REPLY_ERROR) {
-        snprintf(why, sizeof why, "%.*s", (int)r->len, r->str);
+        snprintf(why, sizeof why, "%.*s", (int)(r->len < 120 ? r->len : 120), r->str);
     }
     else if (r->type == REDIS_REPLY_NIL) {
-        snprintf(why, sizeof why, "does not know service '%s'", s->service);
+        snprintf(why, sizeof why, "does not know service '%.40s'", s->service);
     }
     else if (r->type != REDIS_REPLY_ARRAY || r->elements != 2 ||
              r->element[0]->type != REDIS_REPLY_STRING ||
@@ -425,7 +425,7 @@ io_sentinel_ask(resolve_job *j)
                                      k ? "; " : "", err);
         }
     }
-    snprintf(j->err, sizeof j->err, "no sentinel answered for service '%s' (%s)",
+    snprintf(j->err, sizeof j->err, "no sentinel answered for service '%.40s' (%.120s)",
              s->service, errs);
 }
 
@@ -476,7 +476,7 @@ io_sentinel_check_role(bio_client *c, void *reply, char *err, size_t errlen)
     const char *role = r->type == REDIS_REPLY_ARRAY && r->elements >= 1 &&
                        r->element[0]->type == REDIS_REPLY_STRING ? r->element[0]->str
                        : r->type == REDIS_REPLY_ERROR ? r->str : "no role";
-    snprintf(err, errlen, "%s:%d is not the primary of '%s' (ROLE: %.40s); the sentinels "
+    snprintf(err, errlen, "%.100s:%d is not the primary of '%.40s' (ROLE: %.20s); the sentinels "
              "will be asked again", c->cfg.host, c->cfg.port, c->cfg.sentinels->service,
              role);
     return -1;
@@ -678,7 +678,7 @@ io_sentinel_poll(bio_client *c, double now)
         *port++ = '\0';
     }
     char msg[BIO_ERRLEN];
-    snprintf(msg, sizeof msg, "Failover: the primary of '%s' moved to %s:%s",
+    snprintf(msg, sizeof msg, "Failover: the primary of '%.40s' moved to %.100s:%.8s",
              c->cfg.sentinels->service, addr, port ? port : "?");
     io_connection_failed(c, msg, now);
 }
