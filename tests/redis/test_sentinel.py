@@ -25,7 +25,7 @@ import pytest
 
 from bruno_memory_c import CacheError, InMemoryCache, MultiLevelCache, RedisCache
 from bruno_memory_c.testing import RedisServer, SentinelGroup, _encode, refused_port
-from tests.support import HANG, RECOVER, bounded_by, until, wait_until
+from tests.support import HANG, RECOVER, bounded_by, run_python, until
 
 pytestmark = pytest.mark.usefixtures("quiet_cache_logger")
 
@@ -85,6 +85,7 @@ class FakeSentinel:
     def __init__(self) -> None:
         self.address: tuple[str, int] | None = None
         self.asked = 0
+        self.auth: list[list[str]] = []
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.port = self.listener.getsockname()[1]
         self.conns: list[socket.socket] = []
@@ -107,7 +108,10 @@ class FakeSentinel:
         try:
             while True:
                 cmd = [a.decode() for a in _read_reply(f)]
-                if cmd[0].upper() == "SENTINEL":
+                if cmd[0].upper() == "AUTH":
+                    self.auth.append(cmd[1:])
+                    conn.sendall(b"+OK\r\n")
+                elif cmd[0].upper() == "SENTINEL":
                     self.asked += 1
                     if self.address is None:
                         conn.sendall(b"*-1\r\n")
@@ -370,6 +374,26 @@ async def test_replica_named_is_refused_then_primary_used(fake_sentinel):
             await c.disconnect()
 
 
+async def test_sentinel_username_and_tls_data_connection(fake_sentinel, tmp_path):
+    """sentinel_username/sentinel_password go to the sentinels (AUTH user password), the
+    data server's own password does not; with ssl=True the data connection to the
+    address the sentinel names is TLS (the certificate checked against that address)."""
+    from bruno_memory_c.testing import make_tls_files
+    files = make_tls_files(str(tmp_path / "tls"))
+    with RedisServer(tls=True, tls_files=files, password="data-pw") as server:
+        fake_sentinel.address = ("127.0.0.1", server.port)
+        c = RedisCache(sentinels=[("127.0.0.1", fake_sentinel.port)], service_name=SERVICE,
+                       sentinel_username="watcher", sentinel_password="s-pw",
+                       password="data-pw", socket_timeout=TIMEOUT, connect_timeout=TIMEOUT,
+                       **server.tls_kwargs)
+        assert c.ssl and "tls:sentinel:mymaster@" in repr(c)
+        async with c:
+            await c.set("k", "v")
+            assert await c.get("k") == "v"
+        assert server.command("GET", "bruno:cache:k") == b'"v"'
+        assert fake_sentinel.auth and all(a == ["watcher", "s-pw"] for a in fake_sentinel.auth)
+
+
 async def test_unknown_service(fake_sentinel):
     fake_sentinel.address = None
     c = RedisCache(sentinels=[("127.0.0.1", fake_sentinel.port)], service_name="nope",
@@ -469,6 +493,28 @@ def test_fork_child_uses_its_own_connection(group):
     os.waitpid(pid, 0)
     assert asyncio.run(parent_use(c)) == "parent"
     asyncio.run(c.disconnect())
+
+
+def test_interpreter_exit_with_a_live_sentinel_cache(group):
+    """Exit with a connected cache (its watcher subscribed, requests just made) and with
+    one still asking the sentinels: no hang, no crash, nothing printed."""
+    proc = run_python(f"""
+        import asyncio
+        from bruno_memory_c import RedisCache
+        async def main():
+            c = RedisCache(sentinels={group.sentinels!r}, service_name={SERVICE!r})
+            await c.set("exit", 1)
+            assert await c.get("exit") == 1
+            global keep
+            keep = c
+            other = RedisCache(sentinels=[("127.0.0.1", 1)], service_name="x")
+            asyncio.get_running_loop().create_task(other.connect())
+            await asyncio.sleep(0)
+        asyncio.run(main())
+        print("ok")
+    """)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "ok" and not proc.stderr
 
 
 # ---------------------------------------------------------------------- failover under load
