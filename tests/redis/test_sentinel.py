@@ -497,22 +497,27 @@ def test_fork_child_uses_its_own_connection(group):
 
 def test_interpreter_exit_with_a_live_sentinel_cache(group):
     """Exit with a connected cache (its watcher subscribed, requests just made) and with
-    one still asking the sentinels: no hang, no crash, nothing printed."""
-    proc = run_python(f"""
-        import asyncio
-        from bruno_memory_c import RedisCache
-        async def main():
-            c = RedisCache(sentinels={group.sentinels!r}, service_name={SERVICE!r})
-            await c.set("exit", 1)
-            assert await c.get("exit") == 1
-            global keep
-            keep = c
-            other = RedisCache(sentinels=[("127.0.0.1", 1)], service_name="x")
-            asyncio.get_running_loop().create_task(other.connect())
-            await asyncio.sleep(0)
-        asyncio.run(main())
-        print("ok")
-    """)
+    one still asking a sentinel that never answers (its resolver thread blocked in a
+    read): no hang, no crash, nothing printed."""
+    silent = socket.create_server(("127.0.0.1", 0))
+    try:
+        proc = run_python(f"""
+            import asyncio
+            from bruno_memory_c import RedisCache
+            async def main():
+                global keep, other
+                keep = RedisCache(sentinels={group.sentinels!r}, service_name={SERVICE!r})
+                await keep.set("exit", 1)
+                assert await keep.get("exit") == 1
+                other = RedisCache(sentinels=[("127.0.0.1", {silent.getsockname()[1]})],
+                                   service_name="x", connect_timeout=30)
+                task = asyncio.get_running_loop().create_task(other.connect())
+                await asyncio.sleep(0.2)  # (the task is cancelled when the loop ends)
+            asyncio.run(main())
+            print("ok")
+        """)
+    finally:
+        silent.close()
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "ok" and not proc.stderr
 
