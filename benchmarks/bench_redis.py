@@ -2,6 +2,7 @@
 """RedisCache benchmark: bruno_memory_c against the reference and raw clients, one Redis.
 
     .venv/bin/python -m benchmarks.bench_redis [--quick] [--rounds N] [--strict]
+    .venv/bin/python -m benchmarks.bench_redis --tls [--quick] [--rounds N] [--strict]
 
 One throwaway redis-server (bruno_memory_c.testing.RedisServer) serves the whole run.
 Contenders, measured side by side with the rounds interleaved (in each round every
@@ -41,6 +42,23 @@ and warmed up before the clock starts, and closed after it stops):
   key is read back (value and a TTL in (0, 3600]) to count lost or wrong writes.
 
 Writes every figure to benchmarks/results/redis.json with machine information.
+
+--tls: RedisCache over TLS instead (results/redis-tls.json). One redis-server serves both
+TLS (--tls-port; a CA and an EC P-256 server certificate made by
+bruno_memory_c.testing.make_tls_files) and plaintext (--port). Contenders:
+
+- ours-tls:     RedisCache(..., ssl=True, ssl_ca_certs=<the CA>) on the TLS port
+- redis-py-tls: raw redis.asyncio on a BlockingConnectionPool(max_connections=50) of
+                SSLConnection(ssl_ca_certs=<the CA>) (what Redis(ssl=True) uses), hiredis
+- ours:         plaintext RedisCache on the same server's plain port (the reference row)
+
+Both clients verify the server's certificate and host name (127.0.0.1). The same keys and
+checks as above; measurements: sequential (p50/p99) and throughput with 100 tasks
+(ours 100,000 requests per measurement, redis-py 20,000; --quick 20,000 and 10,000),
+rounds interleaved and shuffled as above. Targets (--strict exits 1 on a miss): at 100
+tasks ours-tls >= 10x redis-py-tls and >= 0.7x ours in plaintext in the same run; a
+sequential p50 no worse than redis-py-tls's; no bad result from any contender; every
+contender present. The load average at the start and end is recorded.
 """
 from __future__ import annotations
 
@@ -54,6 +72,7 @@ import os
 import random
 import re
 import shutil
+import ssl
 import statistics
 import subprocess
 import sys
@@ -151,9 +170,9 @@ class Client:
 
 class OursClient(Client):
     @classmethod
-    async def create(cls, port: int) -> "OursClient":
+    async def create(cls, port: int, **tls) -> "OursClient":
         self = cls()
-        self.cache = OurRedisCache(host="127.0.0.1", port=port, prefix=PREFIX)
+        self.cache = OurRedisCache(host="127.0.0.1", port=port, prefix=PREFIX, **tls)
         await self.cache.connect()
         self.get = self.cache.get
         self.get_many = self.cache.get_many
@@ -196,10 +215,12 @@ class ReferenceClient(Client):
 
 class RedisPyClient(Client):
     @classmethod
-    async def create(cls, port: int) -> "RedisPyClient":
+    async def create(cls, port: int, **tls) -> "RedisPyClient":
         self = cls()
+        if tls.pop("ssl", False):  # (what Redis(ssl=True) does: TLS connections)
+            tls["connection_class"] = redis.asyncio.SSLConnection
         self.pool = redis.asyncio.BlockingConnectionPool(host="127.0.0.1", port=port,
-                                                         max_connections=50)
+                                                         max_connections=50, **tls)
         r = self.r = redis.asyncio.Redis(connection_pool=self.pool)
         await r.ping()
         loads = json.loads
@@ -264,6 +285,17 @@ class GlideBenchClient(Client):
 FACTORIES = {"ours": OursClient, "reference": ReferenceClient, "redis-py": RedisPyClient}
 if HAVE_GLIDE:
     FACTORIES["glide"] = GlideBenchClient
+
+
+class OverTLS:
+    """A contender's factory over TLS: create(port) with the server's ssl* keywords
+    (RedisServer.tls_kwargs: ssl=True, ssl_ca_certs)."""
+
+    def __init__(self, factory, ssl_kwargs: dict) -> None:
+        self.factory, self.ssl_kwargs = factory, ssl_kwargs
+
+    def create(self, port: int):
+        return self.factory.create(port, **self.ssl_kwargs)
 
 
 # ------------------------------------------------------------------ checks
@@ -441,6 +473,111 @@ def run_ceiling(port: int, requests: int) -> dict:
 # ------------------------------------------------------------------ report
 
 
+class SequentialRounds:
+    """One contender's sequential measurements, round after round."""
+
+    def __init__(self) -> None:
+        self.latencies_ns: list[int] = []
+        self.rounds: list[dict] = []
+        self.bad = {"lost": 0, "error": 0, "wrong": 0}
+
+    def add(self, m: dict) -> None:
+        self.latencies_ns.extend(m["latencies_ns"])
+        s = sorted(m["latencies_ns"])
+        self.rounds.append({"p50_us": percentile(s, 50) / 1e3,
+                            "p99_us": percentile(s, 99) / 1e3, "bad": m["bad"]})
+        add_bad(self.bad, m["bad"])
+
+    def summary(self) -> dict:
+        """p50/p99/mean over the samples of all rounds."""
+        s = sorted(self.latencies_ns)
+        return {"p50_us": percentile(s, 50) / 1e3, "p99_us": percentile(s, 99) / 1e3,
+                "mean_us": statistics.fmean(s) / 1e3, "samples": len(s),
+                "bad": self.bad, "rounds": self.rounds}
+
+
+def summed_bad(ms) -> dict:
+    b = {"lost": 0, "error": 0, "wrong": 0}
+    for m in ms:
+        add_bad(b, m["bad"])
+    return b
+
+
+def throughput_summary(ms: list[dict]) -> dict:
+    """The median over the rounds of one contender's throughput measurements."""
+    return {"ops_per_s": statistics.median(m["ops_per_s"] for m in ms),
+            "requests_total": sum(m["requests"] for m in ms),
+            "bad": summed_bad(ms), "rounds": ms}
+
+
+class Verdicts(list):
+    """A run's targets, each printed PASS or FAIL as it is decided."""
+
+    def __call__(self, name: str, ok, text: str, **fig) -> None:
+        self.append({"target": name, "pass": bool(ok), "detail": text, **fig})
+        print(f"{'PASS' if ok else 'FAIL'} {text}")
+
+    def missing(self, missing: list[str]) -> None:
+        """A missing contender is a target missed, not one skipped."""
+        for m in missing:
+            self("contender_present", False, f"missing contender: {m}", contender=m)
+
+    @property
+    def all_pass(self) -> bool:
+        return all(v["pass"] for v in self)
+
+    def finish(self, opts, result: dict, missing: list[str], what: str) -> int:
+        """Write the results with the verdicts; the exit status: 1 when a contender is
+        missing, or (--strict) a target was missed."""
+        write_results(opts.output, {**result, "targets": self, "all_pass": self.all_pass})
+        if missing:
+            print(f"{what}: the run failed: missing contender(s): {'; '.join(missing)}")
+            return 1
+        return 1 if (opts.strict and not self.all_pass) else 0
+
+
+def result_head(benchmark: str, started: float, machine: dict) -> dict:
+    return {
+        "benchmark": benchmark,
+        "timestamp": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "duration_s": round(time.time() - started, 1),
+        "machine": machine,
+    }
+
+
+def run_config(opts, contenders: list[str], missing: list[str]) -> dict:
+    return {"loop": LOOP, "rounds": opts.rounds, "quick": opts.quick,
+            "contenders": contenders, "missing_contenders": missing}
+
+
+def load_data(server: RedisServer, port: int) -> None:
+    """The keys every contender reads, written by ours (the storage layout is shared)."""
+
+    async def preload():
+        c = await OursClient.create(port)
+        try:
+            await c.cache.set_many(EXPECTED, TTL)
+        finally:
+            await c.close()
+
+    run_loop(preload())
+    stored = server.command("GET", PREFIX + "k7")
+    assert stored is not None and json.loads(stored) == EXPECTED["k7"], stored
+
+
+def print_sequential(seq: dict, contenders: list[str]) -> None:
+    print()
+    print(f"## Sequential get latency ({SEQ_OPS:,} awaited gets per round, samples of all "
+          "rounds)")
+    print()
+    print("| contender | p50 µs | p99 µs | mean µs | bad / requests |")
+    print("|---|---:|---:|---:|---:|")
+    for c in contenders:
+        s = seq[c]
+        print(f"| {c} | {fmt_us(s['p50_us'])} | {fmt_us(s['p99_us'])} | {fmt_us(s['mean_us'])} "
+              f"| {fmt_bad(s['bad'], s['samples'])} |")
+
+
 def machine_info() -> dict:
     return {
         **redis_machine_info(),
@@ -463,7 +600,7 @@ def run_loop(coro):
 
 def main(argv=None) -> int:
     global LOOP
-    opts = bench_options(__doc__, "redis", 3, 1, argv, loop=True)
+    opts = bench_options(__doc__, "redis", 3, 1, argv, loop=True, tls=True)
     LOOP = opts.loop
 
     q = 1 if opts.quick else 0
@@ -474,6 +611,8 @@ def main(argv=None) -> int:
     for name in ("bruno_memory.utils.cache", "bruno_memory_c", "redis"):
         logging.getLogger(name).setLevel(logging.CRITICAL + 10)
     warnings.simplefilter("ignore", DeprecationWarning)  # the reference's client.close()
+    if opts.tls:
+        return main_tls(opts)
     if HAVE_GLIDE:
         GlideLogger.set_logger_config(GlideLogLevel.ERROR)
     # A contender that cannot run fails the run (after measuring the others): its
@@ -513,17 +652,7 @@ def main(argv=None) -> int:
               f"redis-server {info['redis_server']}, redis-py {info['redis_py']} "
               f"(hiredis {info['hiredis']}), valkey-glide {info['valkey_glide']}")
 
-        # Data, written by ours (the storage layout is shared).
-        async def preload():
-            c = await OursClient.create(port)
-            try:
-                await c.cache.set_many(EXPECTED, TTL)
-            finally:
-                await c.close()
-
-        run_loop(preload())
-        stored = server.command("GET", PREFIX + "k7")
-        assert stored is not None and json.loads(stored) == EXPECTED["k7"], stored
+        load_data(server, port)
         # redis-benchmark's GET reads "key:__rand_int__": give it a value of the same size.
         server.command("SET", "key:__rand_int__", json.dumps(value_for(0)))
 
@@ -536,9 +665,7 @@ def main(argv=None) -> int:
                 measure_batch(c, port, op, 3, batches, server)
         run_ceiling(port, 20_000)
 
-        seq_lat = {c: [] for c in contenders}
-        seq_rounds = {c: [] for c in contenders}
-        seq_bad = {c: {"lost": 0, "error": 0, "wrong": 0} for c in contenders}
+        seq_all = {c: SequentialRounds() for c in contenders}
         tp = {conc: {c: [] for c in contenders} for conc in CONCURRENCY}
         batch = {op: {c: [] for c in contenders} for op in BATCH_OPS}
         ceiling = []
@@ -549,12 +676,7 @@ def main(argv=None) -> int:
             cs = contenders[:]
             shuffle_rng.shuffle(cs)
             for c in cs:
-                m = measure_sequential(c, port, seq_names)
-                seq_lat[c].extend(m["latencies_ns"])
-                s = sorted(m["latencies_ns"])
-                seq_rounds[c].append({"p50_us": percentile(s, 50) / 1e3,
-                                      "p99_us": percentile(s, 99) / 1e3, "bad": m["bad"]})
-                add_bad(seq_bad[c], m["bad"])
+                seq_all[c].add(measure_sequential(c, port, seq_names))
             for conc in CONCURRENCY:
                 cs = contenders[:]
                 shuffle_rng.shuffle(cs)
@@ -572,24 +694,9 @@ def main(argv=None) -> int:
         server.close()
 
     # ---- summaries
-    seq = {}
-    for c in contenders:
-        s = sorted(seq_lat[c])
-        seq[c] = {"p50_us": percentile(s, 50) / 1e3, "p99_us": percentile(s, 99) / 1e3,
-                  "mean_us": statistics.fmean(s) / 1e3, "samples": len(s),
-                  "bad": seq_bad[c], "rounds": seq_rounds[c]}
-
-    def summed_bad(ms):
-        b = {"lost": 0, "error": 0, "wrong": 0}
-        for m in ms:
-            add_bad(b, m["bad"])
-        return b
-
-    tput = {conc: {c: {"ops_per_s": statistics.median(m["ops_per_s"] for m in tp[conc][c]),
-                       "requests_total": sum(m["requests"] for m in tp[conc][c]),
-                       "bad": summed_bad(tp[conc][c]),
-                       "rounds": tp[conc][c]}
-                   for c in contenders} for conc in CONCURRENCY}
+    seq = {c: seq_all[c].summary() for c in contenders}
+    tput = {conc: {c: throughput_summary(tp[conc][c]) for c in contenders}
+            for conc in CONCURRENCY}
     bsum = {op: {c: {"us_per_call": statistics.median(m["us_per_call"] for m in batch[op][c]),
                      "calls_total": sum(m["calls"] for m in batch[op][c]),
                      "bad": summed_bad(batch[op][c]),
@@ -599,15 +706,7 @@ def main(argv=None) -> int:
     ceiling_med = statistics.median(ceiling_rps) if ceiling_rps else None
 
     # ---- tables
-    print()
-    print("## Sequential get latency (2,000 awaited gets per round, samples of all rounds)")
-    print()
-    print("| contender | p50 µs | p99 µs | mean µs | bad / requests |")
-    print("|---|---:|---:|---:|---:|")
-    for c in contenders:
-        s = seq[c]
-        print(f"| {c} | {fmt_us(s['p50_us'])} | {fmt_us(s['p99_us'])} | {fmt_us(s['mean_us'])} "
-              f"| {fmt_bad(s['bad'], s['samples'])} |")
+    print_sequential(seq, contenders)
 
     print()
     print(f"## Throughput, gets/s with C concurrent tasks (median of {rounds} round(s); "
@@ -674,11 +773,7 @@ def main(argv=None) -> int:
     print()
 
     # ---- targets
-    verdicts = []
-
-    def verdict(name, ok, text, **fig):
-        verdicts.append({"target": name, "pass": bool(ok), "detail": text, **fig})
-        print(f"{'PASS' if ok else 'FAIL'} {text}")
+    verdict = Verdicts()
 
     o100 = tput[100]["ours"]["ops_per_s"]
     r100 = tput[100]["redis-py"]["ops_per_s"]
@@ -719,22 +814,13 @@ def main(argv=None) -> int:
                 "100 tasks: ahead of valkey-glide: not measured, valkey-glide is missing")
         verdict("seq_p50_vs_glide", False,
                 "sequential p50: ahead of valkey-glide: not measured, valkey-glide is missing")
-    for m in missing:
-        verdict("contender_present", False, f"missing contender: {m}", contender=m)
-    all_pass = all(v["pass"] for v in verdicts)
+    verdict.missing(missing)
 
     result = {
-        "benchmark": "redis",
-        "timestamp": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "duration_s": round(time.time() - started, 1),
-        "machine": info,
+        **result_head("redis", started, info),
         "config": {
-            "loop": LOOP,
-            "rounds": rounds,
-            "quick": opts.quick,
-            "contenders": contenders,
+            **run_config(opts, contenders, missing),
             "glide_installed": HAVE_GLIDE,
-            "missing_contenders": missing,
             "keys": N_KEYS,
             "value_example": value_for(0),
             "prefix": PREFIX,
@@ -756,14 +842,154 @@ def main(argv=None) -> int:
         "throughput": {str(conc): tput[conc] for conc in CONCURRENCY},
         "batch": bsum,
         "ceiling": {"median_rps": ceiling_med, "runs": ceiling},
-        "targets": verdicts,
-        "all_pass": all_pass,
     }
-    write_results(opts.output, result)
-    if missing:
-        print(f"bench_redis.py: the run failed: missing contender(s): {'; '.join(missing)}")
-        return 1
-    return 1 if (opts.strict and not all_pass) else 0
+    return verdict.finish(opts, result, missing, "bench_redis.py")
+
+
+# ------------------------------------------------------------------ --tls
+
+#: --tls contenders: ours and redis-py over TLS, and ours in plaintext (the reference row),
+#: on one server that serves both (RedisServer(tls=True, plain_port_too=True)).
+TLS_CONTENDERS = ["ours-tls", "redis-py-tls", "ours"]
+TLS_CONCURRENCY = 100
+#: Requests per throughput measurement, (full, quick): ours for about a second per
+#: measurement (on a noisy machine a shorter one measures the noise), redis-py as above.
+TLS_THROUGHPUT_OPS = {"ours-tls": (100_000, 20_000), "ours": (100_000, 20_000),
+                      "redis-py-tls": THROUGHPUT_OPS["redis-py"]}
+
+
+def main_tls(opts) -> int:
+    """bench_redis.py --tls: see the module docstring."""
+    q = 1 if opts.quick else 0
+    rounds = opts.rounds
+    contenders = TLS_CONTENDERS
+    started = time.time()
+    info = redis_machine_info()
+    rng = random.Random(1234)
+    order = NAMES[:]
+    rng.shuffle(order)
+    seq_names = [order[i % N_KEYS] for i in range(SEQ_OPS)]
+    tp_ops = {c: TLS_THROUGHPUT_OPS[c][q] for c in contenders}
+    tp_names = {c: [order[i % N_KEYS] for i in range(tp_ops[c])] for c in contenders}
+    missing = []
+
+    server = RedisServer(tls=True, plain_port_too=True).start()
+    try:
+        ports = {"ours-tls": server.port, "redis-py-tls": server.port, "ours": server.plain_port}
+        FACTORIES["ours-tls"] = OverTLS(OursClient, server.tls_kwargs)
+        FACTORIES["redis-py-tls"] = OverTLS(RedisPyClient, server.tls_kwargs)
+        info.update(redis_tls_port=server.port, redis_plain_port=server.plain_port,
+                    openssl=ssl.OPENSSL_VERSION)
+        print(f"# RedisCache over TLS: {rounds} round(s); contenders: {', '.join(contenders)}")
+        print(f"# {info['cpu_model']}, {info['nproc']} CPUs, load {info['loadavg_at_start']}, "
+              f"Python {info['python']}, redis-server {info['redis_server']}, "
+              f"redis-py {info['redis_py']} (hiredis {info['hiredis']}), {info['openssl']}")
+        load_data(server, server.plain_port)
+
+        # Warm-up, not recorded; a contender that cannot connect is missing (the run fails).
+        for c in contenders[:]:
+            try:
+                measure_sequential(c, ports[c], seq_names[:100])
+                measure_throughput(c, ports[c], tp_names[c][:1000], TLS_CONCURRENCY)
+                m = measure_sequential(c, ports[c], seq_names[:1])
+                if m["bad"]["error"]:
+                    raise RuntimeError("its requests fail")
+            except Exception as e:  # noqa: BLE001 (said, and the run fails)
+                missing.append(f"{c} ({type(e).__name__}: {e})")
+                contenders.remove(c)
+        for m in missing:
+            print(f"MISSING contender: {m}: this run will fail")
+
+        seq_all = {c: SequentialRounds() for c in contenders}
+        tp = {c: [] for c in contenders}
+        shuffle_rng = random.Random(42)
+        for r in range(rounds):
+            t_round = time.perf_counter()
+            for measure in ("sequential", "throughput"):
+                cs = contenders[:]
+                shuffle_rng.shuffle(cs)
+                for c in cs:
+                    if measure == "sequential":
+                        seq_all[c].add(measure_sequential(c, ports[c], seq_names))
+                    else:
+                        tp[c].append(measure_throughput(c, ports[c], tp_names[c],
+                                                        TLS_CONCURRENCY))
+            print(f"# round {r + 1}/{rounds}: {time.perf_counter() - t_round:.1f} s", flush=True)
+    finally:
+        server.close()
+    try:
+        load_end = os.getloadavg()
+    except OSError:
+        load_end = None
+
+    seq = {c: seq_all[c].summary() for c in contenders}
+    tput = {c: throughput_summary(tp[c]) for c in contenders}
+
+    print_sequential(seq, contenders)
+    print()
+    print(f"## Throughput, gets/s with {TLS_CONCURRENCY} concurrent tasks (median of {rounds} "
+          "round(s); bad = lost + error + wrong over all rounds)")
+    print()
+    print("| contender | ops/s | bad / requests |")
+    print("|---|---:|---:|")
+    for c in contenders:
+        print(f"| {c} | {fmt_int(tput[c]['ops_per_s'])} "
+              f"| {fmt_bad(tput[c]['bad'], tput[c]['requests_total'])} |")
+    print()
+    print(f"Load average: {info['loadavg_at_start']} at the start, {load_end} at the end.")
+    print()
+
+    verdict = Verdicts()
+
+    def ratio_target(name, a, b, minimum, what):
+        if a not in tput or b not in tput:
+            verdict(name, False, f"{what}: not measured ({a} or {b} is missing)")
+            return
+        fa, fb = tput[a]["ops_per_s"], tput[b]["ops_per_s"]
+        verdict(name, fa >= minimum * fb,
+                f"{TLS_CONCURRENCY} tasks: {a} {fmt_int(fa)} ops/s = {fa / fb:.2f}x {b} "
+                f"({fmt_int(fb)} ops/s) (target >= {minimum:g}x: {what})", ratio=fa / fb)
+
+    ratio_target("tls_throughput_100_vs_redis_py_tls", "ours-tls", "redis-py-tls", 10,
+                 "redis-py over TLS")
+    ratio_target("tls_throughput_100_vs_own_plaintext", "ours-tls", "ours", 0.7,
+                 "our own plaintext throughput")
+    if "ours-tls" in seq and "redis-py-tls" in seq:
+        op50, rp50 = seq["ours-tls"]["p50_us"], seq["redis-py-tls"]["p50_us"]
+        verdict("tls_seq_p50_vs_redis_py_tls", op50 <= rp50,
+                f"sequential p50 over TLS: ours {fmt_us(op50)} µs vs redis-py {fmt_us(rp50)} µs "
+                "(target: no worse)", ours_us=op50, redis_py_us=rp50)
+    else:
+        verdict("tls_seq_p50_vs_redis_py_tls", False, "sequential p50 over TLS: not measured")
+    # Every contender's every result checked: a bad one means a broken client or setup.
+    for c in contenders:
+        bad = bad_total(seq[c]["bad"]) + bad_total(tput[c]["bad"])
+        verdict("zero_bad", bad == 0,
+                f"every measurement: {c} {bad:,} lost/failed/wrong (target 0)",
+                contender=c, bad=bad)
+    verdict.missing(missing)
+
+    result = {
+        **result_head("redis-tls", started, {**info, "loadavg_at_end": load_end}),
+        "config": {
+            **run_config(opts, TLS_CONTENDERS, missing),
+            "server": "one redis-server: --tls-port (ours-tls, redis-py-tls) and --port "
+                      "(ours); EC P-256 certificates (make_tls_files), tls-auth-clients "
+                      "optional, clients verify the server (ssl_ca_certs)",
+            "keys": N_KEYS,
+            "value_example": value_for(0),
+            "prefix": PREFIX,
+            "sequential_gets": SEQ_OPS,
+            "concurrency": TLS_CONCURRENCY,
+            "throughput_requests": tp_ops,
+            "redis_py_pool": "BlockingConnectionPool(max_connections=50, "
+                             "connection_class=SSLConnection, ssl_ca_certs=...)",
+            "units": {"latency": "µs", "throughput": "requests/s (failed included)"},
+        },
+        "sequential": seq,
+        "throughput": {str(TLS_CONCURRENCY): tput},
+    }
+    return verdict.finish(opts, result, missing, "bench_redis.py --tls")
 
 
 if __name__ == "__main__":

@@ -35,6 +35,8 @@ it at start by the ``openssl`` command (``make_tls_files``); ``server.url`` is t
 server require the client certificate (mutual TLS). ``tls_files=`` serves files made
 once by ``make_tls_files`` instead (a suite shares them between its servers).
 ``connect()`` opens a raw client connection (TLS when the server serves TLS).
+``plain_port_too=True`` (with ``tls=True``) makes the same server also serve plaintext on
+``server.plain_port`` (``--port``), e.g. to compare both on one server.
 
 ``SentinelGroup()`` starts a Sentinel setup on loopback ports: a primary, a replica of
 it (``replicaof``) and three sentinels (``redis-server <conf> --sentinel``, each with a
@@ -323,7 +325,7 @@ class RedisServer:
                  extra_args: tuple[str, ...] = (), executable: str | None = None,
                  unix_socket: bool = False, tls: bool = False,
                  tls_auth_clients: str = "optional",
-                 tls_files: TLSFiles | None = None) -> None:
+                 tls_files: TLSFiles | None = None, plain_port_too: bool = False) -> None:
         found = executable or shutil.which("redis-server")
         if found is None:
             raise FileNotFoundError(
@@ -338,6 +340,10 @@ class RedisServer:
         if tls_auth_clients not in ("no", "optional", "yes"):
             raise ValueError("tls_auth_clients must be 'no', 'optional' or 'yes'")
         self.tls_auth_clients = tls_auth_clients
+        if plain_port_too and not tls:
+            raise ValueError("plain_port_too needs tls=True")
+        #: With ``plain_port_too``, the plaintext port the TLS server also serves.
+        self.plain_port: int | None = free_port() if plain_port_too else None
         self.tls: TLSFiles | None = None
         if tls and tls_files is not None:
             self.tls = tls_files  # made by the caller (shared by several servers)
@@ -402,7 +408,7 @@ class RedisServer:
         # (and override) it.
         ports = ["--port", str(self.port)]
         if self.tls is not None:
-            ports = ["--port", "0", "--tls-port", str(self.port),
+            ports = ["--port", str(self.plain_port or 0), "--tls-port", str(self.port),
                      "--tls-cert-file", self.tls.cert_file, "--tls-key-file", self.tls.key_file,
                      "--tls-ca-cert-file", self.tls.ca_file,
                      "--tls-auth-clients", self.tls_auth_clients]
@@ -427,6 +433,8 @@ class RedisServer:
                 if not self._port_chosen:
                     raise RuntimeError(f"port {self.port} is in use") from None
                 self.port = free_port()
+                if self.plain_port is not None:
+                    self.plain_port = free_port()
         raise RuntimeError("no free port for redis-server")
 
     def _start_once(self, timeout: float) -> "RedisServer":

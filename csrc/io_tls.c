@@ -12,6 +12,7 @@
 #include "io_internal.h"
 
 #include <arpa/inet.h>
+#include <dirent.h>
 #include <errno.h>
 #include <openssl/err.h>
 #include <openssl/ssl.h>
@@ -26,6 +27,9 @@ struct bio_tls {
     atomic_int refs;
     SSL_CTX *ctx;
     int check_hostname;
+    /* Without ssl_ca_certs / ssl_ca_path: where the CA certificates came from, as a
+     * verification failure names them (" (CA certificates: ...)"), else "". */
+    char ca_hint[160];
 };
 
 /* ------------------------------------------------------------------ the context */
@@ -74,6 +78,98 @@ readable(const char *what, const char *path, int dir, char *err, size_t errlen)
     return 0;
 }
 
+/* The system's CA bundles, most common first: the file of OpenSSL's default
+ * locations is under the OPENSSLDIR compiled into libcrypto (/usr/lib/ssl for the
+ * Debian build a wheel bundles), which other systems do not have. */
+static const char *const ca_bundles[] = {
+    "/etc/ssl/certs/ca-certificates.crt",               /* Debian, Ubuntu, Alpine, Arch */
+    "/etc/pki/tls/certs/ca-bundle.crt",                 /* RHEL, Fedora, CentOS */
+    "/etc/ssl/ca-bundle.pem",                           /* openSUSE, SLES */
+    "/etc/ssl/cert.pem",                                /* Alpine, the BSDs */
+    "/etc/pki/ca-trust/extracted/pem/tls-ca-bundle.pem", /* RHEL, Fedora */
+};
+
+/* Does one of the ':'-separated directories of `dirs` hold a hashed certificate name
+ * (8 hex digits, '.', digits: what openssl rehash makes, what OpenSSL looks up)? */
+static int
+has_hashed_certs(const char *dirs)
+{
+    char dir[4096];
+    while (*dirs) {
+        size_t n = strcspn(dirs, ":");
+        if (n > 0 && n < sizeof dir) {
+            memcpy(dir, dirs, n);
+            dir[n] = '\0';
+            DIR *d = opendir(dir);
+            struct dirent *e;
+            while (d != NULL && (e = readdir(d)) != NULL) {
+                const char *s = e->d_name;
+                if (strspn(s, "0123456789abcdef") == 8 && s[8] == '.' &&
+                    s[9] >= '0' && s[9] <= '9') {
+                    closedir(d);
+                    return 1;
+                }
+            }
+            if (d != NULL) {
+                closedir(d);
+            }
+        }
+        dirs += n + (dirs[n] == ':');
+    }
+    return 0;
+}
+
+/* The CA certificates without ssl_ca_certs / ssl_ca_path: OpenSSL's default locations,
+ * which are SSL_CERT_FILE and SSL_CERT_DIR when the environment sets them (used as they
+ * are, nothing else), else the file and directory under libcrypto's OPENSSLDIR; when
+ * those hold no certificate, the first of ca_bundles that loads. Done once, here, on
+ * the caller's thread: no connection probes files. `hint` says where they came from. */
+static int
+load_default_cas(SSL_CTX *ctx, char *hint, size_t hintlen, char *err, size_t errlen)
+{
+    if (!SSL_CTX_set_default_verify_paths(ctx)) {  /* (out of memory only) */
+        snprintf(err, errlen, "the system's CA certificates cannot be loaded: %s",
+                 ssl_reason("unknown"));
+        return -1;
+    }
+    ERR_clear_error();  /* (a default location that does not exist is not an error) */
+    const char *file = X509_get_default_cert_file();
+    const char *dir = X509_get_default_cert_dir();
+    const char *env_file = getenv(X509_get_default_cert_file_env());
+    const char *env_dir = getenv(X509_get_default_cert_dir_env());
+    if (env_file != NULL || env_dir != NULL) {  /* (as OpenSSL reads them: set, not empty) */
+        snprintf(hint, hintlen, " (CA certificates: %s%s, %s%s; a private CA needs "
+                 "ssl_ca_certs)", env_file ? "SSL_CERT_FILE=" : "", env_file ? env_file : file,
+                 env_dir ? "SSL_CERT_DIR=" : "", env_dir ? env_dir : dir);
+        return 0;
+    }
+    X509_STORE *store = SSL_CTX_get_cert_store(ctx);
+    const char *found = NULL;
+    if (sk_X509_OBJECT_num(X509_STORE_get0_objects(store)) > 0) {
+        found = file;
+    }
+    else if (has_hashed_certs(dir)) {
+        found = dir;
+    }
+    for (size_t i = 0; found == NULL && i < sizeof ca_bundles / sizeof *ca_bundles; i++) {
+        if (access(ca_bundles[i], R_OK) == 0 &&
+            SSL_CTX_load_verify_locations(ctx, ca_bundles[i], NULL) &&
+            sk_X509_OBJECT_num(X509_STORE_get0_objects(store)) > 0) {
+            found = ca_bundles[i];
+        }
+        ERR_clear_error();
+    }
+    if (found != NULL) {
+        snprintf(hint, hintlen, " (CA certificates: %s; a private CA needs ssl_ca_certs or "
+                 "SSL_CERT_FILE)", found);
+    }
+    else {
+        snprintf(hint, hintlen, " (no system CA certificates found: set ssl_ca_certs or "
+                 "SSL_CERT_FILE)");
+    }
+    return 0;
+}
+
 bio_tls *
 bio_tls_new(const bio_tls_options *o, char *err, size_t errlen)
 {
@@ -113,9 +209,8 @@ bio_tls_new(const bio_tls_options *o, char *err, size_t errlen)
             goto fail;
         }
     }
-    else if (o->verify != BIO_TLS_VERIFY_NONE && !SSL_CTX_set_default_verify_paths(ctx)) {
-        snprintf(err, errlen, "the system's CA certificates cannot be loaded: %s",
-                 ssl_reason("unknown"));
+    else if (o->verify != BIO_TLS_VERIFY_NONE &&
+             load_default_cas(ctx, t->ca_hint, sizeof t->ca_hint, err, errlen) < 0) {
         goto fail;
     }
     if (o->cert_file != NULL) {
@@ -209,8 +304,16 @@ describe(bio_client *c, int rc, const char *doing, char *err, size_t errlen)
         ERR_clear_error();
     }
     else if (e == SSL_ERROR_SSL && verify != X509_V_OK) {
-        snprintf(err, errlen, "SSL certificate verify failed: %s",
-                 X509_verify_cert_error_string(verify));
+        /* No CA we trust vouches for it: with the default CA certificates, say which
+         * (a private CA needs ssl_ca_certs). */
+        int unknown_ca = verify == X509_V_ERR_UNABLE_TO_GET_ISSUER_CERT_LOCALLY ||
+                         verify == X509_V_ERR_UNABLE_TO_GET_ISSUER_CERT ||
+                         verify == X509_V_ERR_UNABLE_TO_VERIFY_LEAF_SIGNATURE ||
+                         verify == X509_V_ERR_DEPTH_ZERO_SELF_SIGNED_CERT ||
+                         verify == X509_V_ERR_SELF_SIGNED_CERT_IN_CHAIN;
+        snprintf(err, errlen, "SSL certificate verify failed: %s%s",
+                 X509_verify_cert_error_string(verify),
+                 unknown_ca ? c->cfg.tls->ca_hint : "");
         ERR_clear_error();
     }
     else if (e == SSL_ERROR_SSL) {

@@ -950,6 +950,7 @@ BAD_CALLS = [
 ]
 
 
+@pytest.mark.transports("tcp")  # encoding/validation: the same bytes over any transport
 @pytest.mark.parametrize("make_call, exc", [c[1:] for c in BAD_CALLS],
                          ids=[c[0] for c in BAD_CALLS])
 async def test_bad_input_raises_and_changes_nothing(mlc, l1, redis_server, make_call, exc):

@@ -687,6 +687,7 @@ class Formatted:
         return "by-str"
 
 
+@pytest.mark.transports("tcp")  # encoding/validation: the same bytes over any transport
 @pytest.mark.parametrize("key", [
     "plain",
     "",
@@ -787,6 +788,7 @@ VALUES = [
 ]
 
 
+@pytest.mark.transports("tcp")  # encoding/validation: the same bytes over any transport
 @pytest.mark.parametrize("value", [v for _, v in VALUES], ids=[n for n, _ in VALUES])
 async def test_json_layout(cache, redis_server, value):
     await cache.set("k", value)
@@ -878,6 +880,7 @@ UNENCODABLE = [
 ]
 
 
+@pytest.mark.transports("tcp")  # encoding/validation: the same bytes over any transport
 @pytest.mark.parametrize("value", [v for _, v in UNENCODABLE], ids=[n for n, _ in UNENCODABLE])
 async def test_set_unencodable_value(cache, redis_server, value):
     aw = cache.set("k", value)  # the call itself does not raise
@@ -902,6 +905,7 @@ async def test_set_deep_recursion_value(cache, redis_server):
     assert not raw_exists(redis_server, PREFIX + "k")
 
 
+@pytest.mark.transports("tcp")  # encoding/validation: the same bytes over any transport
 @pytest.mark.parametrize("value", [v for _, v in UNENCODABLE], ids=[n for n, _ in UNENCODABLE])
 async def test_set_many_unencodable_writes_nothing(cache, redis_server, value):
     aw = cache.set_many({"a": 1, "b": value, "c": 3})
@@ -1010,6 +1014,7 @@ def _expected_get(raw):
         return None
 
 
+@pytest.mark.transports("tcp")  # encoding/validation: the same bytes over any transport
 @pytest.mark.parametrize("raw", RAW_TEXTS, ids=lambda r: repr(r[:20]))
 async def test_decoding_matches_json_loads(cache, redis_server, raw):
     redis_server.command("SET", PREFIX + "k", raw)
@@ -1472,6 +1477,7 @@ def _lookalikes(prefix):
     ]
 
 
+@pytest.mark.transports("tcp")  # encoding/validation: the same bytes over any transport
 @pytest.mark.parametrize("prefix", GLOB_PREFIXES)
 async def test_clear_escapes_glob_prefix(redis_server, prefix):
     others = [k for k in _lookalikes(prefix) if not k.startswith(prefix)]
@@ -1487,6 +1493,7 @@ async def test_clear_escapes_glob_prefix(redis_server, prefix):
         assert raw_keys(redis_server) == {k.encode() for k in others}
 
 
+@pytest.mark.transports("tcp")  # encoding/validation: the same bytes over any transport
 @pytest.mark.parametrize("prefix", GLOB_PREFIXES)
 async def test_get_stats_size_escapes_glob_prefix(redis_server, prefix):
     others = [k for k in _lookalikes(prefix) if not k.startswith(prefix)]

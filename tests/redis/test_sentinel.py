@@ -1,5 +1,5 @@
-"""RedisCache through Redis Sentinel (README "Sentinel"; ARCHITECTURE "How a connection
-finds its server", "Failure model").
+"""RedisCache through Redis Sentinel (README "Sentinel"; ARCHITECTURE "Sentinel: how a connection
+finds its primary", "Failure model").
 
 Real processes (``bruno_memory_c.testing.SentinelGroup``: a primary, a replica and three
 sentinels, quorum 2, down-after 1000 ms, failover-timeout 3000 ms) for the contract, the

@@ -18,19 +18,23 @@ import logging
 import os
 import shutil
 import socket
+import subprocess
 import urllib.parse
+import warnings
 
 import pytest
 
 from bruno_memory_c import CacheError, RedisCache
 from bruno_memory_c.testing import RedisServer, _openssl, make_tls_files
-from tests.support import HANG, LOGGER, bounded_by, until
+from tests.support import HANG, LOGGER, REPO, bounded_by, script_command, until
 
 PREFIX = "tls:"
 bounded = bounded_by(HANG)       # hang detection only: nothing here asserts on time
 CONNECT_TIMEOUT = 2.0            # the caches' connect_timeout (failures come well before)
 KEY_PASSWORD = "k3y-pa55-Zq9"    # of the encrypted client key
 REDIS_PASSWORD = "r3dis-pa55-Wx7"
+OPENSSLDIR = "/usr/lib/ssl"      # the Debian libcrypto's (a wheel bundles that one)
+DEBIAN_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"  # the first fallback bundle
 
 
 # ---------------------------------------------------------------------- certificates
@@ -150,14 +154,40 @@ def test_unusable_file_is_a_value_error_naming_it(tls_files, tmp_path, option):
         assert option in str(info.value) and bad in str(info.value), str(info.value)
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root reads a file of mode 000")
 def test_unreadable_file_is_a_value_error_naming_it(tls_files, tmp_path):
+    """A file of mode 000. Root reads any file, so as root the attempt runs in a forked
+    child that has given up root (user and group nobody) first."""
     copy = tmp_path / "ca.crt"
     shutil.copy(tls_files.ca_file, copy)
     copy.chmod(0)
-    with pytest.raises(ValueError, match="ssl_ca_certs") as info:
-        RedisCache(ssl=True, ssl_ca_certs=str(copy))
-    assert str(copy) in str(info.value)
+
+    def attempt() -> str:
+        try:
+            RedisCache(ssl=True, ssl_ca_certs=str(copy))
+        except ValueError as e:
+            return str(e)
+        return "no ValueError"
+
+    if os.geteuid() != 0:
+        message = attempt()
+    else:
+        r, w = os.pipe()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # fork() with threads
+            pid = os.fork()
+        if pid == 0:  # the child: never returns into pytest
+            try:
+                os.close(r)
+                os.setgid(65534)
+                os.setuid(65534)
+                os.write(w, attempt().encode())
+            finally:
+                os._exit(0)
+        os.close(w)
+        with os.fdopen(r, "rb") as f:
+            message = f.read().decode()
+        assert os.waitpid(pid, 0)[1] == 0
+    assert "ssl_ca_certs" in message and str(copy) in message, message
 
 
 def test_options_are_checked_without_ssl_too(tmp_path):
@@ -296,6 +326,85 @@ async def test_check_hostname_off_still_verifies_the_chain(other_ca, tls_files):
         assert "certificate verify failed" in await connect_fails(cache)
 
 
+# ------------------------------------------------------- the default CA certificates
+# Without ssl_ca_certs / ssl_ca_path: OpenSSL's default locations, SSL_CERT_FILE and
+# SSL_CERT_DIR when set, else the well-known bundles when libcrypto's own OPENSSLDIR
+# holds none. Each case runs tests/scripts/tls_default_cas.py in a fresh interpreter
+# (the environment is read when the RedisCache is made; this process's stays as it is).
+
+
+def default_cas(server, env: dict | None = None, wrap: tuple[str, ...] = ()) -> str:
+    """tls_default_cas.py against `server` with `env` added to an environment without
+    SSL_CERT_FILE / SSL_CERT_DIR, its command prefixed by `wrap`: its output line."""
+    base = {k: v for k, v in os.environ.items() if k not in ("SSL_CERT_FILE", "SSL_CERT_DIR")}
+    proc = subprocess.run([*wrap, *script_command("tls_default_cas", server.port)],
+                          capture_output=True, text=True, timeout=120, cwd=REPO,
+                          env={**base, **(env or {})})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return proc.stdout.strip()
+
+
+def test_default_cas_do_not_vouch_for_a_private_ca(tls_server):
+    """The system's CA certificates only: the test CA's server fails verification, and
+    the message says which CA certificates were used and what to set."""
+    out = default_cas(tls_server)
+    assert out.startswith("error: Redis connection failed: SSL certificate verify failed: "), out
+    assert "(CA certificates: " in out or "(no system CA certificates found" in out, out
+    assert "ssl_ca_certs" in out and "SSL_CERT_FILE" in out, out
+
+
+def test_ssl_cert_file_names_the_ca(tls_server):
+    """SSL_CERT_FILE (OpenSSL's own variable) replaces the system's CA file: with the
+    test CA there, verification with no ssl_ca_certs succeeds."""
+    assert default_cas(tls_server, {"SSL_CERT_FILE": tls_server.tls.ca_file}) == "ok"
+
+
+def test_ssl_cert_dir_names_the_ca(tls_server, tmp_path):
+    """SSL_CERT_DIR, a directory of hashed certificates, likewise (with SSL_CERT_FILE
+    naming a file of no CA, so the system's cannot be what verified it)."""
+    d = tmp_path / "cas"
+    d.mkdir()
+    shutil.copy(tls_server.tls.ca_file, d / "ca.pem")
+    _openssl("rehash", str(d), cwd=str(d))
+    nothing = tmp_path / "none.pem"
+    nothing.write_text("")
+    env = {"SSL_CERT_DIR": str(d), "SSL_CERT_FILE": str(nothing)}
+    assert default_cas(tls_server, env) == "ok"
+    out = default_cas(tls_server, {"SSL_CERT_FILE": str(nothing)})
+    assert f"(CA certificates: SSL_CERT_FILE={nothing}, " in out, out
+
+
+def _private_mounts() -> bool:
+    """Can `unshare -rm` give a command its own mounts (a user namespace) here?"""
+    try:
+        return subprocess.run(["unshare", "-rm", "true"], capture_output=True,
+                              timeout=30).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
+@pytest.mark.skipif(not os.path.isdir(OPENSSLDIR) or not os.path.isfile(DEBIAN_BUNDLE),
+                    reason=f"not a Debian layout ({OPENSSLDIR}, {DEBIAN_BUNDLE})")
+def test_fallback_bundle_when_openssldir_holds_none(tls_server, tmp_path):
+    """A system without libcrypto's OPENSSLDIR (a wheel's Debian libcrypto on Fedora,
+    Alpine, SUSE): the first well-known bundle is used. Played in a private mount
+    namespace: an empty directory over OPENSSLDIR, the test CA over the Debian bundle."""
+    if not _private_mounts():
+        pytest.skip("unshare -rm (a user namespace for private mounts) is not allowed here")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    mount = ('set -e; mount --bind "$0" "$1"; mount --bind "$2" "$3"; shift 3; exec "$@"',
+             str(empty), OPENSSLDIR)
+    ok = ("unshare", "-rm", "sh", "-c", *mount, tls_server.tls.ca_file, DEBIAN_BUNDLE)
+    assert default_cas(tls_server, wrap=ok) == "ok"
+    # and with no bundle either (an empty directory over /etc/ssl/certs too): says so
+    none = ("unshare", "-rm", "sh", "-c", *mount, str(empty), os.path.dirname(DEBIAN_BUNDLE))
+    out = default_cas(tls_server, wrap=none)
+    assert out.startswith("error: Redis connection failed: SSL certificate verify failed: "), out
+    assert out.endswith("(no system CA certificates found: set ssl_ca_certs or "
+                        "SSL_CERT_FILE)"), out
+
+
 # ---------------------------------------------------------------------- wrong protocol
 
 
@@ -322,6 +431,24 @@ async def test_tls_server_on_the_plaintext_port(tls_server):
     with pytest.raises(CacheError):
         await bounded(cache.set("k", 1))
     assert tls_server.command("DBSIZE") == 0
+
+
+async def test_one_server_serving_both_ports(tls_files):
+    """RedisServer(tls=True, plain_port_too=True) (the TLS benchmark's server): TLS on
+    .port, plaintext on .plain_port, one keyspace."""
+    with pytest.raises(ValueError):
+        RedisServer(plain_port_too=True)
+    with RedisServer(tls=True, tls_files=tls_files, plain_port_too=True) as server:
+        assert server.plain_port not in (None, server.port)
+        over_tls = cache_for(server, **server.tls_kwargs)
+        plain = RedisCache(host="127.0.0.1", port=server.plain_port, prefix=PREFIX,
+                           connect_timeout=CONNECT_TIMEOUT)
+        try:
+            await round_trip(over_tls, ["both"])
+            assert await bounded(plain.get("k")) == ["both"]
+        finally:
+            await over_tls.disconnect()
+            await plain.disconnect()
 
 
 async def test_peer_that_never_answers_the_handshake(tls_files):
