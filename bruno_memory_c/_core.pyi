@@ -121,6 +121,10 @@ class RedisCache:
         ssl_check_hostname: bool = True,
         ssl_min_version: str | int | None = None,
         ssl_ciphers: str | None = None,
+        sentinels: Iterable[tuple[str, int]] | None = None,
+        service_name: str | None = None,
+        sentinel_username: str | None = None,
+        sentinel_password: str | None = None,
     ) -> None: ...
     @classmethod
     def from_url(
@@ -152,9 +156,14 @@ class RedisCache:
         ssl_check_hostname: bool = ...,
         ssl_min_version: str | int | None = ...,
         ssl_ciphers: str | None = ...,
+        sentinels: Iterable[tuple[str, int]] | None = ...,
+        service_name: str | None = ...,
+        sentinel_username: str | None = ...,
+        sentinel_password: str | None = ...,
     ) -> Self:
         """A cache for ``redis://[user:password@]host[:port][/db][?option=value...]``,
-        ``rediss://...`` (TLS, with ``ssl_*`` options) or ``unix:///path/redis.sock?db=N``;
+        ``rediss://...`` (TLS, with ``ssl_*`` options), ``unix:///path/redis.sock?db=N`` or
+        ``redis+sentinel://host:port,host:port/service[/db]`` (``rediss+sentinel://``);
         keyword arguments override the URL."""
 
     @property
@@ -187,6 +196,14 @@ class RedisCache:
     def max_reply_bytes(self) -> int: ...
     @property
     def ssl(self) -> bool: ...
+    @property
+    def sentinels(self) -> tuple[tuple[str, int], ...] | None: ...
+    @property
+    def service_name(self) -> str | None: ...
+    @property
+    def sentinel_username(self) -> str | None: ...
+    @property
+    def sentinel_password(self) -> str | None: ...
     @property
     def stats_key(self) -> str: ...
     @property

@@ -10,6 +10,13 @@ options: ``ssl_ca_certs``, ``ssl_ca_path``, ``ssl_certfile``, ``ssl_keyfile``,
 ``ssl_ciphers``); an option this cache does not know is a ``ValueError`` naming it,
 so that a misspelt setting never passes silently, and ``ssl_*`` options in a
 ``redis://`` URL are one too (they would be ignored: plaintext).
+
+Sentinel: ``redis+sentinel://[[user]:password@]host[:port][,host[:port]...]/service[/db]
+[?option=value&...]`` (``rediss+sentinel://``, or ``ssl=true`` in the query, for TLS to the
+data server). The hosts are the sentinels (port 26379 when omitted; ``[::1]:26379`` for
+IPv6), the path's first part is ``service_name`` and the second the database; user and
+password are the data server's. The query takes the options above and
+``sentinel_username``, ``sentinel_password`` (the sentinels' own) and ``service_name``.
 """
 from __future__ import annotations
 
@@ -66,14 +73,91 @@ OPTIONS: dict[str, Callable[[str, str], Any]] = {
 }
 
 
+#: Query options of the Sentinel URLs only.
+SENTINEL_OPTIONS: dict[str, Callable[[str, str], Any]] = {
+    "ssl": _bool,
+    "service_name": _text,
+    "sentinel_username": _text,
+    "sentinel_password": _text,
+}
+
+SENTINEL_PORT = 26379
+
+
+def _sentinel_hosts(netloc: str) -> list[tuple[str, int]]:
+    """``host[:port],host[:port]...`` (userinfo removed) as (host, port) pairs."""
+    out: list[tuple[str, int]] = []
+    for item in netloc.split(","):
+        item = item.strip()
+        if not item:
+            raise ValueError("sentinel url: empty host in the list of sentinels")
+        if item.startswith("["):  # [IPv6]:port
+            end = item.find("]")
+            if end < 0:
+                raise ValueError(f"sentinel url: bad host {item!r}")
+            host, rest = item[1:end], item[end + 1:]
+            if rest and not rest.startswith(":"):
+                raise ValueError(f"sentinel url: bad host {item!r}")
+            port_text = rest[1:]
+        else:
+            host, _, port_text = item.partition(":")
+        if not host:
+            raise ValueError(f"sentinel url: bad host {item!r}")
+        port = SENTINEL_PORT
+        if port_text:
+            if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+                raise ValueError(f"sentinel url: bad port in {item!r}")
+            port = int(port_text)
+        out.append((unquote(host), port))
+    return out
+
+
+def _parse_sentinel_url(url: str, scheme: str) -> dict[str, Any]:
+    parts = urlsplit(url)
+    netloc = parts.netloc
+    kw: dict[str, Any] = {"ssl": True} if scheme == "rediss+sentinel" else {}
+    userinfo, at, hosts = netloc.rpartition("@")
+    if at:
+        user, colon, password = userinfo.partition(":")
+        if user:
+            kw["username"] = unquote(user)
+        if colon and password:
+            kw["password"] = unquote(password)
+    kw["sentinels"] = _sentinel_hosts(hosts)
+    path = [p for p in parts.path.split("/") if p]
+    if len(path) > 2:
+        raise ValueError("sentinel url path must be /service_name[/db]")
+    if path:
+        kw["service_name"] = unquote(path[0])
+    if len(path) == 2:
+        kw["db"] = _int("db", path[1])
+    for name, values in parse_qs(parts.query, keep_blank_values=True).items():
+        convert = OPTIONS.get(name) or SENTINEL_OPTIONS.get(name)
+        if convert is None:
+            known = ", ".join(sorted([*OPTIONS, *SENTINEL_OPTIONS]))
+            raise ValueError(f"unknown url option {name!r} (known: {known})")
+        kw[name] = convert(name, values[-1])
+    if not kw.get("ssl") and any(name.startswith("ssl_") for name in kw):
+        raise ValueError("url options ssl_* need rediss+sentinel:// or ssl=true (TLS); this "
+                         "url would connect in plaintext")
+    if "service_name" not in kw:
+        raise ValueError("sentinel url needs the service name: "
+                         "redis+sentinel://host:port,.../service_name[/db]")
+    return kw
+
+
 def parse_url(url: str) -> dict[str, Any]:
     """The constructor keywords a URL stands for (see the module docstring)."""
     if not isinstance(url, str):
         raise TypeError(f"url must be a str, not {type(url).__name__}")
+    scheme = url.partition(":")[0].lower()
+    if scheme in ("redis+sentinel", "rediss+sentinel"):
+        return _parse_sentinel_url(url, scheme)
     parts = urlsplit(url)
     scheme = parts.scheme.lower()
     if scheme not in ("redis", "rediss", "unix"):
-        raise ValueError("url scheme must be redis://, rediss:// or unix://")
+        raise ValueError("url scheme must be redis://, rediss://, unix://, "
+                         "redis+sentinel:// or rediss+sentinel://")
     kw: dict[str, Any] = {"ssl": True} if scheme == "rediss" else {}
     if parts.username:
         kw["username"] = unquote(parts.username)

@@ -37,6 +37,17 @@ once by ``make_tls_files`` instead (a suite shares them between its servers).
 ``connect()`` opens a raw client connection (TLS when the server serves TLS).
 ``plain_port_too=True`` (with ``tls=True``) makes the same server also serve plaintext on
 ``server.plain_port`` (``--port``), e.g. to compare both on one server.
+
+``SentinelGroup()`` starts a Sentinel setup on loopback ports: a primary, a replica of
+it (``replicaof``) and three sentinels (``redis-server <conf> --sentinel``, each with a
+writable configuration file of its own) monitoring it as ``mymaster`` with quorum 2,
+``down-after-milliseconds`` 1000 and ``failover-timeout`` 3000; ``start()`` returns once
+the sentinels know the replica and each other, so a failover can happen at once.
+``sentinels`` is the ``[(host, port), ...]`` a ``RedisCache`` takes, ``primary()`` the
+server the sentinels name now, ``failover()`` asks for a failover (``SENTINEL FAILOVER``)
+and ``wait_primary_changed(port)`` waits for the sentinels to name another server.
+``close()`` (or the end of a ``with`` block, or the collector, or interpreter exit)
+stops every process, also after a failed start.
 """
 from __future__ import annotations
 
@@ -54,8 +65,8 @@ import urllib.parse
 import weakref
 from typing import Any, Iterator, NamedTuple
 
-__all__ = ["RedisServer", "Stall", "TLSFiles", "make_tls_files", "redis_server",
-           "free_port", "refused_port"]
+__all__ = ["RedisServer", "SentinelGroup", "Stall", "TLSFiles", "make_tls_files",
+           "redis_server", "free_port", "refused_port"]
 
 
 def free_port() -> int:
@@ -610,6 +621,232 @@ class RedisServer:
                     continue  # not an established connection to our port
                 out[int(remote.split(":")[1], 16)] = int(queues.split(":")[1], 16)
         return out
+
+
+class _Sentinel:
+    """One sentinel process (``redis-server sentinel.conf --sentinel``)."""
+
+    def __init__(self, executable: str, directory: str, port: int) -> None:
+        self.executable = executable
+        self.dir = directory
+        self.port = port
+        self.conf = os.path.join(directory, "sentinel.conf")
+        self._state: dict[str, Any] = {"dir": directory}
+        self._finalizer = weakref.finalize(self, _cleanup, self._state)
+
+    @property
+    def proc(self) -> "subprocess.Popen[bytes] | None":
+        return self._state.get("proc")
+
+    def start(self, lines: list[str]) -> None:
+        fd = os.open(self.conf, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+        with os.fdopen(fd, "w", encoding="ascii") as f:
+            f.write("\n".join([f"port {self.port}", "bind 127.0.0.1", f"dir {self.dir}",
+                               "daemonize no", "loglevel warning",
+                               f"logfile {os.path.join(self.dir, 'sentinel.log')}",
+                               *lines]) + "\n")
+        env = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", "ASAN_OPTIONS")}
+        with open(os.path.join(self.dir, "stderr.log"), "wb") as err:
+            self._state["proc"] = subprocess.Popen(
+                [self.executable, self.conf, "--sentinel"], stdout=subprocess.DEVNULL,
+                stderr=err, env=env)
+
+    def command(self, *args: Any, password: str | None = None, timeout: float = 5.0) -> Any:
+        with socket.create_connection(("127.0.0.1", self.port), timeout=timeout) as s:
+            f = s.makefile("rb")
+            if password:
+                s.sendall(_encode("AUTH", password))
+                _read_reply(f)
+            s.sendall(_encode(*args))
+            return _read_reply(f)
+
+    def stop(self) -> None:
+        proc = self._state.pop("proc", None)
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+    def close(self) -> None:
+        self.stop()
+        self._finalizer()
+
+
+class SentinelGroup:
+    """A primary, a replica and ``n`` sentinels on loopback ports (module docstring).
+
+    ``password``: the data servers' ``requirepass`` (the sentinels and the replica are
+    told it); ``sentinel_password``: the sentinels' own ``requirepass`` (Redis 6.2+,
+    also ``sentinel sentinel-pass`` between them)."""
+
+    def __init__(self, service_name: str = "mymaster", n: int = 3, quorum: int = 2,
+                 password: str | None = None, sentinel_password: str | None = None,
+                 down_after_ms: int = 1000, failover_timeout_ms: int = 3000,
+                 executable: str | None = None) -> None:
+        found = executable or shutil.which("redis-server")
+        if found is None:
+            raise FileNotFoundError(
+                "redis-server not found: install it (Debian: apt-get install redis-server)")
+        self.executable = found
+        self.service_name = service_name
+        self.quorum = quorum
+        self.password = password
+        self.sentinel_password = sentinel_password
+        self.down_after_ms = down_after_ms
+        self.failover_timeout_ms = failover_timeout_ms
+        self.servers: list[RedisServer] = []
+        self._sentinels: list[_Sentinel] = []
+        self._n = n
+
+    @property
+    def sentinels(self) -> list[tuple[str, int]]:
+        """The sentinels, as ``RedisCache(sentinels=...)`` takes them."""
+        return [("127.0.0.1", s.port) for s in self._sentinels]
+
+    @property
+    def url(self) -> str:
+        """``redis+sentinel://[:password@]127.0.0.1:p1,127.0.0.1:p2,.../<service>/0``
+        (with ``?sentinel_password=...`` when the sentinels need one)."""
+        auth = f":{urllib.parse.quote(self.password, safe='')}@" if self.password else ""
+        hosts = ",".join(f"127.0.0.1:{s.port}" for s in self._sentinels)
+        query = ""
+        if self.sentinel_password:
+            query = "?sentinel_password=" + urllib.parse.quote(self.sentinel_password, safe="")
+        return f"redis+sentinel://{auth}{hosts}/{self.service_name}/0{query}"
+
+    def start(self, timeout: float = 60.0) -> "SentinelGroup":
+        deadline = time.monotonic() + timeout
+        primary = RedisServer(password=self.password, executable=self.executable)
+        self.servers.append(primary)
+        primary.start()
+        extra: tuple[str, ...] = ("--replicaof", "127.0.0.1", str(primary.port))
+        if self.password:
+            extra += ("--masterauth", self.password)
+        replica = RedisServer(password=self.password, executable=self.executable,
+                              extra_args=extra)
+        self.servers.append(replica)
+        replica.start()
+        self._wait(lambda: b"master_link_status:up" in replica.command("INFO", "replication"),
+                   deadline, "the replica to sync")
+        for _ in range(self._n):
+            directory = tempfile.mkdtemp(prefix="bruno-sentinel-")
+            self._sentinels.append(_Sentinel(self.executable, directory, free_port()))
+        lines = [f"sentinel monitor {self.service_name} 127.0.0.1 {primary.port} {self.quorum}",
+                 f"sentinel down-after-milliseconds {self.service_name} {self.down_after_ms}",
+                 f"sentinel failover-timeout {self.service_name} {self.failover_timeout_ms}",
+                 f"sentinel parallel-syncs {self.service_name} 1"]
+        if self.password:
+            lines.append(f"sentinel auth-pass {self.service_name} {_conf_quote(self.password)}")
+        if self.sentinel_password:
+            lines += [f"requirepass {_conf_quote(self.sentinel_password)}",
+                      f"sentinel sentinel-pass {_conf_quote(self.sentinel_password)}"]
+        for s in self._sentinels:
+            s.start(lines)
+
+        def ready() -> bool:
+            for s in self._sentinels:
+                info = self._master_info(s)
+                if (int(info.get("num-slaves", 0)) < 1
+                        or int(info.get("num-other-sentinels", 0)) < self._n - 1):
+                    return False
+            return True
+
+        self._wait(ready, deadline, "the sentinels to know the replica and each other")
+        return self
+
+    def _master_info(self, s: _Sentinel) -> dict[str, str]:
+        try:
+            flat = s.command("SENTINEL", "MASTER", self.service_name,
+                             password=self.sentinel_password)
+        except (OSError, RuntimeError, ConnectionError):
+            return {}
+        return {flat[i].decode(): flat[i + 1].decode() for i in range(0, len(flat) - 1, 2)}
+
+    def _wait(self, predicate: Any, deadline: float, what: str) -> None:
+        while True:
+            try:
+                if predicate():
+                    return
+            except (OSError, RuntimeError, ConnectionError):
+                pass
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"SentinelGroup: gave up waiting for {what}")
+            time.sleep(0.05)
+
+    def sentinel_command(self, i: int, *args: Any) -> Any:
+        """A command to sentinel i (authenticating if needed)."""
+        return self._sentinels[i].command(*args, password=self.sentinel_password)
+
+    def primary_address(self) -> tuple[str, int]:
+        """What the first sentinel that answers names as the primary."""
+        for i in range(len(self._sentinels)):
+            try:
+                host, port = self.sentinel_command(
+                    i, "SENTINEL", "get-master-addr-by-name", self.service_name)
+                return host.decode(), int(port)
+            except (OSError, RuntimeError, ConnectionError, TypeError, ValueError):
+                continue
+        raise ConnectionError("no sentinel answered")
+
+    def primary(self) -> RedisServer:
+        """The server the sentinels name as the primary now."""
+        port = self.primary_address()[1]
+        return next(s for s in self.servers if s.port == port)
+
+    def replica(self) -> RedisServer:
+        """A server the sentinels do not name as the primary."""
+        port = self.primary_address()[1]
+        return next(s for s in self.servers if s.port != port)
+
+    def failover(self, timeout: float = 60.0) -> None:
+        """SENTINEL FAILOVER: the sentinels promote the replica without waiting for the
+        primary to be down. Asked again while a sentinel says it cannot yet (a failover
+        still in progress, the replica not synced again after an earlier one)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                self.sentinel_command(0, "SENTINEL", "FAILOVER", self.service_name)
+                return
+            except RuntimeError as e:
+                if not str(e).startswith(("INPROG", "NOGOODSLAVE")) or \
+                        time.monotonic() > deadline:
+                    raise
+            time.sleep(0.1)
+
+    def wait_primary_changed(self, old_port: int, timeout: float = 60.0) -> RedisServer:
+        """Wait until the sentinels name another primary and it says it is one (ROLE)."""
+        deadline = time.monotonic() + timeout
+
+        def changed() -> bool:
+            port = self.primary_address()[1]
+            if port == old_port:
+                return False
+            server = next(s for s in self.servers if s.port == port)
+            return bool(server.command("ROLE")[0] == b"master")
+
+        self._wait(changed, deadline, "the sentinels to name a new primary")
+        return self.primary()
+
+    def stop_sentinels(self) -> None:
+        """Stop every sentinel (the data servers keep running)."""
+        for s in self._sentinels:
+            s.stop()
+
+    def close(self) -> None:
+        """Stop every process and remove their directories (idempotent)."""
+        for s in self._sentinels:
+            s.close()
+        for server in self.servers:
+            server.close()
+
+    def __enter__(self) -> "SentinelGroup":
+        try:
+            return self.start()
+        except BaseException:
+            self.close()
+            raise
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
 
 
 try:  # a pytest fixture, when pytest is there

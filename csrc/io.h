@@ -102,6 +102,20 @@ bio_tls *bio_tls_new(const bio_tls_options *o, char *err, size_t errlen);
 void bio_tls_incref(bio_tls *t);
 void bio_tls_decref(bio_tls *t);
 
+/* Sentinel (io_sentinel.c): where to ask for the primary of a service. Made on the
+ * caller's thread (copies of everything it is given), then shared read-only, reference
+ * counted, by the client, its resolver jobs and its watcher thread. */
+typedef struct bio_sentinels bio_sentinels;
+
+/* One reference, or NULL (out of memory). hosts[i]:ports[i] are the sentinels, asked
+ * in turn; username/password (binary-safe, NULL for none) authenticate to them. */
+bio_sentinels *bio_sentinels_new(int n, const char *const *hosts, const int *ports,
+                                 const char *service, const char *username,
+                                 size_t username_len, const char *password,
+                                 size_t password_len);
+void bio_sentinels_incref(bio_sentinels *s);
+void bio_sentinels_decref(bio_sentinels *s);
+
 typedef struct {
     char *host;               /* owned copies */
     int port;
@@ -117,6 +131,9 @@ typedef struct {
     size_t stats_key_len;
     unsigned long long max_reply;  /* what one reply may cost (bytes; see resp_scan) */
     bio_tls *tls;             /* NULL: plaintext; else TLS with it (the client holds a
+                                 reference of its own) */
+    bio_sentinels *sentinels; /* NULL: host/port (or unix_path) is the server; else the
+                                 sentinels name it (host/port unused; the client holds a
                                  reference of its own) */
 } bio_config;
 

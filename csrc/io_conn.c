@@ -223,6 +223,7 @@ finish_close(bio_client *c, double now)
     fail_inflight(c, BIO_ECLOSED, "disconnected");
     c->state = ST_IDLE;
     c->backoff = 0;  /* a new start */
+    io_sentinel_watch_stop(c);  /* (started again by the next attempt) */
     if (r) {
         io_complete(r, BIO_OK, NULL);
     }
@@ -268,6 +269,12 @@ connection_failed(bio_client *c, const char *msg, double now)
     c->backoff_until = now + c->backoff;
     c->unreachable = !was_ready;
     c->state = ST_BACKOFF;
+}
+
+void
+io_connection_failed(bio_client *c, const char *msg, double now)
+{
+    connection_failed(c, msg, now);
 }
 
 void
@@ -347,6 +354,7 @@ start_handshake(bio_client *c, double now)
     const char *ping[1] = {"PING"};
     size_t pinglen[1] = {4};
     resp_command(&b, 1, ping, pinglen);
+    io_sentinel_handshake(c, &b);  /* with sentinels: ROLE, last */
     /* The socket is new: the out buffer is empty, so AUTH starts it, and is wiped
      * from it once sent (flush_out) or dropped (close_socket). */
     int rc = b.oom ? -1 : send_slot(c, b.data, b.len, b.ncmd, NULL, SLOT_HANDSHAKE,
@@ -469,6 +477,15 @@ start_connect(bio_client *c, double now)
         c->fd = fd;
         c->state = ST_CONNECTING;
         epoll_set(c, 1);
+        return;
+    }
+    if (c->cfg.sentinels != NULL) {
+        /* The sentinels name the server (asked on a resolver thread); the watcher
+         * listens for failovers from now on. */
+        io_sentinel_watch_start(c);
+        if (io_start_resolving(c, err, sizeof err) < 0) {
+            connection_failed(c, err, now);
+        }
         return;
     }
     /* A numeric address needs no resolving (and getaddrinfo does not block then). */
@@ -621,7 +638,17 @@ on_reply(bio_client *c, void *reply, double now)
          * anyway, and so do we. */
         ((redisReply *)reply)->type = REDIS_REPLY_STATUS;
     }
-    if (s->kind == SLOT_HANDSHAKE && ((redisReply *)reply)->type != REDIS_REPLY_STATUS) {
+    char role_err[BIO_ERRLEN];
+    if (s->kind == SLOT_HANDSHAKE && s->remaining == 1 && c->cfg.sentinels != NULL) {
+        /* The last handshake reply is ROLE's: the primary, or a failed attempt. */
+        if (io_sentinel_check_role(c, reply, role_err, sizeof role_err) < 0) {
+            freeReplyObject(reply);
+            ring_pop(c);
+            connection_failed(c, role_err, now);
+            return;
+        }
+    }
+    else if (s->kind == SLOT_HANDSHAKE && ((redisReply *)reply)->type != REDIS_REPLY_STATUS) {
         /* AUTH and SELECT answer +OK, PING +PONG: anything else is a refusal, or not
          * a Redis server. */
         char err[BIO_ERRLEN];
@@ -635,6 +662,16 @@ on_reply(bio_client *c, void *reply, double now)
         freeReplyObject(reply);
         ring_pop(c);  /* its other replies will never be read */
         connection_failed(c, err, now);
+        return;
+    }
+    if (s->kind == SLOT_USER && io_sentinel_readonly(c, reply)) {
+        /* A demoted primary: drop the connection (what is in flight fails as on any
+         * failure); the next attempt asks the sentinels. */
+        snprintf(role_err, sizeof role_err, "READONLY: %.60s:%d is no longer the primary "
+                 "of '%.40s'; the sentinels will be asked again", c->cfg.host, c->cfg.port,
+                 io_sentinel_service(c));
+        freeReplyObject(reply);
+        connection_failed(c, role_err, now);
         return;
     }
     if (s->req) {
@@ -916,7 +953,9 @@ io_client_timers(bio_client *c, double now)
     case ST_HANDSHAKE:
         if (c->hs_deadline <= now) {
             connection_failed(c, c->state == ST_TLS ? TLS_TIMEOUT
-                                                    : "Timeout connecting to server", now);
+                                 : c->state == ST_RESOLVING && c->cfg.sentinels != NULL
+                                 ? "Timeout asking the sentinels for the primary"
+                                 : "Timeout connecting to server", now);
             return now;
         }
         next = fmin(next, c->hs_deadline);

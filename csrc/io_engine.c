@@ -231,6 +231,9 @@ bio_client_new(const bio_config *cfg)
     if (cfg->tls != NULL) {
         bio_tls_incref(cfg->tls);
     }
+    if (cfg->sentinels != NULL) {
+        bio_sentinels_incref(cfg->sentinels);
+    }
     if ((cfg->host && !c->cfg.host) || (cfg->unix_path && !c->cfg.unix_path) ||
         (cfg->username && !c->cfg.username) || (cfg->password && !c->cfg.password) ||
         !c->cfg.stats_key) {
@@ -261,6 +264,8 @@ bio_client_decref(bio_client *c)
             io_fd_close(c->fd);
         }
         bio_tls_decref(c->cfg.tls);
+        io_sentinel_watch_stop(c);
+        bio_sentinels_decref(c->cfg.sentinels);
         if (c->reader) {
             redisReaderFree(c->reader);
         }
@@ -383,8 +388,13 @@ static void *
 resolver_main(void *arg)
 {
     resolve_job *j = arg;
-    struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM};
-    j->gai = getaddrinfo(j->host, j->port, &hints, &j->res);
+    if (j->sentinels != NULL) {
+        io_sentinel_ask(j);  /* the sentinels name the host, then it is resolved */
+    }
+    else {
+        struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM};
+        j->gai = getaddrinfo(j->host, j->port, &hints, &j->res);
+    }
     pthread_mutex_lock(&E.lock);
     j->next = E.resolved;
     E.resolved = j;
@@ -399,6 +409,7 @@ job_free(resolve_job *j)
     if (j->res != NULL) {
         freeaddrinfo(j->res);
     }
+    bio_sentinels_decref(j->sentinels);
     free(j->host);
     free(j);
 }
@@ -426,6 +437,13 @@ io_start_resolving(bio_client *c, char *err, size_t errlen)
         return -1;
     }
     snprintf(j->port, sizeof j->port, "%d", c->cfg.port);
+    if (c->cfg.sentinels != NULL) {
+        /* It ends a little before the attempt does, to say why itself. */
+        j->sentinels = c->cfg.sentinels;
+        bio_sentinels_incref(j->sentinels);
+        j->deadline = c->hs_deadline - 0.05 * c->cfg.connect_timeout;
+        j->first = c->sentinel_first;
+    }
     sigset_t all, old;
     sigfillset(&all);
     pthread_sigmask(SIG_SETMASK, &all, &old);
@@ -458,7 +476,10 @@ take_resolved(resolve_job *j, double now)
                 continue;
             }
             c->resolving = NULL;
-            if (c->state == ST_RESOLVING) {
+            if (c->state == ST_RESOLVING && j->sentinels != NULL) {
+                io_sentinel_resolved(c, j, now);
+            }
+            else if (c->state == ST_RESOLVING) {
                 io_connect_to(c, j->gai, j->res, now);
             }
             break;
@@ -551,6 +572,7 @@ io_main(void *arg)
             if (io_tls_pending(c) && c->state != ST_TLS) {
                 io_do_read(c, now);  /* decrypted bytes left from the last pass's bound */
             }
+            io_sentinel_poll(c, now);  /* a failover announced by the watcher */
             io_flush_out(c, now);
             next = fmin(next, io_client_timers(c, now));
             if (io_tls_pending(c)) {

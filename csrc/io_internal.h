@@ -57,7 +57,19 @@ typedef struct resolve_job {
     char port[16];
     int gai;                 /* getaddrinfo's result */
     struct addrinfo *res;    /* owned: its addresses */
+    /* Sentinel mode (sentinels != NULL): the sentinels are asked for the primary
+     * first (io_sentinel_ask), which host/port then name. */
+    bio_sentinels *sentinels;  /* owned reference, or NULL */
+    double deadline;         /* monotonic: when to give up asking */
+    int first;               /* the sentinel to ask first (the last that answered) */
+    int answered;            /* the one that answered, or -1 */
+    char err[BIO_ERRLEN];    /* why none answered (then res is NULL) */
 } resolve_job;
+
+/* A sentinel client's watcher (io_sentinel.c): a thread subscribed to +switch-master
+ * on one sentinel at a time. Shared by the client and the thread (refs); the last to
+ * let go frees it. */
+typedef struct sentinel_watch sentinel_watch;
 
 struct bio_client {
     atomic_int refs;
@@ -93,6 +105,8 @@ struct bio_client {
     double next_flush;
     int ever_connected;
     char last_err[BIO_ERRLEN];
+    sentinel_watch *watch;       /* owned reference: sentinel mode, once connecting */
+    int sentinel_first;          /* the sentinel to ask first */
 };
 
 
@@ -130,6 +144,19 @@ void io_do_read(bio_client *c, double now);
 void io_close_socket(bio_client *c);
 void io_append_stats_flush(bio_client *c, double now);
 void io_tls_step(bio_client *c, double now);  /* the TLS handshake goes on */
+void io_connection_failed(bio_client *c, const char *msg, double now);
+
+/* io_sentinel.c (no Python, like the rest). */
+void io_sentinel_ask(resolve_job *j);  /* on the resolver thread: may block until
+                                          j->deadline; fills host/port/res or err */
+void io_sentinel_resolved(bio_client *c, resolve_job *j, double now);  /* I/O thread */
+int io_sentinel_check_role(bio_client *c, void *reply, char *err, size_t errlen);
+void io_sentinel_handshake(bio_client *c, resp_buf *b);  /* appends ROLE */
+int io_sentinel_readonly(bio_client *c, void *reply);    /* a -READONLY reply */
+const char *io_sentinel_service(bio_client *c);
+void io_sentinel_watch_start(bio_client *c);  /* I/O thread; idempotent */
+void io_sentinel_watch_stop(bio_client *c);   /* any thread owning c; idempotent */
+void io_sentinel_poll(bio_client *c, double now);  /* a +switch-master heard? */
 
 /* io_tls.c: a connection's TLS session (c->ssl) on its connected socket. Each call
  * returns at once; err gets the reason of a failure. */

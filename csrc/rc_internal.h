@@ -38,6 +38,11 @@ typedef struct {
     double connect_timeout;
     unsigned long long max_reply;  /* max_reply_bytes */
     bio_tls *tls;                /* owned C reference, or NULL: plaintext */
+    PyObject *sentinels;         /* owned tuple of (host, port) tuples, or None */
+    PyObject *service_name;      /* owned str, or None */
+    PyObject *sentinel_username; /* owned str, or None */
+    PyObject *sentinel_password; /* owned str, or None */
+    bio_sentinels *sentinel_cfg; /* owned C reference, or NULL: no sentinels */
     int connected;               /* connect() succeeded and no disconnect() since */
     unsigned long long hits, misses;  /* this process's counts */
     Py_ssize_t in_flight;        /* submitted, not yet finished (delivered) */
@@ -141,6 +146,15 @@ enum {
 /* Check them all; with ssl true, *out is a new TLS context (its files read now).
  * 0, or -1 with TypeError / ValueError (naming the option and the file). */
 int rc_tls_options(PyObject *const opt[RC_TLS_NOPTS], int unix_socket, bio_tls **out);
+
+/* rc_sentinel.c: the Sentinel keyword arguments, in this order (borrowed, NULL if
+ * omitted). */
+enum { RC_SN_SENTINELS, RC_SN_SERVICE, RC_SN_USERNAME, RC_SN_PASSWORD, RC_SN_NOPTS };
+/* Check them all (has_address: host, port or unix_socket_path was given); with
+ * sentinels, *list is a new tuple of (host, port) tuples and *out a new reference.
+ * 0, or -1 with TypeError / ValueError. */
+int rc_sentinel_options(PyObject *const opt[RC_SN_NOPTS], int has_address, PyObject **list,
+                        bio_sentinels **out);
 
 /* rc_request.c */
 bio_client *rc_client(RedisCache *self);

@@ -37,6 +37,7 @@ rc_client(RedisCache *self)
     cfg.socket_timeout = self->socket_timeout;
     cfg.max_reply = self->max_reply;
     cfg.tls = self->tls;
+    cfg.sentinels = self->sentinel_cfg;
     cfg.host = (char *)PyUnicode_AsUTF8(self->host);
     if (cfg.host == NULL) {
         return NULL;

@@ -332,20 +332,25 @@ rc_init(RedisCache *self, PyObject *args, PyObject *kwds)
                              "socket_timeout", "connect_timeout", "unix_socket_path",
                              "max_reply_bytes", "ssl", "ssl_ca_certs", "ssl_ca_path",
                              "ssl_certfile", "ssl_keyfile", "ssl_password", "ssl_cert_reqs",
-                             "ssl_check_hostname", "ssl_min_version", "ssl_ciphers", NULL};
+                             "ssl_check_hostname", "ssl_min_version", "ssl_ciphers",
+                             "sentinels", "service_name", "sentinel_username",
+                             "sentinel_password", NULL};
     PyObject *host = NULL, *port = NULL, *db = NULL, *password = Py_None, *prefix = NULL,
              *default_ttl = NULL, *max_conn = NULL, *username = Py_None, *pool_size = Py_None,
              *max_overflow = Py_None, *sock_to = NULL, *conn_to = NULL, *unix_path = Py_None,
              *max_reply = NULL;
     PyObject *tls_opt[RC_TLS_NOPTS] = {NULL};
+    PyObject *sn_opt[RC_SN_NOPTS] = {NULL};
     if (!PyArg_ParseTupleAndKeywords(
-            args, kwds, "|OOOOOOO$OOOOOOOOOOOOOOOOO:RedisCache", kwlist, &host, &port, &db,
+            args, kwds, "|OOOOOOO$OOOOOOOOOOOOOOOOOOOOO:RedisCache", kwlist, &host, &port, &db,
             &password, &prefix, &default_ttl, &max_conn, &username, &pool_size,
             &max_overflow, &sock_to, &conn_to, &unix_path, &max_reply,
             &tls_opt[RC_TLS_SSL], &tls_opt[RC_TLS_CA_CERTS], &tls_opt[RC_TLS_CA_PATH],
             &tls_opt[RC_TLS_CERTFILE], &tls_opt[RC_TLS_KEYFILE], &tls_opt[RC_TLS_PASSWORD],
             &tls_opt[RC_TLS_CERT_REQS], &tls_opt[RC_TLS_CHECK_HOSTNAME],
-            &tls_opt[RC_TLS_MIN_VERSION], &tls_opt[RC_TLS_CIPHERS])) {
+            &tls_opt[RC_TLS_MIN_VERSION], &tls_opt[RC_TLS_CIPHERS],
+            &sn_opt[RC_SN_SENTINELS], &sn_opt[RC_SN_SERVICE], &sn_opt[RC_SN_USERNAME],
+            &sn_opt[RC_SN_PASSWORD])) {
         return -1;
     }
     unsigned long long max_reply_bytes = DEFAULT_MAX_REPLY;
@@ -368,6 +373,7 @@ rc_init(RedisCache *self, PyObject *args, PyObject *kwds)
         return -1;
     }
     int iport = 6379, idb = 0;
+    int has_address = host != NULL || port != NULL || unix_path != Py_None;
     if (host == NULL) {
         host = self->st->str_localhost;
     }
@@ -397,12 +403,21 @@ rc_init(RedisCache *self, PyObject *args, PyObject *kwds)
         timeout_arg(conn_to, "connect_timeout", &ct) < 0) {
         return -1;
     }
+    PyObject *sn_list;
+    bio_sentinels *sn;
+    if (rc_sentinel_options(sn_opt, has_address, &sn_list, &sn) < 0) {
+        return -1;
+    }
     bio_tls *tls;  /* last: it reads the certificate files */
     if (rc_tls_options(tls_opt, unix_path != Py_None, &tls) < 0) {
+        Py_XDECREF(sn_list);
+        bio_sentinels_decref(sn);
         return -1;
     }
     PyObject *pbytes = PyUnicode_AsUTF8String(prefix);
     if (pbytes == NULL) {
+        Py_XDECREF(sn_list);
+        bio_sentinels_decref(sn);
         bio_tls_decref(tls);
         return -1;
     }
@@ -412,9 +427,19 @@ rc_init(RedisCache *self, PyObject *args, PyObject *kwds)
     long long amount;
     if (rc_ttl_option(self, NULL, &mode, &amount) < 0) {  /* validates default_ttl */
         Py_DECREF(pbytes);
+        Py_XDECREF(sn_list);
+        bio_sentinels_decref(sn);
         bio_tls_decref(tls);
         return -1;
     }
+    bio_sentinels_decref(self->sentinel_cfg);
+    self->sentinel_cfg = sn;
+    Py_XSETREF(self->sentinels, sn_list ? sn_list : Py_NewRef(Py_None));
+    Py_XSETREF(self->service_name, Py_NewRef(sn ? sn_opt[RC_SN_SERVICE] : Py_None));
+    Py_XSETREF(self->sentinel_username,
+               Py_NewRef(sn && sn_opt[RC_SN_USERNAME] ? sn_opt[RC_SN_USERNAME] : Py_None));
+    Py_XSETREF(self->sentinel_password,
+               Py_NewRef(sn && sn_opt[RC_SN_PASSWORD] ? sn_opt[RC_SN_PASSWORD] : Py_None));
     bio_tls_decref(self->tls);
     self->tls = tls;
     self->port = iport;
@@ -459,6 +484,10 @@ rc_new(PyTypeObject *type, PyObject *Py_UNUSED(args), PyObject *Py_UNUSED(kwds))
     self->max_connections = PyLong_FromLong(10);
     self->pool_size = Py_NewRef(Py_None);
     self->max_overflow = Py_NewRef(Py_None);
+    self->sentinels = Py_NewRef(Py_None);
+    self->service_name = Py_NewRef(Py_None);
+    self->sentinel_username = Py_NewRef(Py_None);
+    self->sentinel_password = Py_NewRef(Py_None);
     if (self->prefix_bytes == NULL || self->max_connections == NULL) {
         Py_DECREF(self);
         return NULL;
@@ -587,7 +616,13 @@ rc_dealloc(RedisCache *self)
     self->client = NULL;
     bio_tls_decref(self->tls);
     self->tls = NULL;
+    bio_sentinels_decref(self->sentinel_cfg);
+    self->sentinel_cfg = NULL;
     rc_clear_refs(self);
+    Py_CLEAR(self->sentinels);
+    Py_CLEAR(self->service_name);
+    Py_CLEAR(self->sentinel_username);
+    Py_CLEAR(self->sentinel_password);
     Py_CLEAR(self->host);
     Py_CLEAR(self->password);
     Py_CLEAR(self->username);
@@ -605,6 +640,34 @@ rc_dealloc(RedisCache *self)
 static PyObject *
 rc_repr(RedisCache *self)
 {
+    if (self->sentinels != Py_None) {
+        /* sentinel:<service>@host:port,host:port (no secrets) */
+        PyObject *parts = PyList_New(0);
+        for (Py_ssize_t i = 0; parts && i < PyTuple_GET_SIZE(self->sentinels); i++) {
+            PyObject *pair = PyTuple_GET_ITEM(self->sentinels, i);
+            PyObject *s = PyUnicode_FromFormat("%U:%S", PyTuple_GET_ITEM(pair, 0),
+                                               PyTuple_GET_ITEM(pair, 1));
+            if (s == NULL || PyList_Append(parts, s) < 0) {
+                Py_XDECREF(s);
+                Py_CLEAR(parts);
+                break;
+            }
+            Py_DECREF(s);
+        }
+        PyObject *sep = parts ? PyUnicode_FromString(",") : NULL;
+        PyObject *joined = sep ? PyUnicode_Join(sep, parts) : NULL;
+        Py_XDECREF(sep);
+        Py_XDECREF(parts);
+        if (joined == NULL) {
+            return NULL;
+        }
+        PyObject *r = PyUnicode_FromFormat("<%s %ssentinel:%U@%U db=%d prefix=%R>",
+                                           Py_TYPE(self)->tp_name, self->tls ? "tls:" : "",
+                                           self->service_name, joined, self->db,
+                                           self->prefix);
+        Py_DECREF(joined);
+        return r;
+    }
     if (self->unix_socket_path != Py_None) {
         return PyUnicode_FromFormat("<%s unix:%U db=%d prefix=%R>", Py_TYPE(self)->tp_name,
                                     self->unix_socket_path, self->db, self->prefix);
@@ -651,7 +714,8 @@ static PyMethodDef rc_methods[] = {
     {"from_url", (PyCFunction)(void (*)(void))rc_from_url,
      METH_FASTCALL | METH_KEYWORDS | METH_CLASS,
      "from_url($cls, url, /, **kwargs)\n--\n\n"
-     "RedisCache from redis://[user:password@]host[:port][/db] or unix:///path?db=N;\n"
+     "RedisCache from redis://[user:password@]host[:port][/db], unix:///path?db=N or\n"
+     "redis+sentinel://host:port,host:port/service[/db];\n"
      "keyword arguments override what the url says."},
     {NULL, NULL, 0, NULL},
 };
@@ -671,6 +735,14 @@ static PyMemberDef rc_members[] = {
      "Accepted for compatibility (see max_connections)."},
     {"max_overflow", Py_T_OBJECT_EX, offsetof(RedisCache, max_overflow), Py_READONLY,
      "Accepted for compatibility (see max_connections)."},
+    {"sentinels", Py_T_OBJECT_EX, offsetof(RedisCache, sentinels), Py_READONLY,
+     "The sentinels asked for the server, a tuple of (host, port), or None."},
+    {"service_name", Py_T_OBJECT_EX, offsetof(RedisCache, service_name), Py_READONLY,
+     "The service the sentinels name the primary of, or None."},
+    {"sentinel_username", Py_T_OBJECT_EX, offsetof(RedisCache, sentinel_username),
+     Py_READONLY, "ACL user name for the sentinels, or None."},
+    {"sentinel_password", Py_T_OBJECT_EX, offsetof(RedisCache, sentinel_password),
+     Py_READONLY, "Password for the sentinels, or None."},
     {"__weaklistoffset__", Py_T_PYSSIZET, offsetof(RedisCache, weakreflist), Py_READONLY, NULL},
     {NULL, 0, 0, 0, NULL},
 };
@@ -700,7 +772,8 @@ static PyType_Slot rc_slots[] = {
      "           unix_socket_path=None, max_reply_bytes=536870912, ssl=False,\n"
      "           ssl_ca_certs=None, ssl_ca_path=None, ssl_certfile=None, ssl_keyfile=None,\n"
      "           ssl_password=None, ssl_cert_reqs='required', ssl_check_hostname=True,\n"
-     "           ssl_min_version=None, ssl_ciphers=None)\n"
+     "           ssl_min_version=None, ssl_ciphers=None, sentinels=None,\n"
+     "           service_name=None, sentinel_username=None, sentinel_password=None)\n"
      "--\n\n"
      "Redis-backed cache, in C: a background I/O thread pipelines every request on one\n"
      "connection, so no request waits for (or fails for want of) a pooled connection.\n"

@@ -23,7 +23,7 @@ def harness(tmp_path_factory) -> str:
     exe = str(tmp_path_factory.mktemp("io") / "io_harness")
     csrc = os.path.join(REPO, "csrc")
     cmd = ["gcc", "-std=c11", "-Wall", "-Wextra", "-Werror", "-O1", "-g", "-I", csrc,
-           *(os.path.join(csrc, f) for f in ("io_engine.c", "io_conn.c", "io_tls.c", "resp.c",
+           *(os.path.join(csrc, f) for f in ("io_engine.c", "io_conn.c", "io_tls.c", "io_sentinel.c", "resp.c",
                                               "respscan.c")),
            os.path.join(TESTS, "c", "io_harness.c"), "-lhiredis", "-lssl", "-lcrypto",
            "-lpthread", "-lm",

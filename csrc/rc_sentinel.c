@@ -1,0 +1,157 @@
+/* rc_sentinel.c: RedisCache's Sentinel options (sentinels=, service_name=,
+ * sentinel_username=, sentinel_password=) into the I/O layer's bio_sentinels (io.h).
+ * See rc_internal.h. */
+#include "rc_internal.h"
+
+#include <string.h>
+
+/* Sentinels one cache may name (each is asked in turn). */
+#define MAX_SENTINELS 64
+
+/* A str option without NUL inside: its UTF-8 (borrowed from v) and length. */
+static int
+text(PyObject *v, const char *what, const char **out, Py_ssize_t *len)
+{
+    if (!PyUnicode_Check(v)) {
+        PyErr_Format(PyExc_TypeError, "%s must be a str, not %.100s", what,
+                     Py_TYPE(v)->tp_name);
+        return -1;
+    }
+    *out = PyUnicode_AsUTF8AndSize(v, len);
+    if (*out == NULL) {
+        return -1;
+    }
+    if ((Py_ssize_t)strlen(*out) != *len) {
+        PyErr_Format(PyExc_ValueError, "%s must not contain NUL characters", what);
+        return -1;
+    }
+    return 0;
+}
+
+/* One sentinel: a (host, port) pair. Its normalised tuple (new reference). */
+static PyObject *
+one_sentinel(PyObject *item)
+{
+    if (PyUnicode_Check(item) || PyBytes_Check(item) || !PySequence_Check(item)) {
+        PyErr_Format(PyExc_TypeError, "each sentinel must be a (host, port) pair, not "
+                     "%.100s", Py_TYPE(item)->tp_name);
+        return NULL;
+    }
+    PyObject *pair = PySequence_Tuple(item);
+    if (pair == NULL) {
+        return NULL;
+    }
+    if (PyTuple_GET_SIZE(pair) != 2) {
+        PyErr_Format(PyExc_ValueError, "each sentinel must be a (host, port) pair, not %zd "
+                     "items", PyTuple_GET_SIZE(pair));
+        Py_DECREF(pair);
+        return NULL;
+    }
+    PyObject *host = PyTuple_GET_ITEM(pair, 0), *port = PyTuple_GET_ITEM(pair, 1);
+    const char *h;
+    Py_ssize_t n;
+    if (text(host, "a sentinel's host", &h, &n) < 0) {
+        Py_DECREF(pair);
+        return NULL;
+    }
+    if (n == 0 || n > 255) {
+        PyErr_SetString(PyExc_ValueError, "a sentinel's host must be 1 to 255 characters");
+        Py_DECREF(pair);
+        return NULL;
+    }
+    if (!PyLong_Check(port) || PyBool_Check(port)) {
+        PyErr_Format(PyExc_TypeError, "a sentinel's port must be an int, not %.100s",
+                     Py_TYPE(port)->tp_name);
+        Py_DECREF(pair);
+        return NULL;
+    }
+    long p = PyLong_AsLong(port);
+    if ((p == -1 && PyErr_Occurred()) || p < 1 || p > 65535) {
+        PyErr_Clear();
+        PyErr_SetString(PyExc_ValueError, "a sentinel's port must be between 1 and 65535");
+        Py_DECREF(pair);
+        return NULL;
+    }
+    return pair;
+}
+
+int
+rc_sentinel_options(PyObject *const opt[RC_SN_NOPTS], int has_address, PyObject **list,
+                    bio_sentinels **out)
+{
+    *list = NULL;
+    *out = NULL;
+    PyObject *sentinels = opt[RC_SN_SENTINELS], *service = opt[RC_SN_SERVICE],
+             *user = opt[RC_SN_USERNAME], *password = opt[RC_SN_PASSWORD];
+    int on = sentinels != NULL && sentinels != Py_None;
+    int has_service = service != NULL && service != Py_None;
+    const char *u = NULL, *pw = NULL, *svc = NULL;
+    Py_ssize_t ulen = 0, pwlen = 0, svclen = 0;
+    if ((user != NULL && user != Py_None && text(user, "sentinel_username", &u, &ulen) < 0) ||
+        (password != NULL && password != Py_None &&
+         text(password, "sentinel_password", &pw, &pwlen) < 0) ||
+        (has_service && text(service, "service_name", &svc, &svclen) < 0)) {
+        return -1;
+    }
+    if (!on) {
+        if (has_service || u != NULL || pw != NULL) {
+            PyErr_SetString(PyExc_ValueError, has_service
+                            ? "service_name needs sentinels=[(host, port), ...]"
+                            : "sentinel_username/sentinel_password need sentinels=[...]");
+            return -1;
+        }
+        return 0;
+    }
+    if (has_address) {
+        PyErr_SetString(PyExc_ValueError, "sentinels name the server: give either "
+                        "sentinels or host/port/unix_socket_path, not both");
+        return -1;
+    }
+    if (!has_service || svclen == 0) {
+        PyErr_SetString(PyExc_ValueError, "sentinels need service_name (the name the "
+                        "sentinels monitor, e.g. 'mymaster')");
+        return -1;
+    }
+    if (PyUnicode_Check(sentinels) || PyBytes_Check(sentinels) || PyDict_Check(sentinels)) {
+        PyErr_Format(PyExc_TypeError, "sentinels must be a list of (host, port) pairs, not "
+                     "%.100s", Py_TYPE(sentinels)->tp_name);
+        return -1;
+    }
+    PyObject *seq = PySequence_Fast(sentinels, "sentinels must be a list of (host, port) pairs");
+    if (seq == NULL) {
+        return -1;
+    }
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
+    if (n < 1 || n > MAX_SENTINELS) {
+        PyErr_Format(PyExc_ValueError, "sentinels must name 1 to %d sentinels", MAX_SENTINELS);
+        Py_DECREF(seq);
+        return -1;
+    }
+    PyObject *pairs = PyTuple_New(n);
+    if (pairs == NULL) {
+        Py_DECREF(seq);
+        return -1;
+    }
+    const char *hosts[MAX_SENTINELS];
+    int ports[MAX_SENTINELS];
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *pair = one_sentinel(PySequence_Fast_GET_ITEM(seq, i));
+        if (pair == NULL) {
+            Py_DECREF(seq);
+            Py_DECREF(pairs);
+            return -1;
+        }
+        PyTuple_SET_ITEM(pairs, i, pair);
+        hosts[i] = PyUnicode_AsUTF8(PyTuple_GET_ITEM(pair, 0));  /* checked above */
+        ports[i] = (int)PyLong_AsLong(PyTuple_GET_ITEM(pair, 1));
+    }
+    Py_DECREF(seq);
+    *out = bio_sentinels_new((int)n, hosts, ports, svc, u, (size_t)ulen, pw, (size_t)pwlen);
+    if (*out == NULL) {
+        Py_DECREF(pairs);
+        PyErr_NoMemory();
+        return -1;
+    }
+    *list = pairs;
+    return 0;
+}
