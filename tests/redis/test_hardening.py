@@ -218,9 +218,9 @@ async def test_cancelled_clear_stops_deleting(redis_server):
 async def test_clear_cancelled_before_its_first_reply_deletes_nothing(redis_server):
     """README, Failures: a clear() whose awaitable is cancelled stops at its next SCAN
     step -- also one cancelled before the reply to its first step (DBSIZE + SCAN 0),
-    whose next step would have been its first DEL. Events, not sleeps: two gets made
-    after the cancellation are answered in order after that reply, and after any
-    request its decoding would have made."""
+    whose next step would have been its first DEL. Events, not sleeps: the server is
+    stalled until the cancellation is in, and two gets made after it are answered in
+    order after that reply, and after any request its decoding would have made."""
     total = 10_000
     args = []
     for i in range(total):
@@ -228,12 +228,18 @@ async def test_clear_cancelled_before_its_first_reply_deletes_nothing(redis_serv
     assert redis_server.command("MSET", *args) == "OK"
     cache = make_cache(redis_server)
     await cache.connect()
-    task = asyncio.ensure_future(cache.clear())
-    await asyncio.sleep(0)  # the task ran: its first step is handed over
-    assert not task.done()
-    task.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await task
+    # The server is stalled until the cancellation is in: the first step's reply cannot
+    # come back (and be decoded into the first DEL) before it, however the loop runs.
+    stall = redis_server.stall(HANG)
+    try:
+        task = asyncio.ensure_future(cache.clear())
+        await asyncio.sleep(0)  # the task ran: its first step is handed over
+        assert not task.done()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    finally:
+        stall.cancel()
     for key in ("a", "b"):  # the first reply is drained; a DEL it made would be done
         assert await asyncio.wait_for(cache.get(key), HANG) is None
     assert redis_server.command("DBSIZE") == total
