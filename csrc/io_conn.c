@@ -562,8 +562,15 @@ io_tls_step(bio_client *c, double now)
 void
 io_flush_out(bio_client *c, double now)
 {
-    if (c->fd < 0 || c->state == ST_CONNECTING || c->state == ST_TLS ||
-        c->out_pos >= c->out_len) {
+    if (c->fd < 0 || c->state == ST_CONNECTING || c->state == ST_TLS) {
+        return;
+    }
+    if (c->out_pos >= c->out_len) {
+        /* Nothing to write: write interest only for a TLS read that waits to write (a
+         * finished one must not leave EPOLLOUT set: an idle socket is always writable). */
+        if (c->want_out != c->tls_read_wants_out) {
+            epoll_set(c, c->tls_read_wants_out);
+        }
         return;
     }
     int wrote = 0;
@@ -609,7 +616,8 @@ io_flush_out(bio_client *c, double now)
     if (c->out_pos >= c->out_len) {
         c->out_pos = c->out_len = 0;
     }
-    int out = c->out_pos < c->out_len || c->tls_read_wants_out;
+    /* A TLS write that waits for a read is retried after the next read (EPOLLIN). */
+    int out = (c->out_pos < c->out_len && !c->tls_write_wants_in) || c->tls_read_wants_out;
     if (out != c->want_out) {
         epoll_set(c, out);
     }

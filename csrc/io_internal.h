@@ -85,6 +85,7 @@ struct bio_client {
     SSL *ssl;                    /* the connection's TLS session, or NULL (plaintext) */
     int tls_want_out;            /* the TLS handshake waits to write (else to read) */
     int tls_read_wants_out;      /* a read waits to write first (a key update) */
+    int tls_write_wants_in;      /* a write waits to read first: no EPOLLOUT until then */
     int tls_broken;              /* a TLS error: no close_notify is sent */
     redisReader *reader;
     resp_scan scan;              /* the cost of the reply being received */

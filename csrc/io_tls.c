@@ -436,11 +436,13 @@ io_tls_write(bio_client *c, const char *buf, size_t len, char *err, size_t errle
     errno = 0;
     size_t n = 0;
     int rc = SSL_write_ex(c->ssl, buf, len, &n);
+    c->tls_write_wants_in = 0;
     if (rc == 1) {
         return (ssize_t)n;
     }
     int e = SSL_get_error(c->ssl, rc);
     if (e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE) {
+        c->tls_write_wants_in = e == SSL_ERROR_WANT_READ;
         return 0;  /* writable again, or after a read: io_flush_out is tried every pass */
     }
     describe(c, rc, "writing", err, errlen);
@@ -467,5 +469,5 @@ io_tls_end(bio_client *c)
     ERR_clear_error();
     SSL_free(c->ssl);
     c->ssl = NULL;
-    c->tls_want_out = c->tls_read_wants_out = c->tls_broken = 0;
+    c->tls_want_out = c->tls_read_wants_out = c->tls_write_wants_in = c->tls_broken = 0;
 }

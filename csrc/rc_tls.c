@@ -34,6 +34,22 @@ opt_text(PyObject *v, const char *what, const char **out)
     return 0;
 }
 
+/* ValueError("<what>, not <repr of v>"); -1. A repr that fails or cannot be UTF-8
+ * encoded (a lone surrogate) is left out rather than formatted. */
+static int
+bad_value(PyObject *v, const char *what)
+{
+    PyObject *r = PyObject_Repr(v);
+    const char *text = r != NULL ? PyUnicode_AsUTF8(r) : NULL;
+    if (text == NULL) {
+        PyErr_Clear();
+        text = "that";
+    }
+    PyErr_Format(PyExc_ValueError, "%s, not %.100s", what, text);
+    Py_XDECREF(r);
+    return -1;
+}
+
 /* ssl_cert_reqs: "none" / "optional" / "required" (any case), or ssl.CERT_NONE (0),
  * CERT_OPTIONAL (1), CERT_REQUIRED (2). A client that gets no certificate from the
  * server fails either way, so "optional" verifies as "required" does (as in
@@ -68,12 +84,8 @@ cert_reqs(PyObject *v, int *verify)
             return 0;
         }
     }
-    PyObject *r = PyObject_Repr(v);
-    PyErr_Format(PyExc_ValueError, "ssl_cert_reqs must be 'none', 'optional' or 'required' "
-                 "(or ssl.CERT_NONE/CERT_OPTIONAL/CERT_REQUIRED), not %.100s",
-                 r ? PyUnicode_AsUTF8(r) : "that");
-    Py_XDECREF(r);
-    return -1;
+    return bad_value(v, "ssl_cert_reqs must be 'none', 'optional' or 'required' "
+                        "(or ssl.CERT_NONE/CERT_OPTIONAL/CERT_REQUIRED)");
 }
 
 /* ssl_min_version: None (TLS 1.2), an ssl.TLSVersion (an int: 0x301 ... 0x304), or
@@ -113,12 +125,8 @@ min_version(PyObject *v, int *out)
             return 0;
         }
     }
-    PyObject *r = PyObject_Repr(v);
-    PyErr_Format(PyExc_ValueError, "ssl_min_version must be None, an ssl.TLSVersion from "
-                 "TLSv1 to TLSv1_3, or a name such as 'TLSv1.2', not %.100s",
-                 r ? PyUnicode_AsUTF8(r) : "that");
-    Py_XDECREF(r);
-    return -1;
+    return bad_value(v, "ssl_min_version must be None, an ssl.TLSVersion from TLSv1 to "
+                        "TLSv1_3, or a name such as 'TLSv1.2'");
 }
 
 int
