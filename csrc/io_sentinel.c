@@ -18,7 +18,12 @@
  * handed back. The watcher owns its socket; it stops (within WATCH_TICK, or the
  * connect it is in, at most connect_timeout) once its client lets it go — disconnect()
  * or the client freed — and frees the shared record if it is the last to hold it.
- * Every socket is listed with io_fd_register, so a forked child closes it at once. */
+ * Every socket is listed with io_fd_register, so a forked child closes it at once.
+ *
+ * sentinel_ssl: bio_sentinels holds a TLS context, and every connection to a sentinel
+ * (an sconn) runs a blocking TLS session on its socket (io_tls_blocking_*: poll() for
+ * what OpenSSL wants, up to the same deadlines, the handshake included); a read that
+ * times out leaves the session usable, a failure marks it broken (freed, never reused). */
 #include "io_internal.h"
 
 #include <errno.h>
