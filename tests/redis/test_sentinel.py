@@ -715,10 +715,13 @@ async def test_tls_switch_master_followed(tls_group):
 
 
 async def test_tls_sentinel_from_another_ca(tmp_path):
-    """Sentinels whose certificate another CA signed: no sentinel answers, the message
-    names the verification failure, within connect_timeout."""
+    """Sentinels whose certificate another CA signed, for another host name: no sentinel
+    answers, the message names the verification failure, within connect_timeout. Trusting
+    that CA too, the host name is checked against the sentinel's (SNI / verification):
+    a mismatch, unless ssl_check_hostname=False."""
     from bruno_memory_c.testing import make_tls_files
-    other = make_tls_files(str(tmp_path / "other"), prefix="other-")
+    other = make_tls_files(str(tmp_path / "other"), names=("elsewhere.test",),
+                           prefix="other-")
     with SentinelGroup(SERVICE, tls=True, sentinel_tls_files=other) as g:
         c = tls_sentinel_cache(g, connect_timeout=2.0, socket_timeout=2.0)
         t = time.monotonic()
@@ -729,8 +732,19 @@ async def test_tls_sentinel_from_another_ca(tmp_path):
         assert "no sentinel answered" in msg and "certificate verify failed" in msg, msg
         assert elapsed < 2.0 + 1.0, elapsed
         await c.disconnect()
-        # Not verifying (ssl_cert_reqs="none") the same sentinels answer.
+        both = tmp_path / "both-cas.crt"
+        both.write_text(open(g.tls.ca_file).read() + open(other.ca_file).read())
+        named = tls_sentinel_cache(g, ssl_ca_certs=str(both))
+        with pytest.raises(CacheError) as info:
+            await bounded(named.connect())
+        assert "no sentinel answered" in str(info.value)
+        assert "hostname mismatch" in str(info.value), str(info.value)
+        await named.disconnect()
+        unchecked = tls_sentinel_cache(g, ssl_ca_certs=str(both), ssl_check_hostname=False)
+        async with unchecked:
+            await unchecked.set("k", 1)
+            assert await unchecked.get("k") == 1
+        # Not verifying at all (ssl_cert_reqs="none") the same sentinels answer.
         lax = tls_sentinel_cache(g, ssl_cert_reqs="none")
         async with lax:
-            await lax.set("k", 1)
             assert await lax.get("k") == 1
