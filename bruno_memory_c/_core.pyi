@@ -125,6 +125,7 @@ class RedisCache:
         service_name: str | None = None,
         sentinel_username: str | None = None,
         sentinel_password: str | None = None,
+        sentinel_ssl: bool = False,
     ) -> None: ...
     @classmethod
     def from_url(
@@ -160,6 +161,7 @@ class RedisCache:
         service_name: str | None = ...,
         sentinel_username: str | None = ...,
         sentinel_password: str | None = ...,
+        sentinel_ssl: bool = ...,
     ) -> Self:
         """A cache for ``redis://[user:password@]host[:port][/db][?option=value...]``,
         ``rediss://...`` (TLS, with ``ssl_*`` options), ``unix:///path/redis.sock?db=N`` or
@@ -204,6 +206,8 @@ class RedisCache:
     def sentinel_username(self) -> str | None: ...
     @property
     def sentinel_password(self) -> str | None: ...
+    @property
+    def sentinel_ssl(self) -> bool: ...
     @property
     def stats_key(self) -> str: ...
     @property

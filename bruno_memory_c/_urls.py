@@ -16,7 +16,9 @@ Sentinel: ``redis+sentinel://[[user]:password@]host[:port][,host[:port]...]/serv
 data server). The hosts are the sentinels (port 26379 when omitted; ``[::1]:26379`` for
 IPv6), the path's first part is ``service_name`` and the second the database; user and
 password are the data server's. The query takes the options above and
-``sentinel_username``, ``sentinel_password`` (the sentinels' own) and ``service_name``.
+``sentinel_username``, ``sentinel_password`` (the sentinels' own), ``service_name`` and
+``sentinel_ssl`` (``true``: the sentinels are asked over TLS, with the ``ssl_*`` options,
+which it therefore allows in a ``redis+sentinel://`` URL too).
 """
 from __future__ import annotations
 
@@ -79,6 +81,7 @@ SENTINEL_OPTIONS: dict[str, Callable[[str, str], Any]] = {
     "service_name": _text,
     "sentinel_username": _text,
     "sentinel_password": _text,
+    "sentinel_ssl": _bool,
 }
 
 SENTINEL_PORT = 26379
@@ -137,9 +140,10 @@ def _parse_sentinel_url(url: str, scheme: str) -> dict[str, Any]:
             known = ", ".join(sorted([*OPTIONS, *SENTINEL_OPTIONS]))
             raise ValueError(f"unknown url option {name!r} (known: {known})")
         kw[name] = convert(name, values[-1])
-    if not kw.get("ssl") and any(name.startswith("ssl_") for name in kw):
-        raise ValueError("url options ssl_* need rediss+sentinel:// or ssl=true (TLS); this "
-                         "url would connect in plaintext")
+    if not kw.get("ssl") and not kw.get("sentinel_ssl") and \
+            any(name.startswith("ssl_") for name in kw):
+        raise ValueError("url options ssl_* need rediss+sentinel://, ssl=true or "
+                         "sentinel_ssl=true (TLS); this url would connect in plaintext")
     if "service_name" not in kw:
         raise ValueError("sentinel url needs the service name: "
                          "redis+sentinel://host:port,.../service_name[/db]")

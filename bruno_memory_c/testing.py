@@ -624,12 +624,14 @@ class RedisServer:
 
 
 class _Sentinel:
-    """One sentinel process (``redis-server sentinel.conf --sentinel``)."""
+    """One sentinel process (``redis-server sentinel.conf --sentinel``); with ``tls``,
+    TLS only (``port 0``, ``tls-port``)."""
 
-    def __init__(self, executable: str, directory: str, port: int) -> None:
+    def __init__(self, executable: str, directory: str, port: int, tls: bool = False) -> None:
         self.executable = executable
         self.dir = directory
         self.port = port
+        self.tls = tls
         self.conf = os.path.join(directory, "sentinel.conf")
         self._state: dict[str, Any] = {"dir": directory}
         self._finalizer = weakref.finalize(self, _cleanup, self._state)
@@ -639,9 +641,10 @@ class _Sentinel:
         return self._state.get("proc")
 
     def start(self, lines: list[str]) -> None:
+        ports = ["port 0", f"tls-port {self.port}"] if self.tls else [f"port {self.port}"]
         fd = os.open(self.conf, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
         with os.fdopen(fd, "w", encoding="ascii") as f:
-            f.write("\n".join([f"port {self.port}", "bind 127.0.0.1", f"dir {self.dir}",
+            f.write("\n".join([*ports, "bind 127.0.0.1", f"dir {self.dir}",
                                "daemonize no", "loglevel warning",
                                f"logfile {os.path.join(self.dir, 'sentinel.log')}",
                                *lines]) + "\n")
@@ -652,13 +655,22 @@ class _Sentinel:
                 stderr=err, env=env)
 
     def command(self, *args: Any, password: str | None = None, timeout: float = 5.0) -> Any:
-        with socket.create_connection(("127.0.0.1", self.port), timeout=timeout) as s:
-            f = s.makefile("rb")
-            if password:
-                s.sendall(_encode("AUTH", password))
-                _read_reply(f)
-            s.sendall(_encode(*args))
-            return _read_reply(f)
+        with socket.create_connection(("127.0.0.1", self.port), timeout=timeout) as raw:
+            s = raw
+            if self.tls:
+                # Our own sentinel, whatever its certificate (a test may serve one from
+                # another CA): not verified.
+                context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+                context.check_hostname = False
+                context.verify_mode = ssl.CERT_NONE
+                s = context.wrap_socket(raw, server_hostname="127.0.0.1")
+            with s:
+                f = s.makefile("rb")
+                if password:
+                    s.sendall(_encode("AUTH", password))
+                    _read_reply(f)
+                s.sendall(_encode(*args))
+                return _read_reply(f)
 
     def stop(self) -> None:
         proc = self._state.pop("proc", None)
@@ -676,12 +688,21 @@ class SentinelGroup:
 
     ``password``: the data servers' ``requirepass`` (the sentinels and the replica are
     told it); ``sentinel_password``: the sentinels' own ``requirepass`` (Redis 6.2+,
-    also ``sentinel sentinel-pass`` between them)."""
+    also ``sentinel sentinel-pass`` between them).
+
+    ``tls=True``: everything speaks TLS only: the primary and the replica
+    (``tls-replication yes``) and the sentinels (``port 0``, ``tls-port``,
+    ``tls-replication yes``: TLS to the data servers and to each other), with files from
+    ``make_tls_files`` (``tls``; each presents the client certificate when it connects).
+    ``tls_kwargs`` is then what a ``RedisCache`` needs (``ssl``, ``ssl_ca_certs``,
+    ``sentinel_ssl``). ``sentinel_tls_files``: the sentinels serve that certificate
+    instead (e.g. one from another CA), trusting both CAs themselves."""
 
     def __init__(self, service_name: str = "mymaster", n: int = 3, quorum: int = 2,
                  password: str | None = None, sentinel_password: str | None = None,
                  down_after_ms: int = 1000, failover_timeout_ms: int = 3000,
-                 executable: str | None = None) -> None:
+                 executable: str | None = None, tls: bool = False,
+                 sentinel_tls_files: TLSFiles | None = None) -> None:
         found = executable or shutil.which("redis-server")
         if found is None:
             raise FileNotFoundError(
@@ -696,6 +717,29 @@ class SentinelGroup:
         self.servers: list[RedisServer] = []
         self._sentinels: list[_Sentinel] = []
         self._n = n
+        if sentinel_tls_files is not None and not tls:
+            raise ValueError("sentinel_tls_files needs tls=True")
+        self.sentinel_tls_files = sentinel_tls_files
+        self.tls: TLSFiles | None = None
+        self._dir = tempfile.mkdtemp(prefix="bruno-sentinels-")
+        self._state: dict[str, Any] = {"dir": self._dir}
+        self._finalizer = weakref.finalize(self, _cleanup, self._state)
+        if tls:
+            self.tls = make_tls_files(os.path.join(self._dir, "tls"))
+
+    @property
+    def tls_kwargs(self) -> dict[str, Any]:
+        """What a ``RedisCache(sentinels=..., service_name=...)`` needs besides: TLS to
+        the data servers and to the sentinels (``{}`` without TLS)."""
+        if self.tls is None:
+            return {}
+        return {"ssl": True, "ssl_ca_certs": self.tls.ca_file, "sentinel_ssl": True}
+
+    def _server_tls_args(self) -> tuple[str, ...]:
+        if self.tls is None:
+            return ()
+        return ("--tls-replication", "yes", "--tls-client-cert-file", self.tls.client_cert_file,
+                "--tls-client-key-file", self.tls.client_key_file)
 
     @property
     def sentinels(self) -> list[tuple[str, int]]:
@@ -708,28 +752,40 @@ class SentinelGroup:
         (with ``?sentinel_password=...`` when the sentinels need one)."""
         auth = f":{urllib.parse.quote(self.password, safe='')}@" if self.password else ""
         hosts = ",".join(f"127.0.0.1:{s.port}" for s in self._sentinels)
-        query = ""
+        options = []
         if self.sentinel_password:
-            query = "?sentinel_password=" + urllib.parse.quote(self.sentinel_password, safe="")
-        return f"redis+sentinel://{auth}{hosts}/{self.service_name}/0{query}"
+            options.append("sentinel_password="
+                           + urllib.parse.quote(self.sentinel_password, safe=""))
+        scheme = "redis+sentinel"
+        if self.tls is not None:
+            scheme = "rediss+sentinel"
+            options += ["sentinel_ssl=true",
+                        "ssl_ca_certs=" + urllib.parse.quote(self.tls.ca_file, safe="/")]
+        query = "?" + "&".join(options) if options else ""
+        return f"{scheme}://{auth}{hosts}/{self.service_name}/0{query}"
 
     def start(self, timeout: float = 60.0) -> "SentinelGroup":
         deadline = time.monotonic() + timeout
-        primary = RedisServer(password=self.password, executable=self.executable)
+        tls = self.tls is not None
+        primary = RedisServer(password=self.password, executable=self.executable,
+                              extra_args=self._server_tls_args(), tls=tls,
+                              tls_files=self.tls)
         self.servers.append(primary)
         primary.start()
         extra: tuple[str, ...] = ("--replicaof", "127.0.0.1", str(primary.port))
         if self.password:
             extra += ("--masterauth", self.password)
         replica = RedisServer(password=self.password, executable=self.executable,
-                              extra_args=extra)
+                              extra_args=extra + self._server_tls_args(), tls=tls,
+                              tls_files=self.tls)
         self.servers.append(replica)
         replica.start()
         self._wait(lambda: b"master_link_status:up" in replica.command("INFO", "replication"),
                    deadline, "the replica to sync")
         for _ in range(self._n):
             directory = tempfile.mkdtemp(prefix="bruno-sentinel-")
-            self._sentinels.append(_Sentinel(self.executable, directory, free_port()))
+            self._sentinels.append(_Sentinel(self.executable, directory, free_port(),
+                                             tls=self.tls is not None))
         lines = [f"sentinel monitor {self.service_name} 127.0.0.1 {primary.port} {self.quorum}",
                  f"sentinel down-after-milliseconds {self.service_name} {self.down_after_ms}",
                  f"sentinel failover-timeout {self.service_name} {self.failover_timeout_ms}",
@@ -739,6 +795,20 @@ class SentinelGroup:
         if self.sentinel_password:
             lines += [f"requirepass {_conf_quote(self.sentinel_password)}",
                       f"sentinel sentinel-pass {_conf_quote(self.sentinel_password)}"]
+        if self.tls is not None:
+            served = self.sentinel_tls_files or self.tls
+            ca_file = self.tls.ca_file
+            if served.ca_file != self.tls.ca_file:  # trust both: the servers and each other
+                ca_file = os.path.join(self._dir, "sentinel-cas.crt")
+                with open(ca_file, "w", encoding="ascii") as out:
+                    for name in (self.tls.ca_file, served.ca_file):
+                        with open(name, encoding="ascii") as f:
+                            out.write(f.read())
+            lines += ["tls-replication yes", "tls-auth-clients optional",
+                      f"tls-cert-file {served.cert_file}", f"tls-key-file {served.key_file}",
+                      f"tls-client-cert-file {self.tls.client_cert_file}",
+                      f"tls-client-key-file {self.tls.client_key_file}",
+                      f"tls-ca-cert-file {ca_file}"]
         for s in self._sentinels:
             s.start(lines)
 
@@ -837,6 +907,7 @@ class SentinelGroup:
             s.close()
         for server in self.servers:
             server.close()
+        self._finalizer()
 
     def __enter__(self) -> "SentinelGroup":
         try:

@@ -113,6 +113,9 @@ bio_sentinels *bio_sentinels_new(int n, const char *const *hosts, const int *por
                                  const char *service, const char *username,
                                  size_t username_len, const char *password,
                                  size_t password_len);
+/* sentinel_ssl: the sentinels are asked over TLS with t (a reference is taken). Only
+ * before s is shared. */
+void bio_sentinels_set_tls(bio_sentinels *s, bio_tls *t);
 void bio_sentinels_incref(bio_sentinels *s);
 void bio_sentinels_decref(bio_sentinels *s);
 

@@ -169,4 +169,17 @@ ssize_t io_tls_write(bio_client *c, const char *buf, size_t len, char *err, size
 int io_tls_pending(bio_client *c);  /* decrypted bytes wait inside OpenSSL */
 void io_tls_end(bio_client *c);     /* close_notify if the session is sound; free it */
 
+/* io_tls.c: blocking TLS sessions for the sentinel threads (never the I/O thread), on a
+ * connected non-blocking socket, each call waiting with poll() until `deadline`
+ * (bio_now()). After a failure (*broken set) the session is only closed. */
+SSL *io_tls_blocking_connect(bio_tls *t, int fd, const char *host, double deadline,
+                             char *err, size_t errlen);  /* handshake done, or NULL */
+/* Bytes read (> 0), 0 when the deadline passed first (the session stays usable), or -1. */
+ssize_t io_tls_blocking_read(SSL *ssl, bio_tls *t, const char *host, char *buf, size_t len,
+                             double deadline, int *broken, char *err, size_t errlen);
+int io_tls_blocking_write(SSL *ssl, bio_tls *t, const char *host, const char *buf,
+                          size_t len, double deadline, int *broken, char *err,
+                          size_t errlen);  /* 0, or -1 (*broken set) */
+void io_tls_blocking_close(SSL *ssl, int broken);  /* close_notify unless broken; free */
+
 #endif

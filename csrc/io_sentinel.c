@@ -18,7 +18,12 @@
  * handed back. The watcher owns its socket; it stops (within WATCH_TICK, or the
  * connect it is in, at most connect_timeout) once its client lets it go — disconnect()
  * or the client freed — and frees the shared record if it is the last to hold it.
- * Every socket is listed with io_fd_register, so a forked child closes it at once. */
+ * Every socket is listed with io_fd_register, so a forked child closes it at once.
+ *
+ * sentinel_ssl: bio_sentinels holds a TLS context, and every connection to a sentinel
+ * (an sconn) runs a blocking TLS session on its socket (io_tls_blocking_*: poll() for
+ * what OpenSSL wants, up to the same deadlines, the handshake included); a read that
+ * times out leaves the session usable, a failure marks it broken (freed, never reused). */
 #include "io_internal.h"
 
 #include <errno.h>
@@ -52,7 +57,17 @@ struct bio_sentinels {
     size_t username_len;
     char *password;          /* NULL: no AUTH; wiped before it is freed */
     size_t password_len;
+    bio_tls *tls;            /* owned reference: sentinel_ssl, or NULL: plaintext */
 };
+
+/* A connection to a sentinel: its socket, and its TLS session with sentinel_ssl. */
+typedef struct {
+    int fd;
+    SSL *ssl;                /* NULL: plaintext */
+    int broken;              /* a TLS failure: the session is only freed */
+    bio_tls *tls;            /* borrowed (the bio_sentinels' ) */
+    const char *host;        /* borrowed: the sentinel's, for TLS' messages */
+} sconn;
 
 struct sentinel_watch {
     atomic_int refs;         /* the client's and the thread's */
@@ -135,7 +150,16 @@ bio_sentinels_decref(bio_sentinels *s)
         explicit_bzero(s->password, s->password_len);
     }
     free(s->password);
+    bio_tls_decref(s->tls);
     free(s);
+}
+
+void
+bio_sentinels_set_tls(bio_sentinels *s, bio_tls *t)
+{
+    bio_tls_incref(t);
+    bio_tls_decref(s->tls);
+    s->tls = t;
 }
 
 /* ------------------------------------------------------------------ blocking I/O */
@@ -206,9 +230,49 @@ sock_open(const char *host, int port, double deadline, char *err, size_t errlen)
     return fd;
 }
 
+/* A connection to sentinel i by `deadline` (with sentinel_ssl: its TLS handshake
+ * done), or -1 with err set; conn_close frees what it holds. */
 static int
-sock_send(int fd, const char *buf, size_t len, double deadline, char *err, size_t errlen)
+conn_open(bio_sentinels *s, int i, double deadline, sconn *k, char *err, size_t errlen)
 {
+    *k = (sconn){.fd = -1, .tls = s->tls, .host = s->hosts[i]};
+    k->fd = sock_open(s->hosts[i], s->ports[i], deadline, err, errlen);
+    if (k->fd < 0) {
+        return -1;
+    }
+    if (s->tls != NULL) {
+        char why[BIO_ERRLEN];
+        k->ssl = io_tls_blocking_connect(s->tls, k->fd, s->hosts[i], deadline, why,
+                                         sizeof why);
+        if (k->ssl == NULL) {
+            snprintf(err, errlen, "%.60s:%d: %.120s", s->hosts[i], s->ports[i], why);
+            io_fd_close(k->fd);
+            k->fd = -1;
+            return -1;
+        }
+    }
+    return 0;
+}
+
+static void
+conn_close(sconn *k)
+{
+    io_tls_blocking_close(k->ssl, k->broken);  /* (before its socket goes) */
+    k->ssl = NULL;
+    if (k->fd >= 0) {
+        io_fd_close(k->fd);
+    }
+    k->fd = -1;
+}
+
+static int
+sock_send(sconn *k, const char *buf, size_t len, double deadline, char *err, size_t errlen)
+{
+    if (k->ssl != NULL) {
+        return io_tls_blocking_write(k->ssl, k->tls, k->host, buf, len, deadline, &k->broken,
+                                     err, errlen);
+    }
+    int fd = k->fd;
     size_t pos = 0;
     while (pos < len) {
         ssize_t n = send(fd, buf + pos, len - pos, MSG_NOSIGNAL);
@@ -238,9 +302,10 @@ sock_send(int fd, const char *buf, size_t len, double deadline, char *err, size_
  * reader keeps what arrived), or -1 with err set (closed, failed, not RESP, or more
  * than SENTINEL_MAX_REPLY bytes counted in *got, which the caller resets). */
 static int
-sock_reply(int fd, redisReader *rd, void **reply, double deadline, size_t *got,
+sock_reply(sconn *k, redisReader *rd, void **reply, double deadline, size_t *got,
            char *err, size_t errlen)
 {
+    int fd = k->fd;
     for (;;) {
         *reply = NULL;
         if (redisReaderGetReply(rd, reply) != REDIS_OK) {
@@ -249,6 +314,22 @@ sock_reply(int fd, redisReader *rd, void **reply, double deadline, size_t *got,
         }
         if (*reply != NULL) {
             return 1;
+        }
+        char buf[4096];
+        if (k->ssl != NULL) {
+            /* (OpenSSL is asked first: it may hold decrypted bytes the socket does not
+             * show; a read that waits past the deadline leaves the session sound) */
+            ssize_t r = io_tls_blocking_read(k->ssl, k->tls, k->host, buf, sizeof buf,
+                                             deadline, &k->broken, err, errlen);
+            if (r <= 0) {
+                return (int)r;
+            }
+            *got += (size_t)r;
+            if (*got > SENTINEL_MAX_REPLY || redisReaderFeed(rd, buf, (size_t)r) != REDIS_OK) {
+                snprintf(err, errlen, "protocol error");
+                return -1;
+            }
+            continue;
         }
         double left = deadline - bio_now();
         struct pollfd p = {.fd = fd, .events = POLLIN};
@@ -259,7 +340,6 @@ sock_reply(int fd, redisReader *rd, void **reply, double deadline, size_t *got,
         if (n <= 0) {
             return 0;
         }
-        char buf[4096];
         ssize_t r = recv(fd, buf, sizeof buf, 0);
         if (r < 0 && (errno == EINTR || errno == EAGAIN || errno == EWOULDBLOCK)) {
             continue;
@@ -278,7 +358,7 @@ sock_reply(int fd, redisReader *rd, void **reply, double deadline, size_t *got,
 
 /* AUTH to a sentinel when it needs it: 0, or -1 with err set. */
 static int
-sentinel_auth(bio_sentinels *s, int fd, redisReader *rd, double deadline, char *err,
+sentinel_auth(bio_sentinels *s, sconn *fd, redisReader *rd, double deadline, char *err,
               size_t errlen)
 {
     if (s->password == NULL) {
@@ -325,8 +405,8 @@ ask_one(bio_sentinels *s, int i, double deadline, char *host, size_t hostlen, in
         char *err, size_t errlen)
 {
     char why[BIO_ERRLEN];
-    int fd = sock_open(s->hosts[i], s->ports[i], deadline, why, sizeof why);
-    if (fd < 0) {
+    sconn conn, *fd = &conn;
+    if (conn_open(s, i, deadline, &conn, why, sizeof why) < 0) {
         snprintf(err, errlen, "%s", why);
         return -1;
     }
@@ -387,7 +467,7 @@ done:
     if (rd != NULL) {
         redisReaderFree(rd);
     }
-    io_fd_close(fd);
+    conn_close(&conn);
     return rc;
 }
 
@@ -560,8 +640,8 @@ watch_one(sentinel_watch *w, int i)
     bio_sentinels *s = w->s;
     char err[BIO_ERRLEN];
     double deadline = bio_now() + fmin(w->connect_timeout, 5.0);
-    int fd = sock_open(s->hosts[i], s->ports[i], deadline, err, sizeof err);
-    if (fd < 0) {
+    sconn conn, *fd = &conn;
+    if (conn_open(s, i, deadline, &conn, err, sizeof err) < 0) {
         return;
     }
     redisReader *rd = redisReaderCreate();
@@ -590,7 +670,7 @@ done:
     if (rd != NULL) {
         redisReaderFree(rd);
     }
-    io_fd_close(fd);
+    conn_close(&conn);
 }
 
 static void *

@@ -14,6 +14,8 @@
 #include <arpa/inet.h>
 #include <dirent.h>
 #include <errno.h>
+#include <math.h>
+#include <poll.h>
 #include <openssl/err.h>
 #include <openssl/ssl.h>
 #include <openssl/x509v3.h>
@@ -281,26 +283,19 @@ bio_tls_decref(bio_tls *t)
 
 /* ------------------------------------------------------------------ a connection */
 
-/* What OpenSSL says went wrong with the last call on c->ssl that returned rc. */
+/* What OpenSSL says went wrong with the last call on ssl (of context t, to host) that
+ * returned rc; `hint` ends a "connection closed" message. */
 static void
-describe(bio_client *c, int rc, const char *doing, char *err, size_t errlen)
+describe_ssl(SSL *ssl, const bio_tls *t, const char *host, const char *hint, int rc,
+             const char *doing, char *err, size_t errlen)
 {
-    int e = SSL_get_error(c->ssl, rc);
-    long verify = SSL_get_verify_result(c->ssl);
-    /* The server dropped us right after the handshake, before its first reply: with
-     * TLS 1.3 that is how a refused (missing) client certificate often shows, its alert
-     * lost with the reset. */
-    const char *hint = "";
-    if (e != SSL_ERROR_SSL && c->state == ST_HANDSHAKE &&
-        SSL_CTX_get0_certificate(c->cfg.tls->ctx) == NULL) {
-        hint = " (after the TLS handshake: does the server require a client certificate? "
-               "ssl_certfile, ssl_keyfile)";
-    }
+    int e = SSL_get_error(ssl, rc);
+    long verify = SSL_get_verify_result(ssl);
     if (e == SSL_ERROR_SSL && (verify == X509_V_ERR_HOSTNAME_MISMATCH ||
                                verify == X509_V_ERR_IP_ADDRESS_MISMATCH)) {
         snprintf(err, errlen, "SSL certificate verify failed: hostname mismatch (%s): the "
                  "server's certificate is not for '%s'", X509_verify_cert_error_string(verify),
-                 c->cfg.host);
+                 host);
         ERR_clear_error();
     }
     else if (e == SSL_ERROR_SSL && verify != X509_V_OK) {
@@ -312,8 +307,7 @@ describe(bio_client *c, int rc, const char *doing, char *err, size_t errlen)
                          verify == X509_V_ERR_DEPTH_ZERO_SELF_SIGNED_CERT ||
                          verify == X509_V_ERR_SELF_SIGNED_CERT_IN_CHAIN;
         snprintf(err, errlen, "SSL certificate verify failed: %s%s",
-                 X509_verify_cert_error_string(verify),
-                 unknown_ca ? c->cfg.tls->ca_hint : "");
+                 X509_verify_cert_error_string(verify), unknown_ca ? t->ca_hint : "");
         ERR_clear_error();
     }
     else if (e == SSL_ERROR_SSL) {
@@ -330,6 +324,46 @@ describe(bio_client *c, int rc, const char *doing, char *err, size_t errlen)
     }
 }
 
+/* What OpenSSL says went wrong with the last call on c->ssl that returned rc. */
+static void
+describe(bio_client *c, int rc, const char *doing, char *err, size_t errlen)
+{
+    /* The server dropped us right after the handshake, before its first reply: with
+     * TLS 1.3 that is how a refused (missing) client certificate often shows, its alert
+     * lost with the reset. */
+    const char *hint = "";
+    if (SSL_get_error(c->ssl, rc) != SSL_ERROR_SSL && c->state == ST_HANDSHAKE &&
+        SSL_CTX_get0_certificate(c->cfg.tls->ctx) == NULL) {
+        hint = " (after the TLS handshake: does the server require a client certificate? "
+               "ssl_certfile, ssl_keyfile)";
+    }
+    describe_ssl(c->ssl, c->cfg.tls, c->cfg.host, hint, rc, doing, err, errlen);
+}
+
+/* SNI and (when checking it) the name the certificate must have: host's. 0 or -1. */
+static int
+set_peer(SSL *ssl, const bio_tls *t, const char *host, char *err, size_t errlen)
+{
+    unsigned char ip[16];
+    int is_ip = inet_pton(AF_INET, host, ip) == 1 || inet_pton(AF_INET6, host, ip) == 1;
+    if (!is_ip && !SSL_set_tlsext_host_name(ssl, host)) {  /* SNI: names only */
+        snprintf(err, errlen, "SSL: cannot use '%s' as the server name", host);
+        return -1;
+    }
+    if (t->check_hostname) {
+        X509_VERIFY_PARAM *param = SSL_get0_param(ssl);
+        int ok = is_ip ? X509_VERIFY_PARAM_set1_ip_asc(param, host)
+                       : (X509_VERIFY_PARAM_set_hostflags(
+                              param, X509_CHECK_FLAG_NO_PARTIAL_WILDCARDS),
+                          X509_VERIFY_PARAM_set1_host(param, host, 0));
+        if (!ok) {
+            snprintf(err, errlen, "SSL: cannot check the certificate against '%s'", host);
+            return -1;
+        }
+    }
+    return 0;
+}
+
 int
 io_tls_begin(bio_client *c, char *err, size_t errlen)
 {
@@ -339,23 +373,8 @@ io_tls_begin(bio_client *c, char *err, size_t errlen)
         snprintf(err, errlen, "SSL: out of memory");
         goto fail;
     }
-    const char *host = c->cfg.host;
-    unsigned char ip[16];
-    int is_ip = inet_pton(AF_INET, host, ip) == 1 || inet_pton(AF_INET6, host, ip) == 1;
-    if (!is_ip && !SSL_set_tlsext_host_name(c->ssl, host)) {  /* SNI: names only */
-        snprintf(err, errlen, "SSL: cannot use '%s' as the server name", host);
+    if (set_peer(c->ssl, c->cfg.tls, c->cfg.host, err, errlen) < 0) {
         goto fail;
-    }
-    if (c->cfg.tls->check_hostname) {
-        X509_VERIFY_PARAM *param = SSL_get0_param(c->ssl);
-        int ok = is_ip ? X509_VERIFY_PARAM_set1_ip_asc(param, host)
-                       : (X509_VERIFY_PARAM_set_hostflags(
-                              param, X509_CHECK_FLAG_NO_PARTIAL_WILDCARDS),
-                          X509_VERIFY_PARAM_set1_host(param, host, 0));
-        if (!ok) {
-            snprintf(err, errlen, "SSL: cannot check the certificate against '%s'", host);
-            goto fail;
-        }
     }
     SSL_set_connect_state(c->ssl);
     c->tls_want_out = 1;  /* the ClientHello goes first */
@@ -470,4 +489,151 @@ io_tls_end(bio_client *c)
     SSL_free(c->ssl);
     c->ssl = NULL;
     c->tls_want_out = c->tls_read_wants_out = c->tls_write_wants_in = c->tls_broken = 0;
+}
+
+/* ------------------------------------------------------------------ blocking sessions */
+
+/* For the sentinel threads (io_sentinel.c), never the I/O thread: a session on a
+ * connected non-blocking socket whose calls wait with poll() until a deadline. A call
+ * OpenSSL cannot finish yet (SSL_ERROR_WANT_READ / WANT_WRITE) is retried once the
+ * socket is ready; a deadline that passes there leaves the session sound (a read
+ * that timed out may be retried). Any other failure is fatal: the session is then
+ * only freed (io_tls_blocking_close with broken set), never used again. */
+
+/* Wait until fd is ready for what the call that returned rc wants: 1 ready, 0 the
+ * deadline passed, -1 not a wait (a fatal error). */
+static int
+blocking_wait(SSL *ssl, int fd, int rc, double deadline)
+{
+    int e = SSL_get_error(ssl, rc);
+    if (e != SSL_ERROR_WANT_READ && e != SSL_ERROR_WANT_WRITE) {
+        return -1;
+    }
+    struct pollfd p = {.fd = fd, .events = e == SSL_ERROR_WANT_READ ? POLLIN : POLLOUT};
+    for (;;) {
+        double left = deadline - bio_now();
+        int n = left > 0 ? poll(&p, 1, (int)ceil(left * 1000)) : 0;
+        if (n < 0 && errno == EINTR) {
+            continue;
+        }
+        return n > 0 ? 1 : n == 0 ? 0 : -1;
+    }
+}
+
+SSL *
+io_tls_blocking_connect(bio_tls *t, int fd, const char *host, double deadline, char *err,
+                        size_t errlen)
+{
+    ERR_clear_error();
+    SSL *ssl = SSL_new(t->ctx);
+    if (ssl == NULL || !SSL_set_fd(ssl, fd)) {
+        snprintf(err, errlen, "SSL: out of memory");
+        goto fail;
+    }
+    if (set_peer(ssl, t, host, err, errlen) < 0) {
+        goto fail;
+    }
+    SSL_set_connect_state(ssl);
+    for (;;) {
+        ERR_clear_error();
+        errno = 0;
+        int rc = SSL_do_handshake(ssl);
+        if (rc == 1) {
+            return ssl;
+        }
+        int w = blocking_wait(ssl, fd, rc, deadline);
+        if (w == 1) {
+            continue;
+        }
+        if (w == 0) {
+            snprintf(err, errlen, "timeout in the TLS handshake");
+        }
+        else {
+            describe_ssl(ssl, t, host, "", rc, "during the handshake", err, errlen);
+        }
+        goto fail;
+    }
+
+fail:
+    ERR_clear_error();
+    SSL_free(ssl);  /* (no close_notify: not a sound session) */
+    return NULL;
+}
+
+ssize_t
+io_tls_blocking_read(SSL *ssl, bio_tls *t, const char *host, char *buf, size_t len,
+                     double deadline, int *broken, char *err, size_t errlen)
+{
+    int fd = SSL_get_fd(ssl);
+    for (;;) {
+        ERR_clear_error();
+        errno = 0;
+        size_t n = 0;
+        int rc = SSL_read_ex(ssl, buf, len, &n);
+        if (rc == 1) {
+            return (ssize_t)n;
+        }
+        if (SSL_get_error(ssl, rc) == SSL_ERROR_ZERO_RETURN) {
+            snprintf(err, errlen, "connection closed");  /* its close_notify */
+            ERR_clear_error();
+            *broken = 1;  /* (nothing more to say on it) */
+            return -1;
+        }
+        int w = blocking_wait(ssl, fd, rc, deadline);
+        if (w == 1) {
+            continue;
+        }
+        if (w == 0) {
+            return 0;  /* WANT_READ/WANT_WRITE past the deadline: the session is sound */
+        }
+        describe_ssl(ssl, t, host, "", rc, "reading", err, errlen);
+        *broken = 1;
+        return -1;
+    }
+}
+
+int
+io_tls_blocking_write(SSL *ssl, bio_tls *t, const char *host, const char *buf, size_t len,
+                      double deadline, int *broken, char *err, size_t errlen)
+{
+    int fd = SSL_get_fd(ssl);
+    size_t pos = 0;
+    while (pos < len) {
+        ERR_clear_error();
+        errno = 0;
+        size_t n = 0;
+        int rc = SSL_write_ex(ssl, buf + pos, len - pos, &n);
+        if (rc == 1) {
+            pos += n;
+            continue;
+        }
+        int w = blocking_wait(ssl, fd, rc, deadline);
+        if (w == 1) {
+            continue;
+        }
+        if (w == 0) {
+            snprintf(err, errlen, "timeout writing");
+            *broken = 1;  /* (a write cut short is not retried: the session goes) */
+        }
+        else {
+            describe_ssl(ssl, t, host, "", rc, "writing", err, errlen);
+            *broken = 1;
+        }
+        return -1;
+    }
+    return 0;
+}
+
+void
+io_tls_blocking_close(SSL *ssl, int broken)
+{
+    if (ssl == NULL) {
+        return;
+    }
+    if (!broken) {
+        ERR_clear_error();
+        (void)SSL_shutdown(ssl);  /* our close_notify, if the socket takes it now */
+    }
+    ERR_clear_error();
+    SSL_free(ssl);
 }

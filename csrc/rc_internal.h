@@ -43,6 +43,7 @@ typedef struct {
     PyObject *sentinel_username; /* owned str, or None */
     PyObject *sentinel_password; /* owned str, or None */
     bio_sentinels *sentinel_cfg; /* owned C reference, or NULL: no sentinels */
+    int sentinel_ssl;            /* the sentinels are asked over TLS */
     int connected;               /* connect() succeeded and no disconnect() since */
     unsigned long long hits, misses;  /* this process's counts */
     Py_ssize_t in_flight;        /* submitted, not yet finished (delivered) */
@@ -143,9 +144,12 @@ enum {
     RC_TLS_PASSWORD, RC_TLS_CERT_REQS, RC_TLS_CHECK_HOSTNAME, RC_TLS_MIN_VERSION,
     RC_TLS_CIPHERS, RC_TLS_NOPTS
 };
-/* Check them all; with ssl true, *out is a new TLS context (its files read now).
- * 0, or -1 with TypeError / ValueError (naming the option and the file). */
-int rc_tls_options(PyObject *const opt[RC_TLS_NOPTS], int unix_socket, bio_tls **out);
+/* Check them all; with ssl true, *out is a new TLS context (its files read now); with
+ * for_sentinels (sentinel_ssl), *sentinel_out is a reference to it too, or, with ssl
+ * off, to a context of the sentinels' own made from the same options. 0, or -1 with
+ * TypeError / ValueError (naming the option and the file). */
+int rc_tls_options(PyObject *const opt[RC_TLS_NOPTS], int unix_socket, int for_sentinels,
+                   bio_tls **out, bio_tls **sentinel_out);
 
 /* rc_sentinel.c: the Sentinel keyword arguments, in this order (borrowed, NULL if
  * omitted). */

@@ -130,9 +130,11 @@ min_version(PyObject *v, int *out)
 }
 
 int
-rc_tls_options(PyObject *const opt[RC_TLS_NOPTS], int unix_socket, bio_tls **out)
+rc_tls_options(PyObject *const opt[RC_TLS_NOPTS], int unix_socket, int for_sentinels,
+               bio_tls **out, bio_tls **sentinel_out)
 {
     *out = NULL;
+    *sentinel_out = NULL;
     PyObject *ssl = opt[RC_TLS_SSL];
     int on = 0;
     if (ssl != NULL && ssl != Py_None && (on = PyObject_IsTrue(ssl)) < 0) {
@@ -155,10 +157,10 @@ rc_tls_options(PyObject *const opt[RC_TLS_NOPTS], int unix_socket, bio_tls **out
         min_version(opt[RC_TLS_MIN_VERSION], &o.min_version) < 0) {
         return -1;
     }
-    if (!on) {
+    if (!on && !for_sentinels) {
         return 0;
     }
-    if (unix_socket) {
+    if (on && unix_socket) {
         PyErr_SetString(PyExc_ValueError, "ssl is for TCP connections: Redis serves unix "
                         "sockets in plaintext (unix_socket_path and ssl=True)");
         return -1;
@@ -178,6 +180,16 @@ rc_tls_options(PyObject *const opt[RC_TLS_NOPTS], int unix_socket, bio_tls **out
                                                             : PyExc_ValueError, err);
         return -1;
     }
-    *out = t;
+    /* sentinel_ssl: the sentinels share the data connection's context, or, with ssl
+     * off, have this one of their own (made from the same ssl_* options). */
+    if (for_sentinels) {
+        if (on) {
+            bio_tls_incref(t);
+        }
+        *sentinel_out = t;
+    }
+    if (on) {
+        *out = t;
+    }
     return 0;
 }

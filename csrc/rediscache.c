@@ -334,15 +334,16 @@ rc_init(RedisCache *self, PyObject *args, PyObject *kwds)
                              "ssl_certfile", "ssl_keyfile", "ssl_password", "ssl_cert_reqs",
                              "ssl_check_hostname", "ssl_min_version", "ssl_ciphers",
                              "sentinels", "service_name", "sentinel_username",
-                             "sentinel_password", NULL};
+                             "sentinel_password", "sentinel_ssl", NULL};
     PyObject *host = NULL, *port = NULL, *db = NULL, *password = Py_None, *prefix = NULL,
              *default_ttl = NULL, *max_conn = NULL, *username = Py_None, *pool_size = Py_None,
              *max_overflow = Py_None, *sock_to = NULL, *conn_to = NULL, *unix_path = Py_None,
              *max_reply = NULL;
     PyObject *tls_opt[RC_TLS_NOPTS] = {NULL};
     PyObject *sn_opt[RC_SN_NOPTS] = {NULL};
+    PyObject *sn_ssl = NULL;
     if (!PyArg_ParseTupleAndKeywords(
-            args, kwds, "|OOOOOOO$OOOOOOOOOOOOOOOOOOOOO:RedisCache", kwlist, &host, &port, &db,
+            args, kwds, "|OOOOOOO$OOOOOOOOOOOOOOOOOOOOOO:RedisCache", kwlist, &host, &port, &db,
             &password, &prefix, &default_ttl, &max_conn, &username, &pool_size,
             &max_overflow, &sock_to, &conn_to, &unix_path, &max_reply,
             &tls_opt[RC_TLS_SSL], &tls_opt[RC_TLS_CA_CERTS], &tls_opt[RC_TLS_CA_PATH],
@@ -350,7 +351,7 @@ rc_init(RedisCache *self, PyObject *args, PyObject *kwds)
             &tls_opt[RC_TLS_CERT_REQS], &tls_opt[RC_TLS_CHECK_HOSTNAME],
             &tls_opt[RC_TLS_MIN_VERSION], &tls_opt[RC_TLS_CIPHERS],
             &sn_opt[RC_SN_SENTINELS], &sn_opt[RC_SN_SERVICE], &sn_opt[RC_SN_USERNAME],
-            &sn_opt[RC_SN_PASSWORD])) {
+            &sn_opt[RC_SN_PASSWORD], &sn_ssl)) {
         return -1;
     }
     unsigned long long max_reply_bytes = DEFAULT_MAX_REPLY;
@@ -408,11 +409,27 @@ rc_init(RedisCache *self, PyObject *args, PyObject *kwds)
     if (rc_sentinel_options(sn_opt, has_address, &sn_list, &sn) < 0) {
         return -1;
     }
-    bio_tls *tls;  /* last: it reads the certificate files */
-    if (rc_tls_options(tls_opt, unix_path != Py_None, &tls) < 0) {
+    int sentinel_ssl = 0;
+    if (sn_ssl != NULL && sn_ssl != Py_None && (sentinel_ssl = PyObject_IsTrue(sn_ssl)) < 0) {
         Py_XDECREF(sn_list);
         bio_sentinels_decref(sn);
         return -1;
+    }
+    if (sentinel_ssl && sn == NULL) {
+        PyErr_SetString(PyExc_ValueError, "sentinel_ssl needs sentinels=[...]");
+        Py_XDECREF(sn_list);
+        bio_sentinels_decref(sn);
+        return -1;
+    }
+    bio_tls *tls, *sn_tls;  /* last: it reads the certificate files */
+    if (rc_tls_options(tls_opt, unix_path != Py_None, sentinel_ssl, &tls, &sn_tls) < 0) {
+        Py_XDECREF(sn_list);
+        bio_sentinels_decref(sn);
+        return -1;
+    }
+    if (sn_tls != NULL) {
+        bio_sentinels_set_tls(sn, sn_tls);  /* (sn is not shared yet) */
+        bio_tls_decref(sn_tls);
     }
     PyObject *pbytes = PyUnicode_AsUTF8String(prefix);
     if (pbytes == NULL) {
@@ -442,6 +459,7 @@ rc_init(RedisCache *self, PyObject *args, PyObject *kwds)
                Py_NewRef(sn && sn_opt[RC_SN_PASSWORD] ? sn_opt[RC_SN_PASSWORD] : Py_None));
     bio_tls_decref(self->tls);
     self->tls = tls;
+    self->sentinel_ssl = sentinel_ssl;
     self->port = iport;
     self->db = idb;
     self->max_reply = max_reply_bytes;
@@ -572,6 +590,12 @@ static PyObject *
 rc_get_max_reply(RedisCache *self, void *Py_UNUSED(closure))
 {
     return PyLong_FromUnsignedLongLong(self->max_reply);
+}
+
+static PyObject *
+rc_get_sentinel_ssl(RedisCache *self, void *Py_UNUSED(closure))
+{
+    return PyBool_FromLong(self->sentinel_ssl);
 }
 
 static PyObject *
@@ -755,6 +779,9 @@ static PyGetSetDef rc_getset[] = {
      "connection.", NULL},
     {"ssl", (getter)rc_get_ssl, NULL, "Whether the connection uses TLS (ssl=True, rediss://).",
      NULL},
+    {"sentinel_ssl", (getter)rc_get_sentinel_ssl, NULL,
+     "Whether the sentinels are asked over TLS (sentinel_ssl=True, ?sentinel_ssl=true), "
+     "with the ssl_* options.", NULL},
     {"connected", (getter)rc_get_connected, NULL,
      "True after connect() until disconnect() (the reference's _connected).", NULL},
     {"_connected", (getter)rc_get_connected, NULL, "Alias of connected.", NULL},
@@ -773,7 +800,8 @@ static PyType_Slot rc_slots[] = {
      "           ssl_ca_certs=None, ssl_ca_path=None, ssl_certfile=None, ssl_keyfile=None,\n"
      "           ssl_password=None, ssl_cert_reqs='required', ssl_check_hostname=True,\n"
      "           ssl_min_version=None, ssl_ciphers=None, sentinels=None,\n"
-     "           service_name=None, sentinel_username=None, sentinel_password=None)\n"
+     "           service_name=None, sentinel_username=None, sentinel_password=None,\n"
+     "           sentinel_ssl=False)\n"
      "--\n\n"
      "Redis-backed cache, in C: a background I/O thread pipelines every request on one\n"
      "connection, so no request waits for (or fails for want of) a pooled connection.\n"

@@ -582,3 +582,169 @@ async def test_failover_under_load_sigkill():
         await c.set("final", 1)
         assert new.command("GET", "sntload:final") == b"1"
         await c.disconnect()
+
+
+# ---------------------------------------------------------------------- TLS to the sentinels
+
+
+@pytest.fixture(scope="module")
+def tls_group():
+    with SentinelGroup(SERVICE, tls=True) as g:
+        yield g
+
+
+def tls_sentinel_cache(group: SentinelGroup, **kw) -> RedisCache:
+    return sentinel_cache(group, **{**group.tls_kwargs, **kw})
+
+
+def watcher_subscribed(group: SentinelGroup) -> bool:
+    """Some sentinel has a client subscribed (the watcher: sentinels subscribe to
+    nothing on each other). The sentinels speak TLS only, so it came over TLS."""
+    return any(b"cmd=subscribe" in group.sentinel_command(i, "CLIENT", "LIST")
+               for i in range(len(group.sentinels)))
+
+
+def test_sentinel_ssl_options(tmp_path):
+    plain = RedisCache(sentinels=[("127.0.0.1", 26379)], service_name="m")
+    assert plain.sentinel_ssl is False and RedisCache().sentinel_ssl is False
+    c = RedisCache(sentinels=[("127.0.0.1", 26379)], service_name="m", sentinel_ssl=True,
+                   ssl_cert_reqs="none")
+    assert c.sentinel_ssl is True and c.ssl is False  # the data connection stays plaintext
+    with pytest.raises(AttributeError):
+        c.sentinel_ssl = False  # type: ignore[misc]
+    with pytest.raises(ValueError, match="sentinel_ssl needs sentinels"):
+        RedisCache(sentinel_ssl=True)
+    # With ssl off, sentinel_ssl builds its own context from the ssl_* options: their
+    # files are read now.
+    missing = str(tmp_path / "nope.crt")
+    with pytest.raises(ValueError, match="ssl_ca_certs"):
+        RedisCache(sentinels=[("127.0.0.1", 26379)], service_name="m", sentinel_ssl=True,
+                   ssl_ca_certs=missing)
+    RedisCache(sentinels=[("127.0.0.1", 26379)], service_name="m", ssl_ca_certs=missing)
+    url = RedisCache.from_url("redis+sentinel://h:1/m?sentinel_ssl=true&ssl_cert_reqs=none")
+    assert url.sentinel_ssl and not url.ssl
+    both = RedisCache.from_url("rediss+sentinel://h:1/m?sentinel_ssl=true")
+    assert both.sentinel_ssl and both.ssl
+    assert not RedisCache.from_url("rediss+sentinel://h:1/m").sentinel_ssl
+    with pytest.raises(ValueError, match="ssl_"):
+        RedisCache.from_url("redis+sentinel://h:1/m?sentinel_ssl=false&ssl_cert_reqs=none")
+
+
+async def test_tls_sentinels_contract_and_url(tls_group):
+    """TLS sentinels (TLS only) name a TLS primary: set/get through them, by keywords
+    and by URL; the watcher subscribes over TLS."""
+    c = tls_sentinel_cache(tls_group, prefix="snttls:")
+    assert c.sentinel_ssl and c.ssl
+    async with c:
+        await c.set("a", {"x": 1})
+        assert await c.get("a") == {"x": 1}
+        assert await c.get_many(["a", "nope"]) == {"a": {"x": 1}}
+        assert tls_group.primary().command("GET", "snttls:a") == b'{"x": 1}'
+        await until(lambda: watcher_subscribed(tls_group), "the watcher subscribed over TLS")
+    url = RedisCache.from_url(tls_group.url, prefix="snttls:", socket_timeout=TIMEOUT,
+                              connect_timeout=TIMEOUT)
+    assert url.sentinel_ssl and url.ssl
+    async with url:
+        assert await url.get("a") == {"x": 1}
+
+
+async def test_tls_sentinels_plaintext_sentinel_query_fails(tls_group):
+    """Without sentinel_ssl the TLS-only sentinels cannot be asked; with sentinel_ssl but
+    ssl off they are (their own context), and it is the plaintext data connection to
+    the TLS-only primary that fails."""
+    plain = sentinel_cache(tls_group, ssl=True, ssl_ca_certs=tls_group.tls.ca_file)
+    with pytest.raises(CacheError, match="no sentinel answered"):
+        await bounded(plain.connect())
+    await plain.disconnect()
+    own = sentinel_cache(tls_group, sentinel_ssl=True, ssl_ca_certs=tls_group.tls.ca_file)
+    with pytest.raises(CacheError) as info:
+        await bounded(own.connect())
+    assert "no sentinel answered" not in str(info.value), str(info.value)
+    await own.disconnect()
+
+
+async def test_tls_watcher_thread_and_sockets_freed(tls_group):
+    """The TLS watcher (its session and socket) ends on disconnect() and when the cache
+    is dropped; its 0.2 s reads that time out do not keep it from stopping."""
+    gc.collect()
+    await until(lambda: threads_named("bruno-sentinel") == 0, "earlier watchers ended", HANG)
+    sockets = open_sockets()
+    c = tls_sentinel_cache(tls_group)
+    await c.connect()
+    await until(lambda: threads_named("bruno-sentinel") == 1, "the watcher started")
+    await until(lambda: watcher_subscribed(tls_group), "the watcher subscribed over TLS")
+    await asyncio.sleep(0.5)  # a few WATCH_TICK read timeouts on the TLS session
+    await c.set("k", 1)
+    await c.disconnect()
+    await until(lambda: threads_named("bruno-sentinel") == 0, "the watcher ended", HANG)
+    await until(lambda: open_sockets() == sockets, "sockets closed", HANG)
+    await c.connect()
+    await until(lambda: threads_named("bruno-sentinel") == 1, "the watcher again")
+    assert await c.get("k") == 1
+    del c
+    await until(lambda: threads_named("bruno-sentinel") == 0, "the watcher ended", HANG)
+    await until(lambda: open_sockets() == sockets, "sockets closed", HANG)
+
+
+async def test_tls_switch_master_followed(tls_group):
+    """SENTINEL FAILOVER with TLS everywhere: the watcher, subscribed over TLS, hears
+    +switch-master; writes reach the new (TLS) primary without user action."""
+    c = tls_sentinel_cache(tls_group, prefix="snttlsfo:")
+    await c.connect()
+    await c.set("before", 1)
+    await until(lambda: watcher_subscribed(tls_group), "the watcher subscribed over TLS")
+    old = tls_group.primary()
+    tls_group.failover()
+    new = await asyncio.to_thread(tls_group.wait_primary_changed, old.port)
+    token = os.urandom(8).hex()
+
+    async def written() -> bool:
+        try:
+            await bounded(c.set("after", token))
+        except CacheError:
+            return False
+        return bool(new.command("GET", "snttlsfo:after") == f'"{token}"'.encode())
+
+    deadline = time.monotonic() + RECOVER
+    while not await written():
+        assert time.monotonic() < deadline, f"writes never reached the new primary {c.stats()}"
+        await asyncio.sleep(0.01)
+    assert await c.get("before") == 1
+    await until(lambda: c.stats()["reconnects"] >= 1, "a reconnect", RECOVER)
+    await c.disconnect()
+
+
+async def test_tls_sentinel_from_another_ca(tmp_path):
+    """Sentinels whose certificate another CA signed, for another host name: no sentinel
+    answers, the message names the verification failure, within connect_timeout. Trusting
+    that CA too, the host name is checked against the sentinel's (SNI / verification):
+    a mismatch, unless ssl_check_hostname=False."""
+    from bruno_memory_c.testing import make_tls_files
+    other = make_tls_files(str(tmp_path / "other"), names=("elsewhere.test",),
+                           prefix="other-")
+    with SentinelGroup(SERVICE, tls=True, sentinel_tls_files=other) as g:
+        c = tls_sentinel_cache(g, connect_timeout=2.0, socket_timeout=2.0)
+        t = time.monotonic()
+        with pytest.raises(CacheError) as info:
+            await bounded(c.connect())
+        elapsed = time.monotonic() - t
+        msg = str(info.value)
+        assert "no sentinel answered" in msg and "certificate verify failed" in msg, msg
+        assert elapsed < 2.0 + 1.0, elapsed
+        await c.disconnect()
+        both = tmp_path / "both-cas.crt"
+        both.write_text(open(g.tls.ca_file).read() + open(other.ca_file).read())
+        named = tls_sentinel_cache(g, ssl_ca_certs=str(both))
+        with pytest.raises(CacheError) as info:
+            await bounded(named.connect())
+        assert "no sentinel answered" in str(info.value)
+        assert "hostname mismatch" in str(info.value), str(info.value)
+        await named.disconnect()
+        unchecked = tls_sentinel_cache(g, ssl_ca_certs=str(both), ssl_check_hostname=False)
+        async with unchecked:
+            await unchecked.set("k", 1)
+            assert await unchecked.get("k") == 1
+        # Not verifying at all (ssl_cert_reqs="none") the same sentinels answer.
+        lax = tls_sentinel_cache(g, ssl_cert_reqs="none")
+        async with lax:
+            assert await lax.get("k") == 1
