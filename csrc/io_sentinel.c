@@ -25,6 +25,7 @@
  * what OpenSSL wants, up to the same deadlines, the handshake included); a read that
  * times out leaves the session usable, a failure marks it broken (freed, never reused). */
 #include "io_internal.h"
+#include "respscan.h"
 
 #include <errno.h>
 #include <math.h>
@@ -67,6 +68,8 @@ typedef struct {
     int broken;              /* a TLS failure: the session is only freed */
     bio_tls *tls;            /* borrowed (the bio_sentinels' ) */
     const char *host;        /* borrowed: the sentinel's, for TLS' messages */
+    resp_scan scan;          /* what the reply being received costs (hiredis 0.14 would
+                              * allocate what a header declares before the bytes come) */
 } sconn;
 
 struct sentinel_watch {
@@ -236,6 +239,7 @@ static int
 conn_open(bio_sentinels *s, int i, double deadline, sconn *k, char *err, size_t errlen)
 {
     *k = (sconn){.fd = -1, .tls = s->tls, .host = s->hosts[i]};
+    resp_scan_init(&k->scan);
     k->fd = sock_open(s->hosts[i], s->ports[i], deadline, err, errlen);
     if (k->fd < 0) {
         return -1;
@@ -298,6 +302,23 @@ sock_send(sconn *k, const char *buf, size_t len, double deadline, char *err, siz
     return 0;
 }
 
+/* n more bytes of a sentinel's into the reader, after the scanner costed them (bytes
+ * plus RESP_ELEMENT_COST per declared element, each reply at most SENTINEL_MAX_REPLY,
+ * and *got bytes in all): 0, or -1 with err set. */
+static int
+feed(sconn *k, redisReader *rd, const char *buf, size_t n, size_t *got, char *err,
+     size_t errlen)
+{
+    *got += n;
+    if (*got > SENTINEL_MAX_REPLY ||
+        resp_scan_feed(&k->scan, buf, n, SENTINEL_MAX_REPLY) != RESP_SCAN_OK ||
+        redisReaderFeed(rd, buf, n) != REDIS_OK) {
+        snprintf(err, errlen, "protocol error");
+        return -1;
+    }
+    return 0;
+}
+
 /* The next reply into *reply: 1, or 0 when `deadline` passed first (nothing lost: the
  * reader keeps what arrived), or -1 with err set (closed, failed, not RESP, or more
  * than SENTINEL_MAX_REPLY bytes counted in *got, which the caller resets). */
@@ -324,9 +345,7 @@ sock_reply(sconn *k, redisReader *rd, void **reply, double deadline, size_t *got
             if (r <= 0) {
                 return (int)r;
             }
-            *got += (size_t)r;
-            if (*got > SENTINEL_MAX_REPLY || redisReaderFeed(rd, buf, (size_t)r) != REDIS_OK) {
-                snprintf(err, errlen, "protocol error");
+            if (feed(k, rd, buf, (size_t)r, got, err, errlen) < 0) {
                 return -1;
             }
             continue;
@@ -348,12 +367,27 @@ sock_reply(sconn *k, redisReader *rd, void **reply, double deadline, size_t *got
             snprintf(err, errlen, "%s", r == 0 ? "connection closed" : strerror(errno));
             return -1;
         }
-        *got += (size_t)r;
-        if (*got > SENTINEL_MAX_REPLY || redisReaderFeed(rd, buf, (size_t)r) != REDIS_OK) {
-            snprintf(err, errlen, "protocol error");
+        if (feed(k, rd, buf, (size_t)r, got, err, errlen) < 0) {
             return -1;
         }
     }
+}
+
+/* A port in decimal digits only, 1 to 65535: the port, or -1. */
+static int
+port_of(const char *str, size_t len)
+{
+    if (len == 0 || len > 5) {
+        return -1;
+    }
+    int port = 0;
+    for (size_t i = 0; i < len; i++) {
+        if (str[i] < '0' || str[i] > '9') {
+            return -1;
+        }
+        port = port * 10 + (str[i] - '0');
+    }
+    return port >= 1 && port <= 65535 ? port : -1;
 }
 
 /* AUTH to a sentinel when it needs it: 0, or -1 with err set. */
@@ -389,7 +423,9 @@ sentinel_auth(bio_sentinels *s, sconn *fd, redisReader *rd, double deadline, cha
     }
     redisReply *r = reply;
     rc = 0;
-    if (r->type == REDIS_REPLY_ERROR) {
+    /* (as for the data connection: a password given to a sentinel that has none is
+     * not a failure) */
+    if (r->type == REDIS_REPLY_ERROR && !strstr(r->str, "without any password configured")) {
         snprintf(err, errlen, "AUTH: %.*s", (int)(r->len < 120 ? r->len : 120), r->str);
         rc = -1;
     }
@@ -449,12 +485,11 @@ ask_one(bio_sentinels *s, int i, double deadline, char *host, size_t hostlen, in
              r->element[0]->type != REDIS_REPLY_STRING ||
              r->element[1]->type != REDIS_REPLY_STRING || r->element[0]->len == 0 ||
              r->element[0]->len >= hostlen || strlen(r->element[0]->str) != r->element[0]->len ||
-             atoi(r->element[1]->str) <= 0 || atoi(r->element[1]->str) > 65535) {
+             (*port = port_of(r->element[1]->str, r->element[1]->len)) < 0) {
         snprintf(why, sizeof why, "unexpected reply to SENTINEL get-master-addr-by-name");
     }
     else {
         memcpy(host, r->element[0]->str, r->element[0]->len + 1);
-        *port = atoi(r->element[1]->str);
         rc = 0;
     }
 done:
@@ -737,9 +772,16 @@ void
 io_sentinel_poll(bio_client *c, double now)
 {
     sentinel_watch *w = c->watch;
-    if (w == NULL || !atomic_exchange(&w->switched, 0)) {
+    if (w == NULL || !atomic_load(&w->switched)) {
         return;
     }
+    if (c->state != ST_IDLE && c->state != ST_READY && c->state != ST_BACKOFF) {
+        /* An attempt under way may have been given the old address before the
+         * announcement: the flag stays until it is over, and is then checked against
+         * the address it reached. */
+        return;
+    }
+    atomic_store(&w->switched, 0);
     char addr[300], ours[300];
     pthread_mutex_lock(&w->lock);
     memcpy(addr, w->addr, sizeof addr);
@@ -751,7 +793,7 @@ io_sentinel_poll(bio_client *c, double now)
         return;
     }
     if (strcmp(addr, ours) == 0 || c->state != ST_READY) {
-        return;  /* (an attempt under way checks ROLE: a wrong server fails it) */
+        return;  /* on the new primary already, or idle: the next attempt asks anew */
     }
     char *port = strchr(addr, ' ');
     if (port != NULL) {

@@ -117,11 +117,18 @@ rc_sentinel_options(PyObject *const opt[RC_SN_NOPTS], int has_address, PyObject 
                      "%.100s", Py_TYPE(sentinels)->tp_name);
         return -1;
     }
-    PyObject *seq = PySequence_Fast(sentinels, "sentinels must be a list of (host, port) pairs");
+    PyObject *fast = PySequence_Fast(sentinels, "sentinels must be a list of (host, port) pairs");
+    if (fast == NULL) {
+        return -1;
+    }
+    /* A tuple of our own: reading a pair may run Python code (its __iter__, __len__)
+     * that changes the caller's list under us. */
+    PyObject *seq = PySequence_Tuple(fast);
+    Py_DECREF(fast);
     if (seq == NULL) {
         return -1;
     }
-    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
+    Py_ssize_t n = PyTuple_GET_SIZE(seq);
     if (n < 1 || n > MAX_SENTINELS) {
         PyErr_Format(PyExc_ValueError, "sentinels must name 1 to %d sentinels", MAX_SENTINELS);
         Py_DECREF(seq);
@@ -135,7 +142,7 @@ rc_sentinel_options(PyObject *const opt[RC_SN_NOPTS], int has_address, PyObject 
     const char *hosts[MAX_SENTINELS];
     int ports[MAX_SENTINELS];
     for (Py_ssize_t i = 0; i < n; i++) {
-        PyObject *pair = one_sentinel(PySequence_Fast_GET_ITEM(seq, i));
+        PyObject *pair = one_sentinel(PyTuple_GET_ITEM(seq, i));
         if (pair == NULL) {
             Py_DECREF(seq);
             Py_DECREF(pairs);

@@ -84,6 +84,7 @@ class FakeSentinel:
 
     def __init__(self) -> None:
         self.address: tuple[str, int] | None = None
+        self.raw_reply: bytes | None = None  # sent as it is instead of the address
         self.asked = 0
         self.auth: list[list[str]] = []
         self.listener = socket.create_server(("127.0.0.1", 0))
@@ -113,7 +114,9 @@ class FakeSentinel:
                     conn.sendall(b"+OK\r\n")
                 elif cmd[0].upper() == "SENTINEL":
                     self.asked += 1
-                    if self.address is None:
+                    if self.raw_reply is not None:
+                        conn.sendall(self.raw_reply)
+                    elif self.address is None:
                         conn.sendall(b"*-1\r\n")
                     else:
                         conn.sendall(_encode(self.address[0], self.address[1]))
@@ -401,6 +404,57 @@ async def test_unknown_service(fake_sentinel):
     with pytest.raises(CacheError, match="does not know service 'nope'"):
         await bounded(c.connect())
     await c.disconnect()
+
+
+@pytest.mark.parametrize("reply, text", [
+    # hiredis 0.14 would allocate 2 GB of element pointers for this header at once: the
+    # scanner costs it before the reader sees it
+    (b"*268435455\r\n", "protocol error"),
+    (b"*2\r\n$9\r\n127.0.0.1\r\n$7\r\n6379abc\r\n", "unexpected reply"),
+    (b"*2\r\n$9\r\n127.0.0.1\r\n$10\r\n4294973675\r\n", "unexpected reply"),
+    (b"*2\r\n$9\r\n127.0.0.1\r\n$5\r\n99999\r\n", "unexpected reply"),
+    (b"*2\r\n$9\r\n127.0.0.1\r\n$2\r\n-1\r\n", "unexpected reply"),
+    (b"*2\r\n$9\r\n127.0.0.1\r\n:6379\r\n", "unexpected reply"),
+    (b"$3\r\nabc\r\n", "unexpected reply"),
+], ids=["huge-array", "port-suffix", "port-wraps", "port-too-big", "port-negative",
+        "port-int", "not-an-array"])
+async def test_hostile_sentinel_replies_fail_the_attempt(fake_sentinel, reply, text):
+    """A sentinel's reply that is not a host and a port of 1 to 65535 in digits fails
+    the attempt with a message, whatever it declares (nothing is allocated for it)."""
+    fake_sentinel.raw_reply = reply
+    c = RedisCache(sentinels=[("127.0.0.1", fake_sentinel.port)], service_name="m",
+                   connect_timeout=TIMEOUT, socket_timeout=TIMEOUT)
+    with pytest.raises(CacheError) as info:
+        await bounded(c.connect())
+    assert "no sentinel answered" in str(info.value) and text in str(info.value), info.value
+    await c.disconnect()
+
+
+def test_a_sentinels_list_changed_while_it_is_read():
+    """Reading a pair runs its own Python code; emptying the caller's list from there
+    changes nothing for the cache (it reads a copy), and nothing crashes."""
+    sentinels: list = []
+
+    class Pair:
+        def __len__(self):
+            return 2
+
+        def __getitem__(self, i):
+            sentinels.clear()
+            return ("127.0.0.1", 26379)[i]
+
+    sentinels.extend([Pair(), ("127.0.0.1", 26380)])
+    c = RedisCache(sentinels=sentinels, service_name="m")
+    assert c.sentinels == (("127.0.0.1", 26379), ("127.0.0.1", 26380))
+
+
+async def test_a_sentinel_password_for_sentinels_without_one(group):
+    """AUTH to a sentinel that has no password answers an error the data connection
+    already takes as success; so does the sentinel query."""
+    c = sentinel_cache(group, sentinel_password="not-needed")
+    async with c:
+        await c.set("k", 1)
+        assert await c.get("k") == 1
 
 
 async def test_readonly_reply_drops_and_reasks(fake_sentinel):

@@ -668,3 +668,15 @@ async def test_no_secret_in_messages_logs_or_repr(tls_files, other_ca, encrypted
     for text in texts:
         for secret in secrets:
             assert secret not in text, (secret, text)
+
+
+@pytest.mark.parametrize("option", ["ssl_cert_reqs", "ssl_min_version"])
+def test_a_bad_value_whose_repr_cannot_be_encoded(option):
+    """The ValueError leaves out a repr that is not UTF-8 encodable (it was formatted
+    from NULL: a crash)."""
+    class Odd:
+        def __repr__(self):
+            return "\udc80"
+
+    with pytest.raises(ValueError, match=option):
+        RedisCache(ssl=True, **{option: Odd()})
