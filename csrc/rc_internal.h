@@ -138,6 +138,10 @@ PyObject *rc_error(RedisCache *self, const char *prefix, const char *detail);
 /* Count a get's hit or miss (this process, and the next statistics flush). */
 void rc_count(RedisCache *self, int hit);
 
+/* rediscache.c: a str option as a C string for the OS or OpenSSL (no NUL inside);
+ * None gives NULL. 0, or -1 with ValueError naming it. */
+int rc_utf8_option(PyObject *v, const char *what, const char **out, Py_ssize_t *len);
+
 /* rc_tls.c: the TLS keyword arguments, in this order (borrowed, NULL if omitted). */
 enum {
     RC_TLS_SSL, RC_TLS_CA_CERTS, RC_TLS_CA_PATH, RC_TLS_CERTFILE, RC_TLS_KEYFILE,

@@ -17,15 +17,7 @@ text(PyObject *v, const char *what, const char **out, Py_ssize_t *len)
                      Py_TYPE(v)->tp_name);
         return -1;
     }
-    *out = PyUnicode_AsUTF8AndSize(v, len);
-    if (*out == NULL) {
-        return -1;
-    }
-    if ((Py_ssize_t)strlen(*out) != *len) {
-        PyErr_Format(PyExc_ValueError, "%s must not contain NUL characters", what);
-        return -1;
-    }
-    return 0;
+    return rc_utf8_option(v, what, out, len);
 }
 
 /* One sentinel: a (host, port) pair. Its normalised tuple (new reference). */

@@ -21,17 +21,7 @@ opt_text(PyObject *v, const char *what, const char **out)
                      Py_TYPE(v)->tp_name);
         return -1;
     }
-    Py_ssize_t n;
-    const char *s = PyUnicode_AsUTF8AndSize(v, &n);
-    if (s == NULL) {
-        return -1;
-    }
-    if ((Py_ssize_t)strlen(s) != n) {
-        PyErr_Format(PyExc_ValueError, "%s must not contain NUL characters", what);
-        return -1;
-    }
-    *out = s;
-    return 0;
+    return rc_utf8_option(v, what, out, NULL);
 }
 
 /* ValueError("<what>, not <repr of v>"); -1. A repr that fails or cannot be UTF-8

@@ -298,21 +298,29 @@ opt_str(PyObject *v, const char *what)
     return 0;
 }
 
-/* Host names and socket paths go to the OS as C strings: no NUL inside. */
-static int
-no_nul(PyObject *v, const char *what)
+/* A str option (str checked by the caller) as UTF-8 without NUL inside, as the OS and
+ * OpenSSL take it: *out borrowed from v, *len its length (either may be NULL). None:
+ * 0 with *out NULL. The one place options become C strings (rc_tls.c, rc_sentinel.c). */
+int
+rc_utf8_option(PyObject *v, const char *what, const char **out, Py_ssize_t *len)
 {
-    if (v == Py_None) {
-        return 0;
+    Py_ssize_t n = 0;
+    const char *s = NULL;
+    if (v != NULL && v != Py_None) {
+        s = PyUnicode_AsUTF8AndSize(v, &n);
+        if (s == NULL) {
+            return -1;
+        }
+        if ((Py_ssize_t)strlen(s) != n) {
+            PyErr_Format(PyExc_ValueError, "%s must not contain NUL characters", what);
+            return -1;
+        }
     }
-    Py_ssize_t n;
-    const char *s = PyUnicode_AsUTF8AndSize(v, &n);
-    if (s == NULL) {
-        return -1;
+    if (out != NULL) {
+        *out = s;
     }
-    if ((Py_ssize_t)strlen(s) != n) {
-        PyErr_Format(PyExc_ValueError, "%s must not contain NUL characters", what);
-        return -1;
+    if (len != NULL) {
+        *len = n;
     }
     return 0;
 }
@@ -385,8 +393,8 @@ rc_init(RedisCache *self, PyObject *args, PyObject *kwds)
     if ((port && int_arg(port, "port", 1, 65535, &iport) < 0) ||
         (db && int_arg(db, "db", 0, 1 << 20, &idb) < 0) ||
         opt_str(password, "password") < 0 || opt_str(username, "username") < 0 ||
-        opt_str(unix_path, "unix_socket_path") < 0 || no_nul(host, "host") < 0 ||
-        no_nul(unix_path, "unix_socket_path") < 0 ||
+        opt_str(unix_path, "unix_socket_path") < 0 || rc_utf8_option(host, "host", NULL, NULL) < 0 ||
+        rc_utf8_option(unix_path, "unix_socket_path", NULL, NULL) < 0 ||
         (max_conn && opt_count(max_conn, "max_connections", 1) < 0) ||
         opt_count(pool_size, "pool_size", 1) < 0 ||
         opt_count(max_overflow, "max_overflow", 0) < 0) {
