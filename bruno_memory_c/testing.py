@@ -48,6 +48,14 @@ server the sentinels name now, ``failover()`` asks for a failover (``SENTINEL FA
 and ``wait_primary_changed(port)`` waits for the sentinels to name another server.
 ``close()`` (or the end of a ``with`` block, or the collector, or interpreter exit)
 stops every process, also after a failed start.
+
+``RedisCluster()`` starts a Redis Cluster on loopback ports: 3 primaries and 3 replicas
+(``redis-server --cluster-enabled yes``, ``cluster-node-timeout`` 1000 ms, each in a
+directory of its own), made one by ``redis-cli --cluster create ... --cluster-replicas 1
+--cluster-yes``; ``start()`` returns once every node says ``cluster_state:ok``, all agree
+on the 16384 slots and every replica is in sync (about 2.5 s). ``startup_nodes`` and
+``url`` are what a client takes; ``kill(node)``, ``restart(node)``, ``wait_ok()`` for
+fault tests; ``tls=True`` as for ``RedisServer``. Fixture: ``redis_cluster``.
 """
 from __future__ import annotations
 
@@ -65,8 +73,8 @@ import urllib.parse
 import weakref
 from typing import Any, Iterator, NamedTuple
 
-__all__ = ["RedisServer", "SentinelGroup", "Stall", "TLSFiles", "make_tls_files",
-           "redis_server", "free_port", "refused_port"]
+__all__ = ["RedisServer", "RedisCluster", "SentinelGroup", "Stall", "TLSFiles", "make_tls_files",
+           "redis_server", "redis_cluster", "free_port", "refused_port"]
 
 
 def free_port() -> int:
@@ -920,6 +928,365 @@ class SentinelGroup:
         self.close()
 
 
+CLUSTER_SLOTS = 16384
+
+
+class _ClusterNode(RedisServer):
+    """A RedisServer with cluster mode on: its nodes.conf in its own directory, the
+    cluster bus on a port of its own (``cluster-port``, Redis 7+; before, the bus is
+    ``port + 10000``, so the port is chosen where that is free too)."""
+
+    def __init__(self, node_timeout_ms: int, cluster_args: tuple[str, ...],
+                 **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.node_timeout_ms = node_timeout_ms
+        self.cluster_args = cluster_args
+        self._has_cluster_port = _server_major(self.executable) >= 7
+        self.bus_port = self._pick_ports()
+
+    def _pick_ports(self) -> int:
+        if self._has_cluster_port:
+            return free_port()
+        for _ in range(100):  # Redis 6: the bus is port + 10000
+            if self.port + 10000 <= 65535:
+                with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+                    try:
+                        s.bind(("127.0.0.1", self.port + 10000))
+                        return self.port + 10000
+                    except OSError:
+                        pass
+            self.port = free_port()
+        raise RuntimeError("no free port pair for a cluster node")
+
+    def _args(self) -> list[str]:
+        args = super()._args()
+        args += ["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
+                 "--cluster-node-timeout", str(self.node_timeout_ms),
+                 # a replica whose primary has been gone a while may still fail over
+                 "--cluster-replica-validity-factor", "0",
+                 # a replica's first sync at once (the default waits 5 s for others)
+                 "--repl-diskless-sync-delay", "0",
+                 # CLUSTER SLOTS lists a replica once its offset is not 0, which the
+                 # primary's PINGs (every 10 s by default) first make it
+                 "--repl-ping-replica-period", "1",
+                 *self.cluster_args]
+        if self.password:
+            args += ["--masterauth", self.password]  # (secret: in the config file below)
+        if self._has_cluster_port:
+            args += ["--cluster-port", str(self.bus_port)]
+        return args
+
+    def _config_file(self) -> str:
+        path = super()._config_file()
+        if self.password:
+            with open(path, "a", encoding="ascii") as f:
+                f.write(f"masterauth {_conf_quote(self.password)}\n")
+        return path
+
+    def start(self, timeout: float = 10.0) -> "RedisServer":
+        for _ in range(5):
+            try:
+                started = self._start_once(timeout)
+                # From now on the node's address is in the others' nodes.conf: a
+                # restart must come back on the same ports.
+                self._port_chosen = False
+                return started
+            except _PortTaken:
+                if not self._port_chosen:
+                    raise RuntimeError(f"port {self.port} (or bus port {self.bus_port}) "
+                                       "is in use") from None
+                self.port = free_port()
+                self.bus_port = self._pick_ports()
+        raise RuntimeError("no free port for redis-server")
+
+
+def _info(text: Any) -> dict[str, str]:
+    """``CLUSTER INFO`` / ``INFO`` text as a dict."""
+    if isinstance(text, bytes):
+        text = text.decode()
+    out = {}
+    for line in str(text).splitlines():
+        if ":" in line and not line.startswith("#"):
+            key, value = line.split(":", 1)
+            out[key.strip()] = value.strip()
+    return out
+
+
+class RedisCluster:
+    """A Redis Cluster on loopback ports: ``primaries`` primaries with
+    ``replicas_per_primary`` replicas each (default 3 + 3), every node a
+    ``RedisServer`` in a private directory of its own (``cluster-enabled yes``,
+    ``cluster-node-timeout`` ``node_timeout_ms``, no persistence), made a cluster by
+    ``redis-cli --cluster create ... --cluster-replicas N --cluster-yes``::
+
+        with RedisCluster() as cluster:
+            cache = RedisCache(startup_nodes=cluster.startup_nodes)
+
+    ``start()`` returns once every node says ``cluster_state:ok``, knows every other
+    node, sees all 16384 slots served, and every node's ``CLUSTER SLOTS`` agrees, and
+    every replica is in sync with its primary (``start_seconds`` says how long it took).
+    ``nodes`` is every node (``RedisServer``s, in start order), ``primaries`` /
+    ``replicas`` what each live node says it is now (``ROLE``), ``startup_nodes`` the
+    ``[(host, port), ...]`` a client takes, ``url`` the
+    ``redis://h1:p1,h2:p2,.../0?cluster=true`` form (``rediss://`` with TLS).
+    ``kill(node)`` (SIGKILL) / ``restart(node)`` (same ports, same nodes.conf: it
+    rejoins), ``wait_ok()`` waits for the cluster to be whole again (after a failover),
+    ``slots()`` / ``node_for_slot()`` / ``keyslot()`` ask the cluster.
+    ``close()`` (or the end of a ``with`` block, the collector, interpreter exit) stops
+    every process and removes every directory, also after a failed start; idempotent.
+
+    ``tls=True``: every node serves TLS only, the cluster bus and replication too
+    (``tls-cluster yes``, ``tls-replication yes``), with files from
+    ``make_tls_files`` (``tls_files=`` to share a suite's); ``tls_kwargs`` is what a
+    ``RedisCache`` needs then.
+    """
+
+    def __init__(self, primaries: int = 3, replicas_per_primary: int = 1,
+                 node_timeout_ms: int = 1000, password: str | None = None,
+                 executable: str | None = None, tls: bool = False,
+                 tls_files: TLSFiles | None = None,
+                 extra_args: tuple[str, ...] = ()) -> None:
+        found = executable or shutil.which("redis-server")
+        if found is None:
+            raise FileNotFoundError(
+                "redis-server not found: install it (Debian: apt-get install redis-server)")
+        cli = shutil.which("redis-cli", path=os.path.dirname(found)) or shutil.which("redis-cli")
+        if cli is None:
+            raise FileNotFoundError(
+                "redis-cli not found: install it (Debian: apt-get install redis-tools)")
+        if primaries < 3:
+            raise ValueError("a Redis Cluster needs at least 3 primaries")
+        self.executable = found
+        self.cli = cli
+        self.n_primaries = primaries
+        self.replicas_per_primary = replicas_per_primary
+        self.node_timeout_ms = node_timeout_ms
+        self.password = password
+        self.extra_args = tuple(extra_args)
+        self.nodes: list[RedisServer] = []
+        #: Seconds the last start() took (processes, create, waiting for ok).
+        self.start_seconds: float | None = None
+        self._dir = tempfile.mkdtemp(prefix="bruno-cluster-")
+        self._state: dict[str, Any] = {"dir": self._dir}
+        self._finalizer = weakref.finalize(self, _cleanup, self._state)
+        self.tls: TLSFiles | None = None
+        if tls:
+            try:
+                self.tls = tls_files or make_tls_files(os.path.join(self._dir, "tls"))
+            except BaseException:
+                self._finalizer()
+                raise
+
+    # -- addresses ----------------------------------------------------------------
+    @property
+    def startup_nodes(self) -> list[tuple[str, int]]:
+        """Every node's address, as ``RedisCache(startup_nodes=...)`` takes them."""
+        return [("127.0.0.1", node.port) for node in self.nodes]
+
+    @property
+    def url(self) -> str:
+        """``redis://[:password@]127.0.0.1:p1,127.0.0.1:p2,.../0?cluster=true``
+        (``rediss://...&ssl_ca_certs=...`` with TLS)."""
+        auth = f":{urllib.parse.quote(self.password, safe='')}@" if self.password else ""
+        hosts = ",".join(f"{h}:{p}" for h, p in self.startup_nodes)
+        if self.tls is not None:
+            ca = urllib.parse.quote(self.tls.ca_file, safe="/")
+            return f"rediss://{auth}{hosts}/0?cluster=true&ssl_ca_certs={ca}"
+        return f"redis://{auth}{hosts}/0?cluster=true"
+
+    @property
+    def tls_kwargs(self) -> dict[str, Any]:
+        """What a RedisCache needs besides the addresses: ``{}`` without TLS."""
+        if self.tls is None:
+            return {}
+        return {"ssl": True, "ssl_ca_certs": self.tls.ca_file}
+
+    # -- lifecycle ------------------------------------------------------------------
+    def _cli_args(self) -> list[str]:
+        args = [self.cli]
+        if self.tls is not None:
+            args += ["--tls", "--cacert", self.tls.ca_file,
+                     "--cert", self.tls.client_cert_file, "--key", self.tls.client_key_file]
+        return args
+
+    def start(self, timeout: float = 60.0) -> "RedisCluster":
+        """Start the nodes, create the cluster, wait until it is whole; returns self."""
+        began = time.monotonic()
+        deadline = began + timeout
+        tls_args: tuple[str, ...] = ()
+        if self.tls is not None:
+            tls_args = ("--tls-cluster", "yes", "--tls-replication", "yes",
+                        "--tls-client-cert-file", self.tls.client_cert_file,
+                        "--tls-client-key-file", self.tls.client_key_file)
+        total = self.n_primaries * (1 + self.replicas_per_primary)
+        while len(self.nodes) < total:
+            node = _ClusterNode(self.node_timeout_ms, tls_args + self.extra_args,
+                                password=self.password, executable=self.executable,
+                                tls=self.tls is not None, tls_files=self.tls)
+            self.nodes.append(node)  # (close() stops it whatever happens next)
+            node.start()
+        env = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", "ASAN_OPTIONS")}
+        if self.password:
+            env["REDISCLI_AUTH"] = self.password  # (not on a command line)
+        created = subprocess.run(
+            [*self._cli_args(), "--cluster", "create",
+             *(f"{h}:{p}" for h, p in self.startup_nodes),
+             "--cluster-replicas", str(self.replicas_per_primary), "--cluster-yes"],
+            capture_output=True, text=True, env=env,
+            timeout=max(1.0, deadline - time.monotonic()))
+        if created.returncode != 0 or "[OK] All 16384 slots covered" not in created.stdout:
+            raise RuntimeError("redis-cli --cluster create failed: "
+                               + (created.stdout + created.stderr).strip()[-2000:])
+        self.wait_ok(max(0.0, deadline - time.monotonic()))
+        self.start_seconds = time.monotonic() - began
+        return self
+
+    def _live(self) -> list[RedisServer]:
+        return [n for n in self.nodes if n.proc is not None and n.proc.poll() is None]
+
+    def wait_ok(self, timeout: float = 30.0) -> None:
+        """Wait until every live node says ``cluster_state:ok``, knows every node, sees
+        all 16384 slots served, all agree on ``CLUSTER SLOTS``, and every live replica
+        is in sync with its primary."""
+        deadline = time.monotonic() + timeout
+        why: str | None = "nothing yet"
+        while True:
+            try:
+                why = self._not_ok()
+                if why is None:
+                    return
+            except (OSError, RuntimeError, ConnectionError, ValueError) as e:
+                why = f"{type(e).__name__}: {e}"
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"RedisCluster: not whole after {timeout:.1f} s ({why})")
+            time.sleep(0.02)
+
+    def _not_ok(self) -> str | None:
+        """None when the cluster is whole, else what is missing."""
+        live = self._live()
+        if not live:
+            return "no node is running"
+        maps = set()
+        live_replicas = 0
+        for node in live:
+            info = _info(node.command("CLUSTER", "INFO", timeout=2))
+            if info.get("cluster_state") != "ok":
+                return f"node {node.port}: cluster_state:{info.get('cluster_state')}"
+            if int(info.get("cluster_slots_ok", 0)) != CLUSTER_SLOTS:
+                return f"node {node.port}: cluster_slots_ok:{info.get('cluster_slots_ok')}"
+            if int(info.get("cluster_known_nodes", 0)) != len(self.nodes):
+                return f"node {node.port}: cluster_known_nodes:{info.get('cluster_known_nodes')}"
+            maps.add(tuple(self._ranges(node)))
+            role = node.command("ROLE", timeout=2)
+            if role[0] == b"slave":
+                if role[3] != b"connected":
+                    return f"replica {node.port}: link to its primary {role[3]!r}"
+                live_replicas += 1
+        if len(maps) != 1:
+            return "the nodes do not agree on CLUSTER SLOTS yet"
+        ranges = maps.pop()
+        # every live replica listed (once synced; a failed one is not)
+        listed = {primary: replicas for _, _, primary, replicas in ranges}
+        if sum(len(r) for r in listed.values()) != live_replicas:
+            return f"CLUSTER SLOTS lists {listed}, {live_replicas} live replicas"
+        covered = sum(end - start + 1 for start, end, _, _ in ranges)
+        if covered != CLUSTER_SLOTS:
+            return f"CLUSTER SLOTS covers {covered} slots"
+        return None
+
+    def _ranges(self, node: RedisServer) -> list[tuple[int, int, int, tuple[int, ...]]]:
+        """node's CLUSTER SLOTS as sorted (start, end, primary port, replica ports)."""
+        out = []
+        for entry in node.command("CLUSTER", "SLOTS", timeout=2):
+            start, end, primary, *replicas = entry
+            out.append((int(start), int(end), int(primary[1]),
+                        tuple(sorted(int(r[1]) for r in replicas))))
+        return sorted(out)
+
+    def slots(self) -> list[tuple[int, int, int, tuple[int, ...]]]:
+        """``CLUSTER SLOTS`` of the first live node: sorted (start, end, primary port,
+        replica ports)."""
+        return self._ranges(self._any())
+
+    def node_for_slot(self, slot: int) -> RedisServer:
+        """The node serving slot (as the first live node sees it)."""
+        for start, end, port, _ in self.slots():
+            if start <= slot <= end:
+                return self.node(port)
+        raise LookupError(f"slot {slot} is not served")
+
+    def keyslot(self, key: str | bytes) -> int:
+        """``CLUSTER KEYSLOT key``, asked of a live node."""
+        return int(self._any().command("CLUSTER", "KEYSLOT", key))
+
+    def node(self, port: int) -> RedisServer:
+        """The node listening on port."""
+        return next(n for n in self.nodes if n.port == port)
+
+    def _any(self) -> RedisServer:
+        live = self._live()
+        if not live:
+            raise RuntimeError("no node of the cluster is running")
+        return live[0]
+
+    def command(self, *args: Any, timeout: float = 10.0) -> Any:
+        """Run one command on the first live node."""
+        return self._any().command(*args, timeout=timeout)
+
+    def _roles(self) -> list[tuple[RedisServer, str]]:
+        out = []
+        for node in self._live():
+            try:
+                out.append((node, node.command("ROLE", timeout=2)[0].decode()))
+            except (OSError, RuntimeError, ConnectionError):
+                pass
+        return out
+
+    @property
+    def primaries(self) -> list[RedisServer]:
+        """The live nodes that say they are primaries (``ROLE``) now."""
+        return [node for node, role in self._roles() if role == "master"]
+
+    @property
+    def replicas(self) -> list[RedisServer]:
+        """The live nodes that say they are replicas (``ROLE``) now."""
+        return [node for node, role in self._roles() if role == "slave"]
+
+    def _node(self, node: "RedisServer | int") -> RedisServer:
+        return self.nodes[node] if isinstance(node, int) else node
+
+    def kill(self, node: "RedisServer | int") -> RedisServer:
+        """SIGKILL a node (a ``RedisServer`` of ``nodes``, or its index), as a crash
+        would; its replica takes over after about ``node_timeout_ms`` (``wait_ok()``
+        waits for that). Returns the node."""
+        target = self._node(node)
+        target.kill()
+        return target
+
+    def restart(self, node: "RedisServer | int") -> RedisServer:
+        """Start a killed or stopped node again on its ports, with its nodes.conf: it
+        rejoins the cluster (a primary that was failed over comes back as a replica)."""
+        target = self._node(node)
+        target.restart()
+        return target
+
+    def close(self) -> None:
+        """Stop every node and remove every directory (idempotent)."""
+        for node in self.nodes:
+            node.close()
+        self._finalizer()
+
+    def __enter__(self) -> "RedisCluster":
+        try:
+            return self.start()
+        except BaseException:
+            self.close()
+            raise
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
 try:  # a pytest fixture, when pytest is there
     import pytest
 
@@ -928,5 +1295,12 @@ try:  # a pytest fixture, when pytest is there
         """A fresh redis-server for one test, stopped and removed afterwards."""
         with RedisServer() as server:
             yield server
+
+    @pytest.fixture
+    def redis_cluster() -> Iterator[RedisCluster]:
+        """A fresh Redis Cluster (3 primaries, 3 replicas) for one test, stopped and
+        removed afterwards."""
+        with RedisCluster() as cluster:
+            yield cluster
 except ImportError:  # pragma: no cover
     pass
