@@ -9,8 +9,13 @@
  *   secrets PORT PASSWORD DB  connect with AUTH (and SELECT DB) to a redis-server,
  *                             disconnect, let the client go: no block freed (or given
  *                             up by realloc) meanwhile held the password
+ *   keyslot                   cluster_slot.c: known CRC16/slot values, then for each
+ *                             line of standard input (a key in hex) its slot, one a
+ *                             line (every split of the key into prefix + rest giving
+ *                             the same); the test compares with CLUSTER KEYSLOT
  * Prints "ok" and exits 0, or says what failed and exits 1. */
 #define _GNU_SOURCE
+#include "cluster_slot.h"
 #include "io.h"
 #include "respscan.h"
 
@@ -267,6 +272,51 @@ test_secrets(int port, const char *password, int db)
     check(!secret_seen, "no freed block held the password");
 }
 
+static int
+unhex(const char *hex, char *out, size_t *len)
+{
+    size_t n = 0;
+    for (const char *p = hex; p[0] != '\0' && p[0] != '\n'; p += 2) {
+        unsigned v;
+        if (p[1] == '\0' || sscanf(p, "%2x", &v) != 1) {
+            return -1;
+        }
+        out[n++] = (char)v;
+    }
+    *len = n;
+    return 0;
+}
+
+static void
+test_keyslot(void)
+{
+    check(bio_crc16("123456789", 9) == 0x31c3, "CRC16-XMODEM check value");
+    check(bio_key_slot("", 0) == 0, "slot of the empty key");
+    check(bio_key_slot("foo", 3) == 12182, "slot of foo");
+    check(bio_key_slot("{user1000}.following", 21) == bio_key_slot("user1000", 8),
+          "a hash tag");
+    check(bio_key_slot("{}x", 3) == (bio_crc16("{}x", 3) & 16383), "an empty tag");
+    check(bio_key_slot2("pre{fi", 6, "x}yz", 4) == bio_key_slot("fix", 3),
+          "a tag across the two parts");
+    char line[8192], key[4096];
+    while (fgets(line, sizeof line, stdin) != NULL) {
+        size_t len;
+        if (unhex(line, key, &len) != 0) {
+            check(0, "a key in hex on each line");
+            return;
+        }
+        unsigned slot = bio_key_slot(key, len);
+        for (size_t cut = 0; cut <= len; cut++) {
+            if (bio_key_slot2(key, cut, key + cut, len - cut) != slot) {
+                check(0, "every split of a key gives its slot");
+                fprintf(stderr, "  key %s cut at %zu\n", line, cut);
+                break;
+            }
+        }
+        printf("%u\n", slot);
+    }
+}
+
 int
 main(int argc, char **argv)
 {
@@ -279,8 +329,13 @@ main(int argc, char **argv)
     else if (argc >= 5 && strcmp(argv[1], "secrets") == 0) {
         test_secrets(atoi(argv[2]), argv[3], atoi(argv[4]));
     }
+    else if (argc >= 2 && strcmp(argv[1], "keyslot") == 0) {
+        test_keyslot();
+        return failures ? 1 : 0;
+    }
     else {
-        fprintf(stderr, "usage: io_harness scan | client-alloc-fail | secrets PORT PASSWORD DB\n");
+        fprintf(stderr, "usage: io_harness scan | client-alloc-fail | secrets PORT PASSWORD DB"
+                " | keyslot\n");
         return 2;
     }
     if (failures == 0) {
