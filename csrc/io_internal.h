@@ -10,6 +10,7 @@
 #define _GNU_SOURCE
 #include "io.h"
 #include "clock.h"
+#include "cluster_slot.h"
 #include "resp.h"
 #include "respscan.h"
 
@@ -158,6 +159,58 @@ const char *io_sentinel_service(bio_client *c);
 void io_sentinel_watch_start(bio_client *c);  /* I/O thread; idempotent */
 void io_sentinel_watch_stop(bio_client *c);   /* any thread owning c; idempotent */
 void io_sentinel_poll(bio_client *c, double now);  /* a +switch-master heard? */
+
+/* io_cluster.c: Redis Cluster (docs/ARCHITECTURE.md, "Redis Cluster: routing"). The
+ * slot map: which node serves each of the 16384 slots, and the nodes (primaries and
+ * their replicas), as a CLUSTER SLOTS reply gave them; the I/O thread's only. */
+#define BIO_CLUSTER_HOSTLEN 255     /* a host name or address, at most */
+#define BIO_CLUSTER_MAX_NODES 4096  /* nodes one map may name (Redis: 1000 advised) */
+#define BIO_NO_NODE 0xFFFF
+
+typedef struct {
+    char *host;                   /* owned, NUL-terminated */
+    int port;
+    int primary;                  /* -1: a primary; else the index of its primary */
+} bio_cluster_node;
+
+typedef struct {
+    uint16_t slot_node[BIO_CLUSTER_SLOTS];  /* index into nodes, or BIO_NO_NODE */
+    bio_cluster_node *nodes;      /* owned */
+    int nnodes, cap;
+    int served;                   /* slots with a node */
+} bio_slot_map;
+
+bio_slot_map *io_slot_map_new(void);  /* empty (every slot unserved), or NULL */
+void io_slot_map_free(bio_slot_map *m);
+int io_slot_map_find(const bio_slot_map *m, const char *host, int port);  /* or -1 */
+int io_slot_map_add(bio_slot_map *m, const char *host, size_t hostlen, int port,
+                    int primary);  /* index (new or found), or -1 */
+int io_slot_map_node(const bio_slot_map *m, unsigned slot);  /* primary index, or -1 */
+/* A CLUSTER SLOTS reply (a redisReply) as a new map, or NULL with err. asked_host:
+ * the host the reply came from (an empty ip in it means that one). Malformed
+ * replies, slots listed twice, a node both primary and replica, more than
+ * BIO_CLUSTER_MAX_NODES nodes: refused. */
+bio_slot_map *io_cluster_parse_slots(const void *reply, const char *asked_host, char *err,
+                                     size_t errlen);
+/* -MOVED slot host:port: the slot is that node's (a primary from now on, added if
+ * new). Its index, or -1. */
+int io_cluster_apply_moved(bio_slot_map *m, unsigned slot, const char *host, int port);
+
+enum { IO_REDIRECT_MOVED = 1, IO_REDIRECT_ASK, IO_REDIRECT_TRYAGAIN,
+       IO_REDIRECT_CLUSTERDOWN };
+typedef struct {
+    int kind;                     /* IO_REDIRECT_* */
+    unsigned slot;                /* MOVED, ASK */
+    char host[BIO_CLUSTER_HOSTLEN + 1];  /* MOVED, ASK ("" : the node that answered) */
+    int port;
+} io_redirect;
+/* An error reply's text (without the '-'): 0 and *out for MOVED / ASK / TRYAGAIN /
+ * CLUSTERDOWN, -1 for any other error (or a malformed redirect). */
+int io_cluster_parse_redirect(const char *s, size_t len, io_redirect *out);
+/* Cut buf (ncmd RESP arrays of bulk strings, as resp.c builds them) into its commands:
+ * offsets[k] is where command k starts, offsets[ncmd] == len. 0, or -1 if buf is not
+ * exactly that. */
+int io_cluster_commands(const char *buf, size_t len, size_t *offsets, int ncmd);
 
 /* io_tls.c: a connection's TLS session (c->ssl) on its connected socket. Each call
  * returns at once; err gets the reason of a failure. */

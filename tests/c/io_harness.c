@@ -13,10 +13,18 @@
  *                             line of standard input (a key in hex) its slot, one a
  *                             line (every split of the key into prefix + rest giving
  *                             the same); the test compares with CLUSTER KEYSLOT
+ *   slotmap HOST [SLOT H P]   io_cluster.c: a CLUSTER SLOTS reply (RESP on standard
+ *                             input, asked of HOST) parsed into a slot map (then a
+ *                             -MOVED SLOT H:P applied), printed as "start end
+ *                             host:port replica,..." per run of slots, or "error: ..."
+ *   redirect                  each line of standard input an error reply's text:
+ *                             "KIND SLOT HOST PORT" or "none"
+ *   commands                  io_cluster_commands on built and on broken RESP
  * Prints "ok" and exits 0, or says what failed and exits 1. */
 #define _GNU_SOURCE
 #include "cluster_slot.h"
 #include "io.h"
+#include "io_internal.h"
 #include "respscan.h"
 
 #include <errno.h>
@@ -317,6 +325,115 @@ test_keyslot(void)
     }
 }
 
+/* The replicas of primary p, "host:port,host:port" in map order ("-" for none). */
+static void
+print_replicas(const bio_slot_map *m, int p)
+{
+    int any = 0;
+    for (int i = 0; i < m->nnodes; i++) {
+        if (m->nodes[i].primary == p) {
+            printf("%s%s:%d", any ? "," : "", m->nodes[i].host, m->nodes[i].port);
+            any = 1;
+        }
+    }
+    printf("%s\n", any ? "" : "-");
+}
+
+static void
+test_slotmap(const char *asked, int argc, char **argv)
+{
+    static char in[1 << 24];
+    size_t n = fread(in, 1, sizeof in, stdin);
+    redisReader *reader = redisReaderCreate();
+    void *reply = NULL;
+    if (reader == NULL || redisReaderFeed(reader, in, n) != REDIS_OK ||
+        redisReaderGetReply(reader, &reply) != REDIS_OK || reply == NULL) {
+        printf("error: not one RESP reply\n");
+        return;
+    }
+    char err[BIO_ERRLEN] = "";
+    bio_slot_map *m = io_cluster_parse_slots(reply, asked, err, sizeof err);
+    freeReplyObject(reply);
+    redisReaderFree(reader);
+    if (m == NULL) {
+        printf("error: %s\n", err);
+        return;
+    }
+    if (argc >= 3 && io_cluster_apply_moved(m, (unsigned)atoi(argv[0]), argv[1],
+                                            atoi(argv[2])) < 0) {
+        printf("error: moved not applied\n");
+    }
+    int served = 0;
+    for (int s = 0; s < BIO_CLUSTER_SLOTS;) {
+        int node = io_slot_map_node(m, (unsigned)s);
+        int e = s;
+        while (e + 1 < BIO_CLUSTER_SLOTS && io_slot_map_node(m, (unsigned)e + 1) == node) {
+            e++;
+        }
+        if (node >= 0) {
+            served += e - s + 1;
+            printf("%d %d %s:%d ", s, e, m->nodes[node].host, m->nodes[node].port);
+            print_replicas(m, node);
+        }
+        s = e + 1;
+    }
+    check(served == m->served, "served counts the slots with a node");
+    check(io_slot_map_node(m, BIO_CLUSTER_SLOTS) == -1, "no slot 16384");
+    io_slot_map_free(m);
+}
+
+static void
+test_redirect(void)
+{
+    static const char *kinds[] = {"", "MOVED", "ASK", "TRYAGAIN", "CLUSTERDOWN"};
+    char line[4096];
+    while (fgets(line, sizeof line, stdin) != NULL) {
+        size_t len = strcspn(line, "\n");
+        io_redirect r;
+        if (io_cluster_parse_redirect(line, len, &r) < 0) {
+            printf("none\n");
+        }
+        else {
+            printf("%s %u %s %d\n", kinds[r.kind], r.slot, r.host, r.port);
+        }
+    }
+}
+
+static void
+test_commands(void)
+{
+    resp_buf b;
+    resp_buf_init(&b);
+    const char *get[2] = {"GET", "k"};
+    size_t getlen[2] = {3, 1};
+    const char *set[3] = {"SET", "key\r\n*1\r\n", ""};
+    size_t setlen[3] = {3, 10, 0};
+    resp_command(&b, 2, get, getlen);
+    size_t second = b.len;
+    resp_command(&b, 3, set, setlen);
+    size_t third = b.len;
+    resp_command(&b, 1, get, getlen);
+    check(!b.oom, "built");
+    size_t off[4];
+    check(io_cluster_commands(b.data, b.len, off, 3) == 0 && off[0] == 0 &&
+          off[1] == second && off[2] == third && off[3] == b.len, "three commands cut");
+    check(io_cluster_commands(b.data, b.len, off, 2) < 0, "bytes left over");
+    check(io_cluster_commands(b.data, b.len, off, 4) < 0, "a command missing");
+    for (size_t cut = 0; cut < b.len; cut++) {
+        if (io_cluster_commands(b.data, cut, off, 3) == 0) {
+            check(0, "a truncated buffer refused");
+            break;
+        }
+    }
+    static const char *bad[] = {"*1\r\n$3\r\nGETX\r\n", "*1\r\n$-1\r\n", "+OK\r\n",
+                                "*1\r\n$99999999999999999999\r\n", "*2\r\n$1\r\nk\r\n",
+                                "*1\r\n:1\r\n", "*1 \r\n$1\r\nk\r\n"};
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+        check(io_cluster_commands(bad[i], strlen(bad[i]), off, 1) < 0, "broken RESP refused");
+    }
+    resp_buf_free(&b);
+}
+
 int
 main(int argc, char **argv)
 {
@@ -329,13 +446,24 @@ main(int argc, char **argv)
     else if (argc >= 5 && strcmp(argv[1], "secrets") == 0) {
         test_secrets(atoi(argv[2]), argv[3], atoi(argv[4]));
     }
+    else if (argc >= 3 && strcmp(argv[1], "slotmap") == 0) {
+        test_slotmap(argv[2], argc - 3, argv + 3);
+        return failures ? 1 : 0;
+    }
+    else if (argc >= 2 && strcmp(argv[1], "redirect") == 0) {
+        test_redirect();
+        return 0;
+    }
+    else if (argc >= 2 && strcmp(argv[1], "commands") == 0) {
+        test_commands();
+    }
     else if (argc >= 2 && strcmp(argv[1], "keyslot") == 0) {
         test_keyslot();
         return failures ? 1 : 0;
     }
     else {
         fprintf(stderr, "usage: io_harness scan | client-alloc-fail | secrets PORT PASSWORD DB"
-                " | keyslot\n");
+                " | keyslot | slotmap HOST [SLOT H P] | redirect | commands\n");
         return 2;
     }
     if (failures == 0) {

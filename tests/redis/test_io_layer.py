@@ -24,7 +24,7 @@ def harness(tmp_path_factory) -> str:
     csrc = os.path.join(REPO, "csrc")
     cmd = ["gcc", "-std=c11", "-Wall", "-Wextra", "-Werror", "-O1", "-g", "-I", csrc,
            *(os.path.join(csrc, f) for f in ("io_engine.c", "io_conn.c", "io_tls.c", "io_sentinel.c", "resp.c",
-                                              "respscan.c", "cluster_slot.c")),
+                                              "respscan.c", "cluster_slot.c", "io_cluster.c")),
            os.path.join(TESTS, "c", "io_harness.c"), "-lhiredis", "-lssl", "-lcrypto",
            "-lpthread", "-lm",
            "-Wl,--wrap=malloc,--wrap=calloc,--wrap=realloc,--wrap=free", "-o", exe]
@@ -106,3 +106,156 @@ def test_the_hash_slot_of_a_key_is_redis_own(harness):
     wrong = [(k, o, t) for k, o, t in zip(keys, ours, theirs) if o != t]
     assert not wrong, wrong[:5]
     assert len(set(theirs)) > 300  # (the keys do spread)
+
+
+def resp(obj) -> bytes:
+    """obj (as RedisServer.command returns replies: lists, bytes, str, int) in RESP2."""
+    if isinstance(obj, list):
+        return b"*%d\r\n" % len(obj) + b"".join(resp(o) for o in obj)
+    if isinstance(obj, int):
+        return b":%d\r\n" % obj
+    if isinstance(obj, str):
+        obj = obj.encode()
+    return b"$%d\r\n%s\r\n" % (len(obj), obj)
+
+
+def slotmap(harness: str, reply: bytes, asked: str = "10.0.0.1", *moved: str) -> list[str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", "ASAN_OPTIONS")}
+    done = subprocess.run([harness, "slotmap", asked, *moved], input=reply, capture_output=True,
+                          timeout=60, env=env)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done.stdout.decode().splitlines()
+
+
+def expected_lines(ranges) -> list[str]:
+    return [f"{start} {end} 127.0.0.1:{port} "
+            + (",".join(f"127.0.0.1:{r}" for r in replicas) or "-")
+            for start, end, port, replicas in ranges]
+
+
+def sorted_replicas(lines: list[str]) -> list[str]:
+    out = []
+    for line in lines:
+        head, _, replicas = line.rpartition(" ")
+        out.append(head + " " + ",".join(sorted(replicas.split(","))))
+    return out
+
+
+def test_the_slot_map_of_a_live_cluster_and_after_a_failover(harness, redis_cluster):
+    """io_cluster.c parses a real CLUSTER SLOTS reply into the map the cluster has
+    (every slot, each primary's replica), again after a primary is killed and its
+    replica promoted; a -MOVED applied to it moves one slot."""
+    cluster = redis_cluster
+    primary = cluster.primaries[0]
+    lines = slotmap(harness, resp(primary.command("CLUSTER", "SLOTS")))
+    assert sorted_replicas(lines) == expected_lines(cluster.slots())
+    # -MOVED 0 to the primary of the last range: slot 0 alone moves there
+    last = cluster.slots()[-1]
+    moved = slotmap(harness, resp(primary.command("CLUSTER", "SLOTS")), "x", "0", "127.0.0.1",
+                    str(last[2]))
+    first = cluster.slots()[0]
+    assert moved[0] == f"0 0 127.0.0.1:{last[2]} 127.0.0.1:{last[3][0]}"
+    assert moved[1].startswith(f"1 {first[1]} 127.0.0.1:{first[2]} ")
+    # a replica named by a -MOVED (promoted): a primary from now on
+    moved = slotmap(harness, resp(primary.command("CLUSTER", "SLOTS")), "x", "0", "127.0.0.1",
+                    str(first[3][0]))
+    assert moved[:2] == [f"0 0 127.0.0.1:{first[3][0]} -", f"1 {first[1]} 127.0.0.1:{first[2]} -"]
+    # a new node named by a -MOVED: a primary with no replicas known
+    moved = slotmap(harness, resp(primary.command("CLUSTER", "SLOTS")), "x", "16383",
+                    "10.9.9.9", "7000")
+    assert moved[-1] == "16383 16383 10.9.9.9:7000 -"
+    cluster.kill(cluster.node_for_slot(0))
+    cluster.wait_ok(30)
+    lines = slotmap(harness, resp(cluster.command("CLUSTER", "SLOTS")))
+    assert sorted_replicas(lines) == expected_lines(cluster.slots())
+    assert len(lines) == 3 and lines[0].endswith(" -")  # (the dead one is not listed)
+
+
+def node(host, port, *extra):
+    return [host, port, *extra]
+
+
+@pytest.mark.parametrize("reply, expected", [
+    # a minimal map: one range, a replica; a node id and Redis 7's metadata ignored
+    ([[0, 16383, node("10.0.0.2", 7000, "id1", []), node("10.0.0.3", 7001, "id2")]],
+     ["0 16383 10.0.0.2:7000 10.0.0.3:7001"]),
+    # several ranges of one node; an unserved gap; the empty ip is the node asked
+    ([[0, 9, node("", 7000)], [20, 29, node("", 7000)], [10, 10, node("h", 1)]],
+     ["0 9 10.0.0.1:7000 -", "10 10 h:1 -", "20 29 10.0.0.1:7000 -"]),
+    # a node whose endpoint is unknown ("?"): its slots unserved, its replica skipped
+    ([[0, 5, node("?", 7000)], [6, 6, node("a", 1), node("?", 2)]], ["6 6 a:1 -"]),
+    ([], []),
+])
+def test_slot_map_replies(harness, reply, expected):
+    assert slotmap(harness, resp(reply)) == expected
+
+
+@pytest.mark.parametrize("reply, error", [
+    (b"-ERR This instance has cluster support disabled\r\n",
+     "CLUSTER SLOTS: ERR This instance has cluster support disabled"),
+    (b"+OK\r\n", "CLUSTER SLOTS: not an array"),
+    (resp([[5, 4, node("a", 1)]]), "malformed entry 0"),
+    (resp([[0, 16384, node("a", 1)]]), "malformed entry 0"),
+    (resp([[-1, 3, node("a", 1)]]), "malformed entry 0"),
+    (resp([[0, 3]]), "malformed entry 0"),
+    (resp([[b"0", 3, node("a", 1)]]), "malformed entry 0"),
+    (resp([7]), "malformed entry 0"),
+    (resp([[0, 3, node("a", 0)]]), "malformed node in entry 0"),
+    (resp([[0, 3, node("a", 65536)]]), "malformed node in entry 0"),
+    (resp([[0, 3, node("a\0b", 1)]]), "malformed node in entry 0"),
+    (resp([[0, 3, node("a" * 256, 1)]]), "malformed node in entry 0"),
+    (resp([[0, 3, ["a"]]]), "malformed node in entry 0"),
+    (resp([[0, 3, node("a", b"1")]]), "malformed node in entry 0"),
+    (resp([[0, 3, node("a", 1), node("b", 70000)]]), "malformed replica in entry 0"),
+    (resp([[0, 3, node("a", 1)], [3, 4, node("b", 1)]]), "slot 3 listed twice"),
+    (resp([[0, 3, node("a", 1), node("b", 2)], [4, 4, node("b", 2)]]),
+     "a node is both a primary and a replica"),
+    (resp([[0, 3, node("a", 1), node("a", 1)]]), "a replica of two primaries"),
+    (resp([[0, 3, node("a", 1), node("c", 2)], [4, 4, node("b", 1), node("c", 2)]]),
+     "a replica of two primaries"),
+    (resp([[s, s, node(f"n{s}", 1)] for s in range(4097)]), "too many nodes"),
+])
+def test_slot_map_refuses_malformed_replies(harness, reply, error):
+    lines = slotmap(harness, reply)
+    assert len(lines) == 1 and lines[0].startswith("error: ") and error in lines[0], lines
+
+
+def test_redirect_replies(harness):
+    cases = {
+        "MOVED 3999 127.0.0.1:6381": "MOVED 3999 127.0.0.1 6381",
+        "ASK 0 10.0.0.5:7000": "ASK 0 10.0.0.5 7000",
+        "MOVED 16383 ::1:7000": "MOVED 16383 ::1 7000",
+        "MOVED 12 :7000": "MOVED 12  7000",
+        "MOVED 12 host.example:7000 extra": "MOVED 12 host.example 7000",
+        "TRYAGAIN Multiple keys request during rehashing of slot": "TRYAGAIN 0  0",
+        "TRYAGAIN": "TRYAGAIN 0  0",
+        "CLUSTERDOWN The cluster is down": "CLUSTERDOWN 0  0",
+        "CLUSTERDOWN Hash slot not served": "CLUSTERDOWN 0  0",
+        "MOVED 16384 a:1": "none",
+        "MOVED -1 a:1": "none",
+        "MOVED 1 a": "none",
+        "MOVED 1 a:0": "none",
+        "MOVED 1 a:65536": "none",
+        "MOVED 1 a:12x": "none",
+        "MOVED 1": "none",
+        "MOVED  1 a:1": "none",
+        "MOVED 99999999999999999999 a:1": "none",
+        "ASK": "none",
+        "MOVEDX 1 a:1": "none",
+        "TRYAGAINX": "none",
+        "ERR wrong number of arguments": "none",
+        "WRONGTYPE Operation against a key": "none",
+        f"MOVED 1 {'h' * 256}:1": "none",
+        "": "none",
+    }
+    env = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", "ASAN_OPTIONS")}
+    done = subprocess.run([harness, "redirect"], input="".join(c + "\n" for c in cases),
+                          capture_output=True, text=True, timeout=60, env=env)
+    assert done.returncode == 0, done.stderr
+    assert dict(zip(cases, done.stdout.splitlines())) == cases
+
+
+def test_a_request_is_cut_into_its_commands(harness):
+    """io_cluster_commands: the offsets of each command of resp.c's bytes; bytes left
+    over, a command missing, truncated or malformed RESP refused."""
+    run(harness, "commands")
