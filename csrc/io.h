@@ -138,7 +138,17 @@ typedef struct {
     bio_sentinels *sentinels; /* NULL: host/port (or unix_path) is the server; else the
                                  sentinels name it (host/port unused; the client holds a
                                  reference of its own) */
+    int cluster;              /* BIO_CLUSTER_*: whether the server is a cluster node
+                                 (io_cluster.c; in progress: the map is learnt and kept
+                                 fresh, requests are not routed by it yet) */
 } bio_config;
+
+enum {
+    BIO_CLUSTER_OFF = 0,      /* a standalone server (cluster=False) */
+    BIO_CLUSTER_AUTO,         /* ask at connect (cluster=None): CLUSTER SLOTS in the
+                                 handshake; "cluster support disabled" means standalone */
+    BIO_CLUSTER_ON,           /* a cluster node, or the connection fails (cluster=True) */
+};
 
 /* Local, process-wide counters of a client, read by RedisCache.stats(). */
 typedef struct {
@@ -148,6 +158,12 @@ typedef struct {
     atomic_ullong timeouts;
     atomic_ullong reconnects; /* successful connections after the first */
     atomic_int connected;     /* 1 while a connection is ready */
+    /* Cluster (written by the I/O thread, for tests and statistics): the slots the
+     * last map served and the nodes it named (0, 0 for a standalone server), and the
+     * maps taken (CLUSTER SLOTS answered: at connect, then each refresh). */
+    atomic_int cluster_slots;
+    atomic_int cluster_nodes;
+    atomic_ullong cluster_maps;
     atomic_ullong pending_hits;    /* not yet sent with HINCRBY */
     atomic_ullong pending_misses;
 } bio_counters;

@@ -385,3 +385,90 @@ io_cluster_commands(const char *buf, size_t len, size_t *offsets, int ncmd)
     offsets[ncmd] = pos;
     return pos == len ? 0 : -1;
 }
+
+/* ------------------------------------------------------------------ the connection */
+
+void
+io_cluster_handshake(bio_client *c, resp_buf *b)
+{
+    if (c->cfg.cluster == BIO_CLUSTER_OFF) {
+        return;
+    }
+    const char *argv[2] = {"CLUSTER", "SLOTS"};
+    size_t len[2] = {7, 5};
+    resp_command(b, 2, argv, len);
+}
+
+static void
+take_map(bio_client *c, bio_slot_map *m)
+{
+    io_slot_map_free(c->map);
+    c->map = m;
+    c->is_cluster = 1;
+    atomic_store(&c->counters.cluster_slots, m->served);
+    atomic_store(&c->counters.cluster_nodes, m->nnodes);
+    atomic_fetch_add(&c->counters.cluster_maps, 1);
+}
+
+int
+io_cluster_handshake_reply(bio_client *c, void *reply, char *err, size_t errlen)
+{
+    const redisReply *r = reply;
+    if (r->type == REDIS_REPLY_ERROR && c->cfg.cluster == BIO_CLUSTER_AUTO) {
+        /* "cluster support disabled", or a server (a proxy) that has no CLUSTER
+         * command: one server, as without the option. */
+        c->is_cluster = 0;
+        io_slot_map_free(c->map);
+        c->map = NULL;
+        atomic_store(&c->counters.cluster_slots, 0);
+        atomic_store(&c->counters.cluster_nodes, 0);
+        return 0;
+    }
+    if (r->type == REDIS_REPLY_ERROR) {
+        snprintf(err, errlen, "%.60s:%d is not a Redis Cluster node (CLUSTER SLOTS: %.*s)",
+                 c->cfg.host ? c->cfg.host : "?", c->cfg.port,
+                 (int)(r->len > 80 ? 80 : r->len), r->str);
+        return -1;
+    }
+    bio_slot_map *m = io_cluster_parse_slots(reply, c->cfg.host, err, errlen);
+    if (m == NULL) {
+        return -1;
+    }
+    take_map(c, m);
+    return 0;
+}
+
+void
+io_cluster_map_reply(bio_client *c, void *reply)
+{
+    char err[BIO_ERRLEN];
+    c->map_in_flight = 0;
+    bio_slot_map *m = io_cluster_parse_slots(reply, c->cfg.host, err, sizeof err);
+    if (m != NULL) {
+        take_map(c, m);
+    }
+    /* (else the map we have stays: a -MOVED will ask again) */
+}
+
+void
+io_cluster_saw_reply(bio_client *c, void *reply)
+{
+    const redisReply *r = reply;
+    if (c->is_cluster && r->type == REDIS_REPLY_ERROR && r->len >= 6 &&
+        memcmp(r->str, "MOVED ", 6) == 0) {
+        c->map_wanted = 1;
+    }
+}
+
+void
+io_cluster_reset(bio_client *c)
+{
+    c->map_in_flight = 0;
+}
+
+void
+io_cluster_free(bio_client *c)
+{
+    io_slot_map_free(c->map);
+    c->map = NULL;
+}

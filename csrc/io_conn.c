@@ -205,6 +205,7 @@ io_close_socket(bio_client *c)
     }
     resp_scan_init(&c->scan);
     c->stats_in_flight = 0;
+    io_cluster_reset(c);
     if (c->out_secret > 0) {
         explicit_bzero(c->out, c->out_secret);
         c->out_secret = 0;
@@ -316,6 +317,27 @@ io_append_stats_flush(bio_client *c, double now)
     resp_buf_free(&b);
 }
 
+/* A cluster's map asked again (CLUSTER SLOTS) when a -MOVED said it changed: one
+ * refresh at a time, at most one per CLUSTER_REFRESH_MIN. When it next needs a pass. */
+static double
+cluster_poll(bio_client *c, double now)
+{
+    if (!c->is_cluster || !c->map_wanted || c->map_in_flight || c->close_req != NULL) {
+        return INFINITY;
+    }
+    if (now - c->map_asked < CLUSTER_REFRESH_MIN) {
+        return c->map_asked + CLUSTER_REFRESH_MIN;
+    }
+    static const char cmd[] = "*2\r\n$7\r\nCLUSTER\r\n$5\r\nSLOTS\r\n";
+    if (send_slot(c, cmd, sizeof cmd - 1, 1, NULL, SLOT_CLUSTER,
+                  now + c->cfg.socket_timeout) == 0) {
+        c->map_in_flight = 1;
+        c->map_wanted = 0;
+        c->map_asked = now;
+    }
+    return INFINITY;
+}
+
 /* Connected (TCP or unix socket): send AUTH/SELECT/PING and wait for the replies. */
 static void
 start_handshake(bio_client *c, double now)
@@ -355,6 +377,7 @@ start_handshake(bio_client *c, double now)
     size_t pinglen[1] = {4};
     resp_command(&b, 1, ping, pinglen);
     io_sentinel_handshake(c, &b);  /* with sentinels: ROLE, last */
+    io_cluster_handshake(c, &b);   /* cluster (or asking): CLUSTER SLOTS, last */
     /* The socket is new: the out buffer is empty, so AUTH starts it, and is wiped
      * from it once sent (flush_out) or dropped (close_socket). */
     int rc = b.oom ? -1 : send_slot(c, b.data, b.len, b.ncmd, NULL, SLOT_HANDSHAKE,
@@ -656,6 +679,16 @@ on_reply(bio_client *c, void *reply, double now)
             return;
         }
     }
+    else if (s->kind == SLOT_HANDSHAKE && s->remaining == 1 &&
+             c->cfg.cluster != BIO_CLUSTER_OFF) {
+        /* The last handshake reply is CLUSTER SLOTS': the map, or a standalone server. */
+        if (io_cluster_handshake_reply(c, reply, role_err, sizeof role_err) < 0) {
+            freeReplyObject(reply);
+            ring_pop(c);
+            connection_failed(c, role_err, now);
+            return;
+        }
+    }
     else if (s->kind == SLOT_HANDSHAKE && ((redisReply *)reply)->type != REDIS_REPLY_STATUS) {
         /* AUTH and SELECT answer +OK, PING +PONG: anything else is a refusal, or not
          * a Redis server. */
@@ -681,6 +714,12 @@ on_reply(bio_client *c, void *reply, double now)
         freeReplyObject(reply);
         connection_failed(c, role_err, now);
         return;
+    }
+    if (s->kind == SLOT_USER && c->cfg.cluster != BIO_CLUSTER_OFF) {
+        io_cluster_saw_reply(c, reply);  /* a -MOVED: the map is asked again */
+    }
+    else if (s->kind == SLOT_CLUSTER) {
+        io_cluster_map_reply(c, reply);  /* (then freed below: no request holds it) */
     }
     if (s->req) {
         s->req->replies[s->req->nrep++] = reply;
@@ -986,6 +1025,7 @@ io_client_timers(bio_client *c, double now)
             c->next_flush = now + STATS_FLUSH_EVERY;
         }
         next = fmin(next, c->next_flush);
+        next = fmin(next, cluster_poll(c, now));
         break;
     }
     if (c->close_req) {

@@ -233,6 +233,7 @@ bio_client_new(const bio_config *cfg)
     }
     if (cfg->sentinels != NULL) {
         bio_sentinels_incref(cfg->sentinels);
+        c->cfg.cluster = BIO_CLUSTER_OFF;  /* (a Sentinel service is one server) */
     }
     if ((cfg->host && !c->cfg.host) || (cfg->unix_path && !c->cfg.unix_path) ||
         (cfg->username && !c->cfg.username) || (cfg->password && !c->cfg.password) ||
@@ -266,6 +267,7 @@ bio_client_decref(bio_client *c)
         bio_tls_decref(c->cfg.tls);
         io_sentinel_watch_stop(c);
         bio_sentinels_decref(c->cfg.sentinels);
+        io_cluster_free(c);
         if (c->reader) {
             redisReaderFree(c->reader);
         }

@@ -38,7 +38,10 @@
 /* A connection's states: a name resolved (by a thread of its own), a socket connected,
  * with TLS a TLS handshake, then the Redis handshake (AUTH, SELECT, PING): ready. */
 enum { ST_IDLE, ST_RESOLVING, ST_CONNECTING, ST_TLS, ST_HANDSHAKE, ST_READY, ST_BACKOFF };
-enum { SLOT_USER, SLOT_HANDSHAKE, SLOT_STATS };
+enum { SLOT_USER, SLOT_HANDSHAKE, SLOT_STATS, SLOT_CLUSTER };
+/* A slot map is asked again at most this often (a burst of -MOVED during resharding
+ * asks once). */
+#define CLUSTER_REFRESH_MIN 0.1
 
 /* One entry of the in-flight FIFO: the request whose replies come next, or NULL
  * once it was completed early (timeout, disconnect) and its replies are discarded. */
@@ -109,6 +112,12 @@ struct bio_client {
     char last_err[BIO_ERRLEN];
     sentinel_watch *watch;       /* owned reference: sentinel mode, once connecting */
     int sentinel_first;          /* the sentinel to ask first */
+    /* Cluster (io_cluster.c): cfg.cluster != BIO_CLUSTER_OFF. */
+    struct bio_slot_map *map;    /* owned: the last map taken, or NULL */
+    int is_cluster;              /* the server said it is a cluster node */
+    int map_in_flight;           /* a CLUSTER SLOTS refresh awaits its reply */
+    int map_wanted;              /* a refresh is due (a -MOVED was seen) */
+    double map_asked;            /* when the last refresh was sent */
 };
 
 
@@ -173,7 +182,7 @@ typedef struct {
     int primary;                  /* -1: a primary; else the index of its primary */
 } bio_cluster_node;
 
-typedef struct {
+typedef struct bio_slot_map {
     uint16_t slot_node[BIO_CLUSTER_SLOTS];  /* index into nodes, or BIO_NO_NODE */
     bio_cluster_node *nodes;      /* owned */
     int nnodes, cap;
@@ -207,6 +216,20 @@ typedef struct {
 /* An error reply's text (without the '-'): 0 and *out for MOVED / ASK / TRYAGAIN /
  * CLUSTERDOWN, -1 for any other error (or a malformed redirect). */
 int io_cluster_parse_redirect(const char *s, size_t len, io_redirect *out);
+/* The connection's side (io_conn.c calls these; c->cfg.cluster != BIO_CLUSTER_OFF). */
+void io_cluster_handshake(bio_client *c, resp_buf *b);  /* appends CLUSTER SLOTS */
+/* The handshake's CLUSTER SLOTS reply: 0 (a map taken, or a standalone server with
+ * BIO_CLUSTER_AUTO), or -1 with err (the attempt fails). */
+int io_cluster_handshake_reply(bio_client *c, void *reply, char *err, size_t errlen);
+/* A refresh's reply: the map replaced if it parses, else the old one kept. */
+void io_cluster_map_reply(bio_client *c, void *reply);
+/* A user request's reply: a -MOVED asks for a refresh (sent by io_cluster_poll). */
+void io_cluster_saw_reply(bio_client *c, void *reply);
+/* Ready connection: send a refresh that is due and allowed (rate, one at a time). */
+void io_cluster_poll(bio_client *c, double now);
+void io_cluster_reset(bio_client *c);  /* the connection closed: nothing in flight */
+void io_cluster_free(bio_client *c);   /* the client is let go: its map */
+
 /* Cut buf (ncmd RESP arrays of bulk strings, as resp.c builds them) into its commands:
  * offsets[k] is where command k starts, offsets[ncmd] == len. 0, or -1 if buf is not
  * exactly that. */

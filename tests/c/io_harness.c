@@ -20,6 +20,11 @@
  *   redirect                  each line of standard input an error reply's text:
  *                             "KIND SLOT HOST PORT" or "none"
  *   commands                  io_cluster_commands on built and on broken RESP
+ *   cluster-connect PORT on|auto|off [KEY N]
+ *                             a client connects (cfg.cluster as said) and prints
+ *                             "slots S nodes N maps M" (its counters); with KEY, sends
+ *                             N requests GET KEY (one node's -MOVED) and prints the
+ *                             first reply, and the counters again after 0.5 s
  * Prints "ok" and exits 0, or says what failed and exits 1. */
 #define _GNU_SOURCE
 #include "cluster_slot.h"
@@ -434,6 +439,72 @@ test_commands(void)
     resp_buf_free(&b);
 }
 
+static void
+print_cluster(bio_client *c)
+{
+    bio_counters *k = bio_client_counters(c);
+    printf("slots %d nodes %d maps %llu\n", atomic_load(&k->cluster_slots),
+           atomic_load(&k->cluster_nodes), (unsigned long long)atomic_load(&k->cluster_maps));
+}
+
+static void
+test_cluster_connect(int port, const char *mode, const char *key, int n)
+{
+    bio_config cfg = config("127.0.0.1", port, NULL, 0);
+    cfg.cluster = strcmp(mode, "on") == 0 ? BIO_CLUSTER_ON
+                  : strcmp(mode, "auto") == 0 ? BIO_CLUSTER_AUTO : BIO_CLUSTER_OFF;
+    bio_client *c = bio_client_new(&cfg);
+    bio_bridge *b = bio_bridge_new();
+    if (c == NULL || b == NULL) {
+        printf("client and bridge not made\n");
+        return;
+    }
+    bio_req *r = bio_req_new(c, b, BIO_OP_CONNECT, 0);
+    if (r == NULL || bio_submit(r) != 0 || (r = wait_done(b)) == NULL) {
+        printf("connect not done\n");
+        return;
+    }
+    printf("connect %d %s\n", r->status, r->status == BIO_OK ? "" : r->err);
+    bio_req_free(r);
+    print_cluster(c);
+    if (key != NULL) {
+        resp_buf cmd;
+        resp_buf_init(&cmd);
+        const char *argv[2] = {"GET", key};
+        size_t len[2] = {3, strlen(key)};
+        resp_command(&cmd, 2, argv, len);
+        for (int i = 0; i < n; i++) {
+            r = bio_req_new(c, b, BIO_OP_CMD, 1);
+            r->buf = malloc(cmd.len);
+            memcpy(r->buf, cmd.data, cmd.len);
+            r->len = cmd.len;
+            bio_submit(r);
+        }
+        int done = 0;
+        while (done < n && (r = wait_done(b)) != NULL) {
+            for (bio_req *next; r != NULL; r = next, done++) {
+                next = r->next;
+                if (done == 0) {
+                    redisReply *rep = r->nrep ? r->replies[0] : NULL;
+                    printf("reply %d %.*s\n", r->status, rep && rep->str ? (int)rep->len : 0,
+                           rep && rep->str ? rep->str : "");
+                }
+                bio_req_free(r);
+            }
+        }
+        resp_buf_free(&cmd);
+        usleep(500 * 1000);
+        print_cluster(c);
+    }
+    r = bio_req_new(c, b, BIO_OP_CLOSE, 0);
+    bio_submit(r);
+    r = wait_done(b);
+    bio_req_free(r);
+    bio_client_decref(c);
+    usleep(100 * 1000);
+    bio_bridge_decref(b);
+}
+
 int
 main(int argc, char **argv)
 {
@@ -453,6 +524,11 @@ main(int argc, char **argv)
     else if (argc >= 2 && strcmp(argv[1], "redirect") == 0) {
         test_redirect();
         return 0;
+    }
+    else if (argc >= 4 && strcmp(argv[1], "cluster-connect") == 0) {
+        test_cluster_connect(atoi(argv[2]), argv[3], argc >= 6 ? argv[4] : NULL,
+                             argc >= 6 ? atoi(argv[5]) : 0);
+        return failures ? 1 : 0;
     }
     else if (argc >= 2 && strcmp(argv[1], "commands") == 0) {
         test_commands();

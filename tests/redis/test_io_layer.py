@@ -259,3 +259,39 @@ def test_a_request_is_cut_into_its_commands(harness):
     """io_cluster_commands: the offsets of each command of resp.c's bytes; bytes left
     over, a command missing, truncated or malformed RESP refused."""
     run(harness, "commands")
+
+
+def cluster_connect(harness: str, *args: str) -> list[str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", "ASAN_OPTIONS")}
+    done = subprocess.run([harness, "cluster-connect", *args], capture_output=True, text=True,
+                          timeout=60, env=env)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done.stdout.splitlines()
+
+
+def test_a_cluster_client_learns_the_map_and_refreshes_it_on_moved(harness, redis_cluster):
+    """cfg.cluster: the handshake asks CLUSTER SLOTS (the map: every slot, six nodes);
+    a -MOVED reply asks again, once per burst (rate-limited, one at a time)."""
+    cluster = redis_cluster
+    node = cluster.primaries[0]
+    assert cluster_connect(harness, str(node.port), "on") == [
+        "connect 0 ", "slots 16384 nodes 6 maps 1"]
+    assert cluster_connect(harness, str(node.port), "auto")[1] == "slots 16384 nodes 6 maps 1"
+    assert cluster_connect(harness, str(node.port), "off")[1] == "slots 0 nodes 0 maps 0"
+    # a key of another node: -MOVED; 200 of them in a burst ask for a map a few times
+    key = next(f"k{i}" for i in range(1000) if cluster.node_for_slot(
+        cluster.keyslot(f"k{i}")) is not node)
+    out = cluster_connect(harness, str(node.port), "on", key, "200")
+    assert out[2].startswith("reply 0 MOVED ")
+    maps = int(out[3].split()[-1])
+    assert 2 <= maps <= 4, out
+
+
+def test_cluster_auto_on_a_standalone_server_and_on_against_one(harness, redis_server):
+    """cluster=None on one server: it connects as before (no map); cluster=True: the
+    attempt fails, saying why."""
+    port = str(redis_server.port)
+    assert cluster_connect(harness, port, "auto") == ["connect 0 ", "slots 0 nodes 0 maps 0"]
+    out = cluster_connect(harness, port, "on")
+    assert out[0] == (f"connect 2 127.0.0.1:{port} is not a Redis Cluster node (CLUSTER SLOTS: "
+                      "ERR This instance has cluster support disabled)")
