@@ -55,7 +55,7 @@ directory of its own), made one by ``redis-cli --cluster create ... --cluster-re
 --cluster-yes``; ``start()`` returns once every node says ``cluster_state:ok``, all agree
 on the 16384 slots and every replica is in sync (about 2.5 s). ``startup_nodes`` and
 ``url`` are what a client takes; ``kill(node)``, ``restart(node)``, ``wait_ok()`` for
-fault tests; ``tls=True`` as for ``RedisServer``. Fixture: ``redis_cluster``.
+fault tests, ``migrate_slot()`` / ``move_slots()`` for resharding; ``tls=True`` as for ``RedisServer``. Fixture: ``redis_cluster``.
 """
 from __future__ import annotations
 
@@ -73,7 +73,7 @@ import urllib.parse
 import weakref
 from typing import Any, Iterator, NamedTuple
 
-__all__ = ["RedisServer", "RedisCluster", "SentinelGroup", "Stall", "TLSFiles", "make_tls_files",
+__all__ = ["RedisServer", "RedisCluster", "SentinelGroup", "SlotMigration", "Stall", "TLSFiles", "make_tls_files",
            "redis_server", "redis_cluster", "free_port", "refused_port"]
 
 
@@ -1031,7 +1031,9 @@ class RedisCluster:
     ``redis://h1:p1,h2:p2,.../0?cluster=true`` form (``rediss://`` with TLS).
     ``kill(node)`` (SIGKILL) / ``restart(node)`` (same ports, same nodes.conf: it
     rejoins), ``wait_ok()`` waits for the cluster to be whole again (after a failover),
-    ``slots()`` / ``node_for_slot()`` / ``keyslot()`` ask the cluster.
+    ``slots()`` / ``node_for_slot()`` / ``keyslot()`` ask the cluster;
+    ``migrate_slot(slot, target)`` begins moving a slot (``-ASK`` for keys moved until
+    its ``finish()``), ``move_slots(slots, target)`` reshards.
     ``close()`` (or the end of a ``with`` block, the collector, interpreter exit) stops
     every process and removes every directory, also after a failed start; idempotent.
 
@@ -1233,6 +1235,33 @@ class RedisCluster:
         """Run one command on the first live node."""
         return self._any().command(*args, timeout=timeout)
 
+    # -- resharding -----------------------------------------------------------------
+    def node_id(self, node: RedisServer) -> str:
+        """A node's cluster id (``CLUSTER MYID``)."""
+        return str(node.command("CLUSTER", "MYID").decode())
+
+    def migrate_slot(self, slot: int, target: RedisServer) -> "SlotMigration":
+        """Begin moving ``slot`` from the primary serving it to the primary ``target``
+        (``CLUSTER SETSLOT ... IMPORTING`` on the target, ``MIGRATING`` on the source):
+        until ``finish()``, keys already moved are answered by the source with
+        ``-ASK``; ``move_keys(n)`` moves some (``MIGRATE``), ``finish()`` the rest and
+        gives the slot to the target (every primary is told: the source then answers
+        ``-MOVED``)."""
+        source = self.node_for_slot(slot)
+        if source is target:
+            raise ValueError(f"slot {slot} is already served by {target.port}")
+        migration = SlotMigration(self, slot, source, target)
+        target.command("CLUSTER", "SETSLOT", slot, "IMPORTING", self.node_id(source))
+        source.command("CLUSTER", "SETSLOT", slot, "MIGRATING", self.node_id(target))
+        return migration
+
+    def move_slots(self, slots: "range | list[int]", target: RedisServer) -> None:
+        """Move each slot (its keys, then its ownership) to the primary ``target``,
+        one after the other (resharding, as ``redis-cli --cluster reshard`` does)."""
+        for slot in slots:
+            if self.node_for_slot(slot) is not target:
+                self.migrate_slot(slot, target).finish()
+
     def _roles(self) -> list[tuple[RedisServer, str]]:
         out = []
         for node in self._live():
@@ -1285,6 +1314,49 @@ class RedisCluster:
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
+
+
+class SlotMigration:
+    """A slot being moved between two primaries (``RedisCluster.migrate_slot``)."""
+
+    def __init__(self, cluster: RedisCluster, slot: int, source: RedisServer,
+                 target: RedisServer) -> None:
+        self.cluster = cluster
+        self.slot = slot
+        self.source = source
+        self.target = target
+        self.finished = False
+
+    def move_keys(self, count: int | None = None) -> int:
+        """Move up to ``count`` keys of the slot (all with None) to the target
+        (``MIGRATE``, 100 at a time); returns how many moved."""
+        moved = 0
+        while count is None or moved < count:
+            batch = 100 if count is None else min(100, count - moved)
+            keys = self.source.command("CLUSTER", "GETKEYSINSLOT", self.slot, batch)
+            if not keys:
+                break
+            auth: list[Any] = []
+            if self.cluster.password:
+                auth = ["AUTH", self.cluster.password]
+            reply = self.source.command("MIGRATE", "127.0.0.1", self.target.port, "", 0, 5000,
+                                        *auth, "KEYS", *keys)
+            if reply not in ("OK", "NOKEY"):
+                raise RuntimeError(f"MIGRATE answered {reply!r}")
+            moved += len(keys)
+        return moved
+
+    def finish(self) -> None:
+        """Move the keys left, then give the slot to the target: the target first,
+        then the source, then every other primary (``CLUSTER SETSLOT slot NODE``)."""
+        if self.finished:
+            return
+        self.move_keys()
+        target_id = self.cluster.node_id(self.target)
+        others = [n for n in self.cluster.primaries if n not in (self.target, self.source)]
+        for node in (self.target, self.source, *others):
+            node.command("CLUSTER", "SETSLOT", self.slot, "NODE", target_id)
+        self.finished = True
 
 
 try:  # a pytest fixture, when pytest is there

@@ -144,3 +144,47 @@ def refused_plain(port: int) -> bool:
             return not s.recv(100).startswith(b"+PONG")
     except OSError:
         return True
+
+
+def test_a_slot_migrates_ask_then_moved(redis_cluster):
+    """migrate_slot: keys moved answer -ASK at the source (the target serves them after
+    ASKING), the others still at the source; finish(): the slot is the target's,
+    every node says so, the source answers -MOVED; move_slots reshards a range."""
+    cluster = redis_cluster
+    slot = cluster.keyslot("{m}a")
+    source = cluster.node_for_slot(slot)
+    target = next(n for n in cluster.primaries if n is not source)
+    for k in "abcdef":
+        assert source.command("SET", "{m}" + k, k) == "OK"
+    migration = cluster.migrate_slot(slot, target)
+    assert migration.move_keys(3) == 3
+    left = {k.decode() for k in source.command("CLUSTER", "GETKEYSINSLOT", slot, 10)}
+    assert len(left) == 3
+    moved = next("{m}" + k for k in "abcdef" if "{m}" + k not in left)
+    with pytest.raises(RuntimeError, match=f"^ASK {slot} 127.0.0.1:{target.port}$"):
+        source.command("GET", moved)
+    assert source.command("GET", sorted(left)[0]) == sorted(left)[0][-1:].encode()
+    with target.connect() as s:
+        s.sendall(b"*1\r\n$6\r\nASKING\r\n*2\r\n$3\r\nGET\r\n$%d\r\n%s\r\n"
+                  % (len(moved), moved.encode()))
+        f = s.makefile("rb")
+        assert f.readline() == b"+OK\r\n"
+        assert f.readline() == b"$1\r\n" and f.readline() == moved[-1:].encode() + b"\r\n"
+    migration.finish()
+    assert cluster.node_for_slot(slot) is target
+    assert moved_to(source, "{m}a") == f"127.0.0.1:{target.port}"
+    assert target.command("GET", "{m}f") == b"f"
+    cluster.wait_ok(10)
+    # a range of slots, with keys in them
+    first = next(s for s, _, port, _ in cluster.slots() if port == source.port)
+    keys = {}
+    for i in range(3000):
+        if first <= cluster.keyslot(f"r{i}") < first + 20:
+            keys[f"r{i}"] = str(i)
+    assert keys
+    for k, v in keys.items():
+        cluster.node_for_slot(cluster.keyslot(k)).command("SET", k, v)
+    cluster.move_slots(range(first, first + 20), target)
+    cluster.wait_ok(10)
+    assert all(cluster.node_for_slot(s) is target for s in range(first, first + 20))
+    assert all(target.command("GET", k) == v.encode() for k, v in keys.items())
