@@ -22,6 +22,7 @@
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stddef.h>
+#include <stdint.h>
 #include <sys/types.h>
 
 typedef struct bio_bridge bio_bridge;
@@ -56,6 +57,9 @@ struct bio_req {
     int ncmd;                 /* commands in buf, replies expected */
     char *buf;                /* RESP bytes (malloc'd, owned; freed once written) */
     size_t len;
+    int16_t *slots;           /* NULL, or (Redis Cluster) each command's slot, or
+                                 RESP_SLOT_ANY / RESP_SLOT_CROSS (malloc'd, owned; set
+                                 by the maker from resp_buf.slots; not routed by yet) */
     void **replies;           /* redisReply *[ncmd] (owned), filled by the thread */
     int nrep;                 /* replies received */
     double deadline;          /* monotonic seconds; set by the I/O thread (route, send) */

@@ -334,6 +334,7 @@ bio_req_free(bio_req *r)
         return;
     }
     free(r->buf);
+    free(r->slots);
     for (int i = 0; i < r->nrep; i++) {
         freeReplyObject(r->replies[i]);
     }

@@ -8,6 +8,7 @@
  *
  * Adding an operation: an rc_op in rediscache.h, a build and a decode here, an entry
  * in rc_commands[] at the bottom, and a method in rediscache.c calling rc_start. */
+#include "cluster_slot.h"
 #include "codec.h"
 #include "rc_internal.h"
 
@@ -73,8 +74,12 @@ key_text(PyObject *key, Py_ssize_t *len, PyObject **holder)
 static void
 append_key_text(RedisCache *self, resp_buf *b, const char *text, Py_ssize_t len)
 {
-    resp_bulk2(b, PyBytes_AS_STRING(self->prefix_bytes),
-               (size_t)PyBytes_GET_SIZE(self->prefix_bytes), text, (size_t)len);
+    const char *prefix = PyBytes_AS_STRING(self->prefix_bytes);
+    size_t plen = (size_t)PyBytes_GET_SIZE(self->prefix_bytes);
+    resp_bulk2(b, prefix, plen, text, (size_t)len);
+    if (b->slots != NULL) {  /* Redis Cluster: the slot of prefix + key */
+        resp_key_slot(b, (int)bio_key_slot2(prefix, plen, text, (size_t)len));
+    }
 }
 
 /* A key that cannot become text (its str() raises, or the text is not UTF-8
@@ -725,12 +730,18 @@ build_stats(rc_call *call, const rc_args *args, resp_buf *b, rc_built *built)
         resp_array(b, 4);
         resp_str(b, "HINCRBY");
         resp_bulk2(b, prefix, plen, "stats", 5);
+        if (b->slots != NULL) {
+            resp_key_slot(b, (int)bio_key_slot2(prefix, plen, "stats", 5));
+        }
         resp_str(b, i == 0 ? "hits" : "misses");
         resp_number(b, (long long)v);
     }
     resp_array(b, 2);
     resp_str(b, "HGETALL");
     resp_bulk2(b, prefix, plen, "stats", 5);
+    if (b->slots != NULL) {
+        resp_key_slot(b, (int)bio_key_slot2(prefix, plen, "stats", 5));
+    }
     resp_array(b, 1);
     resp_str(b, "DBSIZE");  /* the cap on the SCAN steps (scan_start) */
     append_scan(self, b, "0", 1);

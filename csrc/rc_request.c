@@ -172,7 +172,9 @@ request_new(rc_call *call, bio_bridge *bridge, resp_buf *b, const char *failure)
     }
     r->buf = b->data;
     r->len = b->len;
+    r->slots = b->slots;  /* (NULL unless the cache is a cluster's: not yet) */
     b->data = NULL;
+    b->slots = NULL;
     resp_buf_free(b);
     r->user = call;
     r->on_done = rc_done;

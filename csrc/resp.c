@@ -13,13 +13,67 @@ resp_buf_init(resp_buf *b)
     b->len = b->cap = 0;
     b->ncmd = 0;
     b->oom = 0;
+    b->slots = NULL;
+    b->slots_cap = 0;
 }
 
 void
 resp_buf_free(resp_buf *b)
 {
     free(b->data);
+    free(b->slots);
     resp_buf_init(b);
+}
+
+/* Room for the slot of command k. 0, or -1 (oom set). */
+static int
+slots_room(resp_buf *b, size_t k)
+{
+    if (k < b->slots_cap) {
+        return 0;
+    }
+    size_t cap = b->slots_cap ? b->slots_cap * 2 : 8;
+    while (cap <= k) {
+        cap *= 2;
+    }
+    int16_t *slots = realloc(b->slots, cap * sizeof *slots);
+    if (slots == NULL) {
+        b->oom = 1;
+        return -1;
+    }
+    b->slots = slots;
+    b->slots_cap = cap;
+    return 0;
+}
+
+int
+resp_buf_track_slots(resp_buf *b)
+{
+    if (b->slots != NULL) {
+        return 0;
+    }
+    if (slots_room(b, (size_t)b->ncmd) < 0) {
+        return -1;
+    }
+    for (int k = 0; k < b->ncmd; k++) {
+        b->slots[k] = RESP_SLOT_ANY;
+    }
+    return 0;
+}
+
+void
+resp_key_slot(resp_buf *b, int slot)
+{
+    if (b->slots == NULL || b->ncmd == 0) {
+        return;
+    }
+    int16_t *s = &b->slots[b->ncmd - 1];
+    if (*s == RESP_SLOT_ANY) {
+        *s = (int16_t)slot;
+    }
+    else if (*s != slot) {
+        *s = RESP_SLOT_CROSS;
+    }
 }
 
 void
@@ -82,6 +136,12 @@ void
 resp_array(resp_buf *b, size_t n)
 {
     header(b, '*', n);
+    if (b->slots != NULL) {
+        if (slots_room(b, (size_t)b->ncmd) < 0) {
+            return;
+        }
+        b->slots[b->ncmd] = RESP_SLOT_ANY;
+    }
     b->ncmd++;
 }
 

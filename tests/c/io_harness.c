@@ -404,9 +404,67 @@ test_redirect(void)
     }
 }
 
+/* resp.c's slot tracking: each command's key slot, RESP_SLOT_ANY without a key,
+ * RESP_SLOT_CROSS for keys of two slots; off unless asked (no allocation then). */
+static void
+test_resp_slots(void)
+{
+    resp_buf b;
+    resp_buf_init(&b);
+    resp_array(&b, 1);
+    resp_str(&b, "PING");
+    check(b.slots == NULL, "not tracked unless asked");
+    resp_key_slot(&b, 5);  /* (nothing: not tracked) */
+    check(resp_buf_track_slots(&b) == 0 && b.slots[0] == RESP_SLOT_ANY,
+          "the commands before: no key");
+    for (int i = 0; i < 100; i++) {
+        resp_array(&b, 2);
+        resp_str(&b, "GET");
+        char key[16];
+        int n = snprintf(key, sizeof key, "k%d", i);
+        resp_bulk(&b, key, (size_t)n);
+        resp_key_slot(&b, (int)bio_key_slot(key, (size_t)n));
+    }
+    resp_array(&b, 3);
+    resp_str(&b, "DEL");
+    resp_str(&b, "{t}a");
+    resp_key_slot(&b, (int)bio_key_slot("{t}a", 4));
+    resp_str(&b, "{t}b");
+    resp_key_slot(&b, (int)bio_key_slot("{t}b", 4));
+    resp_array(&b, 3);
+    resp_str(&b, "DEL");
+    resp_key_slot(&b, (int)bio_key_slot("a", 1));
+    resp_key_slot(&b, (int)bio_key_slot("b", 1));
+    resp_array(&b, 1);
+    resp_str(&b, "DBSIZE");
+    check(!b.oom && b.ncmd == 104, "built");
+    int ok = 1;
+    for (int i = 0; i < 100; i++) {
+        char key[16];
+        int n = snprintf(key, sizeof key, "k%d", i);
+        ok &= b.slots[1 + i] == (int)bio_key_slot(key, (size_t)n);
+    }
+    check(ok, "each GET's slot");
+    check(b.slots[101] == (int)bio_key_slot("t", 1), "two keys of one slot: that slot");
+    check(b.slots[102] == RESP_SLOT_CROSS, "keys of two slots: cross");
+    check(b.slots[103] == RESP_SLOT_ANY, "no key");
+    int16_t *taken = b.slots;  /* as a request takes them */
+    b.slots = NULL;
+    resp_buf_free(&b);
+    free(taken);
+    resp_buf_init(&b);
+    resp_array(&b, 1);
+    allocs = 0;
+    fail_at = 0;  /* the slots' allocation fails: the buffer says oom */
+    check(resp_buf_track_slots(&b) < 0 && b.oom, "out of memory: oom");
+    fail_at = -1;
+    resp_buf_free(&b);
+}
+
 static void
 test_commands(void)
 {
+    test_resp_slots();
     resp_buf b;
     resp_buf_init(&b);
     const char *get[2] = {"GET", "k"};
