@@ -59,7 +59,12 @@ struct bio_req {
     size_t len;
     int16_t *slots;           /* NULL, or (Redis Cluster) each command's slot, or
                                  RESP_SLOT_ANY / RESP_SLOT_CROSS (malloc'd, owned; set
-                                 by the maker from resp_buf.slots; not routed by yet) */
+                                 by the maker from resp_buf.slots) */
+    /* Redis Cluster routing (the I/O thread's): redirects followed, an -ASK to honour
+     * at the next send, the deadline no re-send may pass. */
+    int redirects;
+    int asking;
+    double cluster_deadline;
     void **replies;           /* redisReply *[ncmd] (owned), filled by the thread */
     int nrep;                 /* replies received */
     double deadline;          /* monotonic seconds; set by the I/O thread (route, send) */

@@ -467,8 +467,67 @@ io_cluster_reset(bio_client *c)
 }
 
 void
+io_cluster_release_children(bio_client *parent)
+{
+    for (int i = 0; i < parent->nchildren; i++) {
+        parent->children[i]->parent = NULL;
+        bio_client_decref(parent->children[i]);
+    }
+    free(parent->children);
+    parent->children = NULL;
+    parent->nchildren = parent->children_cap = 0;
+}
+
+void
 io_cluster_free(bio_client *c)
 {
+    io_cluster_release_children(c);  /* (none: the I/O thread released them already) */
     io_slot_map_free(c->map);
     c->map = NULL;
+}
+
+bio_client *
+io_cluster_child(bio_client *parent, const char *host, int port)
+{
+    for (int i = 0; i < parent->nchildren; i++) {
+        bio_client *c = parent->children[i];
+        if (c->cfg.port == port && strcmp(c->cfg.host, host) == 0) {
+            return c;
+        }
+    }
+    if (parent->nchildren == parent->children_cap) {
+        int cap = parent->children_cap ? parent->children_cap * 2 : 8;
+        bio_client **children = realloc(parent->children, (size_t)cap * sizeof *children);
+        if (children == NULL) {
+            return NULL;
+        }
+        parent->children = children;
+        parent->children_cap = cap;
+    }
+    /* The parent's settings (credentials, TLS, timeouts), this node's address, db 0,
+     * no cluster handshake of its own. */
+    bio_config cfg = parent->cfg;
+    cfg.host = (char *)host;
+    cfg.port = port;
+    cfg.unix_path = NULL;
+    cfg.db = 0;
+    cfg.sentinels = NULL;
+    cfg.cluster = BIO_CLUSTER_OFF;
+    bio_client *c = bio_client_new(&cfg);
+    if (c == NULL) {
+        return NULL;
+    }
+    c->parent = parent;
+    parent->children[parent->nchildren++] = c;
+    /* Registered like any client (epoll, timers, writes), at the end of the list:
+     * the I/O thread may be walking it. */
+    c->registered = 1;
+    bio_client_incref(c);
+    bio_client **pp = &E.clients;
+    while (*pp != NULL) {
+        pp = &(*pp)->next;
+    }
+    c->next = NULL;
+    *pp = c;
+    return c;
 }

@@ -102,19 +102,66 @@ send_slot(bio_client *c, const char *buf, size_t len, int ncmd, bio_req *r, int 
     return 0;
 }
 
+/* Cluster, after an -ASK: each command of r preceded by ASKING (whose +OK replies
+ * on_reply drops), once. */
+static void
+send_asking(bio_client *c, bio_req *r)
+{
+    static const char asking[] = "*1\r\n$6\r\nASKING\r\n";
+    size_t n = (size_t)r->ncmd;
+    size_t *off = malloc((n + 1) * sizeof *off);
+    char *buf = malloc(r->len + n * (sizeof asking - 1));
+    if (off == NULL || buf == NULL || io_cluster_commands(r->buf, r->len, off, r->ncmd) < 0) {
+        free(off);
+        free(buf);
+        io_complete(r, BIO_ECONN, off && buf ? "Protocol error: a request that is not RESP"
+                                             : "out of memory");
+        return;
+    }
+    size_t len = 0;
+    for (size_t k = 0; k < n; k++) {
+        memcpy(buf + len, asking, sizeof asking - 1);
+        len += sizeof asking - 1;
+        memcpy(buf + len, r->buf + off[k], off[k + 1] - off[k]);
+        len += off[k + 1] - off[k];
+    }
+    r->asking = 0;
+    if (send_slot(c, buf, len, 2 * r->ncmd, r, SLOT_ASKING, r->deadline) < 0) {
+        io_complete(r, BIO_ECONN, "out of memory");
+    }
+    free(off);
+    free(buf);
+}
+
 /* Put a user request on the connection (its bytes are then ours to drop). Its reply
- * is due socket_timeout from now, however long it waited to be sent. */
+ * is due socket_timeout from now, however long it waited to be sent. A cluster's
+ * request goes to its slot's node instead; a node's keeps its bytes (a redirect
+ * sends them again) and its reply is due by the request's cluster deadline at the
+ * latest. */
 static void
 send_request(bio_client *c, bio_req *r, double now)
 {
+    if (io_cluster_routes(c, r)) {
+        io_cluster_dispatch(c, r, now);
+        return;
+    }
     r->deadline = now + c->cfg.socket_timeout;
+    if (c->parent != NULL && r->cluster_deadline < r->deadline) {
+        r->deadline = r->cluster_deadline;
+    }
     r->sent = 1;
+    if (r->asking) {
+        send_asking(c, r);
+        return;
+    }
     if (send_slot(c, r->buf, r->len, r->ncmd, r, SLOT_USER, r->deadline) < 0) {
         io_complete(r, BIO_ECONN, "out of memory");
         return;
     }
-    free(r->buf);
-    r->buf = NULL;
+    if (c->parent == NULL) {
+        free(r->buf);
+        r->buf = NULL;
+    }
 }
 
 /* ------------------------------------------------------------------ connection */
@@ -249,6 +296,9 @@ connection_failed(bio_client *c, const char *msg, double now)
 {
     int was_ready = c->state == ST_READY;
     snprintf(c->last_err, sizeof c->last_err, "%s", msg);
+    if (c->parent != NULL) {
+        c->parent->map_wanted = 1;  /* a node failed: the cluster may have changed */
+    }
     io_close_socket(c);
     fail_inflight(c, BIO_ECONN, msg);
     if (c->close_req) {
@@ -705,6 +755,11 @@ on_reply(bio_client *c, void *reply, double now)
         connection_failed(c, err, now);
         return;
     }
+    if (s->kind == SLOT_ASKING && s->remaining % 2 == 0) {
+        freeReplyObject(reply);  /* ASKING's +OK: each command follows its own */
+        s->remaining--;
+        return;
+    }
     if (s->kind == SLOT_USER && io_sentinel_readonly(c, reply)) {
         /* A demoted primary: drop the connection (what is in flight fails as on any
          * failure); the next attempt asks the sentinels. */
@@ -736,7 +791,7 @@ on_reply(bio_client *c, void *reply, double now)
     if (kind == SLOT_STATS) {
         c->stats_in_flight = 0;
     }
-    if (r) {
+    if (r && (c->parent == NULL || !io_cluster_redirected(c, r, now))) {
         io_complete(r, BIO_OK, NULL);
     }
     if (kind == SLOT_HANDSHAKE) {
@@ -887,6 +942,7 @@ io_route(bio_req *r, double now)
         io_complete(r, BIO_EFAILED, NULL);  /* its err was set by its maker */
         return;
     case BIO_OP_CLOSE:
+        io_cluster_close_children(c);
         fail_waiting(c, BIO_ECLOSED, "disconnected");
         if (c->close_req) {  /* already closing: finish with the first */
             io_complete(r, BIO_OK, NULL);
@@ -942,6 +998,137 @@ io_route(bio_req *r, double now)
     wait_push(c, r);
     if (c->state == ST_IDLE) {
         start_connect(c, now);
+    }
+}
+
+/* ------------------------------------------------------------------ cluster routing */
+
+/* A request for a node (a child of a cluster client): as io_route does for a command,
+ * keeping the deadline it was given. */
+static void
+child_route(bio_client *c, bio_req *r, double now)
+{
+    if (c->state == ST_READY && c->close_req == NULL && c->wait_head == NULL &&
+        c->r_count < MAX_PIPELINE) {
+        send_request(c, r, now);
+        return;
+    }
+    if (c->state == ST_BACKOFF && c->unreachable) {
+        io_complete(r, BIO_ECONN, c->last_err);
+        return;
+    }
+    wait_push(c, r);
+    if (c->state == ST_IDLE) {
+        start_connect(c, now);
+    }
+}
+
+/* The slot of all of r's keyed commands; RESP_SLOT_ANY if none has a key,
+ * RESP_SLOT_CROSS if they are of several slots. */
+static int
+request_slot(const bio_req *r)
+{
+    int slot = RESP_SLOT_ANY;
+    for (int k = 0; k < r->ncmd; k++) {
+        int s = r->slots[k];
+        if (s == RESP_SLOT_CROSS || (s >= 0 && slot >= 0 && s != slot)) {
+            return RESP_SLOT_CROSS;
+        }
+        if (s >= 0) {
+            slot = s;
+        }
+    }
+    return slot;
+}
+
+int
+io_cluster_routes(bio_client *c, bio_req *r)
+{
+    return c->is_cluster && c->parent == NULL && r->slots != NULL && r->op == BIO_OP_CMD &&
+           request_slot(r) != RESP_SLOT_ANY;  /* (keyless: on the parent's connection) */
+}
+
+void
+io_cluster_dispatch(bio_client *parent, bio_req *r, double now)
+{
+    int slot = request_slot(r);
+    if (r->cluster_deadline == 0) {
+        r->cluster_deadline = r->deadline;  /* io_route's: waiting + socket_timeout */
+    }
+    if (slot == RESP_SLOT_CROSS) {
+        io_complete(r, BIO_EFAILED, "CROSSSLOT Keys in request don't hash to the same slot "
+                    "(one request per slot: not split yet)");
+        return;
+    }
+    int node = io_slot_map_node(parent->map, (unsigned)slot);
+    if (node < 0) {
+        parent->map_wanted = 1;
+        char err[BIO_ERRLEN];
+        snprintf(err, sizeof err, "CLUSTERDOWN Hash slot %d not served", slot);
+        io_complete(r, BIO_ECONN, err);
+        return;
+    }
+    bio_client *child = io_cluster_child(parent, parent->map->nodes[node].host,
+                                         parent->map->nodes[node].port);
+    if (child == NULL) {
+        io_complete(r, BIO_ECONN, "out of memory");
+        return;
+    }
+    child_route(child, r, now);
+}
+
+int
+io_cluster_redirected(bio_client *c, bio_req *r, double now)
+{
+    bio_client *parent = c->parent;
+    if (r->redirects >= CLUSTER_MAX_REDIRECTS || now >= r->cluster_deadline) {
+        return 0;
+    }
+    io_redirect rd;
+    int found = 0;
+    for (int i = 0; i < r->nrep && !found; i++) {
+        redisReply *rep = r->replies[i];
+        found = rep->type == REDIS_REPLY_ERROR &&
+                io_cluster_parse_redirect(rep->str, rep->len, &rd) == 0 &&
+                (rd.kind == IO_REDIRECT_MOVED || rd.kind == IO_REDIRECT_ASK);
+    }
+    if (!found) {
+        return 0;
+    }
+    const char *host = rd.host[0] != '\0' ? rd.host : c->cfg.host;
+    bio_client *target = io_cluster_child(parent, host, rd.port);
+    if (target == NULL) {
+        return 0;
+    }
+    if (rd.kind == IO_REDIRECT_MOVED) {
+        if (parent->map != NULL) {
+            io_cluster_apply_moved(parent->map, rd.slot, host, rd.port);
+        }
+        parent->map_wanted = 1;
+    }
+    else {
+        r->asking = 1;
+    }
+    for (int i = 0; i < r->nrep; i++) {
+        freeReplyObject(r->replies[i]);
+        r->replies[i] = NULL;
+    }
+    r->nrep = 0;
+    r->redirects++;
+    child_route(target, r, now);
+    return 1;
+}
+
+void
+io_cluster_close_children(bio_client *parent)
+{
+    for (int i = 0; i < parent->nchildren; i++) {
+        bio_client *c = parent->children[i];
+        fail_waiting(c, BIO_ECLOSED, "disconnected");
+        io_close_socket(c);
+        fail_inflight(c, BIO_ECLOSED, "disconnected");
+        c->state = ST_IDLE;
+        c->backoff = 0;
     }
 }
 

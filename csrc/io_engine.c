@@ -585,6 +585,7 @@ io_main(void *arg)
             if (client_finished(c, now)) {
                 *pp = c->next;
                 io_close_socket(c);
+                io_cluster_release_children(c);  /* (a cluster's: let go in turn) */
                 bio_client_decref(c);
                 continue;
             }

@@ -38,7 +38,9 @@
 /* A connection's states: a name resolved (by a thread of its own), a socket connected,
  * with TLS a TLS handshake, then the Redis handshake (AUTH, SELECT, PING): ready. */
 enum { ST_IDLE, ST_RESOLVING, ST_CONNECTING, ST_TLS, ST_HANDSHAKE, ST_READY, ST_BACKOFF };
-enum { SLOT_USER, SLOT_HANDSHAKE, SLOT_STATS, SLOT_CLUSTER };
+enum { SLOT_USER, SLOT_HANDSHAKE, SLOT_STATS, SLOT_CLUSTER, SLOT_ASKING };
+/* Redirects one request may follow (then the last -MOVED/-ASK is its reply). */
+#define CLUSTER_MAX_REDIRECTS 16
 /* A slot map is asked again at most this often (a burst of -MOVED during resharding
  * asks once). */
 #define CLUSTER_REFRESH_MIN 0.1
@@ -118,6 +120,12 @@ struct bio_client {
     int map_in_flight;           /* a CLUSTER SLOTS refresh awaits its reply */
     int map_wanted;              /* a refresh is due (a -MOVED was seen) */
     double map_asked;            /* when the last refresh was sent */
+    /* Cluster routing (in progress): a parent (is_cluster) holds one child client per
+     * node it sent to (owned references); a child's parent is borrowed (the parent
+     * outlives its children's use: every request routed holds the parent). */
+    bio_client **children;
+    int nchildren, children_cap;
+    bio_client *parent;
 };
 
 
@@ -228,6 +236,18 @@ void io_cluster_saw_reply(bio_client *c, void *reply);
 /* Ready connection: send a refresh that is due and allowed (rate, one at a time). */
 void io_cluster_poll(bio_client *c, double now);
 void io_cluster_reset(bio_client *c);  /* the connection closed: nothing in flight */
+/* Routing (io_conn.c): a parent's request with slots goes to the child of its slot's
+ * node; a child's finished request that was redirected goes again. */
+int io_cluster_routes(bio_client *c, bio_req *r);  /* send_request must dispatch */
+void io_cluster_dispatch(bio_client *parent, bio_req *r, double now);
+int io_cluster_redirected(bio_client *child, bio_req *r, double now);  /* 1: re-sent */
+void io_cluster_close_children(bio_client *parent);  /* disconnect(): all of them */
+/* io_cluster.c: the child of host:port (made and registered with the engine if new),
+ * or NULL (out of memory). */
+bio_client *io_cluster_child(bio_client *parent, const char *host, int port);
+/* The parent is let go by the I/O thread: its children are released (each then let go
+ * once idle, like any client nobody holds). */
+void io_cluster_release_children(bio_client *parent);
 void io_cluster_free(bio_client *c);   /* the client is let go: its map */
 
 /* Cut buf (ncmd RESP arrays of bulk strings, as resp.c builds them) into its commands:

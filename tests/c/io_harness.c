@@ -25,6 +25,11 @@
  *                             "slots S nodes N maps M" (its counters); with KEY, sends
  *                             N requests GET KEY (one node's -MOVED) and prints the
  *                             first reply, and the counters again after 0.5 s
+ *   cluster-route PORT N      a cluster client (cfg.cluster on) routes N SETs then,
+ *                             three times, N GETs of keys "key:I" (each request naming
+ *                             its slot): prints "set", then "get R" per round (R: the
+ *                             redirects followed), reading a line from standard input
+ *                             before each round (the test reshards meanwhile)
  * Prints "ok" and exits 0, or says what failed and exits 1. */
 #define _GNU_SOURCE
 #include "cluster_slot.h"
@@ -34,6 +39,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <stdint.h>
 #include <malloc.h>
 #include <poll.h>
 #include <stdio.h>
@@ -563,6 +569,84 @@ test_cluster_connect(int port, const char *mode, const char *key, int n)
     bio_bridge_decref(b);
 }
 
+/* n requests, "CMD key:I [I]" for each i, each naming its slot; returns the
+ * redirects they followed, counting (check) replies other than expected. */
+static int
+cluster_round(bio_client *c, bio_bridge *b, int n, int set)
+{
+    for (int i = 0; i < n; i++) {
+        char key[32], val[32];
+        int klen = snprintf(key, sizeof key, "key:%d", i);
+        int vlen = snprintf(val, sizeof val, "%d", i);
+        resp_buf cmd;
+        resp_buf_init(&cmd);
+        resp_buf_track_slots(&cmd);
+        const char *argv[3] = {set ? "SET" : "GET", key, val};
+        size_t len[3] = {3, (size_t)klen, (size_t)vlen};
+        resp_command(&cmd, set ? 3 : 2, argv, len);
+        resp_key_slot(&cmd, (int)bio_key_slot(key, (size_t)klen));
+        bio_req *r = bio_req_new(c, b, BIO_OP_CMD, 1);
+        r->buf = cmd.data;
+        r->len = cmd.len;
+        r->slots = cmd.slots;
+        r->user = (void *)(intptr_t)i;
+        bio_submit(r);
+    }
+    int done = 0, redirects = 0, wrong = 0;
+    bio_req *r;
+    while (done < n && (r = wait_done(b)) != NULL) {
+        for (bio_req *next; r != NULL; r = next, done++) {
+            next = r->next;
+            int i = (int)(intptr_t)r->user;
+            char val[32];
+            int vlen = snprintf(val, sizeof val, "%d", i);
+            redisReply *rep = r->nrep ? r->replies[0] : NULL;
+            int ok = r->status == BIO_OK && rep != NULL &&
+                     (set ? rep->type == REDIS_REPLY_STATUS
+                          : rep->type == REDIS_REPLY_STRING && (int)rep->len == vlen &&
+                            memcmp(rep->str, val, (size_t)vlen) == 0);
+            if (!ok && wrong++ < 3) {
+                printf("key:%d status %d %s reply %.*s\n", i, r->status, r->err,
+                       rep && rep->str ? (int)rep->len : 0, rep && rep->str ? rep->str : "");
+            }
+            redirects += r->redirects;
+            bio_req_free(r);
+        }
+    }
+    check(done == n, "every request completed");
+    check(wrong == 0, "every reply as expected");
+    return redirects;
+}
+
+static void
+test_cluster_route(int port, int n)
+{
+    bio_config cfg = config("127.0.0.1", port, NULL, 0);
+    cfg.cluster = BIO_CLUSTER_ON;
+    bio_client *c = bio_client_new(&cfg);
+    bio_bridge *b = bio_bridge_new();
+    bio_req *r = bio_req_new(c, b, BIO_OP_CONNECT, 0);
+    bio_submit(r);
+    r = wait_done(b);
+    check(r != NULL && r->status == BIO_OK, "connected");
+    bio_req_free(r);
+    cluster_round(c, b, n, 1);
+    printf("set\n");
+    fflush(stdout);
+    char line[64];
+    for (int round = 0; round < 3 && fgets(line, sizeof line, stdin) != NULL; round++) {
+        printf("get %d\n", cluster_round(c, b, n, 0));
+        fflush(stdout);
+    }
+    r = bio_req_new(c, b, BIO_OP_CLOSE, 0);
+    bio_submit(r);
+    r = wait_done(b);
+    bio_req_free(r);
+    bio_client_decref(c);
+    usleep(200 * 1000);
+    bio_bridge_decref(b);
+}
+
 int
 main(int argc, char **argv)
 {
@@ -586,6 +670,10 @@ main(int argc, char **argv)
     else if (argc >= 4 && strcmp(argv[1], "cluster-connect") == 0) {
         test_cluster_connect(atoi(argv[2]), argv[3], argc >= 6 ? argv[4] : NULL,
                              argc >= 6 ? atoi(argv[5]) : 0);
+        return failures ? 1 : 0;
+    }
+    else if (argc >= 4 && strcmp(argv[1], "cluster-route") == 0) {
+        test_cluster_route(atoi(argv[2]), atoi(argv[3]));
         return failures ? 1 : 0;
     }
     else if (argc >= 2 && strcmp(argv[1], "commands") == 0) {

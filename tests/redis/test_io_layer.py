@@ -295,3 +295,48 @@ def test_cluster_auto_on_a_standalone_server_and_on_against_one(harness, redis_s
     out = cluster_connect(harness, port, "on")
     assert out[0] == (f"connect 2 127.0.0.1:{port} is not a Redis Cluster node (CLUSTER SLOTS: "
                       "ERR This instance has cluster support disabled)")
+
+
+def test_a_cluster_client_routes_by_slot_and_follows_moved_and_ask(harness, redis_cluster):
+    """Routing (in progress, the I/O layer only): a cluster client sends each request
+    to its slot's primary (one connection per node); after a slot moved (-MOVED: the
+    map is updated, the request re-sent there) and while another is mid-migration
+    (-ASK: ASKING + the command at the target), every GET still gets its value."""
+    cluster = redis_cluster
+    n = 300
+    env = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", "ASAN_OPTIONS")}
+    proc = subprocess.Popen([harness, "cluster-route", str(cluster.primaries[0].port), str(n)],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
+    try:
+        assert proc.stdout.readline() == "set\n"
+        for i in range(n):  # every key was written where it belongs
+            key = f"key:{i}"
+            assert cluster.node_for_slot(cluster.keyslot(key)).command("GET", key) == \
+                str(i).encode()
+        proc.stdin.write("go\n")
+        proc.stdin.flush()
+        assert proc.stdout.readline() == "get 0\n"  # (nothing moved: no redirect)
+        slot_moved, slot_asked = cluster.keyslot("key:0"), cluster.keyslot("key:1")
+        assert slot_moved != slot_asked
+        source = cluster.node_for_slot(slot_moved)
+        target = next(p for p in cluster.primaries if p is not source)
+        cluster.migrate_slot(slot_moved, target).finish()
+        source = cluster.node_for_slot(slot_asked)
+        target = next(p for p in cluster.primaries if p is not source)
+        migration = cluster.migrate_slot(slot_asked, target)
+        assert migration.move_keys() >= 1  # all of its keys: each answers -ASK
+        proc.stdin.write("go\n")
+        proc.stdin.flush()
+        redirects = int(proc.stdout.readline().split()[1])
+        assert redirects >= 2
+        migration.finish()
+        proc.stdin.write("go\n")
+        proc.stdin.flush()
+        assert proc.stdout.readline().startswith("get ")
+        proc.stdin.close()
+        out = proc.stdout.read()
+        assert proc.wait(60) == 0, out
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
