@@ -404,6 +404,16 @@ take_map(bio_client *c, bio_slot_map *m)
 {
     io_slot_map_free(c->map);
     c->map = m;
+    /* A primary whose connection failed (and has not come back) still named: a
+     * failover may be under way; ask again (at most every CLUSTER_REFRESH_MIN) until
+     * the map names its replica, or it is back. */
+    for (int i = 0; i < c->nchildren; i++) {
+        bio_client *child = c->children[i];
+        int k = child->suspect ? io_slot_map_find(m, child->cfg.host, child->cfg.port) : -1;
+        if (k >= 0 && m->nodes[k].primary < 0) {
+            c->map_wanted = 1;
+        }
+    }
     c->is_cluster = 1;
     atomic_store(&c->counters.cluster_slots, m->served);
     atomic_store(&c->counters.cluster_nodes, m->nnodes);

@@ -298,6 +298,7 @@ connection_failed(bio_client *c, const char *msg, double now)
     snprintf(c->last_err, sizeof c->last_err, "%s", msg);
     if (c->parent != NULL) {
         c->parent->map_wanted = 1;  /* a node failed: the cluster may have changed */
+        c->suspect = 1;
     }
     io_close_socket(c);
     fail_inflight(c, BIO_ECONN, msg);
@@ -453,6 +454,7 @@ handshake_done(bio_client *c, double now)
         atomic_fetch_add(&c->counters.reconnects, 1);
     }
     c->ever_connected = 1;
+    c->suspect = 0;
     atomic_store(&c->counters.connected, 1);
     pump_waiting(c, now);
 }
@@ -1014,6 +1016,7 @@ child_route(bio_client *c, bio_req *r, double now)
         return;
     }
     if (c->state == ST_BACKOFF && c->unreachable) {
+        c->parent->map_wanted = 1;  /* (rate-limited) has its replica taken over? */
         io_complete(r, BIO_ECONN, c->last_err);
         return;
     }

@@ -126,6 +126,9 @@ struct bio_client {
     bio_client **children;
     int nchildren, children_cap;
     bio_client *parent;
+    int suspect;                 /* a child whose connection failed, not since ready:
+                                    while a map names it a primary, the map is asked
+                                    again (a failover under way) */
 };
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import time
 
 import pytest
 
@@ -330,6 +331,16 @@ def test_a_cluster_client_routes_by_slot_and_follows_moved_and_ask(harness, redi
         redirects = int(proc.stdout.readline().split()[1])
         assert redirects >= 2
         migration.finish()
+        proc.stdin.write("go\n")
+        proc.stdin.flush()
+        assert proc.stdout.readline().startswith("get ")
+        # a primary killed; once its replica has taken over (and the client's map
+        # refreshes, asked again while the map still names the dead one), every GET
+        # gets its value again
+        victim = cluster.node_for_slot(cluster.keyslot("key:2"))
+        cluster.kill(victim)
+        cluster.wait_ok(30)
+        time.sleep(0.5)
         proc.stdin.write("go\n")
         proc.stdin.flush()
         assert proc.stdout.readline().startswith("get ")
