@@ -84,6 +84,14 @@ out_append(bio_client *c, const char *data, size_t len)
     return 0;
 }
 
+/* The counters a connection's work is counted in: its client's, or for a cluster's
+ * node its parent's (what RedisCache.stats() reads). */
+static bio_counters *
+counters_of(bio_client *c)
+{
+    return c->parent != NULL ? &c->parent->counters : &c->counters;
+}
+
 /* Queue the bytes of buf as `ncmd` commands of a slot whose replies are due by
  * `deadline`. */
 static int
@@ -98,7 +106,7 @@ send_slot(bio_client *c, const char *buf, size_t len, int ncmd, bio_req *r, int 
         c->r_count--;  /* take the slot back */
         return -1;
     }
-    atomic_fetch_add(&c->counters.commands, (unsigned long long)ncmd);
+    atomic_fetch_add(&counters_of(c)->commands, (unsigned long long)ncmd);
     return 0;
 }
 
@@ -451,7 +459,7 @@ handshake_done(bio_client *c, double now)
     c->ready_since = now;
     c->next_flush = now + STATS_FLUSH_EVERY;
     if (c->ever_connected) {
-        atomic_fetch_add(&c->counters.reconnects, 1);
+        atomic_fetch_add(&counters_of(c)->reconnects, 1);
     }
     c->ever_connected = 1;
     c->suspect = 0;
@@ -682,7 +690,7 @@ io_flush_out(bio_client *c, double now)
         return;
     }
     if (wrote) {
-        atomic_fetch_add(&c->counters.batches, 1);
+        atomic_fetch_add(&counters_of(c)->batches, 1);
     }
     if (c->out_secret > 0 && c->out_pos >= c->out_secret) {
         explicit_bzero(c->out, c->out_secret);  /* AUTH has left */

@@ -631,7 +631,10 @@ test_cluster_route(int port, int n)
     r = wait_done(b);
     check(r != NULL && r->status == BIO_OK, "connected");
     bio_req_free(r);
+    unsigned long long before = atomic_load(&bio_client_counters(c)->commands);
     cluster_round(c, b, n, 1);
+    check(atomic_load(&bio_client_counters(c)->commands) >= before + (unsigned)n,
+          "the nodes' commands counted on the cluster's client");
     printf("set\n");
     fflush(stdout);
     char line[64];
