@@ -444,6 +444,7 @@ io_cluster_handshake_reply(bio_client *c, void *reply, char *err, size_t errlen)
     if (m == NULL) {
         return -1;
     }
+    c->map_wanted = 0;  /* (take_map asks again if a failover is still under way) */
     take_map(c, m);
     return 0;
 }
@@ -494,6 +495,31 @@ io_cluster_free(bio_client *c)
     io_cluster_release_children(c);  /* (none: the I/O thread released them already) */
     io_slot_map_free(c->map);
     c->map = NULL;
+}
+
+void
+io_cluster_next_node(bio_client *c)
+{
+    if (!c->is_cluster || c->parent != NULL || c->map == NULL || c->map->nnodes == 0 ||
+        c->cfg.unix_path != NULL) {
+        return;
+    }
+    const bio_slot_map *m = c->map;
+    for (int tries = 0; tries < m->nnodes; tries++) {
+        c->map_next = (c->map_next + 1) % m->nnodes;
+        const bio_cluster_node *n = &m->nodes[c->map_next];
+        if (m->nnodes > 1 && n->port == c->cfg.port && strcmp(n->host, c->cfg.host) == 0) {
+            continue;  /* the one that failed */
+        }
+        char *host = strdup(n->host);
+        if (host != NULL) {
+            free(c->cfg.host);
+            c->cfg.host = host;
+            c->cfg.port = n->port;
+        }
+        break;
+    }
+    c->map_wanted = 1;
 }
 
 bio_client *

@@ -279,6 +279,7 @@ finish_close(bio_client *c, double now)
     fail_inflight(c, BIO_ECLOSED, "disconnected");
     c->state = ST_IDLE;
     c->backoff = 0;  /* a new start */
+    c->map_wanted = 0;  /* (a cluster's: not asked again until used again) */
     io_sentinel_watch_stop(c);  /* (started again by the next attempt) */
     if (r) {
         io_complete(r, BIO_OK, NULL);
@@ -308,6 +309,7 @@ connection_failed(bio_client *c, const char *msg, double now)
         c->parent->map_wanted = 1;  /* a node failed: the cluster may have changed */
         c->suspect = 1;
     }
+    io_cluster_next_node(c);  /* a cluster's own connection: another node next */
     io_close_socket(c);
     fail_inflight(c, BIO_ECONN, msg);
     if (c->close_req) {
@@ -1208,13 +1210,22 @@ io_client_timers(bio_client *c, double now)
     case ST_BACKOFF:
         if (c->backoff_until <= now) {
             c->state = ST_IDLE;
-            if (c->wait_head != NULL) {
+            if (c->wait_head != NULL || (c->is_cluster && c->map_wanted)) {
                 start_connect(c, now);
                 return now;
             }
         }
         else {
             next = fmin(next, c->backoff_until);
+        }
+        break;
+    case ST_IDLE:
+        /* A cluster's own connection is made again when the map must be asked (its
+         * nodes' requests do not wait on it); not after a disconnect(). */
+        if (c->is_cluster && c->parent == NULL && c->map_wanted && c->close_req == NULL &&
+            c->ever_connected) {
+            start_connect(c, now);
+            return now;
         }
         break;
     case ST_READY:

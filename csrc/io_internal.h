@@ -120,6 +120,8 @@ struct bio_client {
     int map_in_flight;           /* a CLUSTER SLOTS refresh awaits its reply */
     int map_wanted;              /* a refresh is due (a -MOVED was seen) */
     double map_asked;            /* when the last refresh was sent */
+    int map_next;                /* the map's node the next attempt goes to, once the
+                                    one connected to failed */
     /* Cluster routing (in progress): a parent (is_cluster) holds one child client per
      * node it sent to (owned references); a child's parent is borrowed (the parent
      * outlives its children's use: every request routed holds the parent). */
@@ -245,6 +247,9 @@ int io_cluster_routes(bio_client *c, bio_req *r);  /* send_request must dispatch
 void io_cluster_dispatch(bio_client *parent, bio_req *r, double now);
 int io_cluster_redirected(bio_client *child, bio_req *r, double now);  /* 1: re-sent */
 void io_cluster_close_children(bio_client *parent);  /* disconnect(): all of them */
+/* A cluster's own connection failed: the next attempt goes to the map's next node
+ * (cfg.host/port become its), and the map is to be asked there. */
+void io_cluster_next_node(bio_client *c);
 /* io_cluster.c: the child of host:port (made and registered with the engine if new),
  * or NULL (out of memory). */
 bio_client *io_cluster_child(bio_client *parent, const char *host, int port);
