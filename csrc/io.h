@@ -65,6 +65,8 @@ struct bio_req {
     int redirects;
     int asking;
     double cluster_deadline;
+    int retries;              /* -TRYAGAIN / -CLUSTERDOWN: sent again after a pause */
+    double retry_at;
     void **replies;           /* redisReply *[ncmd] (owned), filled by the thread */
     int nrep;                 /* replies received */
     double deadline;          /* monotonic seconds; set by the I/O thread (route, send) */

@@ -1102,11 +1102,40 @@ io_cluster_redirected(bio_client *c, bio_req *r, double now)
     for (int i = 0; i < r->nrep && !found; i++) {
         redisReply *rep = r->replies[i];
         found = rep->type == REDIS_REPLY_ERROR &&
-                io_cluster_parse_redirect(rep->str, rep->len, &rd) == 0 &&
-                (rd.kind == IO_REDIRECT_MOVED || rd.kind == IO_REDIRECT_ASK);
+                io_cluster_parse_redirect(rep->str, rep->len, &rd) == 0;
     }
     if (!found) {
         return 0;
+    }
+    if (rd.kind == IO_REDIRECT_TRYAGAIN || rd.kind == IO_REDIRECT_CLUSTERDOWN) {
+        /* A slot migrating (keys on both sides), a failover under way: the same again
+         * after a pause, to whichever node the map says then. */
+        double pause = fmin(CLUSTER_RETRY_MIN * (double)(1u << (r->retries < 5 ? r->retries
+                                                                            : 5)),
+                            CLUSTER_RETRY_MAX);
+        if (now + pause >= r->cluster_deadline) {
+            return 0;
+        }
+        if (rd.kind == IO_REDIRECT_CLUSTERDOWN) {
+            parent->map_wanted = 1;
+        }
+        for (int i = 0; i < r->nrep; i++) {
+            freeReplyObject(r->replies[i]);
+            r->replies[i] = NULL;
+        }
+        r->nrep = 0;
+        r->retries++;
+        r->retry_at = now + pause;
+        r->next = NULL;  /* (a FIFO: one due behind one not yet due waits at most
+                            CLUSTER_RETRY_MAX longer) */
+        if (parent->retry_tail != NULL) {
+            parent->retry_tail->next = r;
+        }
+        else {
+            parent->retry_head = r;
+        }
+        parent->retry_tail = r;
+        return 1;
     }
     const char *host = rd.host[0] != '\0' ? rd.host : c->cfg.host;
     bio_client *target = io_cluster_child(parent, host, rd.port);
@@ -1132,9 +1161,33 @@ io_cluster_redirected(bio_client *c, bio_req *r, double now)
     return 1;
 }
 
+/* The parent's requests whose pause is over go again (dispatched by their slot);
+ * when it next needs a pass. */
+static double
+cluster_retries(bio_client *parent, double now)
+{
+    while (parent->retry_head != NULL && parent->retry_head->retry_at <= now) {
+        bio_req *r = parent->retry_head;
+        parent->retry_head = r->next;
+        if (parent->retry_head == NULL) {
+            parent->retry_tail = NULL;
+        }
+        r->next = NULL;
+        io_cluster_dispatch(parent, r, now);
+    }
+    return parent->retry_head != NULL ? parent->retry_head->retry_at : INFINITY;
+}
+
 void
 io_cluster_close_children(bio_client *parent)
 {
+    bio_req *r = parent->retry_head;
+    parent->retry_head = parent->retry_tail = NULL;
+    while (r != NULL) {
+        bio_req *next = r->next;
+        io_complete(r, BIO_ECLOSED, "disconnected");
+        r = next;
+    }
     for (int i = 0; i < parent->nchildren; i++) {
         bio_client *c = parent->children[i];
         fail_waiting(c, BIO_ECLOSED, "disconnected");
@@ -1150,7 +1203,7 @@ io_cluster_close_children(bio_client *parent)
 double
 io_client_timers(bio_client *c, double now)
 {
-    double next = INFINITY;
+    double next = c->retry_head != NULL ? cluster_retries(c, now) : INFINITY;
     /* Requests waiting for a connection or for room. */
     bio_req **pp = &c->wait_head, *prev = NULL;
     while (*pp) {

@@ -41,6 +41,10 @@ enum { ST_IDLE, ST_RESOLVING, ST_CONNECTING, ST_TLS, ST_HANDSHAKE, ST_READY, ST_
 enum { SLOT_USER, SLOT_HANDSHAKE, SLOT_STATS, SLOT_CLUSTER, SLOT_ASKING };
 /* Redirects one request may follow (then the last -MOVED/-ASK is its reply). */
 #define CLUSTER_MAX_REDIRECTS 16
+/* -TRYAGAIN / -CLUSTERDOWN: the request is sent again after 10 ms, doubling to 200 ms,
+ * while its deadline allows. */
+#define CLUSTER_RETRY_MIN 0.01
+#define CLUSTER_RETRY_MAX 0.2
 /* A slot map is asked again at most this often (a burst of -MOVED during resharding
  * asks once). */
 #define CLUSTER_REFRESH_MIN 0.1
@@ -128,6 +132,8 @@ struct bio_client {
     bio_client **children;
     int nchildren, children_cap;
     bio_client *parent;
+    bio_req *retry_head, *retry_tail;  /* a parent's requests waiting to be sent again
+                                          (-TRYAGAIN, -CLUSTERDOWN), by retry_at */
     int suspect;                 /* a child whose connection failed, not since ready:
                                     while a map names it a primary, the map is asked
                                     again (a failover under way) */

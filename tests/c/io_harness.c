@@ -31,6 +31,9 @@
  *                             redirects followed), reading a line from standard input
  *                             before each round, until its end (the test reshards,
  *                             kills a primary meanwhile)
+ *   cluster-del PORT K1 K2    a cluster client connects, reads a line, sends DEL K1
+ *                             K2 (one slot) and prints "reply TYPE INTEGER-OR-TEXT
+ *                             retries R redirects D"
  * Prints "ok" and exits 0, or says what failed and exits 1. */
 #define _GNU_SOURCE
 #include "cluster_slot.h"
@@ -651,6 +654,62 @@ test_cluster_route(int port, int n)
     bio_bridge_decref(b);
 }
 
+static void
+test_cluster_del(int port, const char *k1, const char *k2)
+{
+    bio_config cfg = config("127.0.0.1", port, NULL, 0);
+    cfg.cluster = BIO_CLUSTER_ON;
+    bio_client *c = bio_client_new(&cfg);
+    bio_bridge *b = bio_bridge_new();
+    bio_req *r = bio_req_new(c, b, BIO_OP_CONNECT, 0);
+    bio_submit(r);
+    r = wait_done(b);
+    check(r != NULL && r->status == BIO_OK, "connected");
+    bio_req_free(r);
+    printf("connected\n");
+    fflush(stdout);
+    char line[64];
+    if (fgets(line, sizeof line, stdin) == NULL) {
+        return;
+    }
+    resp_buf cmd;
+    resp_buf_init(&cmd);
+    resp_buf_track_slots(&cmd);
+    const char *argv[3] = {"DEL", k1, k2};
+    size_t len[3] = {3, strlen(k1), strlen(k2)};
+    resp_command(&cmd, 3, argv, len);
+    resp_key_slot(&cmd, (int)bio_key_slot(k1, len[1]));
+    resp_key_slot(&cmd, (int)bio_key_slot(k2, len[2]));
+    r = bio_req_new(c, b, BIO_OP_CMD, 1);
+    r->buf = cmd.data;
+    r->len = cmd.len;
+    r->slots = cmd.slots;
+    bio_submit(r);
+    r = NULL;
+    for (int i = 0; i < 20 && r == NULL; i++) {
+        r = wait_done(b);
+    }
+    redisReply *rep = r && r->nrep ? r->replies[0] : NULL;
+    if (rep == NULL) {
+        printf("status %d %s\n", r ? r->status : -1, r ? r->err : "");
+    }
+    else if (rep->type == REDIS_REPLY_INTEGER) {
+        printf("reply integer %lld retries %d redirects %d\n", rep->integer, r->retries,
+               r->redirects);
+    }
+    else {
+        printf("reply %d %.*s retries %d redirects %d\n", rep->type, (int)rep->len, rep->str,
+               r->retries, r->redirects);
+    }
+    bio_req_free(r);
+    r = bio_req_new(c, b, BIO_OP_CLOSE, 0);
+    bio_submit(r);
+    bio_req_free(wait_done(b));
+    bio_client_decref(c);
+    usleep(200 * 1000);
+    bio_bridge_decref(b);
+}
+
 int
 main(int argc, char **argv)
 {
@@ -678,6 +737,10 @@ main(int argc, char **argv)
     }
     else if (argc >= 4 && strcmp(argv[1], "cluster-route") == 0) {
         test_cluster_route(atoi(argv[2]), atoi(argv[3]));
+        return failures ? 1 : 0;
+    }
+    else if (argc >= 5 && strcmp(argv[1], "cluster-del") == 0) {
+        test_cluster_del(atoi(argv[2]), argv[3], argv[4]);
         return failures ? 1 : 0;
     }
     else if (argc >= 2 && strcmp(argv[1], "commands") == 0) {

@@ -354,3 +354,36 @@ def test_a_cluster_client_routes_by_slot_and_follows_moved_and_ask(harness, redi
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_a_cluster_client_retries_tryagain_until_the_slot_has_moved(harness, redis_cluster):
+    """DEL of two keys of one slot while that slot migrates with one key on each side:
+    -TRYAGAIN; the request goes again after a pause (10 ms doubling to 200 ms) until the
+    migration is over, then follows the -MOVED: both keys deleted."""
+    cluster = redis_cluster
+    slot = cluster.keyslot("{t}a")
+    source = cluster.node_for_slot(slot)
+    target = next(p for p in cluster.primaries if p is not source)
+    for k in ("{t}a", "{t}b"):
+        source.command("SET", k, "v")
+    env = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", "ASAN_OPTIONS")}
+    proc = subprocess.Popen([harness, "cluster-del", str(source.port), "{t}a", "{t}b"],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
+    try:
+        assert proc.stdout.readline() == "connected\n"
+        migration = cluster.migrate_slot(slot, target)
+        assert migration.move_keys(1) == 1
+        proc.stdin.write("go\n")
+        proc.stdin.flush()
+        time.sleep(0.5)  # it is answered -TRYAGAIN meanwhile
+        migration.finish()
+        out, _ = proc.communicate(timeout=60)
+        words = out.split()
+        assert words[:3] == ["reply", "integer", "2"], out
+        assert int(words[4]) >= 3 and int(words[6]) >= 1, out  # retries, redirects
+        assert proc.returncode == 0
+        assert target.command("EXISTS", "{t}a", "{t}b") == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
