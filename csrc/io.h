@@ -150,8 +150,12 @@ typedef struct {
                                  sentinels name it (host/port unused; the client holds a
                                  reference of its own) */
     int cluster;              /* BIO_CLUSTER_*: whether the server is a cluster node
-                                 (io_cluster.c; in progress: the map is learnt and kept
-                                 fresh, requests are not routed by it yet) */
+                                 (io_cluster.c; in progress) */
+    int nstartup;             /* cluster: more nodes to try, in turn, when host:port
+                                 cannot be reached (startup_nodes after the first;
+                                 copied, owned by the client's copy) */
+    char **startup_hosts;
+    int *startup_ports;
 } bio_config;
 
 enum {

@@ -495,6 +495,79 @@ io_cluster_free(bio_client *c)
     io_cluster_release_children(c);  /* (none: the I/O thread released them already) */
     io_slot_map_free(c->map);
     c->map = NULL;
+    io_cluster_free_startup(&c->cfg);
+    free(c->first_host);
+    c->first_host = NULL;
+}
+
+int
+io_cluster_copy_startup(bio_config *dst, const bio_config *src)
+{
+    dst->nstartup = 0;
+    dst->startup_hosts = NULL;
+    dst->startup_ports = NULL;
+    if (src->nstartup <= 0) {
+        return 0;
+    }
+    dst->startup_hosts = calloc((size_t)src->nstartup, sizeof(char *));
+    dst->startup_ports = malloc((size_t)src->nstartup * sizeof(int));
+    if (dst->startup_hosts == NULL || dst->startup_ports == NULL) {
+        io_cluster_free_startup(dst);
+        return -1;
+    }
+    dst->nstartup = src->nstartup;
+    for (int i = 0; i < src->nstartup; i++) {
+        dst->startup_hosts[i] = strdup(src->startup_hosts[i]);
+        dst->startup_ports[i] = src->startup_ports[i];
+        if (dst->startup_hosts[i] == NULL) {
+            io_cluster_free_startup(dst);
+            return -1;
+        }
+    }
+    return 0;
+}
+
+void
+io_cluster_free_startup(bio_config *cfg)
+{
+    if (cfg->startup_hosts != NULL) {
+        for (int i = 0; i < cfg->nstartup; i++) {
+            free(cfg->startup_hosts[i]);
+        }
+    }
+    free(cfg->startup_hosts);
+    free(cfg->startup_ports);
+    cfg->startup_hosts = NULL;
+    cfg->startup_ports = NULL;
+    cfg->nstartup = 0;
+}
+
+int
+io_cluster_next_startup(bio_client *c)
+{
+    if (c->cfg.cluster == BIO_CLUSTER_OFF || c->cfg.nstartup == 0 || c->map != NULL ||
+        c->startup_left <= 0 || c->cfg.unix_path != NULL) {
+        return 0;
+    }
+    if (c->first_host == NULL && (c->first_host = strdup(c->cfg.host)) == NULL) {
+        return 0;
+    }
+    if (c->startup_next == 0) {
+        c->first_port = c->cfg.port;
+    }
+    c->startup_next = (c->startup_next + 1) % (c->cfg.nstartup + 1);
+    const char *host = c->startup_next == 0 ? c->first_host
+                                            : c->cfg.startup_hosts[c->startup_next - 1];
+    char *copy = strdup(host);
+    if (copy == NULL) {
+        return 0;
+    }
+    free(c->cfg.host);
+    c->cfg.host = copy;
+    c->cfg.port = c->startup_next == 0 ? c->first_port
+                                       : c->cfg.startup_ports[c->startup_next - 1];
+    c->startup_left--;
+    return 1;
 }
 
 void
@@ -549,6 +622,7 @@ io_cluster_child(bio_client *parent, const char *host, int port)
     cfg.db = 0;
     cfg.sentinels = NULL;
     cfg.cluster = BIO_CLUSTER_OFF;
+    cfg.nstartup = 0;
     bio_client *c = bio_client_new(&cfg);
     if (c == NULL) {
         return NULL;

@@ -305,6 +305,16 @@ connection_failed(bio_client *c, const char *msg, double now)
 {
     int was_ready = c->state == ST_READY;
     snprintf(c->last_err, sizeof c->last_err, "%s", msg);
+    if (!was_ready && c->close_req == NULL && now < c->hs_deadline &&
+        io_cluster_next_startup(c)) {
+        /* A cluster's attempt before any map: the next startup node, within the
+         * same connect_timeout (what waits for the attempt keeps waiting). */
+        io_close_socket(c);
+        fail_inflight(c, BIO_ECONN, msg);  /* (the handshake's entry, if any) */
+        c->keep_deadline = 1;
+        start_connect(c, now);
+        return;
+    }
     if (c->parent != NULL) {
         c->parent->map_wanted = 1;  /* a node failed: the cluster may have changed */
         c->suspect = 1;
@@ -552,7 +562,11 @@ static void
 start_connect(bio_client *c, double now)
 {
     char err[BIO_ERRLEN];
-    c->hs_deadline = now + c->cfg.connect_timeout;
+    if (!c->keep_deadline) {  /* a new attempt (not the next startup node of one) */
+        c->hs_deadline = now + c->cfg.connect_timeout;
+        c->startup_left = c->cfg.nstartup;
+    }
+    c->keep_deadline = 0;
     if (c->cfg.unix_path) {
         int fd = open_unix(c, err, sizeof err);
         if (fd < 0) {

@@ -235,7 +235,8 @@ bio_client_new(const bio_config *cfg)
         bio_sentinels_incref(cfg->sentinels);
         c->cfg.cluster = BIO_CLUSTER_OFF;  /* (a Sentinel service is one server) */
     }
-    if ((cfg->host && !c->cfg.host) || (cfg->unix_path && !c->cfg.unix_path) ||
+    int startup = io_cluster_copy_startup(&c->cfg, cfg);
+    if (startup < 0 || (cfg->host && !c->cfg.host) || (cfg->unix_path && !c->cfg.unix_path) ||
         (cfg->username && !c->cfg.username) || (cfg->password && !c->cfg.password) ||
         !c->cfg.stats_key) {
         bio_client_decref(c);

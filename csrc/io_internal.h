@@ -126,6 +126,11 @@ struct bio_client {
     double map_asked;            /* when the last refresh was sent */
     int map_next;                /* the map's node the next attempt goes to, once the
                                     one connected to failed */
+    int startup_next;            /* the startup node (0: cfg's own) tried last */
+    int startup_left;            /* startup nodes this attempt may still try */
+    int keep_deadline;           /* start_connect: the attempt goes on (same deadline) */
+    char *first_host;            /* owned: the configured host (cfg.host moves) */
+    int first_port;
     /* Cluster routing (in progress): a parent (is_cluster) holds one child client per
      * node it sent to (owned references); a child's parent is borrowed (the parent
      * outlives its children's use: every request routed holds the parent). */
@@ -256,6 +261,11 @@ void io_cluster_close_children(bio_client *parent);  /* disconnect(): all of the
 /* A cluster's own connection failed: the next attempt goes to the map's next node
  * (cfg.host/port become its), and the map is to be asked there. */
 void io_cluster_next_node(bio_client *c);
+/* Before any map, an attempt that failed: its next startup node (cfg.host/port become
+ * it) if any is left to try in this attempt: 1, else 0. */
+int io_cluster_next_startup(bio_client *c);
+int io_cluster_copy_startup(bio_config *dst, const bio_config *src);  /* 0, or -1 */
+void io_cluster_free_startup(bio_config *cfg);
 /* io_cluster.c: the child of host:port (made and registered with the engine if new),
  * or NULL (out of memory). */
 bio_client *io_cluster_child(bio_client *parent, const char *host, int port);

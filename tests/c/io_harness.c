@@ -31,6 +31,9 @@
  *                             redirects followed), reading a line from standard input
  *                             before each round, until its end (the test reshards,
  *                             kills a primary meanwhile)
+ *   cluster-startup P0 P1 ...  a cluster client for 127.0.0.1:P0 with startup nodes
+ *                             127.0.0.1:P1 ...: connects, prints "connect STATUS ERR"
+ *                             and its counters
  *   cluster-del PORT K1 K2    a cluster client connects, reads a line, sends DEL K1
  *                             K2 (one slot) and prints "reply TYPE INTEGER-OR-TEXT
  *                             retries R redirects D"
@@ -655,6 +658,36 @@ test_cluster_route(int port, int n)
 }
 
 static void
+test_cluster_startup(int argc, char **argv)
+{
+    bio_config cfg = config("127.0.0.1", atoi(argv[0]), NULL, 0);
+    cfg.cluster = BIO_CLUSTER_ON;
+    char *hosts[16];
+    int ports[16];
+    for (int i = 1; i < argc && i <= 16; i++) {
+        hosts[i - 1] = "127.0.0.1";
+        ports[i - 1] = atoi(argv[i]);
+    }
+    cfg.nstartup = argc - 1 < 16 ? argc - 1 : 16;
+    cfg.startup_hosts = hosts;
+    cfg.startup_ports = ports;
+    bio_client *c = bio_client_new(&cfg);
+    bio_bridge *b = bio_bridge_new();
+    bio_req *r = bio_req_new(c, b, BIO_OP_CONNECT, 0);
+    bio_submit(r);
+    r = wait_done(b);
+    printf("connect %d %s\n", r ? r->status : -1, r && r->status ? r->err : "");
+    bio_req_free(r);
+    print_cluster(c);
+    r = bio_req_new(c, b, BIO_OP_CLOSE, 0);
+    bio_submit(r);
+    bio_req_free(wait_done(b));
+    bio_client_decref(c);
+    usleep(100 * 1000);
+    bio_bridge_decref(b);
+}
+
+static void
 test_cluster_del(int port, const char *k1, const char *k2)
 {
     bio_config cfg = config("127.0.0.1", port, NULL, 0);
@@ -737,6 +770,10 @@ main(int argc, char **argv)
     }
     else if (argc >= 4 && strcmp(argv[1], "cluster-route") == 0) {
         test_cluster_route(atoi(argv[2]), atoi(argv[3]));
+        return failures ? 1 : 0;
+    }
+    else if (argc >= 3 && strcmp(argv[1], "cluster-startup") == 0) {
+        test_cluster_startup(argc - 2, argv + 2);
         return failures ? 1 : 0;
     }
     else if (argc >= 5 && strcmp(argv[1], "cluster-del") == 0) {

@@ -387,3 +387,26 @@ def test_a_cluster_client_retries_tryagain_until_the_slot_has_moved(harness, red
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_a_cluster_client_tries_each_startup_node_within_one_attempt(harness, redis_cluster):
+    """Before any map, the startup nodes are tried in turn within one connect attempt:
+    two that refuse, then a live one: connected, the map taken. All refusing: the
+    attempt fails with the last one's error."""
+    from bruno_memory_c.testing import refused_port
+
+    live = str(redis_cluster.nodes[3].port)
+    with refused_port() as a, refused_port() as b:
+        assert cluster_connect_startup(harness, str(a), str(b), live) == [
+            "connect 0 ", "slots 16384 nodes 6 maps 1"]
+        out = cluster_connect_startup(harness, str(a), str(b))
+        assert out[0] == f"connect 2 Error 111 connecting to 127.0.0.1:{b}. Connection refused."
+        assert out[1] == "slots 0 nodes 0 maps 0"
+
+
+def cluster_connect_startup(harness: str, *ports: str) -> list[str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", "ASAN_OPTIONS")}
+    done = subprocess.run([harness, "cluster-startup", *ports], capture_output=True, text=True,
+                          timeout=60, env=env)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done.stdout.splitlines()
