@@ -1034,6 +1034,7 @@ io_route(bio_req *r, double now)
 static void
 child_route(bio_client *c, bio_req *r, double now)
 {
+    r->deadline = r->cluster_deadline;  /* (waiting here, after a redirect too) */
     if (c->state == ST_READY && c->close_req == NULL && c->wait_head == NULL &&
         c->r_count < MAX_PIPELINE) {
         send_request(c, r, now);
