@@ -46,10 +46,17 @@ extern double lru_coarse_margin;
 double lru_now_coarse(void);
 void lru_clock_init(void);
 
+/* How far the coarse clock may lag the precise one for lru_expired's shortcut. It
+ * lags by a tick on a quiet machine, but by more on a loaded VM whose timekeeping
+ * tick is late (an entry stored with ttl=0 was once still returned under
+ * AddressSanitizer with the old bound of two ticks): a second is beyond any lag. */
+#define LRU_COARSE_LAG_MAX 1.0
+
 /* Has `expiry` passed? `*coarse` caches one coarse reading per operation (start
  * it at -1). The coarse clock settles most cases: it never runs ahead of the
- * precise one and lags it by at most a tick, so only an expiry within that window
- * costs a precise reading. The answer is the precise clock's: expiry < now. */
+ * precise one and lags it by less than LRU_COARSE_LAG_MAX, so only an expiry
+ * within that window costs a precise reading. The answer is the precise clock's:
+ * expiry < now. */
 static inline int
 lru_expired(double expiry, double *coarse)
 {
@@ -62,7 +69,7 @@ lru_expired(double expiry, double *coarse)
     if (expiry < *coarse) {
         return 1;
     }
-    if (expiry >= *coarse + lru_coarse_margin && lru_coarse_margin > 0) {
+    if (expiry >= *coarse + LRU_COARSE_LAG_MAX && lru_coarse_margin > 0) {
         return 0;
     }
     return expiry < lru_now();

@@ -302,7 +302,8 @@ async def test_each_method_sends_what_the_table_says_in_one_write(redis_server):
     calls = server_calls(redis_server)
     assert calls.keys() <= {"dbsize", "scan", "del"} and calls["scan"] >= 1, calls
     assert calls["del"] >= 1, calls
-    assert redis_server.command("KEYS", PREFIX + "*") == []
+    # (the earlier gets' statistics may be flushed once a second, at any moment)
+    assert set(redis_server.command("KEYS", PREFIX + "*")) <= {(PREFIX + "stats").encode()}
     await bounded(cache.disconnect())
 
 

@@ -402,7 +402,8 @@ def test_multistep_operations_while_other_loops_use_the_cache(redis_server):
 
     _threads([lambda: clearer(["asyncio", "uvloop"]), reader("asyncio"), reader("uvloop")])
     assert all(rounds[n] >= 2 for n in ("asyncio", "uvloop")), rounds
-    assert redis_server.command("KEYS", PREFIX + "s*") == []
+    # (the pattern also matches the statistics hash, flushed once a second at any moment)
+    assert set(redis_server.command("KEYS", PREFIX + "s*")) <= {(PREFIX + "stats").encode()}
 
 
 def test_loops_come_and_go(redis_server, loop_factory):
