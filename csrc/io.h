@@ -67,6 +67,17 @@ struct bio_req {
     double cluster_deadline;
     int retries;              /* -TRYAGAIN / -CLUSTERDOWN: sent again after a pause */
     double retry_at;
+    /* Keyless commands go to the primary of this slot (-1: none; the submitter's);
+     * next_route is then the lowest slot of the primary after it (primaries ordered
+     * by their lowest slot), or -1: the last (set by the I/O thread). */
+    int route_slot;
+    int next_route;
+    /* A request of several slots (the whole) is sent as parts of one slot each
+     * (io_fanout.c): a part's whole, and its commands' places in it (cmd, sub)
+     * (owned); the whole's gathering state (owned). I/O thread only. */
+    bio_req *whole;
+    int *unit_map;
+    struct bio_fan *fan;
     void **replies;           /* redisReply *[ncmd] (owned), filled by the thread */
     int nrep;                 /* replies received */
     double deadline;          /* monotonic seconds; set by the I/O thread (route, send) */
@@ -156,6 +167,8 @@ typedef struct {
                                  copied, owned by the client's copy) */
     char **startup_hosts;
     int *startup_ports;
+    int read_replicas;        /* cluster: reads (GET, PTTL, EXISTS, MGET) go to the slot's
+                                 replicas (READONLY), round robin */
 } bio_config;
 
 enum {
@@ -176,6 +189,7 @@ typedef struct {
     /* Cluster (written by the I/O thread, for tests and statistics): the slots the
      * last map served and the nodes it named (0, 0 for a standalone server), and the
      * maps taken (CLUSTER SLOTS answered: at connect, then each refresh). */
+    atomic_int standalone;    /* cluster=None: the server said it is no cluster node */
     atomic_int cluster_slots;
     atomic_int cluster_nodes;
     atomic_ullong cluster_maps;

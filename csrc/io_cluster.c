@@ -95,6 +95,28 @@ io_slot_map_node(const bio_slot_map *m, unsigned slot)
     return m->slot_node[slot];
 }
 
+int
+io_cluster_next_primary(const bio_slot_map *m, int slot)
+{
+    if (m == NULL || slot < 0 || slot >= BIO_CLUSTER_SLOTS || m->slot_node[slot] == BIO_NO_NODE) {
+        return -1;
+    }
+    int p = m->slot_node[slot], passed = 0;
+    unsigned char seen[BIO_CLUSTER_MAX_NODES] = {0};
+    for (int s = 0; s < BIO_CLUSTER_SLOTS; s++) {
+        int q = m->slot_node[s];
+        if (q == BIO_NO_NODE || q >= BIO_CLUSTER_MAX_NODES || seen[q]) {
+            continue;
+        }
+        seen[q] = 1;  /* s is q's lowest slot */
+        if (passed) {
+            return s;
+        }
+        passed = q == p;
+    }
+    return -1;
+}
+
 /* An integer element of a reply, within [lo, hi]: 0, or -1. */
 static int
 int_in(const redisReply *r, long long lo, long long hi, long long *out)
@@ -415,6 +437,7 @@ take_map(bio_client *c, bio_slot_map *m)
         }
     }
     c->is_cluster = 1;
+    atomic_store(&c->counters.standalone, 0);
     atomic_store(&c->counters.cluster_slots, m->served);
     atomic_store(&c->counters.cluster_nodes, m->nnodes);
     atomic_fetch_add(&c->counters.cluster_maps, 1);
@@ -428,6 +451,7 @@ io_cluster_handshake_reply(bio_client *c, void *reply, char *err, size_t errlen)
         /* "cluster support disabled", or a server (a proxy) that has no CLUSTER
          * command: one server, as without the option. */
         c->is_cluster = 0;
+        atomic_store(&c->counters.standalone, 1);
         io_slot_map_free(c->map);
         c->map = NULL;
         atomic_store(&c->counters.cluster_slots, 0);

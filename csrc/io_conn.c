@@ -243,6 +243,21 @@ pump_waiting(bio_client *c, double now)
     }
 }
 
+/* A flush's reply arrived, or its connection went: the owner may flush again, and a
+ * cluster's disconnect() waiting for it can finish. */
+static void
+stats_flush_ended(bio_client *t)
+{
+    t->stats_in_flight = 0;
+    bio_client *owner = t->parent;
+    if (owner != NULL && owner->stats_in_flight) {
+        owner->stats_in_flight = 0;
+        if (owner->close_req != NULL) {
+            owner->close_deadline = 0;  /* (finished by its timers, this pass) */
+        }
+    }
+}
+
 /* Drop the socket and what was being read or written on it (its reader's memory
  * included); the requests in flight are the caller's to fail. */
 void
@@ -259,7 +274,7 @@ io_close_socket(bio_client *c)
         c->reader = NULL;
     }
     resp_scan_init(&c->scan);
-    c->stats_in_flight = 0;
+    stats_flush_ended(c);
     io_cluster_reset(c);
     if (c->out_secret > 0) {
         explicit_bzero(c->out, c->out_secret);
@@ -275,6 +290,7 @@ finish_close(bio_client *c, double now)
 {
     bio_req *r = c->close_req;
     c->close_req = NULL;
+    io_cluster_close_children(c);
     io_close_socket(c);
     fail_inflight(c, BIO_ECLOSED, "disconnected");
     c->state = ST_IDLE;
@@ -349,11 +365,39 @@ io_connection_failed(bio_client *c, const char *msg, double now)
     connection_failed(c, msg, now);
 }
 
+/* Where a client's statistics go: its own connection, or in a cluster the child of the
+ * node serving the statistics key's slot (NULL: none ready; a connection is started). */
+static bio_client *
+stats_target(bio_client *c, double now)
+{
+    if (!c->is_cluster || c->parent != NULL || c->map == NULL) {
+        return c->state == ST_READY ? c : NULL;
+    }
+    int node = io_slot_map_node(c->map, bio_key_slot(c->cfg.stats_key,
+                                                     c->cfg.stats_key_len));
+    if (node < 0) {
+        c->map_wanted = 1;
+        return NULL;
+    }
+    bio_client *t = io_cluster_child(c, c->map->nodes[node].host, c->map->nodes[node].port);
+    if (t == NULL || t->state != ST_READY || t->close_req != NULL) {
+        if (t != NULL && t->state == ST_IDLE && c->close_req == NULL) {
+            start_connect(t, now);  /* (ready for the next flush) */
+        }
+        return NULL;
+    }
+    return t;
+}
+
 void
 io_append_stats_flush(bio_client *c, double now)
 {
     if (c->stats_in_flight) {
         return;  /* one at a time: a stalled server does not pile them up */
+    }
+    bio_client *t = stats_target(c, now);
+    if (t == NULL) {
+        return;  /* (kept for the next flush) */
     }
     unsigned long long hits = atomic_exchange(&c->counters.pending_hits, 0);
     unsigned long long misses = atomic_exchange(&c->counters.pending_misses, 0);
@@ -380,10 +424,18 @@ io_append_stats_flush(bio_client *c, double now)
     if (!b.oom) {
         /* Due like any request: a server that never answers replaces the connection
          * (and a dropped cache's client is not kept waiting for it). */
-        if (send_slot(c, b.data, b.len, b.ncmd, NULL, SLOT_STATS,
+        if (send_slot(t, b.data, b.len, b.ncmd, NULL, SLOT_STATS,
                       now + c->cfg.socket_timeout) == 0) {
-            c->stats_in_flight = 1;
+            c->stats_in_flight = t->stats_in_flight = 1;
+            b.oom = 0;
         }
+        else {
+            b.oom = 1;
+        }
+    }
+    if (b.oom) {  /* not sent: given back for the next flush */
+        atomic_fetch_add(&c->counters.pending_hits, hits);
+        atomic_fetch_add(&c->counters.pending_misses, misses);
     }
     resp_buf_free(&b);
 }
@@ -815,7 +867,7 @@ on_reply(bio_client *c, void *reply, double now)
     int kind = s->kind;
     ring_pop(c);
     if (kind == SLOT_STATS) {
-        c->stats_in_flight = 0;
+        stats_flush_ended(c);
     }
     if (r && (c->parent == NULL || !io_cluster_redirected(c, r, now))) {
         io_complete(r, BIO_OK, NULL);
@@ -968,7 +1020,7 @@ io_route(bio_req *r, double now)
         io_complete(r, BIO_EFAILED, NULL);  /* its err was set by its maker */
         return;
     case BIO_OP_CLOSE:
-        io_cluster_close_children(c);
+        io_cluster_quiet_children(c);  /* (closed by finish_close) */
         fail_waiting(c, BIO_ECLOSED, "disconnected");
         if (c->close_req) {  /* already closing: finish with the first */
             io_complete(r, BIO_OK, NULL);
@@ -985,9 +1037,8 @@ io_route(bio_req *r, double now)
                     s->req = NULL;
                 }
             }
-            size_t before = c->r_count;
             io_append_stats_flush(c, now);
-            if (c->r_count > before) {
+            if (c->stats_in_flight) {
                 c->close_deadline = now + c->cfg.socket_timeout;
                 return;
             }
@@ -1058,7 +1109,8 @@ request_slot(const bio_req *r)
 {
     int slot = RESP_SLOT_ANY;
     for (int k = 0; k < r->ncmd; k++) {
-        int s = r->slots[k];
+        int s = r->slots[k] == RESP_SLOT_ANY && r->route_slot >= 0 ? r->route_slot
+                                                                  : r->slots[k];
         if (s == RESP_SLOT_CROSS || (s >= 0 && slot >= 0 && s != slot)) {
             return RESP_SLOT_CROSS;
         }
@@ -1083,9 +1135,11 @@ io_cluster_dispatch(bio_client *parent, bio_req *r, double now)
     if (r->cluster_deadline == 0) {
         r->cluster_deadline = r->deadline;  /* io_route's: waiting + socket_timeout */
     }
+    if (r->route_slot >= 0 && r->whole == NULL) {
+        r->next_route = io_cluster_next_primary(parent->map, r->route_slot);
+    }
     if (slot == RESP_SLOT_CROSS) {
-        io_complete(r, BIO_EFAILED, "CROSSSLOT Keys in request don't hash to the same slot "
-                    "(one request per slot: not split yet)");
+        io_fanout(parent, r, now);  /* one part per slot, gathered */
         return;
     }
     int node = io_slot_map_node(parent->map, (unsigned)slot);
@@ -1191,6 +1245,31 @@ cluster_retries(bio_client *parent, double now)
         io_cluster_dispatch(parent, r, now);
     }
     return parent->retry_head != NULL ? parent->retry_head->retry_at : INFINITY;
+}
+
+/* A cluster's disconnect() begins: what waits or is in flight on its nodes fails now
+ * (the replies still owed are swallowed), the connections stay for the statistics. */
+void
+io_cluster_quiet_children(bio_client *parent)
+{
+    bio_req *r = parent->retry_head;
+    parent->retry_head = parent->retry_tail = NULL;
+    while (r != NULL) {
+        bio_req *next = r->next;
+        io_complete(r, BIO_ECLOSED, "disconnected");
+        r = next;
+    }
+    for (int i = 0; i < parent->nchildren; i++) {
+        bio_client *c = parent->children[i];
+        fail_waiting(c, BIO_ECLOSED, "disconnected");
+        for (size_t k = 0; k < c->r_count; k++) {
+            slot *s = &c->ring[(c->r_head + k) % c->r_cap];
+            if (s->req) {
+                io_complete(s->req, BIO_ECLOSED, "disconnected");
+                s->req = NULL;
+            }
+        }
+    }
 }
 
 void

@@ -319,6 +319,7 @@ bio_req_new(bio_client *c, bio_bridge *b, int op, int ncmd)
     }
     r->op = op;
     r->ncmd = ncmd;
+    r->route_slot = r->next_route = -1;
     r->client = c;
     bio_client_incref(c);
     r->bridge = b;
@@ -336,6 +337,8 @@ bio_req_free(bio_req *r)
     }
     free(r->buf);
     free(r->slots);
+    free(r->unit_map);
+    free(r->fan);
     for (int i = 0; i < r->nrep; i++) {
         freeReplyObject(r->replies[i]);
     }
@@ -353,6 +356,10 @@ bio_req_free(bio_req *r)
 void
 io_complete(bio_req *r, int status, const char *msg)
 {
+    if (r->whole != NULL) {
+        io_fanout_part_done(r, status, msg);  /* a part: gathered into its whole */
+        return;
+    }
     r->status = status;
     if (status != BIO_OK) {
         if (msg != NULL) {  /* (NULL: r->err already says it) */

@@ -219,6 +219,9 @@ int io_slot_map_find(const bio_slot_map *m, const char *host, int port);  /* or 
 int io_slot_map_add(bio_slot_map *m, const char *host, size_t hostlen, int port,
                     int primary);  /* index (new or found), or -1 */
 int io_slot_map_node(const bio_slot_map *m, unsigned slot);  /* primary index, or -1 */
+/* Primaries ordered by their lowest slot: the lowest slot of the one after slot's
+ * primary, or -1 (the last, or slot unserved). */
+int io_cluster_next_primary(const bio_slot_map *m, int slot);
 /* A CLUSTER SLOTS reply (a redisReply) as a new map, or NULL with err. asked_host:
  * the host the reply came from (an empty ip in it means that one). Malformed
  * replies, slots listed twice, a node both primary and replica, more than
@@ -255,6 +258,12 @@ void io_cluster_reset(bio_client *c);  /* the connection closed: nothing in flig
 /* Routing (io_conn.c): a parent's request with slots goes to the child of its slot's
  * node; a child's finished request that was redirected goes again. */
 int io_cluster_routes(bio_client *c, bio_req *r);  /* send_request must dispatch */
+void io_cluster_quiet_children(bio_client *parent);
+/* io_fanout.c: a request of several slots sent as one part per slot (dispatched),
+ * and a part's completion gathered into it (completing it with its last part). */
+typedef struct bio_fan bio_fan;
+void io_fanout(bio_client *parent, bio_req *r, double now);
+void io_fanout_part_done(bio_req *part, int status, const char *msg);
 void io_cluster_dispatch(bio_client *parent, bio_req *r, double now);
 int io_cluster_redirected(bio_client *child, bio_req *r, double now);  /* 1: re-sent */
 void io_cluster_close_children(bio_client *parent);  /* disconnect(): all of them */

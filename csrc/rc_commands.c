@@ -453,13 +453,24 @@ static PyObject *
 decode_set_many(rc_call *call, bio_req *r, PyObject **exc, int *pending)
 {
     (void)pending;
+    int failed = 0;
+    redisReply *first = NULL;
     for (int i = 0; i < r->nrep; i++) {
         redisReply *e = r->replies[i];
         if (e->type != REDIS_REPLY_STATUS) {
-            return error_reply(call, e, exc);
+            failed++;
+            first = first != NULL ? first : e;
         }
     }
-    Py_RETURN_NONE;
+    if (failed == 0) {
+        Py_RETURN_NONE;
+    }
+    /* (in a cluster, one node's failure costs its keys only: the others are written) */
+    char what[BIO_ERRLEN];
+    snprintf(what, sizeof what, "%d of %d keys were not written: %.*s", failed, r->nrep,
+             first->type == REDIS_REPLY_ERROR ? (int)first->len : 16,
+             first->type == REDIS_REPLY_ERROR ? first->str : "unexpected reply");
+    return rc_failure(call, call->op, what, exc);
 }
 
 /* ------------------------------------------------------------------ get_many */
@@ -518,9 +529,30 @@ decode_get_many(rc_call *call, bio_req *r, PyObject **exc, int *pending)
     if (rep->type != REDIS_REPLY_ARRAY || (Py_ssize_t)rep->elements != PyTuple_GET_SIZE(keys)) {
         return error_reply(call, rep, exc);
     }
+    /* In a cluster, keys whose node failed have an error reply: they are missing
+     * from the result (not counted as misses) and the failure is logged once. */
+    size_t failed = 0;
+    redisReply *first = NULL;
+    for (size_t i = 0; i < rep->elements; i++) {
+        if (rep->element[i]->type == REDIS_REPLY_ERROR) {
+            failed++;
+            first = first != NULL ? first : rep->element[i];
+        }
+    }
+    if (failed > 0) {
+        PyObject *text = PyUnicode_FromFormat("%zu of %zu keys not read: %.150s", failed,
+                                              rep->elements, first->str);
+        if (text != NULL) {
+            bruno_log_error(call->cache->st, rc_commands[call->op].log, NULL, text);
+            Py_DECREF(text);
+        }
+        PyErr_Clear();
+    }
     if (unread(call)) {
         for (size_t i = 0; i < rep->elements; i++) {  /* nobody reads: count only */
-            rc_count(call->cache, rep->element[i]->type == REDIS_REPLY_STRING);
+            if (rep->element[i]->type != REDIS_REPLY_ERROR) {
+                rc_count(call->cache, rep->element[i]->type == REDIS_REPLY_STRING);
+            }
         }
         Py_RETURN_NONE;
     }
@@ -532,7 +564,9 @@ decode_get_many(rc_call *call, bio_req *r, PyObject **exc, int *pending)
     for (size_t i = 0; i < rep->elements; i++) {
         redisReply *e = rep->element[i];
         if (e->type != REDIS_REPLY_STRING) {
-            rc_count(call->cache, 0);
+            if (e->type != REDIS_REPLY_ERROR) {
+                rc_count(call->cache, 0);
+            }
             continue;
         }
         rc_count(call->cache, 1);
@@ -647,6 +681,9 @@ build_clear(rc_call *call, const rc_args *args, resp_buf *b, rc_built *built)
     resp_str(b, "DBSIZE");  /* the cap on the SCAN steps (scan_start) */
     append_scan(call->cache, b, "0", 1);
     call->flags |= RC_F_FIRST;
+    if (b->slots != NULL) {
+        call->route = 0;  /* a cluster's: primary after primary, from slot 0's */
+    }
     return 0;
 }
 
@@ -667,8 +704,8 @@ decode_clear(rc_call *call, bio_req *r, PyObject **exc, int *pending)
     if (scan_parts(last, &cursor, &keys) < 0) {
         return rc_failure(call, call->op, "unexpected SCAN reply", exc);
     }
-    if (call->flags & RC_F_FIRST) {
-        redisReply *dbsize = r->replies[0];
+    if (call->flags & (RC_F_FIRST | RC_F_NODE)) {
+        redisReply *dbsize = r->replies[r->nrep - 2];
         if (dbsize->type != REDIS_REPLY_INTEGER) {
             return rc_failure(call, call->op, "unexpected DBSIZE reply", exc);
         }
@@ -677,7 +714,9 @@ decode_clear(rc_call *call, bio_req *r, PyObject **exc, int *pending)
     if (call->aw->state == AW_DONE) {
         Py_RETURN_NONE;  /* abandoned: no further step */
     }
-    if (keys->elements == 0 && cursor_done(cursor)) {
+    /* In a cluster, the primary after this one (its SCAN loop next), or -1. */
+    int next = cursor_done(cursor) && call->route >= 0 ? r->next_route : -1;
+    if (keys->elements == 0 && cursor_done(cursor) && next < 0) {
         Py_RETURN_NONE;
     }
     const char *stuck = cursor_done(cursor) ? NULL : scan_advance(&call->scan, cursor);
@@ -685,17 +724,25 @@ decode_clear(rc_call *call, bio_req *r, PyObject **exc, int *pending)
         return rc_failure(call, call->op, stuck, exc);
     }
     resp_buf b;
-    resp_buf_init(&b);
+    rc_buf_init(call->cache, &b);
     if (keys->elements > 0) {
         resp_array(&b, keys->elements + 1);
         resp_str(&b, "DEL");
         for (size_t i = 0; i < keys->elements; i++) {
             resp_bulk(&b, keys->element[i]->str, keys->element[i]->len);
+            resp_key_slot(&b, (int)bio_key_slot(keys->element[i]->str, keys->element[i]->len));
         }
     }
-    int flags = call->flags & ~RC_F_FIRST;
+    int flags = call->flags & ~(RC_F_FIRST | RC_F_NODE);
     if (!cursor_done(cursor)) {
         append_scan(call->cache, &b, cursor->str, cursor->len);
+    }
+    else if (next >= 0) {
+        call->route = next;
+        resp_array(&b, 1);
+        resp_str(&b, "DBSIZE");
+        append_scan(call->cache, &b, "0", 1);
+        flags |= RC_F_NODE;
     }
     else {
         flags |= RC_F_LAST;
@@ -746,6 +793,9 @@ build_stats(rc_call *call, const rc_args *args, resp_buf *b, rc_built *built)
     resp_str(b, "DBSIZE");  /* the cap on the SCAN steps (scan_start) */
     append_scan(self, b, "0", 1);
     call->flags |= RC_F_FIRST;
+    if (b->slots != NULL) {
+        call->route = 0;  /* a cluster's: primary after primary, from slot 0's */
+    }
     return 0;
 }
 
@@ -792,6 +842,13 @@ decode_stats(rc_call *call, bio_req *r, PyObject **exc, int *pending)
         call->size = 0;
         call->scan = scan_start(dbsize->integer);
     }
+    else if (call->flags & RC_F_NODE) {
+        redisReply *dbsize = r->replies[r->nrep - 2];
+        if (dbsize->type != REDIS_REPLY_INTEGER) {
+            return rc_failure(call, call->op, "unexpected DBSIZE reply", exc);
+        }
+        call->scan = scan_start(dbsize->integer);
+    }
     if (scan->type == REDIS_REPLY_ERROR) {
         return error_reply(call, scan, exc);
     }
@@ -799,15 +856,27 @@ decode_stats(rc_call *call, bio_req *r, PyObject **exc, int *pending)
         return rc_failure(call, call->op, "unexpected SCAN reply", exc);
     }
     call->size += (long long)keys->elements;
-    if (!cursor_done(cursor)) {
-        const char *stuck = scan_advance(&call->scan, cursor);
+    /* In a cluster, the primary after this one (its count next), or -1. */
+    int next = cursor_done(cursor) && call->route >= 0 ? r->next_route : -1;
+    if (!cursor_done(cursor) || next >= 0) {
+        const char *stuck = cursor_done(cursor) ? NULL : scan_advance(&call->scan, cursor);
         if (stuck != NULL) {
             return rc_failure(call, call->op, stuck, exc);
         }
         resp_buf b;
-        resp_buf_init(&b);
-        append_scan(self, &b, cursor->str, cursor->len);
-        if (rc_continue(r, call->flags & ~RC_F_FIRST, &b) < 0) {
+        rc_buf_init(self, &b);
+        int flags = call->flags & ~(RC_F_FIRST | RC_F_NODE);
+        if (next >= 0) {
+            call->route = next;
+            resp_array(&b, 1);
+            resp_str(&b, "DBSIZE");
+            append_scan(self, &b, "0", 1);
+            flags |= RC_F_NODE;
+        }
+        else {
+            append_scan(self, &b, cursor->str, cursor->len);
+        }
+        if (rc_continue(r, flags, &b) < 0) {
             return NULL;
         }
         *pending = 1;

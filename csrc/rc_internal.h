@@ -44,6 +44,9 @@ typedef struct {
     PyObject *sentinel_password; /* owned str, or None */
     bio_sentinels *sentinel_cfg; /* owned C reference, or NULL: no sentinels */
     int sentinel_ssl;            /* the sentinels are asked over TLS */
+    int cluster_mode;            /* BIO_CLUSTER_OFF / AUTO (cluster=None) / ON */
+    PyObject *startup_nodes;     /* owned tuple of (host, port) tuples, or None */
+    int read_from_replicas;
     int connected;               /* connect() succeeded and no disconnect() since */
     unsigned long long hits, misses;  /* this process's counts */
     Py_ssize_t in_flight;        /* submitted, not yet finished (delivered) */
@@ -61,6 +64,8 @@ enum {
     RC_F_WITH_TTL = 1 << 2,      /* get/get_many: each key's PTTL follows (for a hook) */
     RC_F_FIRST = 1 << 3,         /* the first step of clear()/get_stats() */
     RC_F_LAST = 1 << 4,          /* the last step of clear() (DEL only) */
+    RC_F_NODE = 1 << 5,          /* a SCAN loop's first step on the next primary
+                                    (DBSIZE + SCAN 0) */
 };
 
 /* Where a SCAN loop (clear(), get_stats()'s count) is: see rc_commands.c. */
@@ -86,6 +91,8 @@ typedef struct {
     unsigned long long hits, misses;  /* get_stats: the pending increments it carries
                                          (given back if never sent), then the totals */
     long long size;              /* get_stats: keys counted so far */
+    int route;                   /* clear(), get_stats(): in a cluster, the SCAN goes to
+                                    the primary of this slot (-1: not routed) */
 } rc_call;
 
 /* The arguments of a method, as the command table's builders take them (borrowed;
@@ -164,8 +171,29 @@ enum { RC_SN_SENTINELS, RC_SN_SERVICE, RC_SN_USERNAME, RC_SN_PASSWORD, RC_SN_NOP
 int rc_sentinel_options(PyObject *const opt[RC_SN_NOPTS], int has_address, PyObject **list,
                         bio_sentinels **out);
 
+/* rc_cluster.c: the Cluster keyword arguments, in this order (borrowed, NULL if
+ * omitted), and what they make. */
+enum { RC_CL_CLUSTER, RC_CL_STARTUP, RC_CL_REPLICAS, RC_CL_NOPTS };
+typedef struct {
+    int mode;                    /* BIO_CLUSTER_OFF / AUTO / ON */
+    PyObject *nodes;             /* new tuple of (host, port) tuples, or NULL */
+    int replicas;                /* read_from_replicas */
+} rc_cluster_cfg;
+/* Check them against each other and the address options (host/port given, a unix
+ * socket, sentinels, db). 0, or -1 with TypeError / ValueError. */
+int rc_cluster_options(PyObject *const opt[RC_CL_NOPTS], int has_address, int has_unix,
+                       int has_sentinels, int db, rc_cluster_cfg *out);
+
+/* rc_sentinel.c: a list of (host, port) pairs (sentinels=, startup_nodes=; `each` names
+ * one in messages) as a new tuple of (str, int) tuples, 1 to max of them; or NULL with
+ * TypeError / ValueError. */
+PyObject *rc_address_list(PyObject *v, const char *option, const char *each, int max);
+
 /* rc_request.c */
 bio_client *rc_client(RedisCache *self);
+/* A command buffer for self's requests: it records each command's slot when the cache
+ * may be a Redis Cluster's (cluster=None or True). */
+void rc_buf_init(RedisCache *self, resp_buf *b);
 /* Make a call of `op` and start it; returns its awaitable (new reference), or NULL
  * with an exception. Takes the hook over (its drop runs if no request is made). */
 PyObject *rc_start(RedisCache *self, int op, int flags, const rc_args *args,

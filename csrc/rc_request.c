@@ -38,6 +38,21 @@ rc_client(RedisCache *self)
     cfg.max_reply = self->max_reply;
     cfg.tls = self->tls;
     cfg.sentinels = self->sentinel_cfg;
+    cfg.cluster = self->cluster_mode;
+    cfg.read_replicas = self->read_from_replicas;
+    const char *hosts[64];  /* (rc_cluster.c's MAX_STARTUP_NODES) */
+    int ports[64];
+    if (self->startup_nodes != Py_None) {
+        Py_ssize_t n = PyTuple_GET_SIZE(self->startup_nodes);
+        for (Py_ssize_t i = 1; i < n && i <= 64; i++) {
+            PyObject *pair = PyTuple_GET_ITEM(self->startup_nodes, i);
+            hosts[i - 1] = PyUnicode_AsUTF8(PyTuple_GET_ITEM(pair, 0));  /* (checked) */
+            ports[i - 1] = (int)PyLong_AsLong(PyTuple_GET_ITEM(pair, 1));
+        }
+        cfg.nstartup = (int)n - 1;
+        cfg.startup_hosts = (char **)hosts;
+        cfg.startup_ports = ports;
+    }
     cfg.host = (char *)PyUnicode_AsUTF8(self->host);
     if (cfg.host == NULL) {
         return NULL;
@@ -119,6 +134,19 @@ rc_bridge(RedisCache *self, int *no_loop)
     return self->last_bridge;
 }
 
+void
+rc_buf_init(RedisCache *self, resp_buf *b)
+{
+    resp_buf_init(b);
+    if (self->cluster_mode == BIO_CLUSTER_ON ||
+        (self->cluster_mode == BIO_CLUSTER_AUTO &&
+         (self->client == NULL ||
+          !atomic_load_explicit(&bio_client_counters(self->client)->standalone,
+                                memory_order_relaxed)))) {
+        resp_buf_track_slots(b);  /* (out of memory: b->oom, the request is not made) */
+    }
+}
+
 /* ------------------------------------------------------------------ calls */
 
 static rc_call *
@@ -135,6 +163,7 @@ call_new(RedisCache *self, int op, int flags, const rc_hook *hook)
     call->cache = (RedisCache *)Py_NewRef(self);
     call->op = op;
     call->flags = flags;
+    call->route = -1;
     if (hook != NULL) {
         call->hook = *hook;  /* taken over */
     }
@@ -172,7 +201,8 @@ request_new(rc_call *call, bio_bridge *bridge, resp_buf *b, const char *failure)
     }
     r->buf = b->data;
     r->len = b->len;
-    r->slots = b->slots;  /* (NULL unless the cache is a cluster's: not yet) */
+    r->slots = b->slots;  /* (NULL unless the cache may be a cluster's) */
+    r->route_slot = call->route;
     b->data = NULL;
     b->slots = NULL;
     resp_buf_free(b);
@@ -273,7 +303,7 @@ rc_start(RedisCache *self, int op, int flags, const rc_args *args, const char *q
     PyObject *known = NULL;  /* the awaitable of an answer known without Redis */
     bio_req *r = NULL;
     resp_buf b;
-    resp_buf_init(&b);
+    rc_buf_init(self, &b);
     rc_built built = {0};
     if (rc_client(self) == NULL || rc_commands[op].build(call, args, &b, &built) < 0) {
         goto out;

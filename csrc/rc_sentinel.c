@@ -20,13 +20,14 @@ text(PyObject *v, const char *what, const char **out, Py_ssize_t *len)
     return rc_utf8_option(v, what, out, len);
 }
 
-/* One sentinel: a (host, port) pair. Its normalised tuple (new reference). */
+/* One address: a (host, port) pair (`each` names it: "sentinel", "startup node"). Its
+ * normalised tuple (new reference). */
 static PyObject *
-one_sentinel(PyObject *item)
+one_address(PyObject *item, const char *each)
 {
     if (PyUnicode_Check(item) || PyBytes_Check(item) || !PySequence_Check(item)) {
-        PyErr_Format(PyExc_TypeError, "each sentinel must be a (host, port) pair, not "
-                     "%.100s", Py_TYPE(item)->tp_name);
+        PyErr_Format(PyExc_TypeError, "each %s must be a (host, port) pair, not %.100s", each,
+                     Py_TYPE(item)->tp_name);
         return NULL;
     }
     PyObject *pair = PySequence_Tuple(item);
@@ -34,25 +35,27 @@ one_sentinel(PyObject *item)
         return NULL;
     }
     if (PyTuple_GET_SIZE(pair) != 2) {
-        PyErr_Format(PyExc_ValueError, "each sentinel must be a (host, port) pair, not %zd "
-                     "items", PyTuple_GET_SIZE(pair));
+        PyErr_Format(PyExc_ValueError, "each %s must be a (host, port) pair, not %zd items",
+                     each, PyTuple_GET_SIZE(pair));
         Py_DECREF(pair);
         return NULL;
     }
     PyObject *host = PyTuple_GET_ITEM(pair, 0), *port = PyTuple_GET_ITEM(pair, 1);
     const char *h;
     Py_ssize_t n;
-    if (text(host, "a sentinel's host", &h, &n) < 0) {
+    char what[48];
+    snprintf(what, sizeof what, "a %s's host", each);
+    if (text(host, what, &h, &n) < 0) {
         Py_DECREF(pair);
         return NULL;
     }
     if (n == 0 || n > 255) {
-        PyErr_SetString(PyExc_ValueError, "a sentinel's host must be 1 to 255 characters");
+        PyErr_Format(PyExc_ValueError, "a %s's host must be 1 to 255 characters", each);
         Py_DECREF(pair);
         return NULL;
     }
     if (!PyLong_Check(port) || PyBool_Check(port)) {
-        PyErr_Format(PyExc_TypeError, "a sentinel's port must be an int, not %.100s",
+        PyErr_Format(PyExc_TypeError, "a %s's port must be an int, not %.100s", each,
                      Py_TYPE(port)->tp_name);
         Py_DECREF(pair);
         return NULL;
@@ -60,11 +63,51 @@ one_sentinel(PyObject *item)
     long p = PyLong_AsLong(port);
     if ((p == -1 && PyErr_Occurred()) || p < 1 || p > 65535) {
         PyErr_Clear();
-        PyErr_SetString(PyExc_ValueError, "a sentinel's port must be between 1 and 65535");
+        PyErr_Format(PyExc_ValueError, "a %s's port must be between 1 and 65535", each);
         Py_DECREF(pair);
         return NULL;
     }
     return pair;
+}
+
+PyObject *
+rc_address_list(PyObject *v, const char *option, const char *each, int max)
+{
+    if (PyUnicode_Check(v) || PyBytes_Check(v) || PyDict_Check(v)) {
+        PyErr_Format(PyExc_TypeError, "%s must be a list of (host, port) pairs, not %.100s",
+                     option, Py_TYPE(v)->tp_name);
+        return NULL;
+    }
+    char msg[80];
+    snprintf(msg, sizeof msg, "%s must be a list of (host, port) pairs", option);
+    PyObject *fast = PySequence_Fast(v, msg);
+    if (fast == NULL) {
+        return NULL;
+    }
+    /* A tuple of our own: reading a pair may run Python code (its __iter__, __len__)
+     * that changes the caller's list under us. */
+    PyObject *seq = PySequence_Tuple(fast);
+    Py_DECREF(fast);
+    if (seq == NULL) {
+        return NULL;
+    }
+    Py_ssize_t n = PyTuple_GET_SIZE(seq);
+    if (n < 1 || n > max) {
+        PyErr_Format(PyExc_ValueError, "%s must name 1 to %d %ss", option, max, each);
+        Py_DECREF(seq);
+        return NULL;
+    }
+    PyObject *pairs = PyTuple_New(n);
+    for (Py_ssize_t i = 0; pairs != NULL && i < n; i++) {
+        PyObject *pair = one_address(PyTuple_GET_ITEM(seq, i), each);
+        if (pair == NULL) {
+            Py_CLEAR(pairs);
+            break;
+        }
+        PyTuple_SET_ITEM(pairs, i, pair);
+    }
+    Py_DECREF(seq);
+    return pairs;
 }
 
 int
@@ -104,47 +147,18 @@ rc_sentinel_options(PyObject *const opt[RC_SN_NOPTS], int has_address, PyObject 
                         "sentinels monitor, e.g. 'mymaster')");
         return -1;
     }
-    if (PyUnicode_Check(sentinels) || PyBytes_Check(sentinels) || PyDict_Check(sentinels)) {
-        PyErr_Format(PyExc_TypeError, "sentinels must be a list of (host, port) pairs, not "
-                     "%.100s", Py_TYPE(sentinels)->tp_name);
-        return -1;
-    }
-    PyObject *fast = PySequence_Fast(sentinels, "sentinels must be a list of (host, port) pairs");
-    if (fast == NULL) {
-        return -1;
-    }
-    /* A tuple of our own: reading a pair may run Python code (its __iter__, __len__)
-     * that changes the caller's list under us. */
-    PyObject *seq = PySequence_Tuple(fast);
-    Py_DECREF(fast);
-    if (seq == NULL) {
-        return -1;
-    }
-    Py_ssize_t n = PyTuple_GET_SIZE(seq);
-    if (n < 1 || n > MAX_SENTINELS) {
-        PyErr_Format(PyExc_ValueError, "sentinels must name 1 to %d sentinels", MAX_SENTINELS);
-        Py_DECREF(seq);
-        return -1;
-    }
-    PyObject *pairs = PyTuple_New(n);
+    PyObject *pairs = rc_address_list(sentinels, "sentinels", "sentinel", MAX_SENTINELS);
     if (pairs == NULL) {
-        Py_DECREF(seq);
         return -1;
     }
+    Py_ssize_t n = PyTuple_GET_SIZE(pairs);
     const char *hosts[MAX_SENTINELS];
     int ports[MAX_SENTINELS];
     for (Py_ssize_t i = 0; i < n; i++) {
-        PyObject *pair = one_sentinel(PyTuple_GET_ITEM(seq, i));
-        if (pair == NULL) {
-            Py_DECREF(seq);
-            Py_DECREF(pairs);
-            return -1;
-        }
-        PyTuple_SET_ITEM(pairs, i, pair);
-        hosts[i] = PyUnicode_AsUTF8(PyTuple_GET_ITEM(pair, 0));  /* checked above */
+        PyObject *pair = PyTuple_GET_ITEM(pairs, i);
+        hosts[i] = PyUnicode_AsUTF8(PyTuple_GET_ITEM(pair, 0));  /* checked */
         ports[i] = (int)PyLong_AsLong(PyTuple_GET_ITEM(pair, 1));
     }
-    Py_DECREF(seq);
     *out = bio_sentinels_new((int)n, hosts, ports, svc, u, (size_t)ulen, pw, (size_t)pwlen);
     if (*out == NULL) {
         Py_DECREF(pairs);

@@ -342,7 +342,8 @@ rc_init(RedisCache *self, PyObject *args, PyObject *kwds)
                              "ssl_certfile", "ssl_keyfile", "ssl_password", "ssl_cert_reqs",
                              "ssl_check_hostname", "ssl_min_version", "ssl_ciphers",
                              "sentinels", "service_name", "sentinel_username",
-                             "sentinel_password", "sentinel_ssl", NULL};
+                             "sentinel_password", "sentinel_ssl", "cluster", "startup_nodes",
+                             "read_from_replicas", NULL};
     PyObject *host = NULL, *port = NULL, *db = NULL, *password = Py_None, *prefix = NULL,
              *default_ttl = NULL, *max_conn = NULL, *username = Py_None, *pool_size = Py_None,
              *max_overflow = Py_None, *sock_to = NULL, *conn_to = NULL, *unix_path = Py_None,
@@ -350,8 +351,9 @@ rc_init(RedisCache *self, PyObject *args, PyObject *kwds)
     PyObject *tls_opt[RC_TLS_NOPTS] = {NULL};
     PyObject *sn_opt[RC_SN_NOPTS] = {NULL};
     PyObject *sn_ssl = NULL;
+    PyObject *cl_opt[RC_CL_NOPTS] = {NULL};
     if (!PyArg_ParseTupleAndKeywords(
-            args, kwds, "|OOOOOOO$OOOOOOOOOOOOOOOOOOOOOO:RedisCache", kwlist, &host, &port, &db,
+            args, kwds, "|OOOOOOO$OOOOOOOOOOOOOOOOOOOOOOOOO:RedisCache", kwlist, &host, &port, &db,
             &password, &prefix, &default_ttl, &max_conn, &username, &pool_size,
             &max_overflow, &sock_to, &conn_to, &unix_path, &max_reply,
             &tls_opt[RC_TLS_SSL], &tls_opt[RC_TLS_CA_CERTS], &tls_opt[RC_TLS_CA_PATH],
@@ -359,7 +361,8 @@ rc_init(RedisCache *self, PyObject *args, PyObject *kwds)
             &tls_opt[RC_TLS_CERT_REQS], &tls_opt[RC_TLS_CHECK_HOSTNAME],
             &tls_opt[RC_TLS_MIN_VERSION], &tls_opt[RC_TLS_CIPHERS],
             &sn_opt[RC_SN_SENTINELS], &sn_opt[RC_SN_SERVICE], &sn_opt[RC_SN_USERNAME],
-            &sn_opt[RC_SN_PASSWORD], &sn_ssl)) {
+            &sn_opt[RC_SN_PASSWORD], &sn_ssl, &cl_opt[RC_CL_CLUSTER], &cl_opt[RC_CL_STARTUP],
+            &cl_opt[RC_CL_REPLICAS])) {
         return -1;
     }
     unsigned long long max_reply_bytes = DEFAULT_MAX_REPLY;
@@ -414,24 +417,39 @@ rc_init(RedisCache *self, PyObject *args, PyObject *kwds)
     }
     PyObject *sn_list;
     bio_sentinels *sn;
+    rc_cluster_cfg cl;
+    int has_sentinels = sn_opt[RC_SN_SENTINELS] != NULL && sn_opt[RC_SN_SENTINELS] != Py_None;
+    if (rc_cluster_options(cl_opt, has_address, unix_path != Py_None, has_sentinels, idb,
+                           &cl) < 0) {
+        return -1;
+    }
+    if (cl.nodes != NULL) {  /* the first startup node is the one asked first */
+        PyObject *first = PyTuple_GET_ITEM(cl.nodes, 0);
+        host = PyTuple_GET_ITEM(first, 0);
+        iport = (int)PyLong_AsLong(PyTuple_GET_ITEM(first, 1));
+    }
     if (rc_sentinel_options(sn_opt, has_address, &sn_list, &sn) < 0) {
+        Py_XDECREF(cl.nodes);
         return -1;
     }
     int sentinel_ssl = 0;
     if (sn_ssl != NULL && sn_ssl != Py_None && (sentinel_ssl = PyObject_IsTrue(sn_ssl)) < 0) {
         Py_XDECREF(sn_list);
+        Py_XDECREF(cl.nodes);
         bio_sentinels_decref(sn);
         return -1;
     }
     if (sentinel_ssl && sn == NULL) {
         PyErr_SetString(PyExc_ValueError, "sentinel_ssl needs sentinels=[...]");
         Py_XDECREF(sn_list);
+        Py_XDECREF(cl.nodes);
         bio_sentinels_decref(sn);
         return -1;
     }
     bio_tls *tls, *sn_tls;  /* last: it reads the certificate files */
     if (rc_tls_options(tls_opt, unix_path != Py_None, sentinel_ssl, &tls, &sn_tls) < 0) {
         Py_XDECREF(sn_list);
+        Py_XDECREF(cl.nodes);
         bio_sentinels_decref(sn);
         return -1;
     }
@@ -442,6 +460,7 @@ rc_init(RedisCache *self, PyObject *args, PyObject *kwds)
     PyObject *pbytes = PyUnicode_AsUTF8String(prefix);
     if (pbytes == NULL) {
         Py_XDECREF(sn_list);
+        Py_XDECREF(cl.nodes);
         bio_sentinels_decref(sn);
         bio_tls_decref(tls);
         return -1;
@@ -453,6 +472,7 @@ rc_init(RedisCache *self, PyObject *args, PyObject *kwds)
     if (rc_ttl_option(self, NULL, &mode, &amount) < 0) {  /* validates default_ttl */
         Py_DECREF(pbytes);
         Py_XDECREF(sn_list);
+        Py_XDECREF(cl.nodes);
         bio_sentinels_decref(sn);
         bio_tls_decref(tls);
         return -1;
@@ -468,6 +488,9 @@ rc_init(RedisCache *self, PyObject *args, PyObject *kwds)
     bio_tls_decref(self->tls);
     self->tls = tls;
     self->sentinel_ssl = sentinel_ssl;
+    self->cluster_mode = cl.mode;
+    self->read_from_replicas = cl.replicas;
+    Py_XSETREF(self->startup_nodes, cl.nodes ? cl.nodes : Py_NewRef(Py_None));
     self->port = iport;
     self->db = idb;
     self->max_reply = max_reply_bytes;
@@ -514,6 +537,8 @@ rc_new(PyTypeObject *type, PyObject *Py_UNUSED(args), PyObject *Py_UNUSED(kwds))
     self->service_name = Py_NewRef(Py_None);
     self->sentinel_username = Py_NewRef(Py_None);
     self->sentinel_password = Py_NewRef(Py_None);
+    self->startup_nodes = Py_NewRef(Py_None);
+    self->cluster_mode = BIO_CLUSTER_AUTO;
     if (self->prefix_bytes == NULL || self->max_connections == NULL) {
         Py_DECREF(self);
         return NULL;
@@ -607,6 +632,19 @@ rc_get_sentinel_ssl(RedisCache *self, void *Py_UNUSED(closure))
 }
 
 static PyObject *
+rc_get_cluster(RedisCache *self, void *Py_UNUSED(closure))
+{
+    return Py_NewRef(self->cluster_mode == BIO_CLUSTER_AUTO ? Py_None
+                     : self->cluster_mode == BIO_CLUSTER_ON ? Py_True : Py_False);
+}
+
+static PyObject *
+rc_get_read_from_replicas(RedisCache *self, void *Py_UNUSED(closure))
+{
+    return PyBool_FromLong(self->read_from_replicas);
+}
+
+static PyObject *
 rc_get_ssl(RedisCache *self, void *Py_UNUSED(closure))
 {
     return PyBool_FromLong(self->tls != NULL);
@@ -655,6 +693,7 @@ rc_dealloc(RedisCache *self)
     Py_CLEAR(self->service_name);
     Py_CLEAR(self->sentinel_username);
     Py_CLEAR(self->sentinel_password);
+    Py_CLEAR(self->startup_nodes);
     Py_CLEAR(self->host);
     Py_CLEAR(self->password);
     Py_CLEAR(self->username);
@@ -767,6 +806,8 @@ static PyMemberDef rc_members[] = {
      "Accepted for compatibility (see max_connections)."},
     {"max_overflow", Py_T_OBJECT_EX, offsetof(RedisCache, max_overflow), Py_READONLY,
      "Accepted for compatibility (see max_connections)."},
+    {"startup_nodes", Py_T_OBJECT_EX, offsetof(RedisCache, startup_nodes), Py_READONLY,
+     "The cluster nodes tried at connect, a tuple of (host, port), or None."},
     {"sentinels", Py_T_OBJECT_EX, offsetof(RedisCache, sentinels), Py_READONLY,
      "The sentinels asked for the server, a tuple of (host, port), or None."},
     {"service_name", Py_T_OBJECT_EX, offsetof(RedisCache, service_name), Py_READONLY,
@@ -787,6 +828,11 @@ static PyGetSetDef rc_getset[] = {
      "connection.", NULL},
     {"ssl", (getter)rc_get_ssl, NULL, "Whether the connection uses TLS (ssl=True, rediss://).",
      NULL},
+    {"cluster", (getter)rc_get_cluster, NULL,
+     "None: whether the server is a Redis Cluster node is asked at connect; True: it "
+     "must be; False: it is one server.", NULL},
+    {"read_from_replicas", (getter)rc_get_read_from_replicas, NULL,
+     "Whether reads go to the cluster's replicas (READONLY).", NULL},
     {"sentinel_ssl", (getter)rc_get_sentinel_ssl, NULL,
      "Whether the sentinels are asked over TLS (sentinel_ssl=True, ?sentinel_ssl=true), "
      "with the ssl_* options.", NULL},
