@@ -126,6 +126,9 @@ class RedisCache:
         sentinel_username: str | None = None,
         sentinel_password: str | None = None,
         sentinel_ssl: bool = False,
+        cluster: bool | None = None,
+        startup_nodes: Iterable[tuple[str, int]] | None = None,
+        read_from_replicas: bool = False,
     ) -> None: ...
     @classmethod
     def from_url(
@@ -162,10 +165,14 @@ class RedisCache:
         sentinel_username: str | None = ...,
         sentinel_password: str | None = ...,
         sentinel_ssl: bool = ...,
+        cluster: bool | None = ...,
+        startup_nodes: Iterable[tuple[str, int]] | None = ...,
+        read_from_replicas: bool = ...,
     ) -> Self:
         """A cache for ``redis://[user:password@]host[:port][/db][?option=value...]``,
         ``rediss://...`` (TLS, with ``ssl_*`` options), ``unix:///path/redis.sock?db=N`` or
-        ``redis+sentinel://host:port,host:port/service[/db]`` (``rediss+sentinel://``);
+        ``redis+sentinel://host:port,host:port/service[/db]`` (``rediss+sentinel://``) or
+        ``redis://host:port,host:port/0?cluster=true`` (a Redis Cluster's startup nodes);
         keyword arguments override the URL."""
 
     @property
@@ -208,6 +215,12 @@ class RedisCache:
     def sentinel_password(self) -> str | None: ...
     @property
     def sentinel_ssl(self) -> bool: ...
+    @property
+    def cluster(self) -> bool | None: ...
+    @property
+    def startup_nodes(self) -> tuple[tuple[str, int], ...] | None: ...
+    @property
+    def read_from_replicas(self) -> bool: ...
     @property
     def stats_key(self) -> str: ...
     @property

@@ -19,6 +19,11 @@ password are the data server's. The query takes the options above and
 ``sentinel_username``, ``sentinel_password`` (the sentinels' own), ``service_name`` and
 ``sentinel_ssl`` (``true``: the sentinels are asked over TLS, with the ``ssl_*`` options,
 which it therefore allows in a ``redis+sentinel://`` URL too).
+
+Redis Cluster: ``redis://[[user]:password@]host[:port],host[:port].../0?cluster=true``
+(and ``rediss://``): several hosts are the ``startup_nodes`` (port 6379 when omitted);
+the query takes ``cluster`` (true/false; omitted: asked at connect) and
+``read_from_replicas``, with one host too.
 """
 from __future__ import annotations
 
@@ -75,6 +80,12 @@ OPTIONS: dict[str, Callable[[str, str], Any]] = {
 }
 
 
+#: Query options of the redis:// and rediss:// URLs only.
+CLUSTER_OPTIONS: dict[str, Callable[[str, str], Any]] = {
+    "cluster": _bool,
+    "read_from_replicas": _bool,
+}
+
 #: Query options of the Sentinel URLs only.
 SENTINEL_OPTIONS: dict[str, Callable[[str, str], Any]] = {
     "ssl": _bool,
@@ -87,29 +98,30 @@ SENTINEL_OPTIONS: dict[str, Callable[[str, str], Any]] = {
 SENTINEL_PORT = 26379
 
 
-def _sentinel_hosts(netloc: str) -> list[tuple[str, int]]:
-    """``host[:port],host[:port]...`` (userinfo removed) as (host, port) pairs."""
+def _hosts(netloc: str, default_port: int, what: str) -> list[tuple[str, int]]:
+    """``host[:port],host[:port]...`` (userinfo removed) as (host, port) pairs; `what`
+    names the url in messages ("sentinel url", "cluster url")."""
     out: list[tuple[str, int]] = []
     for item in netloc.split(","):
         item = item.strip()
         if not item:
-            raise ValueError("sentinel url: empty host in the list of sentinels")
+            raise ValueError(f"{what}: empty host in the list of hosts")
         if item.startswith("["):  # [IPv6]:port
             end = item.find("]")
             if end < 0:
-                raise ValueError(f"sentinel url: bad host {item!r}")
+                raise ValueError(f"{what}: bad host {item!r}")
             host, rest = item[1:end], item[end + 1:]
             if rest and not rest.startswith(":"):
-                raise ValueError(f"sentinel url: bad host {item!r}")
+                raise ValueError(f"{what}: bad host {item!r}")
             port_text = rest[1:]
         else:
             host, _, port_text = item.partition(":")
         if not host:
-            raise ValueError(f"sentinel url: bad host {item!r}")
-        port = SENTINEL_PORT
+            raise ValueError(f"{what}: bad host {item!r}")
+        port = default_port
         if port_text:
             if not port_text.isdigit() or not 0 < int(port_text) < 65536:
-                raise ValueError(f"sentinel url: bad port in {item!r}")
+                raise ValueError(f"{what}: bad port in {item!r}")
             port = int(port_text)
         out.append((unquote(host), port))
     return out
@@ -126,7 +138,7 @@ def _parse_sentinel_url(url: str, scheme: str) -> dict[str, Any]:
             kw["username"] = unquote(user)
         if colon and password:
             kw["password"] = unquote(password)
-    kw["sentinels"] = _sentinel_hosts(hosts)
+    kw["sentinels"] = _hosts(hosts, SENTINEL_PORT, "sentinel url")
     path = [p for p in parts.path.split("/") if p]
     if len(path) > 2:
         raise ValueError("sentinel url path must be /service_name[/db]")
@@ -159,6 +171,8 @@ def parse_url(url: str) -> dict[str, Any]:
         return _parse_sentinel_url(url, scheme)
     parts = urlsplit(url)
     scheme = parts.scheme.lower()
+    if scheme in ("redis", "rediss") and "," in parts.netloc:
+        return _parse_cluster_url(url, scheme)
     if scheme not in ("redis", "rediss", "unix"):
         raise ValueError("url scheme must be redis://, rediss://, unix://, "
                          "redis+sentinel:// or rediss+sentinel://")
@@ -176,13 +190,36 @@ def parse_url(url: str) -> dict[str, Any]:
             kw["port"] = parts.port
         if len(parts.path) > 1:  # /db
             kw["db"] = _int("db", parts.path[1:])
-    for name, values in parse_qs(parts.query, keep_blank_values=True).items():
-        convert = OPTIONS.get(name)
+    _query(parts.query, scheme, kw)
+    return kw
+
+
+def _query(query: str, scheme: str, kw: dict[str, Any]) -> None:
+    """A redis://, rediss:// or unix:// url's query options into kw."""
+    known = OPTIONS if scheme == "unix" else {**OPTIONS, **CLUSTER_OPTIONS}
+    for name, values in parse_qs(query, keep_blank_values=True).items():
+        convert = known.get(name)
         if convert is None:
-            known = ", ".join(sorted(OPTIONS))
-            raise ValueError(f"unknown url option {name!r} (known: {known})")
+            raise ValueError(f"unknown url option {name!r} (known: {', '.join(sorted(known))})")
         if name.startswith("ssl_") and scheme != "rediss":
             raise ValueError(f"url option {name} needs a rediss:// url (TLS); this one "
                              f"would connect in plaintext")
         kw[name] = convert(name, values[-1])
+
+
+def _parse_cluster_url(url: str, scheme: str) -> dict[str, Any]:
+    """redis://[userinfo@]host:port,host:port.../0?cluster=true: startup_nodes."""
+    parts = urlsplit(url)
+    kw: dict[str, Any] = {"ssl": True} if scheme == "rediss" else {}
+    userinfo, at, hosts = parts.netloc.rpartition("@")
+    if at:
+        user, colon, password = userinfo.partition(":")
+        if user:
+            kw["username"] = unquote(user)
+        if colon and password:
+            kw["password"] = unquote(password)
+    kw["startup_nodes"] = _hosts(hosts, 6379, "cluster url")
+    if len(parts.path) > 1:  # /db
+        kw["db"] = _int("db", parts.path[1:])
+    _query(parts.query, scheme, kw)
     return kw

@@ -708,27 +708,46 @@ rc_dealloc(RedisCache *self)
     Py_DECREF(tp);
 }
 
+/* "host:port,host:port" of a tuple of (host, port) pairs (new reference). */
+static PyObject *
+join_addresses(PyObject *pairs)
+{
+    PyObject *parts = PyList_New(0);
+    for (Py_ssize_t i = 0; parts && i < PyTuple_GET_SIZE(pairs); i++) {
+        PyObject *pair = PyTuple_GET_ITEM(pairs, i);
+        PyObject *s = PyUnicode_FromFormat("%U:%S", PyTuple_GET_ITEM(pair, 0),
+                                           PyTuple_GET_ITEM(pair, 1));
+        if (s == NULL || PyList_Append(parts, s) < 0) {
+            Py_XDECREF(s);
+            Py_CLEAR(parts);
+            break;
+        }
+        Py_DECREF(s);
+    }
+    PyObject *sep = parts ? PyUnicode_FromString(",") : NULL;
+    PyObject *joined = sep ? PyUnicode_Join(sep, parts) : NULL;
+    Py_XDECREF(sep);
+    Py_XDECREF(parts);
+    return joined;
+}
+
 static PyObject *
 rc_repr(RedisCache *self)
 {
+    if (self->startup_nodes != Py_None) {
+        /* cluster:host:port,host:port (no secrets) */
+        PyObject *joined = join_addresses(self->startup_nodes);
+        PyObject *r = joined ? PyUnicode_FromFormat("<%s %scluster:%U prefix=%R>",
+                                                    Py_TYPE(self)->tp_name,
+                                                    self->tls ? "tls:" : "", joined,
+                                                    self->prefix)
+                             : NULL;
+        Py_XDECREF(joined);
+        return r;
+    }
     if (self->sentinels != Py_None) {
         /* sentinel:<service>@host:port,host:port (no secrets) */
-        PyObject *parts = PyList_New(0);
-        for (Py_ssize_t i = 0; parts && i < PyTuple_GET_SIZE(self->sentinels); i++) {
-            PyObject *pair = PyTuple_GET_ITEM(self->sentinels, i);
-            PyObject *s = PyUnicode_FromFormat("%U:%S", PyTuple_GET_ITEM(pair, 0),
-                                               PyTuple_GET_ITEM(pair, 1));
-            if (s == NULL || PyList_Append(parts, s) < 0) {
-                Py_XDECREF(s);
-                Py_CLEAR(parts);
-                break;
-            }
-            Py_DECREF(s);
-        }
-        PyObject *sep = parts ? PyUnicode_FromString(",") : NULL;
-        PyObject *joined = sep ? PyUnicode_Join(sep, parts) : NULL;
-        Py_XDECREF(sep);
-        Py_XDECREF(parts);
+        PyObject *joined = join_addresses(self->sentinels);
         if (joined == NULL) {
             return NULL;
         }
@@ -786,7 +805,8 @@ static PyMethodDef rc_methods[] = {
      METH_FASTCALL | METH_KEYWORDS | METH_CLASS,
      "from_url($cls, url, /, **kwargs)\n--\n\n"
      "RedisCache from redis://[user:password@]host[:port][/db], unix:///path?db=N or\n"
-     "redis+sentinel://host:port,host:port/service[/db];\n"
+     "redis+sentinel://host:port,host:port/service[/db] or\n"
+     "redis://host:port,host:port/0?cluster=true (a Redis Cluster);\n"
      "keyword arguments override what the url says."},
     {NULL, NULL, 0, NULL},
 };

@@ -19,6 +19,13 @@ its own) follow the ``transport`` fixture, "tcp" unless the test module says
 runs once per transport, ``test_x[tls-...]`` against a TLS-only redis-server (the
 certificates made once per test process), the caches made with ``server.tls_kwargs``.
 ``@pytest.mark.transports("tcp")`` keeps one test to the transports it names.
+
+Topologies: a test marked ``@pytest.mark.topologies("standalone", "cluster")`` runs once
+per topology; under "cluster" its ``redis_server`` is a ``ClusterTarget``
+(tests.support.cluster): the worker's shared 3+3 Redis Cluster over the test's
+transport, emptied before the test, with the ``url``, ``tls_kwargs`` and ``command()``
+a RedisServer offers (a keyed command goes to its key's node, KEYS/DBSIZE/FLUSHDB to
+every primary). Unmarked tests keep one server and their ids.
 """
 import contextlib
 import functools
@@ -40,11 +47,18 @@ def pytest_configure(config):
     config.addinivalue_line(
         "markers", "transports(*names): run this test over these transports only "
                    "(of its module's TRANSPORTS)")
+    config.addinivalue_line(
+        "markers", "topologies(*names): run this test once per topology named "
+                   "(standalone, cluster)")
 
 
 def pytest_generate_tests(metafunc):
     """A test using the ``transport`` fixture (through redis_server or server_options)
     runs once per transport of its module's TRANSPORTS (default: "tcp" only)."""
+    topologies = metafunc.definition.get_closest_marker("topologies")
+    if topologies is not None and "topology" in metafunc.fixturenames:
+        assert set(topologies.args) <= {"standalone", "cluster"}, topologies.args
+        metafunc.parametrize("topology", topologies.args, scope="function")
     if "transport" not in metafunc.fixturenames:
         return
     transports = tuple(getattr(metafunc.module, "TRANSPORTS", ("tcp",)))
@@ -83,12 +97,43 @@ def server_options(transport, request) -> dict:
 
 
 @pytest.fixture
-def redis_server(server_options):
-    """A fresh redis-server for one test over its transport, stopped and removed after."""
+def topology() -> str:
+    """"standalone" or "cluster" (parametrized by the topologies marker)."""
+    return "standalone"
+
+
+@pytest.fixture
+def redis_server(server_options, topology, request):
+    """A fresh redis-server for one test over its transport, stopped and removed after;
+    under the "cluster" topology, the worker's shared cluster, emptied first."""
+    if topology == "cluster":
+        from tests.support.cluster import ClusterTarget
+
+        cluster = request.getfixturevalue(f"shared_cluster_{request.getfixturevalue('transport')}")
+        yield ClusterTarget(cluster)
+        return
     from bruno_memory_c.testing import RedisServer
 
     with RedisServer(**server_options) as server:
         yield server
+
+
+@pytest.fixture(scope="session")
+def shared_cluster_tcp():
+    """One 3+3 Redis Cluster per test process (started when first needed)."""
+    from bruno_memory_c.testing import RedisCluster
+
+    with RedisCluster() as cluster:
+        yield cluster
+
+
+@pytest.fixture(scope="session")
+def shared_cluster_tls(tls_files):
+    """The same over TLS, with the process's certificates."""
+    from bruno_memory_c.testing import RedisCluster
+
+    with RedisCluster(tls=True, tls_files=tls_files) as cluster:
+        yield cluster
 
 
 def pytest_asyncio_loop_factories(config, item):
