@@ -72,6 +72,8 @@ struct bio_req {
      * by their lowest slot), or -1: the last (set by the I/O thread). */
     int route_slot;
     int next_route;
+    int readonly;             /* reads only (GET, PTTL, EXISTS, MGET): with
+                                 read_replicas, a replica may answer (the submitter's) */
     /* A request of several slots (the whole) is sent as parts of one slot each
      * (io_fanout.c): a part's whole, and its commands' places in it (cmd, sub)
      * (owned); the whole's gathering state (owned). I/O thread only. */

@@ -413,6 +413,11 @@ io_cluster_commands(const char *buf, size_t len, size_t *offsets, int ncmd)
 void
 io_cluster_handshake(bio_client *c, resp_buf *b)
 {
+    if (c->parent != NULL && c->cfg.read_replicas) {
+        const char *ro[1] = {"READONLY"};  /* (a node's: replicas serve reads then) */
+        size_t rolen[1] = {8};
+        resp_command(b, 1, ro, rolen);
+    }
     if (c->cfg.cluster == BIO_CLUSTER_OFF) {
         return;
     }

@@ -1128,6 +1128,32 @@ io_cluster_routes(bio_client *c, bio_req *r)
            request_slot(r) != RESP_SLOT_ANY;  /* (keyless: on the parent's connection) */
 }
 
+/* read_from_replicas: the next of the primary's replicas in turn (its connection made
+ * READONLY), or the primary itself when it has none or that one is known down. */
+static int
+pick_replica(bio_client *parent, int primary)
+{
+    const bio_slot_map *m = parent->map;
+    int n = 0;
+    for (int i = 0; i < m->nnodes; i++) {
+        n += m->nodes[i].primary == primary;
+    }
+    if (n == 0) {
+        return primary;
+    }
+    int k = (int)(parent->replica_turn++ % (unsigned)n);
+    for (int i = 0; i < m->nnodes; i++) {
+        if (m->nodes[i].primary == primary && k-- == 0) {
+            bio_client *c = io_cluster_child(parent, m->nodes[i].host, m->nodes[i].port);
+            if (c == NULL || c->suspect || (c->state == ST_BACKOFF && c->unreachable)) {
+                return primary;
+            }
+            return i;
+        }
+    }
+    return primary;
+}
+
 void
 io_cluster_dispatch(bio_client *parent, bio_req *r, double now)
 {
@@ -1149,6 +1175,9 @@ io_cluster_dispatch(bio_client *parent, bio_req *r, double now)
         snprintf(err, sizeof err, "CLUSTERDOWN Hash slot %d not served", slot);
         io_complete(r, BIO_ECONN, err);
         return;
+    }
+    if (parent->cfg.read_replicas && r->readonly && r->redirects == 0) {
+        node = pick_replica(parent, node);
     }
     bio_client *child = io_cluster_child(parent, parent->map->nodes[node].host,
                                          parent->map->nodes[node].port);

@@ -274,6 +274,7 @@ part_new(bio_req *r, const unit *u, int n)
         p->unit_map[2 * i + 1] = u[i].sub;
     }
     p->whole = r;
+    p->readonly = r->readonly;
     p->deadline = r->deadline;
     p->cluster_deadline = r->cluster_deadline;
     return p;

@@ -136,6 +136,7 @@ struct bio_client {
      * outlives its children's use: every request routed holds the parent). */
     bio_client **children;
     int nchildren, children_cap;
+    unsigned replica_turn;       /* read_from_replicas: round robin */
     bio_client *parent;
     bio_req *retry_head, *retry_tail;  /* a parent's requests waiting to be sent again
                                           (-TRYAGAIN, -CLUSTERDOWN), by retry_at */

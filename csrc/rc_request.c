@@ -203,6 +203,7 @@ request_new(rc_call *call, bio_bridge *bridge, resp_buf *b, const char *failure)
     r->len = b->len;
     r->slots = b->slots;  /* (NULL unless the cache may be a cluster's) */
     r->route_slot = call->route;
+    r->readonly = call->op == RC_GET || call->op == RC_EXISTS || call->op == RC_MGET;
     b->data = NULL;
     b->slots = NULL;
     resp_buf_free(b);

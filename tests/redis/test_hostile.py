@@ -55,7 +55,11 @@ RSS_SLACK = 20 * MB        # "RSS does not grow by more than ~20 MB"
 # ---------------------------------------------------------------------- helpers
 
 
-make_cache = cache_maker(prefix=PREFIX, socket_timeout=TIMEOUT, connect_timeout=TIMEOUT)
+#: One server's handshake (AUTH, SELECT, PING) is what these peers misbehave in: the
+#: caches say cluster=False, so that PING is the handshake's last step. The Redis
+#: Cluster probe that cluster=None adds (CLUSTER SLOTS, last) has its own cases below.
+make_cache = cache_maker(prefix=PREFIX, socket_timeout=TIMEOUT, connect_timeout=TIMEOUT,
+                         cluster=False)
 bounded = bounded_by(BOUND)
 
 
@@ -728,16 +732,18 @@ async def test_connect_to_a_full_backlog_fails_within_connect_timeout():
         listener.close()
 
 
-@pytest.mark.parametrize("step", ["PING", "AUTH", "SELECT"])
+@pytest.mark.parametrize("step", ["PING", "AUTH", "SELECT", "CLUSTER"])
 async def test_handshake_never_answered_fails_within_connect_timeout(hostile, step):
     """Slow accept, the server accepts but never answers one step of the handshake
-    (PING; AUTH with a password; SELECT with db=3): connect() raises
+    (PING; AUTH with a password; SELECT with db=3; the cluster probe, CLUSTER SLOTS,
+    with cluster=None): connect() raises
     CacheError("Redis connection failed: ...") within connect_timeout plus margin, and
     so does a data call made before connect(); nothing hangs.
 
     Passed before the fixes (pinned): connect_timeout covered the handshake."""
     server = hostile({step: silent})
-    kw = {"password": "pw"} if step == "AUTH" else {"db": 3} if step == "SELECT" else {}
+    kw = {"password": "pw"} if step == "AUTH" else {"db": 3} if step == "SELECT" else \
+        {"cluster": None} if step == "CLUSTER" else {}
     cache = make_cache(server, **kw)
     async with disconnecting(cache):
         with pytest.raises(CacheError, match="^Redis connection failed: "):
@@ -746,6 +752,30 @@ async def test_handshake_never_answered_fails_within_connect_timeout(hostile, st
             await bounded(cache.get("k"))
         assert not cache.connected
         assert server.count(step) >= 1, server.summary()
+
+
+@pytest.mark.parametrize("reply", [
+    integer(1),
+    array([integer(0)]),
+    array([array([integer(5), integer(1), array([bulk("127.0.0.1"), integer(7000)])])]),
+    array([array([integer(0), integer(16383), array([bulk("127.0.0.1"), integer(0)])])]),
+    array([array([integer(0), integer(99999), array([bulk("127.0.0.1"), integer(7000)])])]),
+], ids=["integer", "not-ranges", "reversed-range", "port-0", "slot-out-of-range"])
+async def test_a_malformed_cluster_probe_fails_the_connection(hostile, reply):
+    """The cluster probe (cluster=None: CLUSTER SLOTS ends the handshake) answered with
+    something that is no slot map: the connection fails with CacheError("Redis
+    connection failed: ...") saying why, no map is taken (a get, which connects first,
+    raises the same), and nothing hangs or crashes. An error reply (a server without
+    cluster support) is one server: see test_cluster's detection tests."""
+    server = hostile({"CLUSTER": lambda conn, cmd: reply})
+    cache = make_cache(server, cluster=None)
+    async with disconnecting(cache):
+        with pytest.raises(CacheError, match="^Redis connection failed: .*(CLUSTER|slot|map)"):
+            await bounded(cache.connect())
+        with pytest.raises(CacheError, match="^Redis connection failed: .*(CLUSTER|slot|map)"):
+            await bounded(cache.get("k"))
+        assert not cache.connected
+        assert cache.stats()["errors"] >= 2
 
 
 # ================================================= connect() during disconnect()
