@@ -5,7 +5,8 @@
 
 What `make bench` runs (after installing requirements-bench.txt): bench_inmemory.py,
 bench_redis.py and bench_multilevel.py (the last two under asyncio's default loop and
-under uvloop) and bench_redis.py --tls (RedisCache over TLS), each with --strict, so
+under uvloop), bench_redis.py --tls (RedisCache over TLS) and bench_cluster.py
+(RedisCache over a Redis Cluster, with a failover), each with --strict, so
 that a missed target, a wrong result or a missing contender makes it exit 1; then chart.py. One failing benchmark does not stop the
 others: all of them run, a summary names every failure (the targets missed, read from
 the results file each one writes), and the exit status is 1 if anything failed.
@@ -35,6 +36,7 @@ BENCHMARKS = [
     ("bench_redis", ["--tls"], "redis-tls.json"),
     ("bench_multilevel", [], "multilevel.json"),
     ("bench_multilevel", ["--loop", "uvloop"], "multilevel-uvloop.json"),
+    ("bench_cluster", [], "cluster.json"),
 ]
 
 
