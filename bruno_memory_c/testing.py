@@ -945,6 +945,14 @@ class _ClusterNode(RedisServer):
         self.bus_port = self._pick_ports()
 
     def _pick_ports(self) -> int:
+        # Redis refuses a cluster node's port above 55535 (the old bus port, port +
+        # 10000, must exist), even with cluster-port set.
+        for _ in range(1000):
+            if self.port <= 55535:
+                break
+            self.port = free_port()
+        else:
+            raise RuntimeError("no free port below 55536 for a cluster node")
         if self._has_cluster_port:
             return free_port()
         for _ in range(100):  # Redis 6: the bus is port + 10000

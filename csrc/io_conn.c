@@ -290,6 +290,7 @@ finish_close(bio_client *c, double now)
 {
     bio_req *r = c->close_req;
     c->close_req = NULL;
+    c->stats_wait = 0;
     io_cluster_close_children(c);
     io_close_socket(c);
     fail_inflight(c, BIO_ECLOSED, "disconnected");
@@ -381,8 +382,8 @@ stats_target(bio_client *c, double now)
     }
     bio_client *t = io_cluster_child(c, c->map->nodes[node].host, c->map->nodes[node].port);
     if (t == NULL || t->state != ST_READY || t->close_req != NULL) {
-        if (t != NULL && t->state == ST_IDLE && c->close_req == NULL) {
-            start_connect(t, now);  /* (ready for the next flush) */
+        if (t != NULL && t->state == ST_IDLE) {
+            start_connect(t, now);  /* (ready for the next flush, or the close's) */
         }
         return NULL;
     }
@@ -1038,6 +1039,15 @@ io_route(bio_req *r, double now)
                 }
             }
             io_append_stats_flush(c, now);
+            if (!c->stats_in_flight && c->is_cluster &&
+                (atomic_load(&c->counters.pending_hits) ||
+                 atomic_load(&c->counters.pending_misses))) {
+                /* A cluster's statistics node not connected yet: the close waits for
+                 * it (its timers try again), as long as one reply may take. */
+                c->stats_wait = 1;
+                c->close_deadline = now + c->cfg.socket_timeout;
+                return;
+            }
             if (c->stats_in_flight) {
                 c->close_deadline = now + c->cfg.socket_timeout;
                 return;
@@ -1412,6 +1422,10 @@ io_client_timers(bio_client *c, double now)
         next = fmin(next, c->next_flush);
         next = fmin(next, cluster_poll(c, now));
         break;
+    }
+    if (c->close_req && c->stats_wait && !c->stats_in_flight && c->close_deadline > now) {
+        io_append_stats_flush(c, now);  /* (its node connected meanwhile?) */
+        c->stats_wait = !c->stats_in_flight;
     }
     if (c->close_req) {
         if (c->close_deadline <= now) {

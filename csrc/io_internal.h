@@ -137,6 +137,8 @@ struct bio_client {
     bio_client **children;
     int nchildren, children_cap;
     unsigned replica_turn;       /* read_from_replicas: round robin */
+    int stats_wait;              /* a cluster's disconnect() waits for the statistics
+                                    key's node to connect, to flush them */
     bio_client *parent;
     bio_req *retry_head, *retry_tail;  /* a parent's requests waiting to be sent again
                                           (-TRYAGAIN, -CLUSTERDOWN), by retry_at */

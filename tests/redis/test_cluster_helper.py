@@ -9,6 +9,7 @@ import socket
 import pytest
 
 from bruno_memory_c.testing import RedisCluster
+from tests.support.cluster import key_slot
 
 SLOTS = 16384
 
@@ -64,6 +65,9 @@ def test_a_cluster_starts_whole_and_routes_by_slot(redis_cluster):
                 assert moved_to(other, key) == f"127.0.0.1:{primary.port}"
     assert cluster.keyslot("{user1}.a") == cluster.keyslot("{user1}.b")
     assert cluster.keyslot("") == 0
+    # tests.support.cluster.key_slot (what the cluster tests place keys with) agrees
+    for key in ["", "a", "{user1}.a", "{}x", "{a}{b}", "x{}{y}", "ü{ü}", "k123", "{" * 3]:
+        assert key_slot(key.encode()) == cluster.keyslot(key), key
 
 
 def test_kill_a_primary_its_replica_takes_over_and_it_rejoins_as_a_replica(redis_cluster):

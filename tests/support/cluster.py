@@ -55,3 +55,31 @@ class ClusterTarget:
         if how == "sum":
             return sum(replies)
         return replies[0]
+
+
+def _crc16_table() -> list[int]:
+    table = []
+    for byte in range(256):
+        crc = byte << 8
+        for _ in range(8):
+            crc = ((crc << 1) ^ 0x1021) if crc & 0x8000 else crc << 1
+        table.append(crc & 0xFFFF)
+    return table
+
+
+_CRC16 = _crc16_table()
+
+
+def key_slot(key: bytes) -> int:
+    """A key's Redis Cluster slot (CRC16-XMODEM of the key or of its first non-empty
+    {hash tag}, mod 16384), computed here so that tests placing many keys need not ask
+    CLUSTER KEYSLOT for each; test_cluster_helper checks it against the server."""
+    start = key.find(b"{")
+    if start >= 0:
+        end = key.find(b"}", start + 1)
+        if end > start + 1:
+            key = key[start + 1:end]
+    crc = 0
+    for b in key:
+        crc = ((crc << 8) & 0xFFFF) ^ _CRC16[((crc >> 8) ^ b) & 0xFF]
+    return crc % 16384
