@@ -597,6 +597,7 @@ async def test_data_method_after_disconnect_reconnects(cache, redis_server):
 # ---------------------------------------------------------------------- get / set / delete / exists
 
 
+@pytest.mark.topologies("standalone", "cluster")
 async def test_set_get(cache, redis_server):
     assert await cache.set("k", {"a": 1}) is None
     assert raw_get(redis_server, PREFIX + "k") == b'{"a": 1}'
@@ -604,6 +605,7 @@ async def test_set_get(cache, redis_server):
     assert await cache.get("missing") is None
 
 
+@pytest.mark.topologies("standalone", "cluster")
 async def test_overwrite(cache, redis_server):
     await cache.set("k", 1)
     await cache.set("k", "two")
@@ -611,11 +613,13 @@ async def test_overwrite(cache, redis_server):
     assert raw_json(redis_server, PREFIX + "k") == "two"
 
 
+@pytest.mark.topologies("standalone", "cluster")
 async def test_get_reads_what_others_wrote(cache, redis_server):
     redis_server.command("SET", PREFIX + "k", '{"from": ["raw", 1]}')
     assert await cache.get("k") == {"from": ["raw", 1]}
 
 
+@pytest.mark.topologies("standalone", "cluster")
 async def test_get_of_stored_null_is_a_hit(cache):
     await cache.set("k", None)
     assert await cache.get("k") is None
@@ -623,6 +627,7 @@ async def test_get_of_stored_null_is_a_hit(cache):
     assert await cache.exists("k") is True
 
 
+@pytest.mark.topologies("standalone", "cluster")
 async def test_delete(cache, redis_server):
     await cache.set("k", 1)
     assert await cache.delete("k") is True
@@ -631,6 +636,7 @@ async def test_delete(cache, redis_server):
     assert await cache.get("k") is None
 
 
+@pytest.mark.topologies("standalone", "cluster")
 async def test_exists(cache, redis_server):
     assert await cache.exists("k") is False
     await cache.set("k", 0)
@@ -639,6 +645,7 @@ async def test_exists(cache, redis_server):
     assert await cache.exists("k") is False
 
 
+@pytest.mark.topologies("standalone", "cluster")
 async def test_exists_does_not_count(cache):
     await cache.set("k", 1)
     await cache.exists("k")
@@ -709,6 +716,7 @@ class Formatted:
     frozenset(),
     b"bytes",
 ], ids=lambda k: repr(k)[:30])
+@pytest.mark.topologies("standalone", "cluster")
 async def test_keys(cache, redis_server, key):
     full = PREFIX + format(key)
     await cache.set(key, {"key": repr(key)})
@@ -720,6 +728,7 @@ async def test_keys(cache, redis_server, key):
     assert not raw_exists(redis_server, full)
 
 
+@pytest.mark.topologies("standalone", "cluster")
 async def test_key_is_str_of_object(cache, redis_server):
     await cache.set(42, "int")
     assert raw_json(redis_server, PREFIX + "42") == "int"
@@ -729,6 +738,7 @@ async def test_key_is_str_of_object(cache, redis_server):
     assert await cache.get("(1, 2)") == "tuple"
 
 
+@pytest.mark.topologies("standalone", "cluster")
 async def test_key_uses_format_like_the_reference(cache, redis_server):
     await cache.set(Formatted(), 1)
     assert raw_json(redis_server, PREFIX + "by-format") == 1
@@ -736,6 +746,7 @@ async def test_key_uses_format_like_the_reference(cache, redis_server):
     assert await cache.get(Formatted()) == 1
 
 
+@pytest.mark.topologies("standalone", "cluster")
 async def test_unicode_prefix(redis_server):
     async with make(redis_server, prefix="préfixe☃:") as c:
         await c.set("clé", "valeur")
@@ -790,6 +801,7 @@ VALUES = [
 
 @pytest.mark.transports("tcp")  # encoding/validation: the same bytes over any transport
 @pytest.mark.parametrize("value", [v for _, v in VALUES], ids=[n for n, _ in VALUES])
+@pytest.mark.topologies("standalone", "cluster")
 async def test_json_layout(cache, redis_server, value):
     await cache.set("k", value)
     assert raw_get(redis_server, PREFIX + "k") == json.dumps(value).encode()
@@ -800,6 +812,7 @@ async def test_json_layout(cache, redis_server, value):
     assert await cache.get_many(["k"]) == {"k": expected}
 
 
+@pytest.mark.topologies("standalone", "cluster")
 async def test_tuples_become_lists(cache):
     await cache.set("k", (1, (2, 3), {"t": (4,)}))
     assert await cache.get("k") == [1, [2, 3], {"t": [4]}]
@@ -842,6 +855,7 @@ async def test_sixteen_megabyte_value(cache, redis_server):
     assert await cache.get_many(["big"]) == {"big": value}
 
 
+@pytest.mark.topologies("standalone", "cluster")
 async def test_big_values_set_many(cache):
     items = {f"k{i}": [chr(0x41 + i) * MB, i] for i in range(8)}
     await cache.set_many(items, ttl=100)
@@ -907,6 +921,7 @@ async def test_set_deep_recursion_value(cache, redis_server):
 
 @pytest.mark.transports("tcp")  # encoding/validation: the same bytes over any transport
 @pytest.mark.parametrize("value", [v for _, v in UNENCODABLE], ids=[n for n, _ in UNENCODABLE])
+@pytest.mark.topologies("standalone", "cluster")
 async def test_set_many_unencodable_writes_nothing(cache, redis_server, value):
     aw = cache.set_many({"a": 1, "b": value, "c": 3})
     with pytest.raises(CacheError, match="^Failed to set multiple keys: "):
@@ -1046,6 +1061,7 @@ async def test_get_non_json_gives_none_and_logs(cache, redis_server, caplog, sto
     assert await cache.get("ok") == 1
 
 
+@pytest.mark.topologies("standalone", "cluster")
 async def test_get_many_with_non_json_gives_empty_dict(cache, redis_server, caplog):
     await cache.set("good", 1)
     redis_server.command("SET", PREFIX + "bad", "not json")
@@ -1055,6 +1071,7 @@ async def test_get_many_with_non_json_gives_empty_dict(cache, redis_server, capl
     assert await cache.get_many(["good"]) == {"good": 1}
 
 
+@pytest.mark.topologies("standalone", "cluster")
 async def test_get_of_wrong_type_gives_none_and_logs(cache, redis_server, caplog):
     redis_server.command("RPUSH", PREFIX + "list", "a")
     with caplog.at_level(logging.ERROR, logger=LOGGER):
@@ -1349,6 +1366,7 @@ async def test_bad_ttl_raises_even_when_unconnected(closed_port):
 # ---------------------------------------------------------------------- get_many / set_many
 
 
+@pytest.mark.topologies("standalone", "cluster")
 async def test_get_many(cache, redis_server):
     await cache.set_many({"a": 1, "b": [2], "c": None})
     got = await cache.get_many(["a", "b", "c", "missing"])
@@ -1358,6 +1376,7 @@ async def test_get_many(cache, redis_server):
     assert s["hits"] == 3 and s["misses"] == 1
 
 
+@pytest.mark.topologies("standalone", "cluster")
 async def test_get_many_keyed_by_requested_objects(cache):
     await cache.set(1, "one")
     await cache.set((2, 3), "tuple")
@@ -1368,17 +1387,20 @@ async def test_get_many_keyed_by_requested_objects(cache):
 
 @pytest.mark.parametrize("make_keys", [list, tuple, lambda ks: (k for k in ks), dict.fromkeys],
                          ids=["list", "tuple", "generator", "dict"])
+@pytest.mark.topologies("standalone", "cluster")
 async def test_get_many_iterables(cache, make_keys):
     await cache.set_many({"a": 1, "b": 2})
     assert await cache.get_many(make_keys(["a", "b", "z"])) == {"a": 1, "b": 2}
 
 
+@pytest.mark.topologies("standalone", "cluster")
 async def test_get_many_duplicates(cache):
     await cache.set("a", 1)
     assert await cache.get_many(["a", "a", "z", "z"]) == {"a": 1}
     assert cache.stats()["hits"] == 2 and cache.stats()["misses"] == 2
 
 
+@pytest.mark.topologies("standalone", "cluster")
 async def test_get_many_empty_no_round_trip(cache):
     before = cache.stats()["commands"]
     assert await cache.get_many([]) == {}
@@ -1387,6 +1409,7 @@ async def test_get_many_empty_no_round_trip(cache):
     assert cache.stats()["hits"] == 0 and cache.stats()["misses"] == 0
 
 
+@pytest.mark.topologies("standalone", "cluster")
 async def test_get_many_many_keys(cache):
     items = {f"key{i}": {"i": i} for i in range(5000)}
     await cache.set_many(items)
@@ -1400,6 +1423,7 @@ async def test_get_many_not_iterable(cache):
         cache.get_many(42)
 
 
+@pytest.mark.topologies("standalone", "cluster")
 async def test_set_many(cache, redis_server):
     assert await cache.set_many({"a": 1, "b": (1, 2), 3: "three"}) is None
     assert raw_json(redis_server, PREFIX + "a") == 1
@@ -1412,6 +1436,7 @@ async def test_set_many_empty(cache, redis_server):
     assert raw_keys(redis_server) == set()
 
 
+@pytest.mark.topologies("standalone", "cluster")
 async def test_set_many_mapping_like(cache, redis_server):
     class Mapping:
         def items(self):
@@ -1428,6 +1453,7 @@ async def test_set_many_not_a_mapping(cache, bad):
         cache.set_many(bad)
 
 
+@pytest.mark.topologies("standalone", "cluster")
 async def test_set_many_large_batch(cache, redis_server):
     items = {f"k{i}": i for i in range(20_000)}
     await cache.set_many(items, ttl=100)
@@ -1438,6 +1464,7 @@ async def test_set_many_large_batch(cache, redis_server):
 # ---------------------------------------------------------------------- clear
 
 
+@pytest.mark.topologies("standalone", "cluster")
 async def test_clear(cache, redis_server):
     await cache.set_many({f"k{i}": i for i in range(10)})
     redis_server.command("SET", "other:k", "1")
@@ -1451,6 +1478,7 @@ async def test_clear(cache, redis_server):
     assert await cache.get("k1") is None
 
 
+@pytest.mark.topologies("standalone", "cluster")
 async def test_clear_many_keys(cache, redis_server):
     await cache.set_many({f"k{i}": i for i in range(5000)})
     redis_server.command("SET", "keep", "1")
@@ -1458,6 +1486,7 @@ async def test_clear_many_keys(cache, redis_server):
     assert raw_keys(redis_server) == {b"keep"}
 
 
+@pytest.mark.topologies("standalone", "cluster")
 async def test_clear_empty(cache, redis_server):
     await cache.clear()
     await cache.clear()
@@ -1479,6 +1508,7 @@ def _lookalikes(prefix):
 
 @pytest.mark.transports("tcp")  # encoding/validation: the same bytes over any transport
 @pytest.mark.parametrize("prefix", GLOB_PREFIXES)
+@pytest.mark.topologies("standalone", "cluster")
 async def test_clear_escapes_glob_prefix(redis_server, prefix):
     others = [k for k in _lookalikes(prefix) if not k.startswith(prefix)]
     for k in others:
@@ -1495,6 +1525,7 @@ async def test_clear_escapes_glob_prefix(redis_server, prefix):
 
 @pytest.mark.transports("tcp")  # encoding/validation: the same bytes over any transport
 @pytest.mark.parametrize("prefix", GLOB_PREFIXES)
+@pytest.mark.topologies("standalone", "cluster")
 async def test_get_stats_size_escapes_glob_prefix(redis_server, prefix):
     others = [k for k in _lookalikes(prefix) if not k.startswith(prefix)]
     for k in others:
@@ -1525,6 +1556,7 @@ async def test_long_prefix(redis_server, prefix):
 # ---------------------------------------------------------------------- get_stats / stats()
 
 
+@pytest.mark.topologies("standalone", "cluster")
 async def test_get_stats_shape(cache):
     stats = await cache.get_stats()
     assert stats == {"type": "redis", "size": 0, "hits": 0, "misses": 0, "hit_rate": 0.0,
@@ -1533,6 +1565,7 @@ async def test_get_stats_shape(cache):
     assert type(stats["hit_rate"]) is float
 
 
+@pytest.mark.topologies("standalone", "cluster")
 async def test_get_stats_counts(cache, redis_server):
     await cache.set_many({"a": 1, "b": 2, "c": 3})
     await cache.get("a")
@@ -1571,11 +1604,13 @@ async def test_get_stats_reads_existing_hash(cache, redis_server):
     assert (stats["hits"], stats["misses"]) == (10, 31)
 
 
+@pytest.mark.topologies("standalone", "cluster")
 async def test_get_stats_size_many_keys(cache):
     await cache.set_many({f"k{i}": i for i in range(2500)})
     assert (await cache.get_stats())["size"] == 2500
 
 
+@pytest.mark.topologies("standalone", "cluster")
 async def test_get_stats_size_ignores_other_prefixes(cache, redis_server):
     redis_server.command("SET", "other:x", "1")
     redis_server.command("SET", "t", "1")
@@ -1610,6 +1645,7 @@ async def test_stats_flushed_in_background(cache, redis_server):
     assert hincrby_calls(redis_server) == calls + 1  # nothing was left to flush
 
 
+@pytest.mark.topologies("standalone", "cluster")
 async def test_stats_flushed_at_disconnect(redis_server):
     c = make(redis_server)
     await c.set("a", 1)
@@ -1624,6 +1660,7 @@ async def test_stats_flushed_at_async_with_exit(redis_server):
     assert hgetall(redis_server, PREFIX + "stats") == {"misses": 1}
 
 
+@pytest.mark.topologies("standalone", "cluster")
 async def test_get_many_counts_flushed(cache, redis_server):
     await cache.set_many({"a": 1, "b": 2})
     await cache.get_many(["a", "b", "c"])
@@ -1638,6 +1675,7 @@ async def test_no_traffic_no_stats_hash(cache, redis_server):
     assert not raw_exists(redis_server, PREFIX + "stats")
 
 
+@pytest.mark.topologies("standalone", "cluster")
 async def test_get_stats_aggregates_two_caches(redis_server):
     async with make(redis_server) as a, make(redis_server) as b:
         await a.set("k", 1)
@@ -1729,6 +1767,7 @@ async def test_stats_plain_connected_follows_disconnect(redis_server):
 # ---------------------------------------------------------------------- the user key "stats"
 
 
+@pytest.mark.topologies("standalone", "cluster")
 async def test_user_key_stats_is_ordinary(cache, redis_server):
     await cache.set("stats", {"mine": [1, 2]})
     assert raw_json(redis_server, PREFIX + "stats") == {"mine": [1, 2]}
@@ -1818,6 +1857,7 @@ async def test_create_task_and_ensure_future(cache):
     assert await f == 1
 
 
+@pytest.mark.topologies("standalone", "cluster")
 async def test_gather_concurrent(cache, redis_server):
     n = 2000
     await asyncio.gather(*(cache.set(f"k{i}", {"i": i}) for i in range(n)))
@@ -1837,6 +1877,7 @@ async def test_pool_arguments_never_limit_requests(redis_server):
         assert c.stats()["hits"] == 500
 
 
+@pytest.mark.topologies("standalone", "cluster")
 async def test_many_concurrent_tasks(cache):
     async def worker(w):
         for i in range(20):
@@ -1874,6 +1915,7 @@ async def test_as_completed(cache):
     assert sorted(results) == [1, 2]
 
 
+@pytest.mark.topologies("standalone", "cluster")
 async def test_cancel_is_safe(cache, redis_server):
     """Tasks cancelled while their gets wait for Redis (stalled, so no reply can have
     come) raise CancelledError; the others get the value once Redis answers."""
@@ -2106,6 +2148,7 @@ class Key:
         return "refkey"
 
 
+@pytest.mark.topologies("standalone", "cluster")
 async def test_no_reference_leaks(cache):
     key, value = Key(), {"v": [1, 2]}
     await cache.set(key, value)

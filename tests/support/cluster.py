@@ -39,6 +39,13 @@ class ClusterTarget:
     def startup_nodes(self) -> list[tuple[str, int]]:
         return self.cluster.startup_nodes
 
+    def stall(self, seconds: float) -> "_ClusterStall":
+        """Every node stopped (SIGSTOP), as RedisServer.stall() stops one: the whole
+        cluster answers nothing (and, its replicas stopped too, fails nothing over)
+        until the stall ends; ``cancel()`` ends it now."""
+        return _ClusterStall([node.stall(seconds) for node in self.cluster.nodes
+                              if node.proc is not None and node.proc.poll() is None])
+
     def command(self, *args: Any, timeout: float = 10.0) -> Any:
         """A keyed command on its key's primary; KEYS, DBSIZE, FLUSHDB... on every
         primary, put together."""
@@ -55,6 +62,19 @@ class ClusterTarget:
         if how == "sum":
             return sum(replies)
         return replies[0]
+
+
+class _ClusterStall:
+    def __init__(self, stalls: list) -> None:
+        self.stalls = stalls
+
+    def cancel(self) -> None:
+        for stall in self.stalls:
+            stall.cancel()
+
+    def join(self, timeout: float | None = None) -> None:
+        for stall in self.stalls:
+            stall.join(timeout)
 
 
 def _crc16_table() -> list[int]:
