@@ -259,6 +259,7 @@ async def test_set_ttl_zero_stores_without_expiry_in_l2(mlc, redis_server):
     assert await mlc.get("k") == "v"
 
 
+@pytest.mark.topologies("standalone", "cluster")
 async def test_set_overwrites_both_levels(mlc, l1, redis_server):
     await mlc.set("k", "old")
     await mlc.set("k", "new")
@@ -266,6 +267,7 @@ async def test_set_overwrites_both_levels(mlc, l1, redis_server):
     assert stored_json(redis_server, "k") == "new"
 
 
+@pytest.mark.topologies("standalone", "cluster")
 async def test_set_many_writes_both_levels(mlc, l1, redis_server):
     items = {"a": 1, "b": [2, 3], "c": None}
     with ExpiryWindow(redis_server) as w:
@@ -279,6 +281,7 @@ async def test_set_many_writes_both_levels(mlc, l1, redis_server):
     w.expiry(PREFIX + "d", 3_600_000)
 
 
+@pytest.mark.topologies("standalone", "cluster")
 async def test_set_many_accepts_any_mapping(mlc, l1, redis_server):
     class Mapping(collections.abc.Mapping):
         def __init__(self, d):
@@ -299,6 +302,7 @@ async def test_set_many_accepts_any_mapping(mlc, l1, redis_server):
     assert data_keys(redis_server) == {PREFIX + "x", PREFIX + "y"}
 
 
+@pytest.mark.topologies("standalone", "cluster")
 async def test_int_keys_use_str_in_redis(mlc, l1, l2, redis_server):
     await mlc.set(1, "one")
     assert stored_json(redis_server, "1") == "one"
@@ -312,6 +316,7 @@ async def test_int_keys_use_str_in_redis(mlc, l1, l2, redis_server):
 # ------------------------------------------------------------ fast path: get
 
 
+@pytest.mark.topologies("standalone", "cluster")
 async def test_get_l1_hit_never_reaches_redis(mlc, l1, l2, redis_server):
     await l1.set("k", "from-l1")
     await l2.set("k", "from-l2")
@@ -322,6 +327,7 @@ async def test_get_l1_hit_never_reaches_redis(mlc, l1, l2, redis_server):
                              "promotions": 0}
 
 
+@pytest.mark.topologies("standalone", "cluster")
 async def test_get_l2_hit_is_promoted(mlc, l1, l2, redis_server):
     await l2.set("k", [1, {"x": 2}])
     assert not await l1.exists("k")
@@ -335,6 +341,7 @@ async def test_get_l2_hit_is_promoted(mlc, l1, l2, redis_server):
     assert ml_counters(mlc)["l1_hits"] == 1
 
 
+@pytest.mark.topologies("standalone", "cluster")
 async def test_get_reads_values_the_reference_wrote(mlc, l1, redis_server):
     raw_set(redis_server, "k", {"written": "by reference"}, "EX", 100)
     raw_set(redis_server, "p", [1, 2])  # no expiry
@@ -344,6 +351,7 @@ async def test_get_reads_values_the_reference_wrote(mlc, l1, redis_server):
     assert await l1.get("p") == [1, 2]
 
 
+@pytest.mark.topologies("standalone", "cluster")
 async def test_get_miss_everywhere(mlc, l1, redis_server):
     assert await mlc.get("nope") is None
     assert not await l1.exists("nope")
@@ -362,6 +370,7 @@ async def test_stored_none_in_l1_is_a_miss_and_goes_to_l2(mlc, l1, l2):
     assert ml_counters(mlc)["misses"] == 1 and ml_counters(mlc)["l2_hits"] == 1
 
 
+@pytest.mark.topologies("standalone", "cluster")
 async def test_stored_none_in_l2_is_a_miss(mlc, l1, l2):
     await l2.set("k", None)
     assert await mlc.get("k") is None
@@ -401,6 +410,7 @@ async def test_expired_l1_entry_falls_back_to_l2(l2, redis_server):
     [(True, True), (True, False), (False, True), (False, False)],
     ids=["both", "l1-only", "l2-only", "neither"],
 )
+@pytest.mark.topologies("standalone", "cluster")
 async def test_delete_both_levels_returns_l1_or_l2(mlc, l1, l2, redis_server, in_l1, in_l2):
     if in_l1:
         await l1.set("k", "v")
@@ -421,6 +431,7 @@ async def test_exists_l1_hit_never_reaches_redis(mlc, l1, redis_server):
     assert read_calls(redis_server) == 0
 
 
+@pytest.mark.topologies("standalone", "cluster")
 async def test_exists_asks_l2_on_l1_miss_without_promoting(mlc, l1, l2, redis_server):
     await l2.set("k", "v")
     reset_server_stats(redis_server)
@@ -439,6 +450,7 @@ async def test_exists_sees_stored_none(mlc, l1, l2):
     assert await mlc.exists("n2") is True
 
 
+@pytest.mark.topologies("standalone", "cluster")
 async def test_clear_both_levels(mlc, l1, l2, redis_server):
     await mlc.set_many({"a": 1, "b": 2})
     await l2.set("l2only", 3)
@@ -464,6 +476,7 @@ async def test_start_and_stop(mlc, l1, l2):
 # ------------------------------------------------------------ promotion TTL (difference 4)
 
 
+@pytest.mark.topologies("standalone", "cluster")
 async def test_promoted_entry_never_outlives_l2(l2, redis_server):
     """L1's default ttl is an hour and L2's entries live 2 s: what is promoted from them
     is gone from L1 as soon as they are gone from L2 (checked once Redis has removed
@@ -540,6 +553,7 @@ WRITERS = {
 
 @pytest.mark.parametrize("writer", list(WRITERS))
 @pytest.mark.parametrize("reader", ["get", "get_many"])
+@pytest.mark.topologies("standalone", "cluster")
 async def test_write_during_l2_read_is_not_overwritten_by_promotion(
         mlc, l1, l2, redis_server, writer, reader):
     write, after = WRITERS[writer]
@@ -651,6 +665,7 @@ async def test_get_many_prefers_l1_and_skips_redis_when_l1_has_all(mlc, l1, l2, 
     assert ml_counters(mlc)["l1_hits"] == 2
 
 
+@pytest.mark.topologies("standalone", "cluster")
 async def test_get_many_stored_none_in_l1_is_fetched_from_l2(mlc, l1, l2):
     await l1.set("k", None)
     await l2.set("k", "v")
@@ -658,6 +673,7 @@ async def test_get_many_stored_none_in_l1_is_fetched_from_l2(mlc, l1, l2):
     assert await l1.get("k") == "v"
 
 
+@pytest.mark.topologies("standalone", "cluster")
 async def test_get_many_duplicates_tuples_and_int_keys(mlc, l1, l2):
     await l1.set("a", 1)
     await l2.set_many({"b": 2, 3: "three"})
@@ -665,6 +681,7 @@ async def test_get_many_duplicates_tuples_and_int_keys(mlc, l1, l2):
     assert await l1.get(3) == "three" and await l1.get("b") == 2
 
 
+@pytest.mark.topologies("standalone", "cluster")
 async def test_get_many_counts_per_key(mlc, l1, l2):
     await l1.set_many({"a": 1, "b": 2})
     await l2.set_many({"c": 3})
@@ -791,6 +808,7 @@ def test_stats_without_stats_on_the_level():
 # ------------------------------------------------------------ concurrency
 
 
+@pytest.mark.topologies("standalone", "cluster")
 async def test_thousand_concurrent_gets(mlc, l1, l2):
     keys_l1 = [f"one:{i}" for i in range(334)]
     keys_l2 = [f"two:{i}" for i in range(333)]
@@ -816,6 +834,7 @@ async def test_thousand_concurrent_gets(mlc, l1, l2):
     assert s["l2"]["errors"] == 0
 
 
+@pytest.mark.topologies("standalone", "cluster")
 async def test_concurrent_mixed_operations(mlc, l1, l2, redis_server):
     await l2.set_many({f"k{i}": i for i in range(100)})
     ops = []
@@ -1506,6 +1525,7 @@ async def play_script(script, M, l1_impl, l1_mocked):
 
 @pytest.mark.parametrize("l1_mocked", [False, True], ids=["our-l1", "mocked-l1"])
 @pytest.mark.parametrize("seed", [1, 2, 3])
+@pytest.mark.topologies("standalone", "cluster")
 async def test_differential_against_reference(seed, l1_mocked):
     script = make_script(seed)
     ref = await play_script(script, RefMultiLevelCache, RefInMemoryCache, l1_mocked)
@@ -1529,6 +1549,7 @@ async def test_differential_against_reference(seed, l1_mocked):
 # ------------------------------------------------------------ bugs found
 
 
+@pytest.mark.topologies("standalone", "cluster")
 async def test_get_started_during_clear_is_not_promoted(mlc, l1, l2, redis_server):
     """A read that overlaps a clear() in any way does not promote: here it starts after
     clear() began, and Redis answers it before clear()'s DEL reaches the key."""

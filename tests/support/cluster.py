@@ -36,6 +36,12 @@ class ClusterTarget:
         return self.cluster.tls_kwargs
 
     @property
+    def port(self) -> int:
+        """The first node's port: a cache given only it finds the cluster (cluster=None
+        asks at connect)."""
+        return self.cluster.startup_nodes[0][1]
+
+    @property
     def startup_nodes(self) -> list[tuple[str, int]]:
         return self.cluster.startup_nodes
 
