@@ -22,8 +22,8 @@ the rounds):
 - glide:       valkey-glide's async GlideClusterClient (request_timeout 5 s, default
                inflight limit 1000), the same json text. When valkey-glide is not
                installed or cannot be imported (requirements-bench.txt installs it), it
-               is reported as unavailable and its targets are not checked; the others
-               are measured.
+               is reported as unavailable, the others are measured, and the run fails
+               as a missing contender (as in the other benchmarks).
 - ours-single: bruno_memory_c.RedisCache(host="127.0.0.1", port=<the single server>,
                prefix="bench:"): the same measurements at 100 tasks only, for the
                "cluster vs one server" ratio.
@@ -985,8 +985,10 @@ def main(argv=None) -> int:
                     f"100 tasks, {w}: ours {fmt_int(o)} ops/s vs valkey-glide {fmt_int(g)} "
                     f"ops/s = {o / g:.2f}x (target: ahead)", ratio=o / g)
     else:
-        print(f"n/a  100 tasks: ahead of valkey-glide: not checked, glide unavailable "
-              f"({GLIDE_ERROR})")
+        # (as in the other benchmarks: a missing contender is a target missed)
+        verdict("contender_present", False,
+                f"missing contender: valkey-glide ({GLIDE_ERROR}); install it with "
+                "`make bench` (requirements-bench.txt)", contender="glide")
     s100 = tput["get"][SINGLE_CONCURRENCY]
     oc, os_ = s100["ours"]["ops_per_s"], s100[SINGLE]["ops_per_s"]
     ratio = vs_single["get"]["median_ratio"]
