@@ -19,7 +19,8 @@ import pytest
 
 from bruno_memory_c import CacheError, InMemoryCache, MultiLevelCache, RedisCache
 from bruno_memory_c.testing import RedisCluster
-from tests.support import LOGGER, bounded_by, until
+from tests.support import LOGGER, awaitables_alive, bounded_by, until, wait_in_flight_zero
+from tests.support.leakmeter import native_heap_bytes
 from tests.support.cluster import ClusterTarget, key_slot
 
 PREFIX = "cl:"
@@ -364,6 +365,53 @@ async def test_all_nodes_down_fails_fast(redis_cluster):
     with pytest.raises(CacheError, match="^Redis connection failed: "):
         await bounded(fresh.connect(), 10)
     await fresh.disconnect()
+
+
+async def test_memory_flat_while_one_node_is_down():
+    """Multi-node requests cut into parts, with one primary dead (no failover: a
+    minute's node timeout), so that a third of every get_many and set_many fails:
+    native memory (requests, parts, replies), Python memory and live awaitables do not
+    grow with the requests. (The load without failures is test_redis_faults'
+    test_memory_flat_over_200k_requests over the cluster topology.)"""
+    import gc
+    import tracemalloc
+
+    with RedisCluster(node_timeout_ms=60000) as cluster:
+        cache = make(cluster, socket_timeout=2.0, connect_timeout=2.0)
+        per = keys_per_primary(cluster, 5)
+        keys = [k for ks in per.values() for k in ks]
+
+        async def load(n: int) -> None:
+            for i in range(n):
+                await cache.get_many(keys)
+                try:
+                    await cache.set_many({k: i for k in keys})
+                except CacheError:
+                    pass
+                await cache.get(keys[i % len(keys)])
+
+        async with cache:
+            await cache.set_many({k: 0 for k in keys})
+            cluster.kill(cluster.node(next(iter(per))))
+            await load(300)  # warm-up: free lists, buffers, the dead node's backoff
+            await wait_in_flight_zero(cache)
+            gc.collect()
+            aw_before, malloc_before = awaitables_alive(), native_heap_bytes()
+            tracemalloc.start()
+            try:
+                traced_before = tracemalloc.get_traced_memory()[0]
+                await load(3000)
+                await wait_in_flight_zero(cache)
+                gc.collect()
+                traced_growth = tracemalloc.get_traced_memory()[0] - traced_before
+            finally:
+                tracemalloc.stop()
+            gc.collect()
+            malloc_growth = native_heap_bytes() - malloc_before
+            assert cache.stats()["errors"] > 0
+        assert traced_growth < 3 * 1024 * 1024, traced_growth
+        assert malloc_growth < 16 * 1024 * 1024, malloc_growth
+        assert awaitables_alive() <= aw_before
 
 
 # ---------------------------------------------------------------------- replicas

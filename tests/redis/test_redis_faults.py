@@ -1209,6 +1209,7 @@ async def assert_memory_flat(cache, requests: int) -> None:
     assert awaitables_alive() <= aw_before
 
 
+@pytest.mark.topologies("standalone", "cluster")
 async def test_memory_flat_over_200k_requests(redis_server):
     cache = make_cache(redis_server, socket_timeout=10.0, connect_timeout=5.0)
     await bounded(cache.connect())
