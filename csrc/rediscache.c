@@ -875,12 +875,16 @@ static PyType_Slot rc_slots[] = {
      "           ssl_password=None, ssl_cert_reqs='required', ssl_check_hostname=True,\n"
      "           ssl_min_version=None, ssl_ciphers=None, sentinels=None,\n"
      "           service_name=None, sentinel_username=None, sentinel_password=None,\n"
-     "           sentinel_ssl=False)\n"
+     "           sentinel_ssl=False, cluster=None, startup_nodes=None,\n"
+     "           read_from_replicas=False)\n"
      "--\n\n"
      "Redis-backed cache, in C: a background I/O thread pipelines every request on one\n"
      "connection, so no request waits for (or fails for want of) a pooled connection.\n"
      "Storage is the reference's: prefix + str(key) -> json.dumps(value).\n"
-     "ssl=True: TLS (OpenSSL, in the I/O thread), with redis-py's ssl_* options."},
+     "ssl=True: TLS (OpenSSL, in the I/O thread), with redis-py's ssl_* options.\n"
+     "sentinels=[...]: the server found through Redis Sentinel. A Redis Cluster is\n"
+     "detected at connect (cluster=None) or named (startup_nodes=[...], cluster=True):\n"
+     "each key goes to its slot's node, multi-key calls per node."},
     {Py_tp_new, rc_new},
     {Py_tp_init, rc_init},
     {Py_tp_dealloc, rc_dealloc},
