@@ -83,6 +83,19 @@ async def wait_until_works(cache: RedisCache, limit: float = RECOVER) -> int:
         await asyncio.sleep(0.05)
 
 
+async def connect_when_answered(cache: RedisCache, limit: float = RECOVER) -> None:
+    """connect() again and again (bounded, 0.1 s apart) until it succeeds: the server
+    came back (restarted, or its port freed); AssertionError after `limit` seconds."""
+    deadline = time.monotonic() + limit
+    while True:
+        try:
+            await bounded(cache.connect())
+            return
+        except CacheError:
+            assert time.monotonic() < deadline, f"connect() failing after {limit}s"
+            await asyncio.sleep(0.1)
+
+
 async def assert_error_table(cache: RedisCache) -> None:
     """Every method fails as the reference's does, one after the other, and promptly."""
     assert await bounded(cache.get("k")) is None
@@ -617,14 +630,7 @@ async def test_closed_port(reserved_port):
     server = RedisServer(port=port)
     try:
         await asyncio.to_thread(server.restart)
-        deadline = time.monotonic() + RECOVER
-        while True:
-            try:
-                await bounded(cache.connect())
-                break
-            except CacheError:
-                assert time.monotonic() < deadline
-                await asyncio.sleep(0.1)
+        await connect_when_answered(cache)
         assert await works(cache, "port-now-open")
         await bounded(cache.disconnect())
     finally:
@@ -698,14 +704,7 @@ async def test_maxclients_reached_then_freed(server_options):
         assert not cache.connected
         hog.close()
         hog = None
-        deadline = time.monotonic() + RECOVER
-        while True:
-            try:
-                await bounded(cache.connect())
-                break
-            except CacheError:
-                assert time.monotonic() < deadline
-                await asyncio.sleep(0.1)
+        await connect_when_answered(cache)
         assert await works(cache, "slot-free")
         await bounded(cache.disconnect())
     finally:
@@ -953,14 +952,7 @@ async def test_disconnect_with_server_dead(redis_server):
     with pytest.raises(CacheError, match="^Redis connection failed: "):
         await bounded(cache.connect())
     await asyncio.to_thread(redis_server.restart)
-    deadline = time.monotonic() + RECOVER
-    while True:
-        try:
-            await bounded(cache.connect())
-            break
-        except CacheError:
-            assert time.monotonic() < deadline
-            await asyncio.sleep(0.1)
+    await connect_when_answered(cache)
     assert await works(cache, "after-dead-disconnect")
 
 
@@ -989,14 +981,7 @@ async def test_connect_disconnect_races_while_server_frozen(redis_server):
         task.cancel()
         assert isinstance((await asyncio.gather(task, return_exceptions=True))[0],
                           asyncio.CancelledError)
-    deadline = time.monotonic() + RECOVER
-    while True:
-        try:
-            await bounded(cache.connect())
-            break
-        except CacheError:
-            assert time.monotonic() < deadline
-            await asyncio.sleep(0.1)
+    await connect_when_answered(cache)
     assert await bounded(asyncio.gather(*(cache.connect() for _ in range(10)))) == [None] * 10
     results = await bounded(asyncio.gather(cache.disconnect(), cache.connect(),
                                            return_exceptions=True))
