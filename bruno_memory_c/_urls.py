@@ -127,10 +127,9 @@ def _hosts(netloc: str, default_port: int, what: str) -> list[tuple[str, int]]:
     return out
 
 
-def _parse_sentinel_url(url: str, scheme: str) -> dict[str, Any]:
-    parts = urlsplit(url)
-    netloc = parts.netloc
-    kw: dict[str, Any] = {"ssl": True} if scheme == "rediss+sentinel" else {}
+def _userinfo(netloc: str, kw: dict[str, Any]) -> str:
+    """A several-host netloc's ``[user][:password]@`` into kw (percent-decoded); the
+    host list after it."""
     userinfo, at, hosts = netloc.rpartition("@")
     if at:
         user, colon, password = userinfo.partition(":")
@@ -138,6 +137,13 @@ def _parse_sentinel_url(url: str, scheme: str) -> dict[str, Any]:
             kw["username"] = unquote(user)
         if colon and password:
             kw["password"] = unquote(password)
+    return hosts
+
+
+def _parse_sentinel_url(url: str, scheme: str) -> dict[str, Any]:
+    parts = urlsplit(url)
+    kw: dict[str, Any] = {"ssl": True} if scheme == "rediss+sentinel" else {}
+    hosts = _userinfo(parts.netloc, kw)
     kw["sentinels"] = _hosts(hosts, SENTINEL_PORT, "sentinel url")
     path = [p for p in parts.path.split("/") if p]
     if len(path) > 2:
@@ -211,13 +217,7 @@ def _parse_cluster_url(url: str, scheme: str) -> dict[str, Any]:
     """redis://[userinfo@]host:port,host:port.../0?cluster=true: startup_nodes."""
     parts = urlsplit(url)
     kw: dict[str, Any] = {"ssl": True} if scheme == "rediss" else {}
-    userinfo, at, hosts = parts.netloc.rpartition("@")
-    if at:
-        user, colon, password = userinfo.partition(":")
-        if user:
-            kw["username"] = unquote(user)
-        if colon and password:
-            kw["password"] = unquote(password)
+    hosts = _userinfo(parts.netloc, kw)
     kw["startup_nodes"] = _hosts(hosts, 6379, "cluster url")
     if len(parts.path) > 1:  # /db
         kw["db"] = _int("db", parts.path[1:])

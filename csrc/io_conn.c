@@ -223,6 +223,20 @@ fail_inflight(bio_client *c, int status, const char *msg)
     }
 }
 
+/* Fail the requests sent on a connection that stays: their FIFO entries stay, emptied,
+ * to swallow the replies still owed. */
+static void
+fail_sent(bio_client *c, int status, const char *msg)
+{
+    for (size_t i = 0; i < c->r_count; i++) {
+        slot *s = &c->ring[(c->r_head + i) % c->r_cap];
+        if (s->req) {
+            io_complete(s->req, status, msg);
+            s->req = NULL;
+        }
+    }
+}
+
 /* Send what waits, in order, while the pipeline has room (ready connections only). */
 static void
 pump_waiting(bio_client *c, double now)
@@ -1031,13 +1045,7 @@ io_route(bio_req *r, double now)
         if (c->state == ST_READY) {
             /* Fail the requests in flight now (their replies are discarded), send
              * the statistics, and close once their reply arrives. */
-            for (size_t i = 0; i < c->r_count; i++) {
-                slot *s = &c->ring[(c->r_head + i) % c->r_cap];
-                if (s->req) {
-                    io_complete(s->req, BIO_ECLOSED, "disconnected");
-                    s->req = NULL;
-                }
-            }
+            fail_sent(c, BIO_ECLOSED, "disconnected");
             io_append_stats_flush(c, now);
             if (!c->stats_in_flight && c->is_cluster &&
                 (atomic_load(&c->counters.pending_hits) ||
@@ -1301,29 +1309,16 @@ io_cluster_quiet_children(bio_client *parent)
     for (int i = 0; i < parent->nchildren; i++) {
         bio_client *c = parent->children[i];
         fail_waiting(c, BIO_ECLOSED, "disconnected");
-        for (size_t k = 0; k < c->r_count; k++) {
-            slot *s = &c->ring[(c->r_head + k) % c->r_cap];
-            if (s->req) {
-                io_complete(s->req, BIO_ECLOSED, "disconnected");
-                s->req = NULL;
-            }
-        }
+        fail_sent(c, BIO_ECLOSED, "disconnected");
     }
 }
 
 void
 io_cluster_close_children(bio_client *parent)
 {
-    bio_req *r = parent->retry_head;
-    parent->retry_head = parent->retry_tail = NULL;
-    while (r != NULL) {
-        bio_req *next = r->next;
-        io_complete(r, BIO_ECLOSED, "disconnected");
-        r = next;
-    }
+    io_cluster_quiet_children(parent);
     for (int i = 0; i < parent->nchildren; i++) {
         bio_client *c = parent->children[i];
-        fail_waiting(c, BIO_ECLOSED, "disconnected");
         io_close_socket(c);
         fail_inflight(c, BIO_ECLOSED, "disconnected");
         c->state = ST_IDLE;

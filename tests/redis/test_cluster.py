@@ -19,8 +19,7 @@ import pytest
 
 from bruno_memory_c import CacheError, InMemoryCache, MultiLevelCache, RedisCache
 from bruno_memory_c.testing import RedisCluster
-from tests.support import LOGGER, awaitables_alive, bounded_by, until, wait_in_flight_zero
-from tests.support.leakmeter import native_heap_bytes
+from tests.support import LOGGER, bounded_by, memory_growth, until
 from tests.support.cluster import ClusterTarget, key_slot
 
 PREFIX = "cl:"
@@ -373,9 +372,6 @@ async def test_memory_flat_while_one_node_is_down():
     native memory (requests, parts, replies), Python memory and live awaitables do not
     grow with the requests. (The load without failures is test_redis_faults'
     test_memory_flat_over_200k_requests over the cluster topology.)"""
-    import gc
-    import tracemalloc
-
     with RedisCluster(node_timeout_ms=60000) as cluster:
         cache = make(cluster, socket_timeout=2.0, connect_timeout=2.0)
         per = keys_per_primary(cluster, 5)
@@ -394,24 +390,11 @@ async def test_memory_flat_while_one_node_is_down():
             await cache.set_many({k: 0 for k in keys})
             cluster.kill(cluster.node(next(iter(per))))
             await load(300)  # warm-up: free lists, buffers, the dead node's backoff
-            await wait_in_flight_zero(cache)
-            gc.collect()
-            aw_before, malloc_before = awaitables_alive(), native_heap_bytes()
-            tracemalloc.start()
-            try:
-                traced_before = tracemalloc.get_traced_memory()[0]
-                await load(3000)
-                await wait_in_flight_zero(cache)
-                gc.collect()
-                traced_growth = tracemalloc.get_traced_memory()[0] - traced_before
-            finally:
-                tracemalloc.stop()
-            gc.collect()
-            malloc_growth = native_heap_bytes() - malloc_before
+            traced, native, awaitables = await memory_growth(cache, lambda: load(3000))
             assert cache.stats()["errors"] > 0
-        assert traced_growth < 3 * 1024 * 1024, traced_growth
-        assert malloc_growth < 16 * 1024 * 1024, malloc_growth
-        assert awaitables_alive() <= aw_before
+        assert traced < 3 * 1024 * 1024, traced
+        assert native < 16 * 1024 * 1024, native
+        assert awaitables <= 0
 
 
 # ---------------------------------------------------------------------- replicas

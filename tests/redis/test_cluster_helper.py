@@ -9,17 +9,10 @@ import socket
 import pytest
 
 from bruno_memory_c.testing import RedisCluster
+from tests.support import refused
 from tests.support.cluster import key_slot
 
 SLOTS = 16384
-
-
-def refused(port: int) -> bool:
-    try:
-        socket.create_connection(("127.0.0.1", port), timeout=1).close()
-    except OSError:
-        return True
-    return False
 
 
 def moved_to(node, key) -> str | None:

@@ -29,14 +29,14 @@ import socket
 import sys
 import threading
 import time
-import tracemalloc
 
 import pytest
 
 from bruno_memory_c import CacheError, RedisCache
 from bruno_memory_c.testing import RedisServer, _encode
 from tests.support import (
-    ALL_TRANSPORTS, HANG, RECOVER, STALL, TIMEOUT, awaitables_alive, bounded_by, cache_maker, on_the_connection,
+    ALL_TRANSPORTS, HANG, RECOVER, STALL, TIMEOUT, awaitables_alive, bounded_by, cache_maker,
+    memory_growth, on_the_connection,
     run_script, sent_to, stalled, until, wait_in_flight_zero,
 )
 from tests.support.leakmeter import native_heap_bytes
@@ -1174,24 +1174,10 @@ async def test_refcounts_of_cancelled_and_timed_out_requests(redis_server):
 async def assert_memory_flat(cache, requests: int) -> None:
     """Runs `requests` mixed requests (after the caller's warm-up) and asserts that Python
     memory, native memory and the live awaitables did not grow with them."""
-    gc.collect()
-    aw_before = awaitables_alive()
-    malloc_before = malloc_in_use()
-    tracemalloc.start()
-    try:
-        gc.collect()
-        traced_before = tracemalloc.get_traced_memory()[0]
-        await mixed_load(cache, requests)
-        await wait_in_flight_zero(cache)
-        gc.collect()
-        traced_growth = tracemalloc.get_traced_memory()[0] - traced_before
-    finally:
-        tracemalloc.stop()
-    gc.collect()
-    malloc_growth = malloc_in_use() - malloc_before
-    assert traced_growth < 3 * 1024 * 1024, traced_growth
-    assert malloc_growth < 16 * 1024 * 1024, malloc_growth
-    assert awaitables_alive() <= aw_before
+    traced, native, awaitables = await memory_growth(cache, lambda: mixed_load(cache, requests))
+    assert traced < 3 * 1024 * 1024, traced
+    assert native < 16 * 1024 * 1024, native
+    assert awaitables <= 0
 
 
 @pytest.mark.topologies("standalone", "cluster")
@@ -1268,19 +1254,10 @@ async def test_never_connected_failures_leak_nothing(closed_port):
     await cycles(20)
     gc.collect()
     base = [sys.getrefcount(key), sys.getrefcount(value), sys.getrefcount(cache)]
-    aw_before = awaitables_alive()
-    tracemalloc.start()
-    try:
-        traced_before = tracemalloc.get_traced_memory()[0]
-        await cycles(1500)
-        await wait_in_flight_zero(cache)
-        gc.collect()
-        traced_growth = tracemalloc.get_traced_memory()[0] - traced_before
-    finally:
-        tracemalloc.stop()
-    assert traced_growth < 1024 * 1024, traced_growth
+    traced, _, awaitables = await memory_growth(cache, lambda: cycles(1500))
+    assert traced < 1024 * 1024, traced
     assert [sys.getrefcount(key), sys.getrefcount(value), sys.getrefcount(cache)] == base
-    assert awaitables_alive() <= aw_before
+    assert awaitables <= 0
 
 
 async def test_disconnect_with_a_command_sent_after_it_does_not_wait_for_the_timeout(redis_server):

@@ -12,15 +12,7 @@ import pytest
 
 from bruno_memory_c import RedisCache
 from bruno_memory_c.testing import RedisServer, free_port
-from tests.support import sent_to
-
-
-def refused(port: int) -> bool:
-    try:
-        socket.create_connection(("127.0.0.1", port), timeout=1).close()
-    except OSError:
-        return True
-    return False
+from tests.support import refused, sent_to
 
 
 def test_starts_serves_and_cleans_up():

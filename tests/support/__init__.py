@@ -27,7 +27,6 @@ import json
 import logging
 import os
 import re
-import socket
 import subprocess
 import sys
 import textwrap
@@ -362,6 +361,43 @@ def ml_counters(m) -> dict:
 def awaitables_alive() -> int:
     """How many CacheAwaitable objects the collector can see."""
     return sum(1 for o in gc.get_objects() if type(o) is CacheAwaitable)
+
+
+def refused(port: int) -> bool:
+    """Does a connection to 127.0.0.1:port fail (nothing listens there)?"""
+    import socket
+
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+    except OSError:
+        return True
+    return False
+
+
+async def memory_growth(cache: RedisCache, work) -> tuple[int, int, int]:
+    """What ``await work()`` leaves behind once its requests are done, after a
+    collection: (Python bytes tracemalloc saw added, native heap bytes added —
+    leakmeter.native_heap_bytes(), the I/O thread's requests, replies and buffers —,
+    awaitables added). The caller warms up first (free lists, buffers at size)."""
+    import tracemalloc
+
+    from tests.support.leakmeter import native_heap_bytes
+
+    await wait_in_flight_zero(cache)
+    gc.collect()
+    aw_before, native_before = awaitables_alive(), native_heap_bytes()
+    tracemalloc.start()
+    try:
+        gc.collect()
+        traced_before = tracemalloc.get_traced_memory()[0]
+        await work()
+        await wait_in_flight_zero(cache)
+        gc.collect()
+        traced = tracemalloc.get_traced_memory()[0] - traced_before
+    finally:
+        tracemalloc.stop()
+    gc.collect()
+    return traced, native_heap_bytes() - native_before, awaitables_alive() - aw_before
 
 
 # ------------------------------------------------------------------ subprocesses
