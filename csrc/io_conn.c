@@ -428,6 +428,8 @@ io_append_stats_flush(bio_client *c, double now)
         if (send_slot(t, b.data, b.len, b.ncmd, NULL, SLOT_STATS,
                       now + c->cfg.socket_timeout) == 0) {
             c->stats_in_flight = t->stats_in_flight = 1;
+            t->stats_hits_sent = hits;
+            t->stats_misses_sent = misses;
             b.oom = 0;
         }
         else {
@@ -781,6 +783,34 @@ reply_is_error(void *reply)
     return ((redisReply *)reply)->type == REDIS_REPLY_ERROR;
 }
 
+/* A cluster's statistics flush answered by a redirect (-MOVED: the statistics key's
+ * slot moved; -ASK, -TRYAGAIN: it is migrating; -CLUSTERDOWN): that HINCRBY was not
+ * applied. Its count goes back to the owner for the next flush, and the map is asked
+ * again (a -MOVED applied at once): nothing else may meet that slot's -MOVED, and
+ * every flush would go on being lost on the old node. */
+static void
+stats_redirected(bio_client *t, const slot *s, const redisReply *reply)
+{
+    bio_client *owner = t->parent;
+    io_redirect rd;
+    if (owner == NULL || reply->type != REDIS_REPLY_ERROR ||
+        io_cluster_parse_redirect(reply->str, reply->len, &rd) < 0) {
+        return;
+    }
+    /* (hits first, then misses; a flush leaves out a zero count) */
+    if (s->remaining == 2 || t->stats_misses_sent == 0) {
+        atomic_fetch_add(&owner->counters.pending_hits, t->stats_hits_sent);
+    }
+    else {
+        atomic_fetch_add(&owner->counters.pending_misses, t->stats_misses_sent);
+    }
+    if (rd.kind == IO_REDIRECT_MOVED && owner->map != NULL) {
+        io_cluster_apply_moved(owner->map, rd.slot, rd.host[0] != '\0' ? rd.host
+                                                                        : t->cfg.host, rd.port);
+    }
+    owner->map_wanted = 1;
+}
+
 /* One reply arrived: give it to the slot at the front of the FIFO. */
 static void
 on_reply(bio_client *c, void *reply, double now)
@@ -854,6 +884,9 @@ on_reply(bio_client *c, void *reply, double now)
     }
     else if (s->kind == SLOT_CLUSTER) {
         io_cluster_map_reply(c, reply);  /* (then freed below: no request holds it) */
+    }
+    else if (s->kind == SLOT_STATS && c->parent != NULL) {
+        stats_redirected(c, s, reply);
     }
     if (s->req) {
         s->req->replies[s->req->nrep++] = reply;

@@ -225,6 +225,35 @@ async def test_statistics_are_flushed_to_the_stats_keys_node(cluster):
         [b"hits", b"5", b"misses", b"1"], [b"misses", b"1", b"hits", b"5"])
 
 
+
+def stats_hash(node) -> dict:
+    reply = node.command("HGETALL", PREFIX + "stats") or []
+    return {reply[i]: int(reply[i + 1]) for i in range(0, len(reply), 2)}
+
+
+async def test_statistics_follow_the_stats_key_when_its_slot_moves(redis_cluster):
+    """The statistics key's slot moves to another primary (nothing else moves, so no
+    user request meets a -MOVED): the next flush, answered -MOVED by the old node, is
+    not lost; the counts are given back, the map is asked again, and the flush after
+    goes to the new node."""
+    cluster = redis_cluster
+    cache = make(cluster)
+    slot = cluster.keyslot(PREFIX + "stats")
+    source = cluster.node_for_slot(slot)
+    target = next(n for n in cluster.primaries if n is not source)
+    async with cache:
+        await cache.set("k", 1)
+        for _ in range(3):
+            await cache.get("k")
+        await until(lambda: stats_hash(source).get(b"hits") == 3, "first flush", 10.0)
+        await asyncio.to_thread(cluster.move_slots, [slot], target)
+        for _ in range(4):
+            await cache.get("k")
+        await cache.get("missing")
+        await until(lambda: stats_hash(target) == {b"hits": 7, b"misses": 1},
+                    "the flushes after the move reach the new node", 10.0)
+
+
 # ---------------------------------------------------------------------- failures
 
 
