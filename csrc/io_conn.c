@@ -244,13 +244,15 @@ pump_waiting(bio_client *c, double now)
 }
 
 /* A flush's reply arrived, or its connection went: the owner may flush again, and a
- * cluster's disconnect() waiting for it can finish. */
+ * cluster's disconnect() waiting for it can finish. Only the node carrying the flush
+ * ends it: any other node's connection closing says nothing about it. */
 static void
 stats_flush_ended(bio_client *t)
 {
+    int carried = t->stats_in_flight;
     t->stats_in_flight = 0;
     bio_client *owner = t->parent;
-    if (owner != NULL && owner->stats_in_flight) {
+    if (carried && owner != NULL && owner->stats_in_flight) {
         owner->stats_in_flight = 0;
         if (owner->close_req != NULL) {
             owner->close_deadline = 0;  /* (finished by its timers, this pass) */
@@ -909,8 +911,10 @@ on_reply(bio_client *c, void *reply, double now)
     if (kind == SLOT_HANDSHAKE) {
         handshake_done(c, now);
     }
-    else if (c->close_req && c->r_count == 0) {
-        finish_close(c, now);  /* the last reply a disconnect() was waiting for */
+    else if (c->close_req && c->r_count == 0 && !c->stats_in_flight && !c->stats_wait) {
+        /* The last reply a disconnect() was waiting for (a cluster's flush is on its
+         * node's connection: its reply, or its deadline, ends the close). */
+        finish_close(c, now);
     }
     else {
         pump_waiting(c, now);  /* room in the pipeline */

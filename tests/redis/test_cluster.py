@@ -254,6 +254,37 @@ async def test_statistics_follow_the_stats_key_when_its_slot_moves(redis_cluster
                     "the flushes after the move reach the new node", 10.0)
 
 
+
+async def test_disconnect_waits_for_the_flush_whatever_another_node_does(cluster):
+    """disconnect() waits for the reply of its statistics flush (on the stats key's
+    node, stalled here): another node's connection dropping meanwhile does not end
+    that wait (it is not the one carrying the flush)."""
+    cl = cluster.cluster
+    stats_node = cl.node_for_slot(cl.keyslot(PREFIX + "stats"))
+    first = cl.node(cluster.port)  # (the cache's own connection)
+    other = next(n for n in cl.primaries if n is not stats_node and n is not first)
+    key = keys_per_primary(cl, 1)[other.port][0]
+    cache = make(cluster)
+    await cache.connect()
+    await cache.set(key, 1)
+    await cache.get(key)
+    await until(lambda: stats_hash(stats_node).get(b"hits") == 1, "first flush", 10.0)
+    await cache.get(key)
+    # Every node but `other` stopped (a majority of primaries silent: nothing fails over).
+    stalls = [n.stall(30) for n in cl.nodes if n is not other]
+    try:
+        closing = asyncio.create_task(cache.disconnect())
+        await asyncio.sleep(0.3)  # (the flush is sent to the stalled node)
+        other.command("CLIENT", "KILL", "TYPE", "normal")  # our connection to `other`
+        await asyncio.sleep(0.7)
+        assert not closing.done(), "disconnect() ended before its flush was answered"
+    finally:
+        for stall in stalls:
+            stall.cancel()
+    await bounded(closing)
+    await until(lambda: stats_hash(stats_node).get(b"hits") == 2, "the close's flush", 10.0)
+
+
 # ---------------------------------------------------------------------- failures
 
 
