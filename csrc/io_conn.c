@@ -258,13 +258,15 @@ pump_waiting(bio_client *c, double now)
 }
 
 /* A flush's reply arrived, or its connection went: the owner may flush again, and a
- * cluster's disconnect() waiting for it can finish. */
+ * cluster's disconnect() waiting for it can finish. Only the node carrying the flush
+ * ends it: any other node's connection closing says nothing about it. */
 static void
 stats_flush_ended(bio_client *t)
 {
+    int carried = t->stats_in_flight;
     t->stats_in_flight = 0;
     bio_client *owner = t->parent;
-    if (owner != NULL && owner->stats_in_flight) {
+    if (carried && owner != NULL && owner->stats_in_flight) {
         owner->stats_in_flight = 0;
         if (owner->close_req != NULL) {
             owner->close_deadline = 0;  /* (finished by its timers, this pass) */
@@ -442,6 +444,8 @@ io_append_stats_flush(bio_client *c, double now)
         if (send_slot(t, b.data, b.len, b.ncmd, NULL, SLOT_STATS,
                       now + c->cfg.socket_timeout) == 0) {
             c->stats_in_flight = t->stats_in_flight = 1;
+            t->stats_hits_sent = hits;
+            t->stats_misses_sent = misses;
             b.oom = 0;
         }
         else {
@@ -795,6 +799,34 @@ reply_is_error(void *reply)
     return ((redisReply *)reply)->type == REDIS_REPLY_ERROR;
 }
 
+/* A cluster's statistics flush answered by a redirect (-MOVED: the statistics key's
+ * slot moved; -ASK, -TRYAGAIN: it is migrating; -CLUSTERDOWN): that HINCRBY was not
+ * applied. Its count goes back to the owner for the next flush, and the map is asked
+ * again (a -MOVED applied at once): nothing else may meet that slot's -MOVED, and
+ * every flush would go on being lost on the old node. */
+static void
+stats_redirected(bio_client *t, const slot *s, const redisReply *reply)
+{
+    bio_client *owner = t->parent;
+    io_redirect rd;
+    if (owner == NULL || reply->type != REDIS_REPLY_ERROR ||
+        io_cluster_parse_redirect(reply->str, reply->len, &rd) < 0) {
+        return;
+    }
+    /* (hits first, then misses; a flush leaves out a zero count) */
+    if (s->remaining == 2 || t->stats_misses_sent == 0) {
+        atomic_fetch_add(&owner->counters.pending_hits, t->stats_hits_sent);
+    }
+    else {
+        atomic_fetch_add(&owner->counters.pending_misses, t->stats_misses_sent);
+    }
+    if (rd.kind == IO_REDIRECT_MOVED && owner->map != NULL) {
+        io_cluster_apply_moved(owner->map, rd.slot, rd.host[0] != '\0' ? rd.host
+                                                                        : t->cfg.host, rd.port);
+    }
+    owner->map_wanted = 1;
+}
+
 /* One reply arrived: give it to the slot at the front of the FIFO. */
 static void
 on_reply(bio_client *c, void *reply, double now)
@@ -869,6 +901,9 @@ on_reply(bio_client *c, void *reply, double now)
     else if (s->kind == SLOT_CLUSTER) {
         io_cluster_map_reply(c, reply);  /* (then freed below: no request holds it) */
     }
+    else if (s->kind == SLOT_STATS && c->parent != NULL) {
+        stats_redirected(c, s, reply);
+    }
     if (s->req) {
         s->req->replies[s->req->nrep++] = reply;
     }
@@ -890,8 +925,10 @@ on_reply(bio_client *c, void *reply, double now)
     if (kind == SLOT_HANDSHAKE) {
         handshake_done(c, now);
     }
-    else if (c->close_req && c->r_count == 0) {
-        finish_close(c, now);  /* the last reply a disconnect() was waiting for */
+    else if (c->close_req && c->r_count == 0 && !c->stats_in_flight && !c->stats_wait) {
+        /* The last reply a disconnect() was waiting for (a cluster's flush is on its
+         * node's connection: its reply, or its deadline, ends the close). */
+        finish_close(c, now);
     }
     else {
         pump_waiting(c, now);  /* room in the pipeline */

@@ -112,6 +112,9 @@ struct bio_client {
     double backoff, backoff_until;
     int unreachable;             /* the backoff follows a failed attempt, not a drop */
     int stats_in_flight;         /* a statistics flush awaits its replies */
+    unsigned long long stats_hits_sent, stats_misses_sent;  /* what the flush on this
+                                    connection carries: a cluster's, given back to its
+                                    owner when a redirect answers it */
     double ready_since;
     double next_flush;
     int ever_connected;

@@ -225,6 +225,66 @@ async def test_statistics_are_flushed_to_the_stats_keys_node(cluster):
         [b"hits", b"5", b"misses", b"1"], [b"misses", b"1", b"hits", b"5"])
 
 
+
+def stats_hash(node) -> dict:
+    reply = node.command("HGETALL", PREFIX + "stats") or []
+    return {reply[i]: int(reply[i + 1]) for i in range(0, len(reply), 2)}
+
+
+async def test_statistics_follow_the_stats_key_when_its_slot_moves(redis_cluster):
+    """The statistics key's slot moves to another primary (nothing else moves, so no
+    user request meets a -MOVED): the next flush, answered -MOVED by the old node, is
+    not lost; the counts are given back, the map is asked again, and the flush after
+    goes to the new node."""
+    cluster = redis_cluster
+    cache = make(cluster)
+    slot = cluster.keyslot(PREFIX + "stats")
+    source = cluster.node_for_slot(slot)
+    target = next(n for n in cluster.primaries if n is not source)
+    async with cache:
+        await cache.set("k", 1)
+        for _ in range(3):
+            await cache.get("k")
+        await until(lambda: stats_hash(source).get(b"hits") == 3, "first flush", 10.0)
+        await asyncio.to_thread(cluster.move_slots, [slot], target)
+        for _ in range(4):
+            await cache.get("k")
+        await cache.get("missing")
+        await until(lambda: stats_hash(target) == {b"hits": 7, b"misses": 1},
+                    "the flushes after the move reach the new node", 10.0)
+
+
+
+async def test_disconnect_waits_for_the_flush_whatever_another_node_does(cluster):
+    """disconnect() waits for the reply of its statistics flush (on the stats key's
+    node, stalled here): another node's connection dropping meanwhile does not end
+    that wait (it is not the one carrying the flush)."""
+    cl = cluster.cluster
+    stats_node = cl.node_for_slot(cl.keyslot(PREFIX + "stats"))
+    first = cl.node(cluster.port)  # (the cache's own connection)
+    other = next(n for n in cl.primaries if n is not stats_node and n is not first)
+    key = keys_per_primary(cl, 1)[other.port][0]
+    cache = make(cluster)
+    await cache.connect()
+    await cache.set(key, 1)
+    await cache.get(key)
+    await until(lambda: stats_hash(stats_node).get(b"hits") == 1, "first flush", 10.0)
+    await cache.get(key)
+    # Every node but `other` stopped (a majority of primaries silent: nothing fails over).
+    stalls = [n.stall(30) for n in cl.nodes if n is not other]
+    try:
+        closing = asyncio.create_task(cache.disconnect())
+        await asyncio.sleep(0.3)  # (the flush is sent to the stalled node)
+        other.command("CLIENT", "KILL", "TYPE", "normal")  # our connection to `other`
+        await asyncio.sleep(0.7)
+        assert not closing.done(), "disconnect() ended before its flush was answered"
+    finally:
+        for stall in stalls:
+            stall.cancel()
+    await bounded(closing)
+    await until(lambda: stats_hash(stats_node).get(b"hits") == 2, "the close's flush", 10.0)
+
+
 # ---------------------------------------------------------------------- failures
 
 
