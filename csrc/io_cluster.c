@@ -624,6 +624,28 @@ io_cluster_next_node(bio_client *c)
     c->map_wanted = 1;
 }
 
+/* The map's nodes that serve a slot, and their replicas (a -MOVED adds a node to the
+ * list without taking the old one out: the list alone is no bound). */
+static int
+live_nodes(const bio_slot_map *m)
+{
+    if (m == NULL) {
+        return 0;
+    }
+    unsigned char serves[BIO_CLUSTER_MAX_NODES] = {0};
+    for (int s = 0; s < BIO_CLUSTER_SLOTS; s++) {
+        if (m->slot_node[s] != BIO_NO_NODE && m->slot_node[s] < BIO_CLUSTER_MAX_NODES) {
+            serves[m->slot_node[s]] = 1;
+        }
+    }
+    int n = 0;
+    for (int i = 0; i < m->nnodes && i < BIO_CLUSTER_MAX_NODES; i++) {
+        int p = m->nodes[i].primary;
+        n += serves[i] || (p >= 0 && p < BIO_CLUSTER_MAX_NODES && serves[p]);
+    }
+    return n;
+}
+
 bio_client *
 io_cluster_child(bio_client *parent, const char *host, int port)
 {
@@ -632,6 +654,13 @@ io_cluster_child(bio_client *parent, const char *host, int port)
         if (c->cfg.port == port && strcmp(c->cfg.host, host) == 0) {
             return c;
         }
+    }
+    /* Bounded: the map's nodes and a few more (a -MOVED/-ASK may name a node before a
+     * refresh does). Redirects to ever new addresses (a broken or hostile node) get no
+     * new connection past that: the redirect's reply is then the request's answer. */
+    int most = live_nodes(parent->map) + CLUSTER_EXTRA_CHILDREN;
+    if (parent->nchildren >= most) {
+        return NULL;
     }
     if (parent->nchildren == parent->children_cap) {
         int cap = parent->children_cap ? parent->children_cap * 2 : 8;

@@ -1079,9 +1079,10 @@ io_route(bio_req *r, double now)
             return;
         }
         c->close_req = r;
-        if (c->state == ST_READY) {
+        if (c->state == ST_READY || (c->is_cluster && c->map != NULL)) {
             /* Fail the requests in flight now (their replies are discarded), send
-             * the statistics, and close once their reply arrives. */
+             * the statistics, and close once their reply arrives. (A cluster's go to
+             * the statistics key's node, whatever the state of its own connection.) */
             fail_sent(c, BIO_ECLOSED, "disconnected");
             io_append_stats_flush(c, now);
             if (!c->stats_in_flight && c->is_cluster &&
@@ -1111,6 +1112,12 @@ io_route(bio_req *r, double now)
         }
         break;  /* an attempt is made at once, or when the backoff ends */
     default:
+        if (c->map != NULL && c->close_req == NULL && io_cluster_routes(c, r)) {
+            /* A cluster's keyed request goes to its node's connection, whatever the
+             * state of the parent's own (it may be reconnecting to another node). */
+            io_cluster_dispatch(c, r, now);
+            return;
+        }
         if (c->state == ST_READY && c->close_req == NULL && c->wait_head == NULL &&
             c->r_count < MAX_PIPELINE) {
             send_request(c, r, now);
@@ -1237,7 +1244,8 @@ io_cluster_dispatch(bio_client *parent, bio_req *r, double now)
     bio_client *child = io_cluster_child(parent, parent->map->nodes[node].host,
                                          parent->map->nodes[node].port);
     if (child == NULL) {
-        io_complete(r, BIO_ECONN, "out of memory");
+        io_complete(r, BIO_ECONN, "no connection for the slot's node (out of memory, "
+                    "or too many nodes)");
         return;
     }
     child_route(child, r, now);

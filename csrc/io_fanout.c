@@ -386,6 +386,16 @@ io_fanout_part_done(bio_req *p, int status, const char *msg)
             r->replies[cmd] = rep;
         }
         else if (acc->type == REDIS_REPLY_ARRAY) {
+            if (rep->type == REDIS_REPLY_ERROR && rep->len >= 9 &&
+                memcmp(rep->str, "WRONGTYPE", 9) == 0) {
+                /* MGET answers nil for a key of another type: so does its cut */
+                freeReplyObject(rep);
+                rep = reply_new(REDIS_REPLY_NIL);
+                if (rep == NULL) {
+                    f->oom = 1;
+                    continue;
+                }
+            }
             acc->element[sub] = rep;
         }
         else if (acc->type == REDIS_REPLY_INTEGER && rep->type == REDIS_REPLY_INTEGER) {

@@ -203,6 +203,7 @@ void io_sentinel_poll(bio_client *c, double now);  /* a +switch-master heard? */
  * slot map: which node serves each of the 16384 slots, and the nodes (primaries and
  * their replicas), as a CLUSTER SLOTS reply gave them; the I/O thread's only. */
 #define BIO_CLUSTER_HOSTLEN 255     /* a host name or address, at most */
+#define CLUSTER_EXTRA_CHILDREN 16   /* node connections beyond the map's nodes */
 #define BIO_CLUSTER_MAX_NODES 4096  /* nodes one map may name (Redis: 1000 advised) */
 #define BIO_NO_NODE 0xFFFF
 
@@ -282,7 +283,8 @@ int io_cluster_next_startup(bio_client *c);
 int io_cluster_copy_startup(bio_config *dst, const bio_config *src);  /* 0, or -1 */
 void io_cluster_free_startup(bio_config *cfg);
 /* io_cluster.c: the child of host:port (made and registered with the engine if new),
- * or NULL (out of memory). */
+ * or NULL (out of memory, or already as many as the map's nodes + CLUSTER_EXTRA_
+ * CHILDREN). */
 bio_client *io_cluster_child(bio_client *parent, const char *host, int port);
 /* The parent is let go by the I/O thread: its children are released (each then let go
  * once idle, like any client nobody holds). */

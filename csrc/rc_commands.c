@@ -642,6 +642,16 @@ scan_advance(scan_pos *pos, redisReply *cursor)
     return NULL;
 }
 
+/* In a cluster, where a SCAN loop over the primaries goes after this one: the lowest
+ * slot of the next primary (-1: none). It must be past the slot this one was reached
+ * by, so that a map that keeps changing (resharding, a broken node) cannot make the
+ * loop go round: at most one loop per slot. */
+static int
+next_primary(const rc_call *call, const bio_req *r)
+{
+    return call->route >= 0 && r->next_route > call->route ? r->next_route : -1;
+}
+
 /* SCAN reply: [cursor, [keys...]] with bulk-string keys. 0, or -1. */
 static int
 scan_parts(redisReply *rep, redisReply **cursor, redisReply **keys)
@@ -714,8 +724,7 @@ decode_clear(rc_call *call, bio_req *r, PyObject **exc, int *pending)
     if (call->aw->state == AW_DONE) {
         Py_RETURN_NONE;  /* abandoned: no further step */
     }
-    /* In a cluster, the primary after this one (its SCAN loop next), or -1. */
-    int next = cursor_done(cursor) && call->route >= 0 ? r->next_route : -1;
+    int next = cursor_done(cursor) ? next_primary(call, r) : -1;
     if (keys->elements == 0 && cursor_done(cursor) && next < 0) {
         Py_RETURN_NONE;
     }
@@ -856,8 +865,7 @@ decode_stats(rc_call *call, bio_req *r, PyObject **exc, int *pending)
         return rc_failure(call, call->op, "unexpected SCAN reply", exc);
     }
     call->size += (long long)keys->elements;
-    /* In a cluster, the primary after this one (its count next), or -1. */
-    int next = cursor_done(cursor) && call->route >= 0 ? r->next_route : -1;
+    int next = cursor_done(cursor) ? next_primary(call, r) : -1;
     if (!cursor_done(cursor) || next >= 0) {
         const char *stuck = cursor_done(cursor) ? NULL : scan_advance(&call->scan, cursor);
         if (stuck != NULL) {

@@ -178,6 +178,23 @@ async def test_get_many_and_set_many_span_every_node_in_order(cluster):
         assert stats["errors"] == 0 and stats["hits"] == len(keys) and stats["misses"] == 2
 
 
+async def test_get_many_of_a_key_of_another_type_is_a_miss_as_mget_says(cluster, caplog):
+    """One server's MGET answers nil for a key holding a list; over a cluster get_many
+    sends GETs, whose WRONGTYPE is taken for that nil: the key is missing and counted
+    as a miss, nothing is logged, the other nodes' keys are there."""
+    cache = make(cluster)
+    async with cache:
+        per = keys_per_primary(cluster.cluster, 3)
+        keys = [k for ks in per.values() for k in ks]
+        await cache.set_many({k: k for k in keys[1:]})
+        cluster.command("RPUSH", PREFIX + keys[0], "x")
+        with caplog.at_level(logging.ERROR, LOGGER):
+            got = await cache.get_many(keys)
+        assert got == {k: k for k in keys[1:]}
+        assert [r for r in caplog.records if r.name == LOGGER] == []
+        assert cache.stats()["misses"] == 1 and cache.stats()["hits"] == len(keys) - 1
+
+
 async def test_clear_removes_only_our_prefix_on_every_node(cluster):
     ours, theirs = make(cluster, prefix="ours:"), make(cluster, prefix="theirs:")
     async with ours, theirs:

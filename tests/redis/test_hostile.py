@@ -37,7 +37,7 @@ from bruno_memory_c import CacheError, RedisCache
 
 from tests.support import REPO, bounded_by, cache_maker, error_records, script_command
 from tests.support.hostile import (
-    DEFAULT, Behaviour, array, bulk, delayed, first, fixed, integer, on_connections,
+    DEFAULT, Behaviour, array, bulk, delayed, error, first, fixed, integer, on_connections,
     rss_bytes, silent, simple, then_close,
 )
 
@@ -776,6 +776,38 @@ async def test_a_malformed_cluster_probe_fails_the_connection(hostile, reply):
             await bounded(cache.get("k"))
         assert not cache.connected
         assert cache.stats()["errors"] >= 2
+
+
+async def test_redirects_to_ever_new_nodes_make_a_bounded_number_of_connections(hostile):
+    """A broken or hostile cluster: its map names one node, whose every GET answers
+    -MOVED to another node, each of which does the same, over 40 addresses. The
+    cache follows at most 16 redirects per request (the last reply, an error, is its
+    answer: None, logged) and makes connections to at most the nodes serving slots
+    plus 16 more, however many addresses it is sent to; nothing hangs.
+
+    Pins: every new address got a node connection of its own, kept while the cache
+    lived (41 connections here; a thousand addresses, a thousand)."""
+    servers: list = []
+
+    def slots(conn, cmd):
+        return array([array([integer(0), integer(16383),
+                             array([bulk("127.0.0.1"), integer(servers[0].port)])])])
+
+    def moved(conn, cmd):
+        target = random.choice(servers)
+        return error(f"MOVED 0 127.0.0.1:{target.port}")
+
+    for _ in range(40):
+        servers.append(hostile({"CLUSTER": slots, "GET": moved}))
+    cache = make_cache(servers[0], cluster=True)
+    async with disconnecting(cache):
+        await bounded(cache.connect())
+        for i in range(30):
+            assert await bounded(cache.get(f"k{i}")) is None
+    accepted = [s.accepted for s in servers]
+    # the cache's own connection; one per node serving slots (the first, and slot 0's
+    # latest owner) and 16 more; and more than two: redirects were followed
+    assert 2 < sum(accepted) <= 1 + 2 + 16, accepted
 
 
 # ================================================= connect() during disconnect()
