@@ -329,6 +329,8 @@ class RedisServer:
     collected or the interpreter exits, as is a server still running then.
     """
 
+    _cluster_enabled = False  # (a cluster node's port must stay below 55536)
+
     def __init__(self, password: str | None = None, port: int | None = None,
                  extra_args: tuple[str, ...] = (), executable: str | None = None,
                  unix_socket: bool = False, tls: bool = False,
@@ -341,8 +343,8 @@ class RedisServer:
         self.executable: str = found
         self.password = password
         self._port_chosen = port is None  # ours to change if it turns out taken
-        self.port = port or free_port()
         self.extra_args = tuple(extra_args)
+        self.port = port or self._free_port()
         self.dir = tempfile.mkdtemp(prefix="bruno-redis-")
         self.unix_path = os.path.join(self.dir, "redis.sock") if unix_socket else None
         if tls_auth_clients not in ("no", "optional", "yes"):
@@ -366,6 +368,16 @@ class RedisServer:
         self._stalls: set[Stall] = set()
         self._stall_lock = threading.Lock()
 
+
+    def _free_port(self) -> int:
+        """A free port; a cluster-enabled server's below 55536 (Redis refuses a higher
+        one there: the old cluster bus port, port + 10000, must exist)."""
+        for _ in range(1000):
+            port = free_port()
+            if port <= 55535 or not (self._cluster_enabled or
+                                     "--cluster-enabled" in self.extra_args):
+                return port
+        raise RuntimeError("no free port below 55536 for a cluster-enabled server")
     @property
     def proc(self) -> "subprocess.Popen[bytes] | None":
         """The running server process, or None."""
@@ -440,7 +452,7 @@ class RedisServer:
             except _PortTaken:
                 if not self._port_chosen:
                     raise RuntimeError(f"port {self.port} is in use") from None
-                self.port = free_port()
+                self.port = self._free_port()
                 if self.plain_port is not None:
                     self.plain_port = free_port()
         raise RuntimeError("no free port for redis-server")
@@ -936,6 +948,8 @@ class _ClusterNode(RedisServer):
     cluster bus on a port of its own (``cluster-port``, Redis 7+; before, the bus is
     ``port + 10000``, so the port is chosen where that is free too)."""
 
+    _cluster_enabled = True
+
     def __init__(self, node_timeout_ms: int, cluster_args: tuple[str, ...],
                  **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -945,14 +959,6 @@ class _ClusterNode(RedisServer):
         self.bus_port = self._pick_ports()
 
     def _pick_ports(self) -> int:
-        # Redis refuses a cluster node's port above 55535 (the old bus port, port +
-        # 10000, must exist), even with cluster-port set.
-        for _ in range(1000):
-            if self.port <= 55535:
-                break
-            self.port = free_port()
-        else:
-            raise RuntimeError("no free port below 55536 for a cluster node")
         if self._has_cluster_port:
             return free_port()
         for _ in range(100):  # Redis 6: the bus is port + 10000
@@ -963,7 +969,7 @@ class _ClusterNode(RedisServer):
                         return self.port + 10000
                     except OSError:
                         pass
-            self.port = free_port()
+            self.port = self._free_port()
         raise RuntimeError("no free port pair for a cluster node")
 
     def _args(self) -> list[str]:
@@ -1003,7 +1009,7 @@ class _ClusterNode(RedisServer):
                 if not self._port_chosen:
                     raise RuntimeError(f"port {self.port} (or bus port {self.bus_port}) "
                                        "is in use") from None
-                self.port = free_port()
+                self.port = self._free_port()
                 self.bus_port = self._pick_ports()
         raise RuntimeError("no free port for redis-server")
 
