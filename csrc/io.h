@@ -169,6 +169,8 @@ typedef struct {
                                  copied, owned by the client's copy) */
     char **startup_hosts;
     int *startup_ports;
+    int tracking;             /* a coherent L1's: invalidations tracked (io_track.c;
+                                 work in progress) */
     int read_replicas;        /* cluster: reads (GET, PTTL, EXISTS, MGET) go to the slot's
                                  replicas (READONLY), round robin */
 } bio_config;
@@ -191,6 +193,9 @@ typedef struct {
     /* Cluster (written by the I/O thread, for tests and statistics): the slots the
      * last map served and the nodes it named (0, 0 for a standalone server), and the
      * maps taken (CLUSTER SLOTS answered: at connect, then each refresh). */
+    atomic_ullong invalidations;  /* invalidation messages received (tracking) */
+    atomic_ullong tracking_losses;  /* times tracking came back after a loss */
+    atomic_int tracking;      /* 1 once the server tracks for us */
     atomic_int standalone;    /* cluster=None: the server said it is no cluster node */
     atomic_int cluster_slots;
     atomic_int cluster_nodes;

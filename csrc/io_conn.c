@@ -291,6 +291,12 @@ io_close_socket(bio_client *c)
     }
     resp_scan_init(&c->scan);
     stats_flush_ended(c);
+    if (c->push && c->owner != NULL) {
+        io_track_lost(c->owner);  /* the tracker's connection went */
+    }
+    if (c->cfg.tracking) {
+        io_track_lost(c);  /* the server's tracking of this connection went with it */
+    }
     io_cluster_reset(c);
     if (c->out_secret > 0) {
         explicit_bzero(c->out, c->out_secret);
@@ -308,6 +314,12 @@ finish_close(bio_client *c, double now)
     c->close_req = NULL;
     c->stats_wait = 0;
     io_cluster_close_children(c);
+    if (c->tracker != NULL) {  /* (made again by the next use) */
+        io_close_socket(c->tracker);
+        fail_inflight(c->tracker, BIO_ECLOSED, "disconnected");
+        c->tracker->state = ST_IDLE;
+        c->tracker->backoff = 0;
+    }
     io_close_socket(c);
     fail_inflight(c, BIO_ECLOSED, "disconnected");
     c->state = ST_IDLE;
@@ -520,6 +532,7 @@ start_handshake(bio_client *c, double now)
     resp_command(&b, 1, ping, pinglen);
     io_sentinel_handshake(c, &b);  /* with sentinels: ROLE, last */
     io_cluster_handshake(c, &b);   /* cluster (or asking): CLUSTER SLOTS, last */
+    io_track_handshake(c, &b);     /* a tracker: CLIENT ID, SUBSCRIBE */
     /* The socket is new: the out buffer is empty, so AUTH starts it, and is wiped
      * from it once sent (flush_out) or dropped (close_socket). */
     int rc = b.oom ? -1 : send_slot(c, b.data, b.len, b.ncmd, NULL, SLOT_HANDSHAKE,
@@ -627,6 +640,19 @@ io_connect_to(bio_client *c, int gai, struct addrinfo *res, double now)
     c->fd = fd;
     c->state = ST_CONNECTING;
     epoll_set(c, 1);  /* writable once connected */
+}
+
+void
+io_start_connect(bio_client *c, double now)
+{
+    start_connect(c, now);
+}
+
+int
+io_send_slot(bio_client *c, const char *buf, size_t len, int ncmd, int kind,
+             double deadline)
+{
+    return send_slot(c, buf, len, ncmd, NULL, kind, deadline);
 }
 
 static void
@@ -832,6 +858,10 @@ static void
 on_reply(bio_client *c, void *reply, double now)
 {
     slot *s = ring_front(c);
+    if (s == NULL && c->push && c->state == ST_READY) {
+        io_track_message(c, reply);  /* a tracker's: an invalidation */
+        return;
+    }
     if (s == NULL) {
         /* Nothing was asked: the stream cannot be trusted any more. */
         freeReplyObject(reply);
@@ -845,6 +875,28 @@ on_reply(bio_client *c, void *reply, double now)
         ((redisReply *)reply)->type = REDIS_REPLY_STATUS;
     }
     char role_err[BIO_ERRLEN];
+    if (s->kind == SLOT_TRACK) {
+        io_track_on_reply(c, reply, (int)s->remaining);
+        if (--s->remaining == 0) {
+            ring_pop(c);
+        }
+        return;
+    }
+    if (s->kind == SLOT_HANDSHAKE && c->push && s->remaining <= 2) {
+        if (io_track_handshake_reply(c, reply, (int)s->remaining, role_err,
+                                     sizeof role_err) < 0) {
+            freeReplyObject(reply);
+            ring_pop(c);
+            connection_failed(c, role_err, now);
+            return;
+        }
+        freeReplyObject(reply);
+        if (--s->remaining == 0) {
+            ring_pop(c);
+            handshake_done(c, now);
+        }
+        return;
+    }
     if (s->kind == SLOT_HANDSHAKE && s->remaining == 1 && c->cfg.sentinels != NULL) {
         /* The last handshake reply is ROLE's: the primary, or a failed attempt. */
         if (io_sentinel_check_role(c, reply, role_err, sizeof role_err) < 0) {
@@ -940,7 +992,8 @@ on_reply(bio_client *c, void *reply, double now)
 static int
 take_bytes(bio_client *c, const char *buf, size_t n, double now)
 {
-    if (c->r_count == 0) {
+    int pushed = c->push && c->state == ST_READY;  /* (a tracker's messages) */
+    if (c->r_count == 0 && !pushed) {
         /* Nothing was asked (a middlebox, a broken server): whole or partial,
          * those bytes would glue onto the next reply. */
         connection_failed(c, "Protocol error: unexpected reply", now);
@@ -978,7 +1031,7 @@ take_bytes(bio_client *c, const char *buf, size_t n, double now)
             return -1;  /* the reply closed or failed the connection */
         }
     }
-    if (c->r_count == 0 && resp_scan_busy(&c->scan)) {
+    if (c->r_count == 0 && !pushed && resp_scan_busy(&c->scan)) {
         /* The start of a reply nobody asked for came with the last one owed. */
         connection_failed(c, "Protocol error: unexpected reply", now);
         return -1;
@@ -1455,6 +1508,7 @@ io_client_timers(bio_client *c, double now)
         }
         break;
     case ST_READY:
+        io_track_poll(c, now);
         if (c->next_flush <= now) {
             io_append_stats_flush(c, now);
             c->next_flush = now + STATS_FLUSH_EVERY;

@@ -269,6 +269,7 @@ bio_client_decref(bio_client *c)
         io_sentinel_watch_stop(c);
         bio_sentinels_decref(c->cfg.sentinels);
         io_cluster_free(c);
+        free(c->track_keys);  /* (io_track_free took the tracker, in the I/O thread) */
         if (c->reader) {
             redisReaderFree(c->reader);
         }
@@ -594,6 +595,7 @@ io_main(void *arg)
                 *pp = c->next;
                 io_close_socket(c);
                 io_cluster_release_children(c);  /* (a cluster's: let go in turn) */
+                io_track_free(c);  /* (its tracker: let go in turn) */
                 bio_client_decref(c);
                 continue;
             }

@@ -38,7 +38,7 @@
 /* A connection's states: a name resolved (by a thread of its own), a socket connected,
  * with TLS a TLS handshake, then the Redis handshake (AUTH, SELECT, PING): ready. */
 enum { ST_IDLE, ST_RESOLVING, ST_CONNECTING, ST_TLS, ST_HANDSHAKE, ST_READY, ST_BACKOFF };
-enum { SLOT_USER, SLOT_HANDSHAKE, SLOT_STATS, SLOT_CLUSTER, SLOT_ASKING };
+enum { SLOT_USER, SLOT_HANDSHAKE, SLOT_STATS, SLOT_CLUSTER, SLOT_ASKING, SLOT_TRACK };
 /* Redirects one request may follow (then the last -MOVED/-ASK is its reply). */
 #define CLUSTER_MAX_REDIRECTS 16
 /* -TRYAGAIN / -CLUSTERDOWN: the request is sent again after 10 ms, doubling to 200 ms,
@@ -148,6 +148,20 @@ struct bio_client {
     int suspect;                 /* a child whose connection failed, not since ready:
                                     while a map names it a primary, the map is asked
                                     again (a failover under way) */
+    /* Tracking (io_track.c, cfg.tracking; work in progress). D, the data client: */
+    bio_client *tracker;         /* owned: T, its invalidation connection, or NULL */
+    long long tracking_id;       /* T's id D's tracking redirects to (0: not on) */
+    long long track_on_id;       /* the id a CLIENT TRACKING on in flight names */
+    int track_on_in_flight;
+    int track_lost;              /* tracking was on and went: a flush once it is back */
+    int track_flush;             /* gathered: drop every L2-backed entry */
+    char *track_keys;            /* gathered: invalidated keys (u32 length, bytes)... */
+    size_t track_keys_len, track_keys_cap, track_nkeys;
+    char track_err[BIO_ERRLEN];  /* why the server refused tracking, if it did */
+    /* ... and T, the tracker: */
+    int push;                    /* replies after the handshake are messages */
+    long long track_id;          /* its CLIENT ID */
+    bio_client *owner;           /* borrowed: D (cleared when D lets go of it) */
 };
 
 
@@ -295,6 +309,21 @@ void io_cluster_free(bio_client *c);   /* the client is let go: its map */
  * offsets[k] is where command k starts, offsets[ncmd] == len. 0, or -1 if buf is not
  * exactly that. */
 int io_cluster_commands(const char *buf, size_t len, size_t *offsets, int ncmd);
+
+/* io_track.c: invalidation tracking (see its header). */
+void io_track_handshake(bio_client *t, resp_buf *b);  /* T's: CLIENT ID, SUBSCRIBE */
+/* T's handshake replies to those two (remaining 2, 1): 0, or -1 with err. */
+int io_track_handshake_reply(bio_client *t, const void *reply, int remaining, char *err,
+                             size_t errlen);
+void io_track_message(bio_client *t, void *reply);  /* a reply of T once ready (taken) */
+void io_track_poll(bio_client *d, double now);      /* D's timers: T up, tracking on */
+int io_track_on_reply(bio_client *d, void *reply, int remaining);  /* SLOT_TRACK (taken) */
+void io_track_lost(bio_client *d);  /* D's or T's connection went: tracking is off */
+void io_track_free(bio_client *d);  /* D is freed: its keys, its reference to T */
+/* io_conn.c, for io_track.c */
+void io_start_connect(bio_client *c, double now);
+int io_send_slot(bio_client *c, const char *buf, size_t len, int ncmd, int kind,
+                 double deadline);
 
 /* io_tls.c: a connection's TLS session (c->ssl) on its connected socket. Each call
  * returns at once; err gets the reason of a failure. */

@@ -743,6 +743,61 @@ test_cluster_del(int port, const char *k1, const char *k2)
     bio_bridge_decref(b);
 }
 
+/* Tracking (work in progress): a client with cfg.tracking and prefix "tk:"; once the
+ * server tracks for it, prints "tracking"; then, per line on stdin: "own" sets tk:own
+ * through the client itself; any line prints "inv N lost M on T" (its counters). */
+static void
+test_track(int port)
+{
+    bio_config cfg = config("127.0.0.1", port, NULL, 0);
+    cfg.stats_key = "tk:stats";
+    cfg.stats_key_len = 8;
+    cfg.tracking = 1;
+    bio_client *c = bio_client_new(&cfg);
+    bio_bridge *b = bio_bridge_new();
+    bio_req *r = bio_req_new(c, b, BIO_OP_CONNECT, 0);
+    bio_submit(r);
+    r = wait_done(b);
+    check(r != NULL && r->status == BIO_OK, "connected");
+    bio_req_free(r);
+    bio_counters *k = bio_client_counters(c);
+    for (int i = 0; i < 500 && !atomic_load(&k->tracking); i++) {
+        usleep(10 * 1000);
+    }
+    check(atomic_load(&k->tracking) == 1, "the server tracks for it");
+    printf("tracking\n");
+    fflush(stdout);
+    char line[64];
+    while (fgets(line, sizeof line, stdin) != NULL) {
+        if (strncmp(line, "own", 3) == 0) {
+            resp_buf cmd;
+            resp_buf_init(&cmd);
+            const char *argv[3] = {"SET", "tk:own", "1"};
+            size_t len[3] = {3, 6, 1};
+            resp_command(&cmd, 3, argv, len);
+            r = bio_req_new(c, b, BIO_OP_CMD, 1);
+            r->buf = cmd.data;
+            r->len = cmd.len;
+            bio_submit(r);
+            r = wait_done(b);
+            check(r != NULL && r->status == BIO_OK, "own write done");
+            bio_req_free(r);
+        }
+        usleep(50 * 1000);  /* (a message on loopback takes well under that) */
+        printf("inv %llu lost %llu on %d\n",
+               (unsigned long long)atomic_load(&k->invalidations),
+               (unsigned long long)atomic_load(&k->tracking_losses),
+               atomic_load(&k->tracking));
+        fflush(stdout);
+    }
+    r = bio_req_new(c, b, BIO_OP_CLOSE, 0);
+    bio_submit(r);
+    bio_req_free(wait_done(b));
+    bio_client_decref(c);
+    usleep(200 * 1000);
+    bio_bridge_decref(b);
+}
+
 int
 main(int argc, char **argv)
 {
@@ -782,6 +837,10 @@ main(int argc, char **argv)
     }
     else if (argc >= 2 && strcmp(argv[1], "commands") == 0) {
         test_commands();
+    }
+    else if (argc >= 3 && strcmp(argv[1], "track") == 0) {
+        test_track(atoi(argv[2]));
+        return failures ? 1 : 0;
     }
     else if (argc >= 2 && strcmp(argv[1], "keyslot") == 0) {
         test_keyslot();

@@ -1,0 +1,255 @@
+/* io_track.c: server-assisted invalidation for a coherent L1 (issue 14; work in
+ * progress, see docs/ARCHITECTURE.md "Coherent L1"). I/O thread only.
+ *
+ * A data client D with cfg.tracking owns a *tracker* T: a client of the same server
+ * whose handshake is [AUTH], PING, CLIENT ID, SUBSCRIBE __redis__:invalidate, and
+ * whose replies after it are messages, not answers (T->push). Once T is ready and
+ * knows its id, D sends CLIENT TRACKING on REDIRECT <id> BCAST PREFIX <prefix> NOLOOP
+ * (a SLOT_TRACK entry); from its +OK on, every write under the prefix by another
+ * connection comes to T as ["message", "__redis__:invalidate", [keys]] (nil: a flush
+ * of the database). Keys are gathered on D (track_keys: length-prefixed texts) and
+ * a flush noted (track_flush); a loss of either connection (or of D's tracking) is a
+ * flush too, noted when tracking is back, since what happened meanwhile is unknown.
+ * Delivery of the gathered keys to the loop is the next step (not built). */
+#include "io_internal.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define TRACK_CHANNEL "__redis__:invalidate"
+#define TRACK_KEYS_MAX (64u << 20)  /* bytes of keys gathered before a flush instead */
+
+static void
+keys_reset(bio_client *d)
+{
+    free(d->track_keys);
+    d->track_keys = NULL;
+    d->track_keys_len = d->track_keys_cap = 0;
+    d->track_nkeys = 0;
+}
+
+/* A key invalidated: its text appended (u32 length, bytes), or, past the bound, the
+ * keys dropped for a flush (what they would have dropped, and more). */
+static void
+keys_add(bio_client *d, const char *key, size_t len)
+{
+    if (d->track_flush) {
+        return;  /* (a flush drops them all anyway) */
+    }
+    size_t need = d->track_keys_len + 4 + len;
+    if (need > TRACK_KEYS_MAX || len > UINT32_MAX) {
+        keys_reset(d);
+        d->track_flush = 1;
+        return;
+    }
+    if (need > d->track_keys_cap) {
+        size_t cap = d->track_keys_cap ? d->track_keys_cap : 256;
+        while (cap < need) {
+            cap *= 2;
+        }
+        char *buf = realloc(d->track_keys, cap);
+        if (buf == NULL) {
+            keys_reset(d);
+            d->track_flush = 1;  /* (out of memory: dropping everything is safe) */
+            return;
+        }
+        d->track_keys = buf;
+        d->track_keys_cap = cap;
+    }
+    uint32_t n = (uint32_t)len;
+    memcpy(d->track_keys + d->track_keys_len, &n, 4);
+    memcpy(d->track_keys + d->track_keys_len + 4, key, len);
+    d->track_keys_len = need;
+    d->track_nkeys++;
+}
+
+void
+io_track_lost(bio_client *d)
+{
+    if (d->tracking_id != 0 || d->track_on_in_flight) {
+        d->track_lost = 1;  /* (told as a flush once tracking is back) */
+    }
+    d->tracking_id = 0;
+    d->track_on_in_flight = 0;
+}
+
+/* ------------------------------------------------------------------ the tracker */
+
+void
+io_track_handshake(bio_client *t, resp_buf *b)
+{
+    if (!t->push) {
+        return;
+    }
+    const char *id[2] = {"CLIENT", "ID"};
+    size_t idlen[2] = {6, 2};
+    resp_command(b, 2, id, idlen);
+    const char *sub[2] = {"SUBSCRIBE", TRACK_CHANNEL};
+    size_t sublen[2] = {9, sizeof TRACK_CHANNEL - 1};
+    resp_command(b, 2, sub, sublen);
+}
+
+int
+io_track_handshake_reply(bio_client *t, const void *reply, int remaining, char *err,
+                         size_t errlen)
+{
+    const redisReply *r = reply;
+    if (remaining == 2) {  /* CLIENT ID */
+        if (r->type != REDIS_REPLY_INTEGER || r->integer <= 0) {
+            snprintf(err, errlen, "CLIENT ID: %.*s", r->type == REDIS_REPLY_ERROR
+                     ? (int)(r->len > 80 ? 80 : r->len) : 14,
+                     r->type == REDIS_REPLY_ERROR ? r->str : "not an integer");
+            return -1;
+        }
+        t->track_id = r->integer;
+        return 0;
+    }
+    /* SUBSCRIBE: ["subscribe", channel, 1] */
+    if (r->type != REDIS_REPLY_ARRAY || r->elements != 3 ||
+        r->element[0]->type != REDIS_REPLY_STRING || r->element[0]->len != 9 ||
+        memcmp(r->element[0]->str, "subscribe", 9) != 0) {
+        snprintf(err, errlen, "SUBSCRIBE %s: unexpected reply", TRACK_CHANNEL);
+        return -1;
+    }
+    return 0;
+}
+
+void
+io_track_message(bio_client *t, void *reply)
+{
+    redisReply *r = reply;
+    bio_client *d = t->owner;
+    if (d != NULL && r->type == REDIS_REPLY_ARRAY && r->elements == 3 &&
+        r->element[0]->type == REDIS_REPLY_STRING && r->element[0]->len == 7 &&
+        memcmp(r->element[0]->str, "message", 7) == 0) {
+        redisReply *keys = r->element[2];
+        atomic_fetch_add(&d->counters.invalidations, 1);
+        if (keys->type == REDIS_REPLY_ARRAY) {
+            for (size_t i = 0; i < keys->elements; i++) {
+                if (keys->element[i]->type == REDIS_REPLY_STRING) {
+                    keys_add(d, keys->element[i]->str, keys->element[i]->len);
+                }
+            }
+        }
+        else {
+            keys_reset(d);  /* nil: FLUSHDB / FLUSHALL */
+            d->track_flush = 1;
+        }
+    }
+    freeReplyObject(reply);
+}
+
+/* T, made (and registered with the engine) on first need: D's settings and current
+ * address, db 0, no cluster, no sentinels of its own (D's address is what they
+ * named). NULL: out of memory. */
+static bio_client *
+tracker_of(bio_client *d)
+{
+    if (d->tracker != NULL) {
+        return d->tracker;
+    }
+    bio_config cfg = d->cfg;
+    cfg.db = 0;
+    cfg.sentinels = NULL;
+    cfg.cluster = BIO_CLUSTER_OFF;
+    cfg.nstartup = 0;
+    cfg.tracking = 0;
+    bio_client *t = bio_client_new(&cfg);
+    if (t == NULL) {
+        return NULL;
+    }
+    t->push = 1;
+    t->owner = d;
+    t->registered = 1;
+    bio_client_incref(t);  /* the engine's */
+    bio_client **pp = &E.clients;
+    while (*pp != NULL) {
+        pp = &(*pp)->next;
+    }
+    t->next = NULL;
+    *pp = t;
+    d->tracker = t;  /* (D's reference: bio_client_new's) */
+    return t;
+}
+
+/* ------------------------------------------------------------------ D's side */
+
+/* What D must do for its tracking now (from its timers, ready or not). */
+void
+io_track_poll(bio_client *d, double now)
+{
+    if (!d->cfg.tracking || d->close_req != NULL || d->state != ST_READY) {
+        return;
+    }
+    bio_client *t = tracker_of(d);
+    if (t == NULL) {
+        return;
+    }
+    if (t->state == ST_IDLE) {
+        io_start_connect(t, now);  /* (again after a loss: D is in use) */
+        return;
+    }
+    if (t->state != ST_READY || d->track_on_in_flight || d->tracking_id == t->track_id) {
+        return;
+    }
+    /* T is up with an id D does not redirect to yet (first time, or T reconnected):
+     * (re)start tracking towards it. */
+    const char *prefix = d->cfg.stats_key;
+    size_t plen = d->cfg.stats_key_len - 5;  /* (stats_key is prefix + "stats") */
+    char id[32];
+    size_t idlen = (size_t)snprintf(id, sizeof id, "%lld", t->track_id);
+    resp_buf b;
+    resp_buf_init(&b);
+    const char *off[3] = {"CLIENT", "TRACKING", "off"};
+    size_t offlen[3] = {6, 8, 3};
+    resp_command(&b, 3, off, offlen);
+    const char *on[9] = {"CLIENT", "TRACKING", "on", "REDIRECT", id, "BCAST", "PREFIX",
+                         prefix, "NOLOOP"};
+    size_t onlen[9] = {6, 8, 2, 8, idlen, 5, 6, plen, 6};
+    resp_command(&b, 9, on, onlen);
+    if (!b.oom && io_send_slot(d, b.data, b.len, b.ncmd, SLOT_TRACK,
+                               now + d->cfg.socket_timeout) == 0) {
+        d->track_on_in_flight = 1;
+        d->track_on_id = t->track_id;
+    }
+    resp_buf_free(&b);
+}
+
+int
+io_track_on_reply(bio_client *d, void *reply, int remaining)
+{
+    redisReply *r = reply;
+    int ok = r->type == REDIS_REPLY_STATUS;
+    if (remaining == 1) {  /* CLIENT TRACKING on's */
+        d->track_on_in_flight = 0;
+        if (ok) {
+            d->tracking_id = d->track_on_id;
+            atomic_store(&d->counters.tracking, 1);
+            if (d->track_lost) {
+                d->track_lost = 0;  /* what happened meanwhile is unknown: a flush */
+                keys_reset(d);
+                d->track_flush = 1;
+                atomic_fetch_add(&d->counters.tracking_losses, 1);
+            }
+        }
+        else {
+            snprintf(d->track_err, sizeof d->track_err, "%.*s",
+                     r->type == REDIS_REPLY_ERROR ? (int)r->len : 16,
+                     r->type == REDIS_REPLY_ERROR ? r->str : "unexpected reply");
+        }
+    }
+    freeReplyObject(reply);
+    return 0;
+}
+
+void
+io_track_free(bio_client *d)
+{
+    keys_reset(d);
+    if (d->tracker != NULL) {
+        d->tracker->owner = NULL;
+        bio_client_decref(d->tracker);
+        d->tracker = NULL;
+    }
+}
