@@ -45,6 +45,11 @@ enum {
     BIO_OP_CONNECT,    /* complete once connected (or failed) */
     BIO_OP_CLOSE,      /* flush statistics, fail what is pending, close */
     BIO_OP_FAIL,       /* nothing to send: complete at once with BIO_EFAILED and err */
+    BIO_OP_LISTEN,     /* tracking: deliver invalidations as BIO_OP_EVENT requests with
+                          this one's bridge, user and on_done, until the client closes
+                          or another LISTEN replaces it (then it completes) */
+    BIO_OP_EVENT,      /* made by the I/O thread: buf holds `ncmd` invalidated keys (u32
+                          length, bytes)..., event_flush says "drop them all" */
 };
 
 #define BIO_ERRLEN 200
@@ -72,6 +77,7 @@ struct bio_req {
      * by their lowest slot), or -1: the last (set by the I/O thread). */
     int route_slot;
     int next_route;
+    int event_flush;          /* BIO_OP_EVENT: every L2-backed entry is to be dropped */
     int readonly;             /* reads only (GET, PTTL, EXISTS, MGET): with
                                  read_replicas, a replica may answer (the submitter's) */
     /* A request of several slots (the whole) is sent as parts of one slot each

@@ -314,6 +314,7 @@ finish_close(bio_client *c, double now)
     c->close_req = NULL;
     c->stats_wait = 0;
     io_cluster_close_children(c);
+    io_track_unlisten(c, BIO_ECLOSED);  /* (a coherent cache listens again) */
     if (c->tracker != NULL) {  /* (made again by the next use) */
         io_close_socket(c->tracker);
         fail_inflight(c->tracker, BIO_ECLOSED, "disconnected");
@@ -1124,6 +1125,13 @@ io_route(bio_req *r, double now)
     case BIO_OP_FAIL:
         io_complete(r, BIO_EFAILED, NULL);  /* its err was set by its maker */
         return;
+    case BIO_OP_LISTEN:
+        /* Kept on the client without a reference to it (it would keep the client
+         * alive for ever): the client completes it when it is let go, or closes. */
+        r->client = NULL;
+        bio_client_decref(c);  /* (the engine still holds it) */
+        io_track_listen(c, r);
+        return;
     case BIO_OP_CLOSE:
         io_cluster_quiet_children(c);  /* (closed by finish_close) */
         fail_waiting(c, BIO_ECLOSED, "disconnected");
@@ -1429,6 +1437,12 @@ io_cluster_close_children(bio_client *parent)
 double
 io_client_timers(bio_client *c, double now)
 {
+    if (c->push && c->owner != NULL) {
+        io_track_deliver(c->owner);  /* what this pass's messages gathered, at once */
+    }
+    else if (c->cfg.tracking) {
+        io_track_deliver(c);  /* (a flush after tracking came back) */
+    }
     double next = c->retry_head != NULL ? cluster_retries(c, now) : INFINITY;
     /* Requests waiting for a connection or for room. */
     bio_req **pp = &c->wait_head, *prev = NULL;

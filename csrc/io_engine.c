@@ -353,6 +353,12 @@ bio_req_free(bio_req *r)
     free(r);
 }
 
+void
+io_deliver(bio_req *r)
+{
+    bridge_push(r->bridge, r);  /* (its buf is the loop's to read) */
+}
+
 /* Finish a request: its bridge's loop will pick it up. */
 void
 io_complete(bio_req *r, int status, const char *msg)
@@ -366,9 +372,11 @@ io_complete(bio_req *r, int status, const char *msg)
         if (msg != NULL) {  /* (NULL: r->err already says it) */
             snprintf(r->err, sizeof r->err, "%s", msg);
         }
-        atomic_fetch_add(&r->client->counters.errors, 1);
-        if (status == BIO_ETIMEOUT) {
-            atomic_fetch_add(&r->client->counters.timeouts, 1);
+        if (r->client != NULL) {  /* (a LISTEN holds none) */
+            atomic_fetch_add(&r->client->counters.errors, 1);
+            if (status == BIO_ETIMEOUT) {
+                atomic_fetch_add(&r->client->counters.timeouts, 1);
+            }
         }
     }
     free(r->buf);

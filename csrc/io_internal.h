@@ -158,6 +158,7 @@ struct bio_client {
     char *track_keys;            /* gathered: invalidated keys (u32 length, bytes)... */
     size_t track_keys_len, track_keys_cap, track_nkeys;
     char track_err[BIO_ERRLEN];  /* why the server refused tracking, if it did */
+    bio_req *listen;             /* owned: the BIO_OP_LISTEN events are made after */
     /* ... and T, the tracker: */
     int push;                    /* replies after the handshake are messages */
     long long track_id;          /* its CLIENT ID */
@@ -320,6 +321,10 @@ void io_track_poll(bio_client *d, double now);      /* D's timers: T up, trackin
 int io_track_on_reply(bio_client *d, void *reply, int remaining);  /* SLOT_TRACK (taken) */
 void io_track_lost(bio_client *d);  /* D's or T's connection went: tracking is off */
 void io_track_free(bio_client *d);  /* D is freed: its keys, its reference to T */
+void io_track_listen(bio_client *d, bio_req *r);    /* a LISTEN: kept (the last one) */
+void io_track_deliver(bio_client *d);  /* gathered keys/flush → an EVENT, if listened */
+void io_track_unlisten(bio_client *d, int status);  /* its LISTEN completes */
+void io_deliver(bio_req *r);  /* io_engine.c: to its bridge as it is (an EVENT) */
 /* io_conn.c, for io_track.c */
 void io_start_connect(bio_client *c, double now);
 int io_send_slot(bio_client *c, const char *buf, size_t len, int ncmd, int kind,

@@ -10,7 +10,9 @@
  * of the database). Keys are gathered on D (track_keys: length-prefixed texts) and
  * a flush noted (track_flush); a loss of either connection (or of D's tracking) is a
  * flush too, noted when tracking is back, since what happened meanwhile is unknown.
- * Delivery of the gathered keys to the loop is the next step (not built). */
+ * What was gathered goes to the loop as a BIO_OP_EVENT request made after the
+ * client's BIO_OP_LISTEN (its bridge, user, on_done), once per pass of the I/O
+ * thread at most: never one per key. */
 #include "io_internal.h"
 
 #include <stdio.h>
@@ -244,8 +246,56 @@ io_track_on_reply(bio_client *d, void *reply, int remaining)
 }
 
 void
+io_track_listen(bio_client *d, bio_req *r)
+{
+    io_track_unlisten(d, BIO_OK);  /* (replaced) */
+    d->listen = r;
+}
+
+void
+io_track_unlisten(bio_client *d, int status)
+{
+    bio_req *r = d->listen;
+    d->listen = NULL;
+    if (r != NULL) {
+        io_complete(r, status, status == BIO_OK ? NULL : "disconnected");
+    }
+}
+
+void
+io_track_deliver(bio_client *d)
+{
+    if (d->listen == NULL || (!d->track_flush && d->track_nkeys == 0)) {
+        return;
+    }
+    bio_req *e = bio_req_new(d, d->listen->bridge, BIO_OP_EVENT, 0);
+    if (e == NULL) {
+        return;  /* (kept: the next pass tries again) */
+    }
+    e->event_flush = d->track_flush;
+    e->ncmd = (int)(d->track_flush ? 0 : d->track_nkeys);
+    if (!d->track_flush) {
+        e->buf = d->track_keys;  /* (taken) */
+        e->len = d->track_keys_len;
+        d->track_keys = NULL;
+    }
+    keys_reset(d);
+    d->track_flush = 0;
+    e->user = d->listen->user;
+    e->on_done = d->listen->on_done;
+    e->status = BIO_OK;
+    if (e->bridge != NULL) {
+        io_deliver(e);
+    }
+    else {
+        bio_req_free(e);
+    }
+}
+
+void
 io_track_free(bio_client *d)
 {
+    io_track_unlisten(d, BIO_ECLOSED);
     keys_reset(d);
     if (d->tracker != NULL) {
         d->tracker->owner = NULL;
