@@ -561,6 +561,12 @@ handshake_done(bio_client *c, double now)
     c->ever_connected = 1;
     c->suspect = 0;
     atomic_store(&c->counters.connected, 1);
+    if (c->push && c->owner != NULL) {
+        io_track_poll(c->owner, now);  /* a tracker up: its client's tracking, now */
+    }
+    else if (c->cfg.tracking) {
+        io_track_poll(c, now);  /* (its tracker, now) */
+    }
     pump_waiting(c, now);
 }
 
@@ -1130,7 +1136,9 @@ io_route(bio_req *r, double now)
          * alive for ever): the client completes it when it is let go, or closes. */
         r->client = NULL;
         bio_client_decref(c);  /* (the engine still holds it) */
+        c->cfg.tracking = 1;   /* (from now on: io_track_poll turns it on) */
         io_track_listen(c, r);
+        io_track_poll(c, now);  /* (at once, not at the next timer) */
         return;
     case BIO_OP_CLOSE:
         io_cluster_quiet_children(c);  /* (closed by finish_close) */

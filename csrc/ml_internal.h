@@ -20,6 +20,13 @@ typedef struct {
     int clears_running;      /* clear() calls under way */
     PyObject *reading;       /* owned dict or NULL: key -> int, 2 per L2 read in
                                 flight (fast path), + 1 once the key was written */
+    /* Coherent L1 (ml_track.c; in progress) */
+    int coherent;            /* invalidations from L2 drop L1 entries */
+    PyObject *backed;        /* owned dict or NULL: Redis key text -> list of the L1
+                                keys under it that came from or went to L2 */
+    Py_ssize_t backed_limit; /* prune `backed` past this size */
+    rc_listener *listener;   /* owned reference, or NULL */
+    unsigned long long invalidations, l1_flushes;
     PyObject *weakreflist;
     bruno_state *st;         /* borrowed: module state, alive while our type is */
 } MultiLevelCache;
@@ -39,6 +46,11 @@ typedef struct {
 
 /* A write of key through this cache: reads of it in flight must not promote. 0 or -1. */
 int ml_note_write(MultiLevelCache *self, PyObject *key);
+
+/* ml_track.c: key (a read asked of L2, or a write through the cache) is L2-backed
+ * under its Redis key text; the cache listens. 0 or -1. */
+int ml_track_key(MultiLevelCache *self, PyObject *l1, PyObject *l2, PyObject *key);
+void ml_track_free(MultiLevelCache *self);  /* its listener detached, its map */
 
 /* A clear() starts / ends: no L2 read that overlaps one promotes. */
 void ml_clear_begin(MultiLevelCache *self);

@@ -116,7 +116,12 @@ ml_via_new(MultiLevelCache *self, int op, PyObject *keys, PyObject *partial)
     Py_ssize_t counted = 0;
     Py_ssize_t reads = op == RC_GET ? 1 : op == RC_MGET ? PyTuple_GET_SIZE(keys) : 0;
     for (; counted < reads; counted++) {
-        if (reading_add(self, op == RC_GET ? keys : PyTuple_GET_ITEM(keys, counted), 2) < 0) {
+        PyObject *key = op == RC_GET ? keys : PyTuple_GET_ITEM(keys, counted);
+        if (reading_add(self, key, 2) < 0) {
+            goto fail;
+        }
+        if (ml_track_key(self, self->l1, self->l2, key) < 0) {
+            counted++;  /* (its read is counted: given back below) */
             goto fail;
         }
     }

@@ -146,7 +146,8 @@ mlc_set(MultiLevelCache *self, PyObject *const *args, Py_ssize_t nargs, PyObject
         a[2] = a[2] ? a[2] : Py_None;
         return ml_release(&lv, ml_generic(self, "set", a, 3));
     }
-    if (ml_note_write(self, a[0]) < 0 || bruno_imc_put(lv.l1, a[0], a[1], a[2]) < 0) {
+    if (ml_note_write(self, a[0]) < 0 || ml_track_key(self, lv.l1, lv.l2, a[0]) < 0 ||
+        bruno_imc_put(lv.l1, a[0], a[1], a[2]) < 0) {
         return ml_release(&lv, NULL);
     }
     if (lv.path == PATH_L1_ONLY) {
@@ -296,7 +297,8 @@ mlc_set_many(MultiLevelCache *self, PyObject *const *args, Py_ssize_t nargs,
     }
     PyObject *ret = NULL;
     for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(flat); i += 2) {
-        if (ml_note_write(self, PyTuple_GET_ITEM(flat, i)) < 0) {
+        if (ml_note_write(self, PyTuple_GET_ITEM(flat, i)) < 0 ||
+            ml_track_key(self, lv.l1, lv.l2, PyTuple_GET_ITEM(flat, i)) < 0) {
             goto done;
         }
     }
@@ -464,11 +466,13 @@ static PyObject *
 mlc_stats(MultiLevelCache *self, PyObject *Py_UNUSED(ignored))
 {
     unsigned long long hits = self->l1_hits + self->l2_hits, total = hits + self->misses;
-    PyObject *d = Py_BuildValue("{s:s,s:K,s:K,s:K,s:d,s:K,s:K}",
+    PyObject *d = Py_BuildValue("{s:s,s:K,s:K,s:K,s:d,s:K,s:K,s:K,s:K}",
                                 "type", "multi_level", "l1_hits", self->l1_hits,
                                 "l2_hits", self->l2_hits, "misses", self->misses,
                                 "hit_rate", total ? (double)hits / (double)total : 0.0,
-                                "l2_errors", self->l2_errors, "promotions", self->promotions);
+                                "l2_errors", self->l2_errors, "promotions", self->promotions,
+                                "invalidations", self->invalidations,
+                                "l1_flushes", self->l1_flushes);
     if (d == NULL) {
         return NULL;
     }
@@ -600,16 +604,29 @@ mlc_new(PyTypeObject *type, PyObject *Py_UNUSED(args), PyObject *Py_UNUSED(kwds)
 static int
 mlc_init(MultiLevelCache *self, PyObject *args, PyObject *kwds)
 {
-    static char *kwlist[] = {"l1_cache", "l2_cache", "promote_on_hit", NULL};
-    PyObject *l1, *l2 = Py_None, *promote = Py_True;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O|OO:MultiLevelCache", kwlist, &l1, &l2,
-                                     &promote)) {
+    static char *kwlist[] = {"l1_cache", "l2_cache", "promote_on_hit", "coherent", NULL};
+    PyObject *l1, *l2 = Py_None, *promote = Py_True, *coherent = Py_None;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O|OO$O:MultiLevelCache", kwlist, &l1, &l2,
+                                     &promote, &coherent)) {
         return -1;
     }
     if (l1 == Py_None) {
         PyErr_SetString(PyExc_TypeError, "l1_cache must be a cache, not None");
         return -1;
     }
+    int ours = bruno_rc_exact(self->st, l2) && bruno_imc_exact(self->st, l1);
+    if (coherent != Py_None && !PyBool_Check(coherent)) {
+        PyErr_Format(PyExc_TypeError, "coherent must be None, True or False, not %.100s",
+                     Py_TYPE(coherent)->tp_name);
+        return -1;
+    }
+    if (coherent == Py_True && !ours) {
+        PyErr_SetString(PyExc_ValueError, "coherent=True needs bruno_memory_c's "
+                        "InMemoryCache as L1 and RedisCache as L2 (Redis tells it which "
+                        "keys other clients changed)");
+        return -1;
+    }
+    self->coherent = coherent == Py_False ? 0 : ours;
     Py_SETREF(self->l1, Py_NewRef(l1));
     Py_SETREF(self->l2, Py_NewRef(l2));
     Py_SETREF(self->promote_obj, Py_NewRef(promote));
@@ -624,6 +641,7 @@ mlc_traverse(MultiLevelCache *self, visitproc visit, void *arg)
     Py_VISIT(self->l2);
     Py_VISIT(self->promote_obj);
     Py_VISIT(self->reading);
+    Py_VISIT(self->backed);
     return 0;
 }
 
@@ -636,6 +654,7 @@ mlc_clear_refs(MultiLevelCache *self)
     Py_XSETREF(self->l2, Py_NewRef(Py_None));
     Py_XSETREF(self->promote_obj, Py_NewRef(Py_False));
     Py_CLEAR(self->reading);
+    ml_track_free(self);
     return 0;
 }
 
@@ -652,6 +671,7 @@ mlc_dealloc(MultiLevelCache *self)
     Py_CLEAR(self->l2);
     Py_CLEAR(self->promote_obj);
     Py_CLEAR(self->reading);
+    ml_track_free(self);
     tp->tp_free((PyObject *)self);
     Py_DECREF(tp);
     Py_TRASHCAN_END

@@ -191,6 +191,9 @@ PyObject *rc_address_list(PyObject *v, const char *option, const char *each, int
 
 /* rc_request.c */
 bio_client *rc_client(RedisCache *self);
+/* The bridge of the running loop (borrowed), or NULL: *no_loop set when no loop runs
+ * (no exception), else an exception. */
+PyObject *rc_bridge(RedisCache *self, int *no_loop);
 /* A command buffer for self's requests: it records each command's slot when the cache
  * may be a Redis Cluster's (cluster=None or True). */
 void rc_buf_init(RedisCache *self, resp_buf *b);

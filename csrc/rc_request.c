@@ -92,7 +92,7 @@ rc_client(RedisCache *self)
 
 /* The bridge of the running loop (borrowed from self->last_bridge), or NULL with
  * *no_loop set when no loop runs (no exception), or NULL with an exception. */
-static PyObject *
+PyObject *
 rc_bridge(RedisCache *self, int *no_loop)
 {
     *no_loop = 0;

@@ -67,4 +67,25 @@ PyObject *bruno_rc_disconnect(PyObject *cache, const char *qualname);
 /* The doc-form statistics (its stats() method). */
 PyObject *bruno_rc_stats(PyObject *cache);
 
+/* Invalidations (a coherent L1; in progress): a listener hears, on the loop that
+ * listened, the keys other clients wrote under the cache's prefix (`buf`: `nkeys`
+ * texts, each a u32 length and its bytes, as Redis names them: prefix + str(key)),
+ * or `flush` (every key may have changed: a FLUSHDB, or tracking lost and back).
+ * Loop thread only. The caller owns one reference; each listening holds one more
+ * until it ends (the cache closes or is let go: listen again at the next use).
+ * `data` is borrowed: set it to NULL before it goes. */
+typedef struct {
+    void (*on_event)(void *data, const char *buf, int nkeys, int flush);
+    void *data;
+    int refs;
+    int listening;
+} rc_listener;
+rc_listener *bruno_rc_listener_new(void (*on_event)(void *, const char *, int, int),
+                                   void *data);
+void bruno_rc_listener_release(rc_listener *l);
+/* Listen (no-op while listening; 0 without a running loop, to be asked again). 0/-1. */
+int bruno_rc_listen(PyObject *cache, rc_listener *l);
+/* The text Redis stores key under (prefix + str(key)): a new str, or NULL. */
+PyObject *bruno_rc_key_text(PyObject *cache, PyObject *key);
+
 #endif
