@@ -307,6 +307,15 @@ io_close_socket(bio_client *c)
     atomic_store(&c->counters.connected, 0);
 }
 
+void
+io_client_reset(bio_client *c)
+{
+    io_close_socket(c);
+    fail_inflight(c, BIO_ECLOSED, "disconnected");
+    c->state = ST_IDLE;
+    c->backoff = 0;
+}
+
 static void
 finish_close(bio_client *c, double now)
 {
@@ -316,15 +325,9 @@ finish_close(bio_client *c, double now)
     io_cluster_close_children(c);
     io_track_unlisten(c, BIO_ECLOSED);  /* (a coherent cache listens again) */
     if (c->tracker != NULL) {  /* (made again by the next use) */
-        io_close_socket(c->tracker);
-        fail_inflight(c->tracker, BIO_ECLOSED, "disconnected");
-        c->tracker->state = ST_IDLE;
-        c->tracker->backoff = 0;
+        io_client_reset(c->tracker);
     }
-    io_close_socket(c);
-    fail_inflight(c, BIO_ECLOSED, "disconnected");
-    c->state = ST_IDLE;
-    c->backoff = 0;  /* a new start */
+    io_client_reset(c);  /* (a new start) */
     c->map_wanted = 0;  /* (a cluster's: not asked again until used again) */
     io_sentinel_watch_stop(c);  /* (started again by the next attempt) */
     if (r) {
@@ -1433,10 +1436,7 @@ io_cluster_close_children(bio_client *parent)
     io_cluster_quiet_children(parent);
     for (int i = 0; i < parent->nchildren; i++) {
         bio_client *c = parent->children[i];
-        io_close_socket(c);
-        fail_inflight(c, BIO_ECLOSED, "disconnected");
-        c->state = ST_IDLE;
-        c->backoff = 0;
+        io_client_reset(c);
     }
 }
 

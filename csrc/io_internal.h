@@ -327,6 +327,8 @@ void io_track_unlisten(bio_client *d, int status);  /* its LISTEN completes */
 void io_deliver(bio_req *r);  /* io_engine.c: to its bridge as it is (an EVENT) */
 /* io_conn.c, for io_track.c */
 void io_start_connect(bio_client *c, double now);
+/* Closed, what was on it failed (BIO_ECLOSED), idle, no backoff: a new start. */
+void io_client_reset(bio_client *c);
 int io_send_slot(bio_client *c, const char *buf, size_t len, int ncmd, int kind,
                  double deadline);
 

@@ -188,6 +188,20 @@ io_track_poll(bio_client *d, double now)
     if (t == NULL) {
         return;
     }
+    if (d->cfg.unix_path == NULL && d->cfg.host != NULL && t->cfg.host != NULL &&
+        (t->cfg.port != d->cfg.port || strcmp(t->cfg.host, d->cfg.host) != 0)) {
+        /* D moved (a Sentinel failover, a cluster parent's next node): T follows, and
+         * what it heard from the old server is no guide (a loss: a flush). */
+        char *host = strdup(d->cfg.host);
+        if (host == NULL) {
+            return;
+        }
+        io_client_reset(t);
+        free(t->cfg.host);
+        t->cfg.host = host;
+        t->cfg.port = d->cfg.port;
+        io_track_lost(d);
+    }
     if (t->state == ST_IDLE) {
         io_start_connect(t, now);  /* (again after a loss: D is in use) */
         return;
