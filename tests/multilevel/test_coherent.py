@@ -12,7 +12,7 @@ import time
 import pytest
 
 from bruno_memory_c import InMemoryCache, MultiLevelCache
-from tests.support import bounded_by, cache_maker, until
+from tests.support import bounded_by, cache_maker, run_script, until
 
 PREFIX = "coh:"
 make_l2 = cache_maker(prefix=PREFIX, socket_timeout=5.0, connect_timeout=5.0)
@@ -73,6 +73,23 @@ async def test_another_clients_change_drops_the_l1_entry(redis_server, change):
         assert await ml.get("k") == ("new" if change == "overwrite" else None)
         stats = ml.stats()
         assert stats["invalidations"] + stats["l1_flushes"] >= 1
+    finally:
+        await l2.disconnect()
+
+
+@pytest.mark.parametrize("op", ["set", "delete"])
+async def test_another_process_write_drops_the_l1_entry(redis_server, op):
+    """Another OS process (tests/scripts/coherent_writer.py, our RedisCache) overwrites
+    or deletes k and exits once Redis acknowledged it: A's L1 stops serving the old
+    value (polled with a deadline) and A reads what that process wrote."""
+    ml, l2 = await coherent_pair(redis_server)
+    try:
+        await ml.set("k", "old")
+        args = [str(redis_server.port), PREFIX, "k", op] + (['"new"'] if op == "set" else [])
+        proc = await asyncio.to_thread(run_script, "coherent_writer", *args)
+        assert proc.returncode == 0 and proc.stdout == "done\n", proc.stderr
+        await l1_drops(ml, "k")
+        assert await ml.get("k") == ("new" if op == "set" else None)
     finally:
         await l2.disconnect()
 
