@@ -199,3 +199,44 @@ def fmt_ns(x: float) -> str:
 
 def fmt_us(x: float) -> str:
     return fmt_num(x)
+
+
+async def warm_up(client, names, concurrency: int, most: int = 100) -> None:
+    """Some gets of names (at least `most`), `concurrency` at a time, not counted: the
+    clients open their connections (pools, nodes) before anything is timed."""
+
+    async def one(n):
+        try:
+            await client.get(n)
+        except Exception:
+            pass
+
+    width = max(1, min(concurrency, len(names)))
+    for start in range(0, min(len(names), max(width, most)), width):
+        await asyncio.gather(*(one(n) for n in names[start:start + width]))
+
+
+class Verdicts(list):
+    """A run's targets, each printed PASS or FAIL as it is decided."""
+
+    def __call__(self, name: str, ok, text: str, **fig) -> None:
+        self.append({"target": name, "pass": bool(ok), "detail": text, **fig})
+        print(f"{'PASS' if ok else 'FAIL'} {text}")
+
+    def missing(self, missing: list[str]) -> None:
+        """A missing contender is a target missed, not one skipped."""
+        for m in missing:
+            self("contender_present", False, f"missing contender: {m}", contender=m)
+
+    @property
+    def all_pass(self) -> bool:
+        return all(v["pass"] for v in self)
+
+    def finish(self, opts, result: dict, missing: list[str], what: str) -> int:
+        """Write the results with the verdicts; the exit status: 1 when a contender is
+        missing, or (--strict) a target was missed."""
+        write_results(opts.output, {**result, "targets": self, "all_pass": self.all_pass})
+        if missing:
+            print(f"{what}: the run failed: missing contender(s): {'; '.join(missing)}")
+            return 1
+        return 1 if (opts.strict and not self.all_pass) else 0

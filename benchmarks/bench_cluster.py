@@ -108,6 +108,7 @@ import redis.cluster  # noqa: E402
 from redis.crc import key_slot  # noqa: E402
 
 from benchmarks._common import (  # noqa: E402
+    Verdicts,
     add_bad,
     bad_total,
     bench_options,
@@ -117,6 +118,7 @@ from benchmarks._common import (  # noqa: E402
     fmt_us,
     redis_machine_info,
     run_on,
+    warm_up,
     write_results,
 )
 import bruno_memory_c  # noqa: E402
@@ -386,20 +388,6 @@ class Verifier:
 # ------------------------------------------------------------------ measurements
 
 
-async def warm_up(client: Client, names, concurrency: int) -> None:
-    """Some gets, `concurrency` at a time (opens the connections), not counted."""
-
-    async def one(n):
-        try:
-            await client.get(n)
-        except Exception:
-            pass
-
-    width = max(1, min(concurrency, len(names)))
-    for start in range(0, min(len(names), max(width, 200)), width):
-        await asyncio.gather(*(one(n) for n in names[start:start + width]))
-
-
 def measure_throughput(contender: str, target, workload: str, concurrency: int,
                        ops: list, token: str, verifier: Verifier) -> dict:
     """ops: [(name, is_set)], cut into `concurrency` equal slices."""
@@ -425,7 +413,7 @@ def measure_throughput(contender: str, target, workload: str, concurrency: int,
     async def run():
         client = await FACTORIES[contender].create(target)
         try:
-            await warm_up(client, [n for n, _ in ops], concurrency)
+            await warm_up(client, [n for n, _ in ops], concurrency, 200)
             out = [None] * total
             t0 = perf_counter_ns()
             await asyncio.gather(*(worker(client, out, t * per_task, (t + 1) * per_task)
@@ -461,7 +449,7 @@ def measure_get_many(contender: str, cluster: RedisCluster, calls: int,
     async def run():
         client = await FACTORIES[contender].create(cluster)
         try:
-            await warm_up(client, NAMES[:200], 1)
+            await warm_up(client, NAMES[:200], 1, 200)
             for b in batches[:3]:
                 await client.get_many(b)
             f = client.get_many
@@ -569,7 +557,7 @@ def measure_failover(contender: str, cluster: RedisCluster, victim: RedisServer,
     async def run():
         client = await FACTORIES[contender].create(cluster)
         try:
-            await warm_up(client, [n for n, _ in ops], FAILOVER_TASKS)
+            await warm_up(client, [n for n, _ in ops], FAILOVER_TASKS, 200)
             tasks = [asyncio.ensure_future(worker(client, t)) for t in range(FAILOVER_TASKS)]
             beat = asyncio.ensure_future(heartbeat())
             await asyncio.sleep(FAILOVER_BEFORE_S)
@@ -656,18 +644,6 @@ def measure_failover(contender: str, cluster: RedisCluster, victim: RedisServer,
 
 
 # ------------------------------------------------------------------ report
-
-
-class Verdicts(list):
-    """A run's targets, each printed PASS or FAIL as it is decided."""
-
-    def __call__(self, name: str, ok, text: str, **fig) -> None:
-        self.append({"target": name, "pass": bool(ok), "detail": text, **fig})
-        print(f"{'PASS' if ok else 'FAIL'} {text}")
-
-    @property
-    def all_pass(self) -> bool:
-        return all(v["pass"] for v in self)
 
 
 def summed_bad(ms) -> dict:

@@ -85,6 +85,8 @@ import redis  # noqa: E402
 import redis.asyncio  # noqa: E402
 
 from benchmarks._common import (  # noqa: E402
+    Verdicts,
+    warm_up,
     add_bad,
     bench_options,
     fmt_int,
@@ -96,7 +98,6 @@ from benchmarks._common import (  # noqa: E402
     redis_machine_info,
     run_on,
     tool_version,
-    write_results,
 )
 import bruno_memory_c  # noqa: E402
 from tests.support.reference import reference_classes  # noqa: E402
@@ -319,20 +320,6 @@ def count_bad(names, results) -> dict:
 # ------------------------------------------------------------------ measurements
 
 
-async def warm_up(client: Client, names, concurrency: int) -> None:
-    """Some requests, `concurrency` at a time (opens the pools' connections), not counted."""
-
-    async def one(n):
-        try:
-            await client.get(n)
-        except Exception:
-            pass
-
-    width = max(1, min(concurrency, len(names)))
-    for start in range(0, min(len(names), max(width, 100)), width):
-        await asyncio.gather(*(one(n) for n in names[start:start + width]))
-
-
 def measure_sequential(contender: str, port: int, names: list[str]) -> dict:
     async def run():
         client = await FACTORIES[contender].create(port)
@@ -508,32 +495,6 @@ def throughput_summary(ms: list[dict]) -> dict:
     return {"ops_per_s": statistics.median(m["ops_per_s"] for m in ms),
             "requests_total": sum(m["requests"] for m in ms),
             "bad": summed_bad(ms), "rounds": ms}
-
-
-class Verdicts(list):
-    """A run's targets, each printed PASS or FAIL as it is decided."""
-
-    def __call__(self, name: str, ok, text: str, **fig) -> None:
-        self.append({"target": name, "pass": bool(ok), "detail": text, **fig})
-        print(f"{'PASS' if ok else 'FAIL'} {text}")
-
-    def missing(self, missing: list[str]) -> None:
-        """A missing contender is a target missed, not one skipped."""
-        for m in missing:
-            self("contender_present", False, f"missing contender: {m}", contender=m)
-
-    @property
-    def all_pass(self) -> bool:
-        return all(v["pass"] for v in self)
-
-    def finish(self, opts, result: dict, missing: list[str], what: str) -> int:
-        """Write the results with the verdicts; the exit status: 1 when a contender is
-        missing, or (--strict) a target was missed."""
-        write_results(opts.output, {**result, "targets": self, "all_pass": self.all_pass})
-        if missing:
-            print(f"{what}: the run failed: missing contender(s): {'; '.join(missing)}")
-            return 1
-        return 1 if (opts.strict and not self.all_pass) else 0
 
 
 def result_head(benchmark: str, started: float, machine: dict) -> dict:

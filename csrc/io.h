@@ -169,7 +169,7 @@ typedef struct {
                                  sentinels name it (host/port unused; the client holds a
                                  reference of its own) */
     int cluster;              /* BIO_CLUSTER_*: whether the server is a cluster node
-                                 (io_cluster.c; in progress) */
+                                 (io_cluster.c) */
     int nstartup;             /* cluster: more nodes to try, in turn, when host:port
                                  cannot be reached (startup_nodes after the first;
                                  copied, owned by the client's copy) */

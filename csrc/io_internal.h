@@ -134,7 +134,7 @@ struct bio_client {
     int keep_deadline;           /* start_connect: the attempt goes on (same deadline) */
     char *first_host;            /* owned: the configured host (cfg.host moves) */
     int first_port;
-    /* Cluster routing (in progress): a parent (is_cluster) holds one child client per
+    /* Cluster routing: a parent (is_cluster) holds one child client per
      * node it sent to (owned references); a child's parent is borrowed (the parent
      * outlives its children's use: every request routed holds the parent). */
     bio_client **children;

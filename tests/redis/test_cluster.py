@@ -19,7 +19,7 @@ import pytest
 
 from bruno_memory_c import CacheError, InMemoryCache, MultiLevelCache, RedisCache
 from bruno_memory_c.testing import RedisCluster
-from tests.support import LOGGER, bounded_by, memory_growth, until
+from tests.support import bounded_by, fork, memory_growth, until, LOGGER
 from tests.support.cluster import ClusterTarget, key_slot
 
 PREFIX = "cl:"
@@ -535,7 +535,7 @@ def test_a_forked_child_talks_to_the_cluster_itself(cluster, loop_factory):
     cache = make(cluster)
     with asyncio.Runner(loop_factory=loop_factory) as runner:
         runner.run(cache.set("parent", 1))
-        pid = os.fork()
+        pid = fork()
         if pid == 0:  # the child: its own connections, its own I/O thread
             code = 1
             try:

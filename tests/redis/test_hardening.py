@@ -32,12 +32,11 @@ import os
 import signal
 import threading
 import time
-import warnings
 
 import pytest
 
 from bruno_memory_c import CacheError, InMemoryCache, MultiLevelCache
-from tests.support import cache_maker, run_on_new_loop
+from tests.support import cache_maker, fork, run_on_new_loop
 
 PREFIX = "hard:"
 LOGGER = logging.getLogger("bruno_memory_c")
@@ -266,12 +265,7 @@ def test_fork_child_awaits_an_awaitable_made_before_fork(redis_server, loop_fact
     # the parent is connected, its thread runs
     run_on_new_loop(loop_factory, cache.set("k", {"v": 1}))
     unstarted = [cache.get("k")]  # no running loop: the request waits in the awaitable
-    with warnings.catch_warnings():
-        # 3.12+ warns about fork() in any process with threads (ours has its I/O
-        # thread): forking is what this test is about.
-        warnings.filterwarnings("ignore", "This process .* is multi-threaded",
-                                DeprecationWarning)
-        pid = os.fork()
+    pid = fork()  # (3.12+'s warning about threads silenced)
     if pid == 0:  # the child
         code = 1
         try:
@@ -599,10 +593,7 @@ def test_a_forked_child_closes_the_parents_connections(redis_server):
     cache = make_cache(redis_server)
     asyncio.run(cache.set("k", 1))
     assert len(clients()) == 1
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", "This process .* is multi-threaded",
-                                DeprecationWarning)
-        pid = os.fork()
+    pid = fork()  # (3.12+'s warning about threads silenced)
     if pid == 0:  # a worker that never touches the cache
         time.sleep(20)
         os._exit(0)

@@ -301,7 +301,7 @@ def test_cluster_auto_on_a_standalone_server_and_on_against_one(harness, redis_s
 
 
 def test_a_cluster_client_routes_by_slot_and_follows_moved_and_ask(harness, redis_cluster):
-    """Routing (in progress, the I/O layer only): a cluster client sends each request
+    """Routing (the I/O layer alone): a cluster client sends each request
     to its slot's primary (one connection per node); after a slot moved (-MOVED: the
     map is updated, the request re-sent there) and while another is mid-migration
     (-ASK: ASKING + the command at the target), every GET still gets its value."""

@@ -28,7 +28,6 @@ import time
 import unittest.mock
 import urllib.parse
 import weakref
-import warnings
 
 import pytest
 import pytest_asyncio
@@ -37,8 +36,8 @@ import bruno_memory_c
 from bruno_memory_c import CacheError, CacheInterface, RedisCache
 from bruno_memory_c.testing import RedisServer
 from tests.support import (
-    ALL_TRANSPORTS, LOGGER, ExpiryWindow, Monitor, error_records, hgetall, poll, raw_json,
-    until,
+    error_records, fork, hgetall, poll, raw_json, until, ALL_TRANSPORTS, ExpiryWindow,
+    LOGGER, Monitor,
 )
 
 PREFIX = "t:"
@@ -2114,12 +2113,7 @@ async def test_throw_and_close_pending(cache):
 def test_fork(redis_server):
     c = make(redis_server)
     asyncio.run(c.set("parent", 1))
-    with warnings.catch_warnings():
-        # 3.12+ warns about fork() in any process with threads (ours has its I/O
-        # thread): forking is what this test is about.
-        warnings.filterwarnings("ignore", "This process .* is multi-threaded",
-                                DeprecationWarning)
-        pid = os.fork()
+    pid = fork()  # (3.12+'s warning about threads silenced)
     if pid == 0:  # the child: the same object, a connection of its own
         code = 1
         try:

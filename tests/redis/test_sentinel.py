@@ -25,7 +25,7 @@ import pytest
 
 from bruno_memory_c import CacheError, InMemoryCache, MultiLevelCache, RedisCache
 from bruno_memory_c.testing import RedisServer, SentinelGroup, _encode, refused_port
-from tests.support import HANG, RECOVER, bounded_by, run_python, until
+from tests.support import bounded_by, fork, run_python, until, HANG, RECOVER
 
 pytestmark = pytest.mark.usefixtures("quiet_cache_logger")
 
@@ -517,9 +517,6 @@ async def test_watcher_thread_and_sockets_freed(group):
 def test_fork_child_uses_its_own_connection(group):
     """A forked child's cache asks the sentinels itself (the parent's watcher and sockets
     are not the child's) and the parent keeps working."""
-    if not hasattr(os, "fork"):
-        pytest.skip("no fork")
-    import warnings
 
     async def parent_use(c):
         await c.set("fork", "parent")
@@ -528,9 +525,7 @@ def test_fork_child_uses_its_own_connection(group):
     c = sentinel_cache(group, prefix="sntfork:")
     assert asyncio.run(parent_use(c)) == "parent"
     r, w = os.pipe()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)  # fork with threads (3.12+)
-        pid = os.fork()
+    pid = fork()
     if pid == 0:  # the child
         code = 1
         try:

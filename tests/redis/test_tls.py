@@ -20,13 +20,12 @@ import shutil
 import socket
 import subprocess
 import urllib.parse
-import warnings
 
 import pytest
 
 from bruno_memory_c import CacheError, RedisCache
 from bruno_memory_c.testing import RedisServer, _openssl, make_tls_files
-from tests.support import HANG, LOGGER, REPO, bounded_by, script_command, until
+from tests.support import bounded_by, fork, script_command, until, HANG, LOGGER, REPO
 
 PREFIX = "tls:"
 bounded = bounded_by(HANG)       # hang detection only: nothing here asserts on time
@@ -172,9 +171,7 @@ def test_unreadable_file_is_a_value_error_naming_it(tls_files, tmp_path):
         message = attempt()
     else:
         r, w = os.pipe()
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", DeprecationWarning)  # fork() with threads
-            pid = os.fork()
+        pid = fork()
         if pid == 0:  # the child: never returns into pytest
             try:
                 os.close(r)

@@ -363,6 +363,17 @@ def awaitables_alive() -> int:
     return sum(1 for o in gc.get_objects() if type(o) is CacheAwaitable)
 
 
+def fork() -> int:
+    """os.fork() for a test about forking: 3.12+ warns (DeprecationWarning) about fork()
+    in any process with threads, and ours has its I/O thread."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "This process .* is multi-threaded",
+                                DeprecationWarning)
+        return os.fork()
+
+
 def refused(port: int) -> bool:
     """Does a connection to 127.0.0.1:port fail (nothing listens there)?"""
     import socket
