@@ -8,6 +8,7 @@ import json
 import os
 import platform
 import re
+import statistics
 import subprocess
 import sys
 
@@ -240,3 +241,22 @@ class Verdicts(list):
             print(f"{what}: the run failed: missing contender(s): {'; '.join(missing)}")
             return 1
         return 1 if (opts.strict and not self.all_pass) else 0
+
+
+def no_bad() -> dict:
+    return {"lost": 0, "error": 0, "wrong": 0}
+
+
+def summed_bad(ms, empty=no_bad) -> dict:
+    """The bad counts of measurements `ms`, added up (from `empty()`)."""
+    b = empty()
+    for m in ms:
+        add_bad(b, m["bad"])
+    return b
+
+
+def throughput_summary(ms: list[dict], empty=no_bad) -> dict:
+    """The median over the rounds of one contender's throughput measurements."""
+    return {"ops_per_s": statistics.median(m["ops_per_s"] for m in ms),
+            "requests_total": sum(m["requests"] for m in ms),
+            "bad": summed_bad(ms, empty), "rounds": ms}

@@ -118,6 +118,8 @@ from benchmarks._common import (  # noqa: E402
     fmt_us,
     redis_machine_info,
     run_on,
+    summed_bad,
+    throughput_summary,
     warm_up,
     write_results,
 )
@@ -646,20 +648,6 @@ def measure_failover(contender: str, cluster: RedisCluster, victim: RedisServer,
 # ------------------------------------------------------------------ report
 
 
-def summed_bad(ms) -> dict:
-    b = new_bad()
-    for m in ms:
-        add_bad(b, m["bad"])
-    return b
-
-
-def throughput_summary(ms: list[dict]) -> dict:
-    """The median over the rounds of one contender's throughput measurements."""
-    return {"ops_per_s": statistics.median(m["ops_per_s"] for m in ms),
-            "requests_total": sum(m["requests"] for m in ms),
-            "bad": summed_bad(ms), "rounds": ms}
-
-
 def load_data(cluster: RedisCluster, single: RedisServer, verifier: Verifier) -> None:
     """The keys every contender reads, written by ours on both the cluster and the
     single server, then read back through redis-py."""
@@ -856,7 +844,7 @@ def main(argv=None) -> int:
         load_end = None
 
     # ---- summaries
-    tput = {w: {conc: {c: throughput_summary(tp[w][conc][c]) for c in tp[w][conc]}
+    tput = {w: {conc: {c: throughput_summary(tp[w][conc][c], new_bad) for c in tp[w][conc]}
                 for conc in CONCURRENCY} for w in WORKLOADS}
     # cluster / one server, round by round (measured one right after the other)
     vs_single = {}
@@ -867,7 +855,7 @@ def main(argv=None) -> int:
                         "per_round": per_round}
     gsum = {c: {"us_per_call": statistics.median(m["us_per_call"] for m in gm[c]),
                 "calls_total": sum(m["calls"] for m in gm[c]),
-                "bad": summed_bad(gm[c]), "rounds": gm[c]} for c in contenders}
+                "bad": summed_bad(gm[c], new_bad), "rounds": gm[c]} for c in contenders}
 
     # ---- tables
     for w in WORKLOADS:

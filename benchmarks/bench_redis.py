@@ -86,6 +86,8 @@ import redis.asyncio  # noqa: E402
 
 from benchmarks._common import (  # noqa: E402
     Verdicts,
+    summed_bad,
+    throughput_summary,
     warm_up,
     add_bad,
     bench_options,
@@ -481,20 +483,6 @@ class SequentialRounds:
         return {"p50_us": percentile(s, 50) / 1e3, "p99_us": percentile(s, 99) / 1e3,
                 "mean_us": statistics.fmean(s) / 1e3, "samples": len(s),
                 "bad": self.bad, "rounds": self.rounds}
-
-
-def summed_bad(ms) -> dict:
-    b = {"lost": 0, "error": 0, "wrong": 0}
-    for m in ms:
-        add_bad(b, m["bad"])
-    return b
-
-
-def throughput_summary(ms: list[dict]) -> dict:
-    """The median over the rounds of one contender's throughput measurements."""
-    return {"ops_per_s": statistics.median(m["ops_per_s"] for m in ms),
-            "requests_total": sum(m["requests"] for m in ms),
-            "bad": summed_bad(ms), "rounds": ms}
 
 
 def result_head(benchmark: str, started: float, machine: dict) -> dict:
