@@ -52,6 +52,12 @@ enum {
                           length, bytes)..., event_flush says "drop them all" */
 };
 
+/* A BIO_OP_EVENT's flush: every L2-backed entry is to be dropped (DROP), and (STALE)
+ * the reads in flight are not to be promoted (they may have been answered untracked,
+ * or before the change). */
+#define BIO_FLUSH_DROP 1
+#define BIO_FLUSH_STALE 2
+
 #define BIO_ERRLEN 200
 
 struct bio_req {
@@ -77,7 +83,7 @@ struct bio_req {
      * by their lowest slot), or -1: the last (set by the I/O thread). */
     int route_slot;
     int next_route;
-    int event_flush;          /* BIO_OP_EVENT: every L2-backed entry is to be dropped */
+    int event_flush;          /* BIO_OP_EVENT: BIO_FLUSH_* bits, or 0 (keys) */
     int readonly;             /* reads only (GET, PTTL, EXISTS, MGET): with
                                  read_replicas, a replica may answer (the submitter's) */
     /* A request of several slots (the whole) is sent as parts of one slot each
@@ -175,8 +181,7 @@ typedef struct {
                                  copied, owned by the client's copy) */
     char **startup_hosts;
     int *startup_ports;
-    int tracking;             /* a coherent L1's: invalidations tracked (io_track.c;
-                                 work in progress) */
+    int tracking;             /* a coherent L1's: invalidations tracked (io_track.c) */
     int read_replicas;        /* cluster: reads (GET, PTTL, EXISTS, MGET) go to the slot's
                                  replicas (READONLY), round robin */
 } bio_config;

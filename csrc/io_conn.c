@@ -242,7 +242,7 @@ static void
 pump_waiting(bio_client *c, double now)
 {
     while (c->wait_head != NULL && c->state == ST_READY && c->close_req == NULL &&
-           c->r_count < MAX_PIPELINE) {
+           c->r_count < MAX_PIPELINE && !c->track_hold) {
         bio_req *r = c->wait_head;
         c->wait_head = r->next;
         if (c->wait_head == NULL) {
@@ -292,11 +292,12 @@ io_close_socket(bio_client *c)
     resp_scan_init(&c->scan);
     stats_flush_ended(c);
     if (c->push && c->owner != NULL) {
-        io_track_lost(c->owner);  /* the tracker's connection went */
+        io_track_lost(c->owner, 0);  /* the tracker's connection went */
     }
-    if (c->cfg.tracking) {
-        io_track_lost(c);  /* the server's tracking of this connection went with it */
+    if (io_track_wanted(c)) {
+        io_track_lost(c, 1);  /* the server's tracking of this connection went with it */
     }
+    c->track_hold = 0;  /* (what waits, waits for the next connection) */
     io_cluster_reset(c);
     if (c->out_secret > 0) {
         explicit_bzero(c->out, c->out_secret);
@@ -314,6 +315,9 @@ io_client_reset(bio_client *c)
     fail_inflight(c, BIO_ECLOSED, "disconnected");
     c->state = ST_IDLE;
     c->backoff = 0;
+    if (c->tracker != NULL) {  /* (its tracker too: made again by the next use) */
+        io_client_reset(c->tracker);
+    }
 }
 
 static void
@@ -324,9 +328,6 @@ finish_close(bio_client *c, double now)
     c->stats_wait = 0;
     io_cluster_close_children(c);
     io_track_unlisten(c, BIO_ECLOSED);  /* (a coherent cache listens again) */
-    if (c->tracker != NULL) {  /* (made again by the next use) */
-        io_client_reset(c->tracker);
-    }
     io_client_reset(c);  /* (a new start) */
     c->map_wanted = 0;  /* (a cluster's: not asked again until used again) */
     io_sentinel_watch_stop(c);  /* (started again by the next attempt) */
@@ -567,8 +568,8 @@ handshake_done(bio_client *c, double now)
     if (c->push && c->owner != NULL) {
         io_track_poll(c->owner, now);  /* a tracker up: its client's tracking, now */
     }
-    else if (c->cfg.tracking) {
-        io_track_poll(c, now);  /* (its tracker, now) */
+    else {
+        io_track_begin(c, now);  /* (tracked before what waits is sent, if wanted) */
     }
     pump_waiting(c, now);
 }
@@ -650,6 +651,12 @@ io_connect_to(bio_client *c, int gai, struct addrinfo *res, double now)
     c->fd = fd;
     c->state = ST_CONNECTING;
     epoll_set(c, 1);  /* writable once connected */
+}
+
+void
+io_pump_waiting(bio_client *c, double now)
+{
+    pump_waiting(c, now);
 }
 
 void
@@ -1141,7 +1148,7 @@ io_route(bio_req *r, double now)
         bio_client_decref(c);  /* (the engine still holds it) */
         c->cfg.tracking = 1;   /* (from now on: io_track_poll turns it on) */
         io_track_listen(c, r);
-        io_track_poll(c, now);  /* (at once, not at the next timer) */
+        io_track_begin(c, now);  /* (at once: what comes next is tracked) */
         return;
     case BIO_OP_CLOSE:
         io_cluster_quiet_children(c);  /* (closed by finish_close) */
@@ -1191,7 +1198,7 @@ io_route(bio_req *r, double now)
             return;
         }
         if (c->state == ST_READY && c->close_req == NULL && c->wait_head == NULL &&
-            c->r_count < MAX_PIPELINE) {
+            c->r_count < MAX_PIPELINE && !c->track_hold) {
             send_request(c, r, now);
             return;
         }
@@ -1221,7 +1228,7 @@ child_route(bio_client *c, bio_req *r, double now)
 {
     r->deadline = r->cluster_deadline;  /* (waiting here, after a redirect too) */
     if (c->state == ST_READY && c->close_req == NULL && c->wait_head == NULL &&
-        c->r_count < MAX_PIPELINE) {
+        c->r_count < MAX_PIPELINE && !c->track_hold) {
         send_request(c, r, now);
         return;
     }
@@ -1448,10 +1455,11 @@ io_client_timers(bio_client *c, double now)
     if (c->push && c->owner != NULL) {
         io_track_deliver(c->owner);  /* what this pass's messages gathered, at once */
     }
-    else if (c->cfg.tracking) {
-        io_track_deliver(c);  /* (a flush after tracking came back) */
+    else if (c->listen != NULL) {
+        io_track_deliver(c);  /* (a flush after tracking came back, a map's) */
     }
     double next = c->retry_head != NULL ? cluster_retries(c, now) : INFINITY;
+    next = fmin(next, io_track_hold_check(c, now));
     /* Requests waiting for a connection or for room. */
     bio_req **pp = &c->wait_head, *prev = NULL;
     while (*pp) {
@@ -1530,7 +1538,9 @@ io_client_timers(bio_client *c, double now)
         }
         break;
     case ST_READY:
-        io_track_poll(c, now);
+        if (io_track_wanted(c)) {
+            io_track_poll(c, now);
+        }
         if (c->next_flush <= now) {
             io_append_stats_flush(c, now);
             c->next_flush = now + STATS_FLUSH_EVERY;

@@ -148,15 +148,18 @@ struct bio_client {
     int suspect;                 /* a child whose connection failed, not since ready:
                                     while a map names it a primary, the map is asked
                                     again (a failover under way) */
-    /* Tracking (io_track.c, cfg.tracking; work in progress). D, the data client: */
+    /* Tracking (io_track.c, cfg.tracking). D, a data client (a cluster's: its nodes): */
     bio_client *tracker;         /* owned: T, its invalidation connection, or NULL */
     long long tracking_id;       /* T's id D's tracking redirects to (0: not on) */
     long long track_on_id;       /* the id a CLIENT TRACKING on in flight names */
     int track_on_in_flight;
     int track_lost;              /* tracking was on and went: a flush once it is back */
-    int track_flush;             /* gathered: drop every L2-backed entry */
+    int track_untracked;         /* and D's requests went on meanwhile, untracked */
+    int track_flush;             /* gathered: BIO_FLUSH_* bits */
     char *track_keys;            /* gathered: invalidated keys (u32 length, bytes)... */
     size_t track_keys_len, track_keys_cap, track_nkeys;
+    int track_hold;              /* ready, requests held until tracking is asked */
+    double track_hold_until;
     char track_err[BIO_ERRLEN];  /* why the server refused tracking, if it did */
     bio_req *listen;             /* owned: the BIO_OP_LISTEN events are made after */
     /* ... and T, the tracker: */
@@ -318,8 +321,14 @@ int io_track_handshake_reply(bio_client *t, const void *reply, int remaining, ch
                              size_t errlen);
 void io_track_message(bio_client *t, void *reply);  /* a reply of T once ready (taken) */
 void io_track_poll(bio_client *d, double now);      /* D's timers: T up, tracking on */
+int io_track_wanted(const bio_client *c);  /* c is a D whose tracking is asked for */
+/* D ready, or listened to: tracking asked now, or its requests held until it is. */
+void io_track_begin(bio_client *d, double now);
+double io_track_hold_check(bio_client *d, double now);  /* next time due, or INFINITY */
+void io_track_map_taken(bio_client *parent);  /* a cluster's new map: lost nodes gone? */
 int io_track_on_reply(bio_client *d, void *reply, int remaining);  /* SLOT_TRACK (taken) */
-void io_track_lost(bio_client *d);  /* D's or T's connection went: tracking is off */
+/* D's (d_closed) or T's connection went: tracking is off. */
+void io_track_lost(bio_client *d, int d_closed);
 void io_track_free(bio_client *d);  /* D is freed: its keys, its reference to T */
 void io_track_listen(bio_client *d, bio_req *r);    /* a LISTEN: kept (the last one) */
 void io_track_deliver(bio_client *d);  /* gathered keys/flush → an EVENT, if listened */
@@ -327,6 +336,7 @@ void io_track_unlisten(bio_client *d, int status);  /* its LISTEN completes */
 void io_deliver(bio_req *r);  /* io_engine.c: to its bridge as it is (an EVENT) */
 /* io_conn.c, for io_track.c */
 void io_start_connect(bio_client *c, double now);
+void io_pump_waiting(bio_client *c, double now);  /* what waits, sent (room allowing) */
 /* Closed, what was on it failed (BIO_ECLOSED), idle, no backoff: a new start. */
 void io_client_reset(bio_client *c);
 int io_send_slot(bio_client *c, const char *buf, size_t len, int ncmd, int kind,

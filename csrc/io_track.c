@@ -1,5 +1,5 @@
-/* io_track.c: server-assisted invalidation for a coherent L1 (issue 14; work in
- * progress, see docs/ARCHITECTURE.md "Coherent L1"). I/O thread only.
+/* io_track.c: server-assisted invalidation for a coherent L1 (see docs/ARCHITECTURE.md
+ * "Coherent L1: the invalidation path"). I/O thread only.
  *
  * A data client D with cfg.tracking owns a *tracker* T: a client of the same server
  * whose handshake is [AUTH], PING, CLIENT ID, SUBSCRIBE __redis__:invalidate, and
@@ -12,15 +12,41 @@
  * flush too, noted when tracking is back, since what happened meanwhile is unknown.
  * What was gathered goes to the loop as a BIO_OP_EVENT request made after the
  * client's BIO_OP_LISTEN (its bridge, user, on_done), once per pass of the I/O
- * thread at most: never one per key. */
+ * thread at most: never one per key.
+ *
+ * In a cluster every node's connection (a child) is a D with its own T on that node
+ * (REDIRECT names a client of the same server); what they gather goes to the parent,
+ * the *sink*, which holds the LISTEN. The parent's own connection does not track.
+ *
+ * A D that became ready while tracking is wanted and not on holds its requests
+ * (track_hold) until CLIENT TRACKING on is sent ahead of them, so that what it reads is
+ * covered from the first reply; the hold ends anyway when T cannot connect, or after
+ * connect_timeout (then as after a loss: a flush once tracking is on). */
 #include "io_internal.h"
 
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #define TRACK_CHANNEL "__redis__:invalidate"
 #define TRACK_KEYS_MAX (64u << 20)  /* bytes of keys gathered before a flush instead */
+
+int
+io_track_wanted(const bio_client *c)
+{
+    if (c->parent != NULL) {
+        return c->parent->cfg.tracking;
+    }
+    return c->cfg.tracking && !c->is_cluster && !c->push;
+}
+
+/* Where D's invalidations are gathered and delivered: a node's at its cluster's. */
+static bio_client *
+sink_of(bio_client *d)
+{
+    return d->parent != NULL ? d->parent : d;
+}
 
 static void
 keys_reset(bio_client *d)
@@ -29,6 +55,19 @@ keys_reset(bio_client *d)
     d->track_keys = NULL;
     d->track_keys_len = d->track_keys_cap = 0;
     d->track_nkeys = 0;
+}
+
+/* Every L2-backed entry is to be dropped; `stale`: and the reads in flight are not to
+ * be promoted (they may have been answered before the change). Keys gathered are
+ * dropped with the rest, their reads' staleness kept. */
+static void
+flush_note(bio_client *d, int stale)
+{
+    if (d->track_nkeys > 0) {
+        stale = 1;
+    }
+    keys_reset(d);
+    d->track_flush |= BIO_FLUSH_DROP | (stale ? BIO_FLUSH_STALE : 0);
 }
 
 /* A key invalidated: its text appended (u32 length, bytes), or, past the bound, the
@@ -41,8 +80,7 @@ keys_add(bio_client *d, const char *key, size_t len)
     }
     size_t need = d->track_keys_len + 4 + len;
     if (need > TRACK_KEYS_MAX || len > UINT32_MAX) {
-        keys_reset(d);
-        d->track_flush = 1;
+        flush_note(d, 1);
         return;
     }
     if (need > d->track_keys_cap) {
@@ -52,8 +90,7 @@ keys_add(bio_client *d, const char *key, size_t len)
         }
         char *buf = realloc(d->track_keys, cap);
         if (buf == NULL) {
-            keys_reset(d);
-            d->track_flush = 1;  /* (out of memory: dropping everything is safe) */
+            flush_note(d, 1);  /* (out of memory: dropping everything is safe) */
             return;
         }
         d->track_keys = buf;
@@ -67,11 +104,14 @@ keys_add(bio_client *d, const char *key, size_t len)
 }
 
 void
-io_track_lost(bio_client *d)
+io_track_lost(bio_client *d, int d_closed)
 {
     if (d->tracking_id != 0 || d->track_on_in_flight) {
         d->track_lost = 1;  /* (told as a flush once tracking is back) */
     }
+    /* D's own connection gone, what it read went with it (what comes next waits for
+     * tracking: the hold); T's gone, D goes on reading untracked meanwhile. */
+    d->track_untracked = d_closed ? 0 : d->track_lost;
     d->tracking_id = 0;
     d->track_on_in_flight = 0;
 }
@@ -121,7 +161,7 @@ void
 io_track_message(bio_client *t, void *reply)
 {
     redisReply *r = reply;
-    bio_client *d = t->owner;
+    bio_client *d = t->owner != NULL ? sink_of(t->owner) : NULL;
     if (d != NULL && r->type == REDIS_REPLY_ARRAY && r->elements == 3 &&
         r->element[0]->type == REDIS_REPLY_STRING && r->element[0]->len == 7 &&
         memcmp(r->element[0]->str, "message", 7) == 0) {
@@ -135,8 +175,7 @@ io_track_message(bio_client *t, void *reply)
             }
         }
         else {
-            keys_reset(d);  /* nil: FLUSHDB / FLUSHALL */
-            d->track_flush = 1;
+            flush_note(d, 1);  /* nil: FLUSHDB / FLUSHALL */
         }
     }
     freeReplyObject(reply);
@@ -181,7 +220,13 @@ tracker_of(bio_client *d)
 void
 io_track_poll(bio_client *d, double now)
 {
-    if (!d->cfg.tracking || d->close_req != NULL || d->state != ST_READY) {
+    if (d->parent == NULL && d->is_cluster) {
+        for (int i = 0; i < d->nchildren; i++) {  /* (a cluster: its nodes track) */
+            io_track_poll(d->children[i], now);
+        }
+        return;
+    }
+    if (!io_track_wanted(d) || d->close_req != NULL || d->state != ST_READY) {
         return;
     }
     bio_client *t = tracker_of(d);
@@ -200,7 +245,7 @@ io_track_poll(bio_client *d, double now)
         free(t->cfg.host);
         t->cfg.host = host;
         t->cfg.port = d->cfg.port;
-        io_track_lost(d);
+        io_track_lost(d, 1);
     }
     if (t->state == ST_IDLE) {
         io_start_connect(t, now);  /* (again after a loss: D is in use) */
@@ -228,8 +273,52 @@ io_track_poll(bio_client *d, double now)
                                now + d->cfg.socket_timeout) == 0) {
         d->track_on_in_flight = 1;
         d->track_on_id = t->track_id;
+        if (d->track_hold) {  /* (what waited goes after it: tracked) */
+            d->track_hold = 0;
+            io_pump_waiting(d, now);
+        }
     }
     resp_buf_free(&b);
+}
+
+void
+io_track_begin(bio_client *d, double now)
+{
+    if (d->parent == NULL && d->is_cluster) {
+        for (int i = 0; i < d->nchildren; i++) {
+            io_track_begin(d->children[i], now);
+        }
+        return;
+    }
+    if (!io_track_wanted(d) || d->state != ST_READY || d->close_req != NULL) {
+        return;
+    }
+    io_track_poll(d, now);
+    if (d->tracking_id == 0 && !d->track_on_in_flight) {
+        d->track_hold = 1;  /* (until T is up, or cannot be) */
+        d->track_hold_until = now + d->cfg.connect_timeout;
+    }
+}
+
+double
+io_track_hold_check(bio_client *d, double now)
+{
+    if (!d->track_hold) {
+        return INFINITY;
+    }
+    bio_client *t = d->tracker;
+    int t_failed = t == NULL || t->state == ST_BACKOFF || t->state == ST_IDLE;
+    if (t_failed || now >= d->track_hold_until || d->state != ST_READY ||
+        d->close_req != NULL) {
+        /* No tracking to go first: what waits goes untracked, and a flush follows once
+         * tracking is on (as after a loss). */
+        d->track_hold = 0;
+        d->track_lost = 1;
+        d->track_untracked = 1;
+        io_pump_waiting(d, now);
+        return INFINITY;
+    }
+    return d->track_hold_until;
 }
 
 int
@@ -240,23 +329,47 @@ io_track_on_reply(bio_client *d, void *reply, int remaining)
     if (remaining == 1) {  /* CLIENT TRACKING on's */
         d->track_on_in_flight = 0;
         if (ok) {
+            bio_client *sink = sink_of(d);
             d->tracking_id = d->track_on_id;
-            atomic_store(&d->counters.tracking, 1);
+            atomic_store(&sink->counters.tracking, 1);
             if (d->track_lost) {
-                d->track_lost = 0;  /* what happened meanwhile is unknown: a flush */
-                keys_reset(d);
-                d->track_flush = 1;
-                atomic_fetch_add(&d->counters.tracking_losses, 1);
+                /* What happened meanwhile is unknown: a flush, before the replies
+                 * that follow on this connection (they are tracked) reach the loop. */
+                d->track_lost = 0;
+                flush_note(sink, d->track_untracked);
+                d->track_untracked = 0;
+                atomic_fetch_add(&sink->counters.tracking_losses, 1);
+                io_track_deliver(sink);
             }
         }
         else {
-            snprintf(d->track_err, sizeof d->track_err, "%.*s",
-                     r->type == REDIS_REPLY_ERROR ? (int)r->len : 16,
-                     r->type == REDIS_REPLY_ERROR ? r->str : "unexpected reply");
+            snprintf(sink_of(d)->track_err, sizeof d->track_err, "%.*s",
+                     r->type == REDIS_REPLY_ERROR ? (int)(r->len > 150 ? 150 : r->len)
+                     : 16, r->type == REDIS_REPLY_ERROR ? r->str : "unexpected reply");
         }
     }
     freeReplyObject(reply);
     return 0;
+}
+
+void
+io_track_map_taken(bio_client *parent)
+{
+    /* A node lost while tracking that the new map no longer names a primary (its
+     * replica took over, or it left): "back" is its successor's tracking, which its
+     * first requests had (the hold). What it heard before is no guide: a flush. */
+    for (int i = 0; i < parent->nchildren; i++) {
+        bio_client *c = parent->children[i];
+        if (!c->track_lost || c->state == ST_READY) {
+            continue;
+        }
+        int k = io_slot_map_find(parent->map, c->cfg.host, c->cfg.port);
+        if (k < 0 || parent->map->nodes[k].primary >= 0) {
+            c->track_lost = 0;
+            flush_note(parent, 0);
+            atomic_fetch_add(&parent->counters.tracking_losses, 1);
+        }
+    }
 }
 
 void
@@ -279,6 +392,7 @@ io_track_unlisten(bio_client *d, int status)
 void
 io_track_deliver(bio_client *d)
 {
+    d = sink_of(d);
     if (d->listen == NULL || (!d->track_flush && d->track_nkeys == 0)) {
         return;
     }
@@ -286,7 +400,7 @@ io_track_deliver(bio_client *d)
     if (e == NULL) {
         return;  /* (kept: the next pass tries again) */
     }
-    e->event_flush = d->track_flush;
+    e->event_flush = d->track_flush;  /* (BIO_FLUSH_* bits) */
     e->ncmd = (int)(d->track_flush ? 0 : d->track_nkeys);
     if (!d->track_flush) {
         e->buf = d->track_keys;  /* (taken) */

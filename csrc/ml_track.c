@@ -1,4 +1,4 @@
-/* ml_track.c: a coherent L1 (issue 14, in progress): MultiLevelCache drops the L1
+/* ml_track.c: a coherent L1 : MultiLevelCache drops the L1
  * entries other clients overwrote in Redis. The L2 RedisCache listens to the
  * invalidations of its prefix (rc_track.c, io_track.c); here, which L1 keys are
  * L2-backed under which Redis key text, and what an invalidation does to them. */
@@ -10,18 +10,27 @@
 
 static void on_event(void *data, const char *buf, int nkeys, int flush);
 
+int
+ml_coherent(MultiLevelCache *self, PyObject *l1, PyObject *l2)
+{
+    return self->coherent && bruno_rc_exact(self->st, l2) && bruno_imc_exact(self->st, l1);
+}
+
 /* Listen (again) if coherent: at each L2 use, which is cheap once listening. */
 static int
 listen_l2(MultiLevelCache *self, PyObject *l2)
 {
-    if (!self->coherent || !bruno_rc_exact(self->st, l2)) {
-        return 0;
-    }
     if (self->listener == NULL &&
         (self->listener = bruno_rc_listener_new(on_event, self)) == NULL) {
         return -1;
     }
     return bruno_rc_listen(l2, self->listener);
+}
+
+int
+ml_track_listen(MultiLevelCache *self, PyObject *l1, PyObject *l2)
+{
+    return ml_coherent(self, l1, l2) ? listen_l2(self, l2) : 0;
 }
 
 /* Drop from `backed` what L1 no longer holds nor reads, when it has outgrown L1 (so it
@@ -58,7 +67,7 @@ prune(MultiLevelCache *self, PyObject *l1)
 int
 ml_track_key(MultiLevelCache *self, PyObject *l1, PyObject *l2, PyObject *key)
 {
-    if (!self->coherent || !bruno_rc_exact(self->st, l2)) {
+    if (!ml_coherent(self, l1, l2)) {
         return 0;
     }
     if (listen_l2(self, l2) < 0) {
@@ -108,9 +117,9 @@ ml_track_key(MultiLevelCache *self, PyObject *l1, PyObject *l2, PyObject *key)
     return rc;
 }
 
-/* Drop one text's keys from L1; reads of them in flight will not promote. */
+/* Drop one text's keys from L1; `stale`: reads of them in flight will not promote. */
 static void
-drop_text(MultiLevelCache *self, PyObject *l1, PyObject *text)
+drop_text(MultiLevelCache *self, PyObject *l1, PyObject *text, int stale)
 {
     PyObject *keys = PyDict_GetItemWithError(self->backed, text);
     if (keys == NULL) {
@@ -121,7 +130,7 @@ drop_text(MultiLevelCache *self, PyObject *l1, PyObject *text)
     (void)PyDict_DelItem(self->backed, text);
     for (Py_ssize_t k = 0; k < PyList_GET_SIZE(keys); k++) {
         PyObject *key = PyList_GET_ITEM(keys, k);
-        if (bruno_imc_remove(l1, key) < 0 || ml_note_write(self, key) < 0) {
+        if (bruno_imc_remove(l1, key) < 0 || (stale && ml_note_write(self, key) < 0)) {
             PyErr_Clear();
         }
     }
@@ -139,10 +148,12 @@ on_event(void *data, const char *buf, int nkeys, int flush)
         if (flush) {
             PyObject *texts = PyDict_Keys(self->backed);
             for (Py_ssize_t i = 0; texts != NULL && i < PyList_GET_SIZE(texts); i++) {
-                drop_text(self, l1, PyList_GET_ITEM(texts, i));
+                drop_text(self, l1, PyList_GET_ITEM(texts, i), 0);
             }
             Py_XDECREF(texts);
-            self->clear_epoch += 2;  /* (every read in flight: no promotion) */
+            if (flush & RC_FLUSH_STALE) {
+                self->clear_epoch += 2;  /* (every read in flight: no promotion) */
+            }
             self->l1_flushes++;
         }
         size_t pos = 0;
@@ -153,7 +164,7 @@ on_event(void *data, const char *buf, int nkeys, int flush)
                                                   "surrogateescape");
             pos += 4 + len;
             if (text != NULL) {
-                drop_text(self, l1, text);
+                drop_text(self, l1, text, 1);
                 Py_DECREF(text);
             }
             PyErr_Clear();
@@ -162,6 +173,25 @@ on_event(void *data, const char *buf, int nkeys, int flush)
     self->invalidations += flush ? 0 : (unsigned long long)nkeys;
     Py_DECREF(l1);
     PyErr_SetRaisedException(saved);
+}
+
+void
+ml_track_cleared(MultiLevelCache *self)
+{
+    /* (reads overlapping the clear do not promote: ml_clear_begin) */
+    if (self->backed != NULL) {
+        PyDict_Clear(self->backed);
+    }
+}
+
+void
+ml_track_levels_changed(MultiLevelCache *self, int l2_changed)
+{
+    if (l2_changed && self->backed != NULL && PyDict_GET_SIZE(self->backed) > 0) {
+        /* (what the old L2 backed is no longer watched) */
+        on_event(self, NULL, 0, RC_FLUSH_DROP | RC_FLUSH_STALE);
+    }
+    ml_track_free(self);
 }
 
 void

@@ -1,4 +1,4 @@
-/* rc_track.c: RedisCache's side of a coherent L1 (issue 14, in progress): a C caller
+/* rc_track.c: RedisCache's side of a coherent L1 : a C caller
  * (MultiLevelCache) listens to the invalidations of the cache's prefix; the I/O
  * thread's events (io_track.c) come back on the listening loop's bridge and are
  * handed to the listener. See rediscache.h. */
@@ -37,7 +37,9 @@ track_done(bio_req *r)
     rc_listener *l = r->user;
     if (r->op == BIO_OP_EVENT) {
         if (r->status == BIO_OK && l->data != NULL) {
-            l->on_event(l->data, r->buf, r->ncmd, r->event_flush);
+            int flush = (r->event_flush & BIO_FLUSH_DROP ? RC_FLUSH_DROP : 0) |
+                        (r->event_flush & BIO_FLUSH_STALE ? RC_FLUSH_STALE : 0);
+            l->on_event(l->data, r->buf, r->ncmd, flush);
         }
     }
     else {

@@ -67,13 +67,17 @@ PyObject *bruno_rc_disconnect(PyObject *cache, const char *qualname);
 /* The doc-form statistics (its stats() method). */
 PyObject *bruno_rc_stats(PyObject *cache);
 
-/* Invalidations (a coherent L1; in progress): a listener hears, on the loop that
+/* Invalidations (a coherent L1): a listener hears, on the loop that
  * listened, the keys other clients wrote under the cache's prefix (`buf`: `nkeys`
  * texts, each a u32 length and its bytes, as Redis names them: prefix + str(key)),
- * or `flush` (every key may have changed: a FLUSHDB, or tracking lost and back).
+ * or `flush` (RC_FLUSH_* bits: every key may have changed, a FLUSHDB or tracking lost
+ * and back; with RC_FLUSH_STALE, reads in flight may have been answered before the
+ * change or untracked: they must not be promoted either).
  * Loop thread only. The caller owns one reference; each listening holds one more
  * until it ends (the cache closes or is let go: listen again at the next use).
  * `data` is borrowed: set it to NULL before it goes. */
+#define RC_FLUSH_DROP 1
+#define RC_FLUSH_STALE 2
 typedef struct {
     void (*on_event)(void *data, const char *buf, int nkeys, int flush);
     void *data;
