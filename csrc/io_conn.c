@@ -1519,7 +1519,8 @@ io_client_timers(bio_client *c, double now)
     case ST_BACKOFF:
         if (c->backoff_until <= now) {
             c->state = ST_IDLE;
-            if (c->wait_head != NULL || (c->is_cluster && c->map_wanted)) {
+            if (c->wait_head != NULL || (c->is_cluster && c->map_wanted) ||
+                io_track_reconnect(c)) {
                 start_connect(c, now);
                 return now;
             }
@@ -1534,6 +1535,10 @@ io_client_timers(bio_client *c, double now)
         if (c->is_cluster && c->parent == NULL && c->map_wanted && c->close_req == NULL &&
             c->ever_connected) {
             start_connect(c, now);
+            return now;
+        }
+        if (io_track_reconnect(c)) {
+            start_connect(c, now);  /* (its L1 waits for tracking to be back) */
             return now;
         }
         break;

@@ -322,6 +322,7 @@ int io_track_handshake_reply(bio_client *t, const void *reply, int remaining, ch
 void io_track_message(bio_client *t, void *reply);  /* a reply of T once ready (taken) */
 void io_track_poll(bio_client *d, double now);      /* D's timers: T up, tracking on */
 int io_track_wanted(const bio_client *c);  /* c is a D whose tracking is asked for */
+int io_track_reconnect(bio_client *c);  /* D must connect again: tracking lost, listened */
 /* D ready, or listened to: tracking asked now, or its requests held until it is. */
 void io_track_begin(bio_client *d, double now);
 double io_track_hold_check(bio_client *d, double now);  /* next time due, or INFINITY */

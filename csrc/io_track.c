@@ -48,6 +48,16 @@ sink_of(bio_client *d)
     return d->parent != NULL ? d->parent : d;
 }
 
+int
+io_track_reconnect(bio_client *c)
+{
+    /* A listened-to D whose tracking was lost comes back by itself: until it does, the
+     * L1 may serve what others changed meanwhile (nothing else may use this
+     * connection: L1 hits do not). */
+    return io_track_wanted(c) && c->track_lost && c->close_req == NULL &&
+           sink_of(c)->listen != NULL;
+}
+
 static void
 keys_reset(bio_client *d)
 {

@@ -185,6 +185,7 @@ ml_hook_of(ml_via *via, rc_hook *hook)
     hook->drop = via_drop;
     hook->traverse = via_traverse;
     hook->data = via;
+    hook->origin = via->mlc->listener;  /* (its own writes: its L1 holds them already) */
     return hook;
 }
 

@@ -1,11 +1,23 @@
-/* rc_track.c: RedisCache's side of a coherent L1 : a C caller
- * (MultiLevelCache) listens to the invalidations of the cache's prefix; the I/O
- * thread's events (io_track.c) come back on the listening loop's bridge and are
- * handed to the listener. See rediscache.h. */
+/* rc_track.c: RedisCache's side of a coherent L1: C callers (MultiLevelCache) listen to
+ * the invalidations of the cache's prefix. The cache's *hub* holds its listeners and
+ * its one listening (a BIO_OP_LISTEN on the loop's bridge): the I/O thread's events
+ * (io_track.c) come back on that bridge and are handed to every listener. Writes made
+ * through this cache are not told by the server (NOLOOP: the connection's own), so the
+ * hub tells the other listeners of them itself, once answered. See rediscache.h. */
 #include "bridge.h"
 #include "rc_internal.h"
 
+#include <stdint.h>
 #include <string.h>
+
+/* Owned by the cache (one reference) and by its LISTEN while one is out (another): the
+ * LISTEN ends on the loop after the cache may be gone. */
+typedef struct rc_hub {
+    int refs;
+    int listening;           /* a LISTEN is out */
+    rc_listener **ls;        /* owned references (PyMem) */
+    int n, cap;
+} rc_hub;
 
 rc_listener *
 bruno_rc_listener_new(void (*on_event)(void *data, const char *buf, int nkeys, int flush),
@@ -30,23 +42,71 @@ bruno_rc_listener_release(rc_listener *l)
     }
 }
 
+/* Listeners whose owner went (data NULL) are let go. */
+static void
+hub_prune(rc_hub *h)
+{
+    int kept = 0;
+    for (int i = 0; i < h->n; i++) {
+        if (h->ls[i]->data != NULL) {
+            h->ls[kept++] = h->ls[i];
+        }
+        else {
+            h->ls[i]->joined = NULL;
+            bruno_rc_listener_release(h->ls[i]);
+        }
+    }
+    h->n = kept;
+}
+
+static void
+hub_release(rc_hub *h)
+{
+    if (h != NULL && --h->refs == 0) {
+        for (int i = 0; i < h->n; i++) {
+            h->ls[i]->joined = NULL;
+            bruno_rc_listener_release(h->ls[i]);
+        }
+        PyMem_Free(h->ls);
+        PyMem_Free(h);
+    }
+}
+
+/* Every listener but `origin` hears (buf, nkeys, flush). A listener's handler may
+ * drop the last reference to its owner (and release the listener): each is held. */
+static void
+hub_tell(rc_hub *h, const void *origin, const char *buf, int nkeys, int flush)
+{
+    h->refs++;
+    for (int i = 0; i < h->n; i++) {
+        rc_listener *l = h->ls[i];
+        if (l != origin && l->data != NULL) {
+            l->refs++;
+            l->on_event(l->data, buf, nkeys, flush);
+            bruno_rc_listener_release(l);
+        }
+    }
+    hub_prune(h);
+    hub_release(h);
+}
+
 /* An event, or the LISTEN's end, on the listening loop. */
 static void
 track_done(bio_req *r)
 {
-    rc_listener *l = r->user;
+    rc_hub *h = r->user;
     if (r->op == BIO_OP_EVENT) {
-        if (r->status == BIO_OK && l->data != NULL) {
+        if (r->status == BIO_OK) {
             int flush = (r->event_flush & BIO_FLUSH_DROP ? RC_FLUSH_DROP : 0) |
                         (r->event_flush & BIO_FLUSH_STALE ? RC_FLUSH_STALE : 0);
-            l->on_event(l->data, r->buf, r->ncmd, flush);
+            hub_tell(h, NULL, r->buf, r->ncmd, flush);
         }
     }
     else {
         /* The LISTEN is over (the cache closed, or was let go): its events came
          * before it on this bridge. A later use listens again. */
-        l->listening = 0;
-        bruno_rc_listener_release(l);
+        h->listening = 0;
+        hub_release(h);
     }
     r->user = NULL;
     bio_req_free(r);
@@ -55,10 +115,38 @@ track_done(bio_req *r)
 int
 bruno_rc_listen(PyObject *cache, rc_listener *l)
 {
-    if (l->listening) {
+    RedisCache *self = (RedisCache *)cache;
+    rc_hub *h = self->hub;
+    if (h != NULL && h->listening && l->joined == h) {
+        return 0;  /* (every L2 use asks: this is the common case) */
+    }
+    if (h == NULL) {
+        if ((h = PyMem_Calloc(1, sizeof *h)) == NULL) {
+            PyErr_NoMemory();
+            return -1;
+        }
+        h->refs = 1;  /* the cache's */
+        self->hub = h;
+    }
+    if (l->joined != h) {
+        hub_prune(h);
+        if (h->n == h->cap) {
+            int cap = h->cap ? 2 * h->cap : 4;
+            rc_listener **ls = PyMem_Realloc(h->ls, (size_t)cap * sizeof *ls);
+            if (ls == NULL) {
+                PyErr_NoMemory();
+                return -1;
+            }
+            h->ls = ls;
+            h->cap = cap;
+        }
+        h->ls[h->n++] = l;
+        l->refs++;
+        l->joined = h;
+    }
+    if (h->listening) {
         return 0;
     }
-    RedisCache *self = (RedisCache *)cache;
     bio_client *c = rc_client(self);
     int no_loop;
     PyObject *bridge = c != NULL ? rc_bridge(self, &no_loop) : NULL;
@@ -73,20 +161,108 @@ bruno_rc_listen(PyObject *cache, rc_listener *l)
         PyErr_NoMemory();
         return -1;
     }
-    r->user = l;
+    r->user = h;
     r->on_done = track_done;
-    l->refs++;
-    l->listening = 1;
+    h->refs++;
+    h->listening = 1;
     /* (not through the bridge's batching, nor counted in flight: it stays out) */
     if (bio_submit(r) < 0) {
-        l->listening = 0;
-        l->refs--;
+        h->listening = 0;
+        h->refs--;
         r->user = NULL;
         bio_req_free(r);
         PyErr_SetString(self->st->CacheError, "cannot start the I/O thread");
         return -1;
     }
     return 0;
+}
+
+void
+rc_track_release(RedisCache *self)
+{
+    rc_hub *h = self->hub;
+    self->hub = NULL;
+    hub_release(h);
+}
+
+int
+rc_track_wants(RedisCache *self, int op)
+{
+    return self->hub != NULL && self->hub->n > 0 &&
+           (op == RC_SET || op == RC_DELETE || op == RC_SETMANY);
+}
+
+/* Append key's Redis text (u32 length, UTF-8 bytes) to *buf. 0 or -1 (an exception). */
+static int
+pack_key(RedisCache *self, PyObject *key, char **buf, size_t *len, size_t *cap)
+{
+    PyObject *text = bruno_rc_key_text((PyObject *)self, key);
+    PyObject *bytes = text != NULL ? PyUnicode_AsEncodedString(text, "utf-8",
+                                                                "surrogateescape") : NULL;
+    Py_XDECREF(text);
+    if (bytes == NULL) {
+        return -1;
+    }
+    size_t n = (size_t)PyBytes_GET_SIZE(bytes);
+    int rc = -1;
+    if (n <= UINT32_MAX) {
+        if (*len + 4 + n > *cap) {
+            size_t want = (*cap ? *cap : 64);
+            while (want < *len + 4 + n) {
+                want *= 2;
+            }
+            char *grown = PyMem_Realloc(*buf, want);
+            if (grown == NULL) {
+                PyErr_NoMemory();
+                Py_DECREF(bytes);
+                return -1;
+            }
+            *buf = grown;
+            *cap = want;
+        }
+        uint32_t n32 = (uint32_t)n;
+        memcpy(*buf + *len, &n32, 4);
+        memcpy(*buf + *len + 4, PyBytes_AS_STRING(bytes), n);
+        *len += 4 + n;
+        rc = 0;
+    }
+    Py_DECREF(bytes);
+    return rc;
+}
+
+void
+rc_track_written(RedisCache *self, rc_call *call)
+{
+    rc_hub *h = self->hub;
+    if (h == NULL || h->n == 0 || (h->n == 1 && h->ls[0] == call->hook.origin)) {
+        return;
+    }
+    PyObject *saved = PyErr_GetRaisedException();
+    if (call->op == RC_CLEAR) {
+        hub_tell(h, call->hook.origin, NULL, 0, RC_FLUSH_DROP | RC_FLUSH_STALE);
+    }
+    else if (call->written != NULL) {
+        char *buf = NULL;
+        size_t len = 0, cap = 0;
+        int n = 0, failed = 0;
+        if (call->op == RC_SETMANY) {
+            for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(call->written) && !failed; i += 2) {
+                failed = pack_key(self, PyTuple_GET_ITEM(call->written, i), &buf, &len,
+                                  &cap) < 0;
+                n++;
+            }
+        }
+        else {
+            failed = pack_key(self, call->written, &buf, &len, &cap) < 0;
+            n = 1;
+        }
+        /* (a key whose text cannot be made was not written: its call failed on it; any
+         * other failure, out of memory, drops everything instead) */
+        hub_tell(h, call->hook.origin, failed ? NULL : buf, failed ? 0 : n,
+                 failed ? RC_FLUSH_DROP | RC_FLUSH_STALE : 0);
+        PyMem_Free(buf);
+    }
+    PyErr_SetRaisedException(saved);
 }
 
 PyObject *

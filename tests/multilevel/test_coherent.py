@@ -1,18 +1,21 @@
-"""A coherent L1 (issue 14, work in progress): MultiLevelCache drops the L1 entries
-that other clients change in Redis (README "MultiLevelCache API": coherence, to come).
+"""A coherent L1: MultiLevelCache drops the L1 entries that other clients change in Redis
+(README "Coherent L1"; ARCHITECTURE "Coherent L1: the invalidation path").
 
-Here the other client is a raw connection of the test (``redis_server.command``); the
-tests with other OS processes, the cluster and the benchmarks are still to come.
-Every wait is a poll with a deadline (no sleep decides a verdict)."""
+The other client is a raw connection of the test (``redis_server.command``), another
+OS process (tests/scripts/coherent_writer.py), or another cache object of this process;
+the server is one redis-server or the worker's 3+3 cluster (the topologies marker).
+Sentinel failover: test_sentinel.py; a cluster's failover and migration:
+test_cluster.py. Every wait is a poll with a deadline (no sleep decides a verdict)."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import time
 
 import pytest
 
 from bruno_memory_c import InMemoryCache, MultiLevelCache
-from tests.support import bounded_by, cache_maker, run_script, until
+from tests.support import bounded_by, cache_maker, memory_growth, run_script, until
 
 PREFIX = "coh:"
 make_l2 = cache_maker(prefix=PREFIX, socket_timeout=5.0, connect_timeout=5.0)
@@ -20,22 +23,42 @@ bounded = bounded_by(30.0)
 
 
 async def coherent_pair(redis_server, **kw):
-    """A MultiLevelCache over a fresh L2, listening (the server tracks for it)."""
+    """A MultiLevelCache over a fresh L2, started: once start() returns, what it reads
+    and writes is tracked (a node of a cluster: from its first request on)."""
     l2 = make_l2(redis_server)
     ml = MultiLevelCache(InMemoryCache(), l2, **kw)
-    await bounded(ml.set("ready", 1))
-    if kw.get("coherent", True) is not False:
-        await until(lambda: tracking_on(redis_server), "the server tracks for the cache")
+    await bounded(ml.start())
+    assert ml.coherent is (kw.get("coherent") is not False)
+    if ml.coherent and getattr(redis_server, "topology", "standalone") == "standalone":
+        assert any(b"t" in flags for _, flags in clients(redis_server))  # tracking on
     return ml, l2
 
 
-def tracking_on(redis_server) -> bool:
-    """Does a client of the server have tracking on (CLIENT LIST flag t)?"""
-    for line in redis_server.command("CLIENT", "LIST").splitlines():
-        flags = line.split(b"flags=")[1].split(b" ")[0]
-        if b"t" in flags:
-            return True
-    return False
+def servers(redis_server) -> list:
+    """The server, or a cluster's live nodes."""
+    cluster = getattr(redis_server, "cluster", None)
+    if cluster is None:
+        return [redis_server]
+    return [n for n in cluster.nodes if n.proc is not None and n.proc.poll() is None]
+
+
+def clients(redis_server) -> list[tuple[object, bytes]]:
+    """(node, CLIENT LIST line's flags) of every client of every server (node)."""
+    out = []
+    for node in servers(redis_server):
+        for line in node.command("CLIENT", "LIST").splitlines():
+            out.append((node, line.split(b"flags=")[1].split(b" ")[0]))
+    return out
+
+
+def subscribers(redis_server) -> list[tuple[object, str]]:
+    """(node, client id) of every client subscribed (our trackers)."""
+    out = []
+    for node in servers(redis_server):
+        for line in node.command("CLIENT", "LIST").decode().splitlines():
+            if "cmd=subscribe" in line or "sub=1" in line:
+                out.append((node, line.split()[0].split("=")[1]))
+    return out
 
 
 async def l1_has(ml, key) -> bool:
@@ -50,8 +73,9 @@ async def l1_drops(ml, key, limit: float = 10.0) -> None:
         await asyncio.sleep(0.001)
 
 
+@pytest.mark.topologies("standalone", "cluster")
 @pytest.mark.parametrize("change", ["overwrite", "delete", "expire", "flushdb"])
-async def test_another_clients_change_drops_the_l1_entry(redis_server, change):
+async def test_another_clients_change_drops_the_l1_entry(redis_server, topology, change):
     """A's L1 holds k (written through A); another client changes k in Redis: A's L1
     stops serving the old value (polled with a deadline), and A's get then reads what
     Redis has."""
@@ -77,8 +101,9 @@ async def test_another_clients_change_drops_the_l1_entry(redis_server, change):
         await l2.disconnect()
 
 
+@pytest.mark.topologies("standalone", "cluster")
 @pytest.mark.parametrize("op", ["set", "delete"])
-async def test_another_process_write_drops_the_l1_entry(redis_server, op):
+async def test_another_process_write_drops_the_l1_entry(redis_server, topology, op):
     """Another OS process (tests/scripts/coherent_writer.py, our RedisCache) overwrites
     or deletes k and exits once Redis acknowledged it: A's L1 stops serving the old
     value (polled with a deadline) and A reads what that process wrote."""
@@ -94,7 +119,8 @@ async def test_another_process_write_drops_the_l1_entry(redis_server, op):
         await l2.disconnect()
 
 
-async def test_own_writes_keep_their_l1_entry(redis_server):
+@pytest.mark.topologies("standalone", "cluster")
+async def test_own_writes_keep_their_l1_entry(redis_server, topology):
     """NOLOOP: what A writes through itself is what its L1 holds: no invalidation."""
     ml, l2 = await coherent_pair(redis_server)
     try:
@@ -109,14 +135,15 @@ async def test_own_writes_keep_their_l1_entry(redis_server):
         await l2.disconnect()
 
 
-async def test_coherent_false_is_todays_behaviour(redis_server):
+@pytest.mark.topologies("standalone", "cluster")
+async def test_coherent_false_is_todays_behaviour(redis_server, topology):
     ml, l2 = await coherent_pair(redis_server, coherent=False)
     try:
         await ml.set("k", "old")
         redis_server.command("SET", PREFIX + "k", '"new"')
         assert await ml.get("k") == "old"  # (served from L1, as bruno-memory does)
-        assert not any(b"cmd=subscribe" in line
-                       for line in redis_server.command("CLIENT", "LIST").splitlines())
+        assert subscribers(redis_server) == []
+        assert not any(b"t" in flags for _, flags in clients(redis_server))
     finally:
         await l2.disconnect()
 
@@ -132,20 +159,110 @@ def test_coherent_true_needs_our_levels():
         MultiLevelCache(InMemoryCache(), None, coherent=1)
 
 
-async def test_a_lost_channel_flushes_the_l2_backed_entries(redis_server):
-    """The subscriber connection killed (CLIENT KILL): once tracking is back, the L1
-    entries that came from or went to L2 are dropped (what changed meanwhile is
-    unknown), and the loss is counted as an L1 flush."""
+@pytest.mark.topologies("standalone", "cluster")
+@pytest.mark.parametrize("victim", ["subscriber", "data"])
+async def test_a_lost_channel_flushes_the_l2_backed_entries(redis_server, topology, victim):
+    """The subscriber connection, or the data connection whose tracking it receives,
+    killed (CLIENT KILL): once tracking is back, the L1 entries that came from or went
+    to L2 are dropped (what changed meanwhile is unknown), and the loss is counted as
+    an L1 flush."""
     ml, l2 = await coherent_pair(redis_server)
     try:
         await ml.set("k", 1)
         await ml.l1.set("local", 1)  # (never L2's: kept)
-        clients = redis_server.command("CLIENT", "LIST").decode().splitlines()
-        subscriber = next(c for c in clients if "cmd=subscribe" in c)
-        redis_server.command("CLIENT", "KILL", "ID", subscriber.split()[0].split("=")[1])
+        if victim == "subscriber":
+            for node, sub_id in subscribers(redis_server):
+                node.command("CLIENT", "KILL", "ID", sub_id)
+        else:
+            for node in servers(redis_server):
+                node.command("CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes")
         await until(lambda: ml.stats()["l1_flushes"] >= 1, "the flush after the loss", 10)
         assert not await l1_has(ml, "k")
         assert await ml.l1.get("local") == 1
         assert await ml.get("k") == 1  # (read again from L2)
     finally:
         await l2.disconnect()
+
+
+@pytest.mark.topologies("standalone", "cluster")
+async def test_caches_sharing_one_l2_hear_each_other(redis_server, topology):
+    """Two MultiLevelCaches over one RedisCache (one connection: the server tells it
+    nothing of its own writes): a write through one, or through the RedisCache
+    itself, drops the other's L1 entry once answered; the writer keeps its own."""
+    ml, l2 = await coherent_pair(redis_server)
+    other = MultiLevelCache(InMemoryCache(), l2)
+    try:
+        await ml.set("k", "old")
+        assert await other.get("k") == "old" and await l1_has(other, "k")  # promoted
+        await ml.set("k", "new")
+        assert not await l1_has(other, "k") and await ml.l1.get("k") == "new"
+        assert await other.get("k") == "new"
+        await l2.set("k", "direct")  # (neither cache's: both let it go)
+        assert not await l1_has(other, "k") and not await l1_has(ml, "k")
+        await ml.set_many({"k": 1, "j": 2})
+        assert not await l1_has(other, "k")
+        assert await other.get("k") == 1
+        await ml.delete("k")
+        assert not await l1_has(other, "k")
+        assert await other.get("j") == 2
+        await ml.clear()
+        assert not await l1_has(other, "j")
+    finally:
+        await l2.disconnect()
+
+
+@pytest.mark.topologies("standalone", "cluster")
+async def test_a_read_in_flight_while_another_client_writes(redis_server, topology):
+    """Races: A's L2 read of k is in flight while another client overwrites k. Whatever
+    the order in which A hears the read's answer and the invalidation (the loop is held
+    while both may arrive), once the invalidation is in A's L1 does not serve the old
+    value: a read answered before the write is not promoted over it."""
+    ml, l2 = await coherent_pair(redis_server)
+    try:
+        for i in range(40):
+            key = f"race{i}"
+            await l2.set(key, "old")  # (L2 only: A's get reads it from Redis)
+            heard = ml.stats()["invalidations"]
+            read = asyncio.ensure_future(ml.get(key))
+            await asyncio.sleep(0)  # (the read is sent)
+            redis_server.command("SET", PREFIX + key, '"new"')  # acknowledged
+            time.sleep(0.002 * (i % 5))  # (the loop held: answer and message queue up)
+            assert await bounded(read) in ("old", "new")
+            await until(lambda: ml.stats()["invalidations"] > heard, "the invalidation")
+            assert await ml.l1.get(key) in (None, "new")
+            assert await ml.get(key) == "new"
+    finally:
+        await l2.disconnect()
+
+
+async def test_coherent_caches_made_and_dropped_leave_nothing(redis_server):
+    """Coherent caches made, used (tracked, invalidated, flushed) and dropped, over
+    and over: the server's connections come back to what they were (every tracker
+    closed with its cache), and memory (Python, native, awaitables) does not grow."""
+    base = len(clients(redis_server))
+
+    async def rounds(n: int) -> None:
+        for i in range(n):
+            l2 = make_l2(redis_server)
+            ml = MultiLevelCache(InMemoryCache(), l2)
+            await ml.start()
+            await ml.set("k", i)
+            redis_server.command("SET", PREFIX + "k", '"x"')
+            await l1_drops(ml, "k")
+            redis_server.command("FLUSHDB")
+            await until(lambda: ml.stats()["l1_flushes"] >= 1, "the FLUSHDB's flush")
+            await l2.disconnect()
+            del ml, l2
+
+    await rounds(5)  # (warm: free lists, buffers)
+    gc.collect()
+    await until(lambda: len(clients(redis_server)) <= base, "the connections closed")
+    probe = make_l2(redis_server)
+    await probe.connect()
+    python, native, awaitables = await memory_growth(probe, lambda: rounds(30))
+    await probe.disconnect()
+    assert awaitables == 0
+    assert python < 256 * 1024, python
+    assert native < 1024 * 1024, native
+    gc.collect()
+    await until(lambda: len(clients(redis_server)) <= base, "the connections closed")
