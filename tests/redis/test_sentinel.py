@@ -493,6 +493,33 @@ async def test_multilevel_over_sentinel(group):
     await l2.disconnect()
 
 
+async def test_coherent_multilevel_across_a_failover(group):
+    """A coherent MultiLevelCache over Sentinel: across a failover the tracking follows
+    the primary (the old one's channel lost: the L2-backed entries are dropped once it
+    is back on the new one), and another client's write on the new primary drops the
+    entry A read there, with no use of L2 by A in between."""
+    l2 = sentinel_cache(group, prefix="sntco:")
+    m = MultiLevelCache(InMemoryCache(), l2)
+    try:
+        await bounded(m.start())
+        await m.set("k", "old")
+        old = group.primary()
+        group.failover()
+        new = await asyncio.to_thread(group.wait_primary_changed, old.port)
+        await until(lambda: m.stats()["l1_flushes"] >= 1, "the flush on the new primary",
+                    RECOVER)
+        assert not await m.l1.exists("k")
+        assert await bounded(m.get("k")) == "old"  # (replicated), read again, promoted
+        heard = m.stats()["invalidations"]
+        assert new.command("SET", "sntco:k", '"new"') == "OK"
+        await until(lambda: m.stats()["invalidations"] > heard, "the new primary's message",
+                    RECOVER)
+        assert not await m.l1.exists("k")
+        assert await bounded(m.get("k")) == "new"
+    finally:
+        await l2.disconnect()
+
+
 async def test_watcher_thread_and_sockets_freed(group):
     """The watcher runs while the cache is connected and ends on disconnect() and when
     the cache is dropped; the sockets go with it."""
