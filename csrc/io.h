@@ -49,7 +49,8 @@ enum {
                           this one's bridge, user and on_done, until the client closes
                           or another LISTEN replaces it (then it completes) */
     BIO_OP_EVENT,      /* made by the I/O thread: buf holds `ncmd` invalidated keys (u32
-                          length, bytes)..., event_flush says "drop them all" */
+                          length, bytes)..., event_flush says "drop them all"; err, if
+                          set, why the server refused tracking (told once) */
 };
 
 /* A BIO_OP_EVENT's flush: every L2-backed entry is to be dropped (DROP), and (STALE)

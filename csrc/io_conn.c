@@ -566,6 +566,7 @@ handshake_done(bio_client *c, double now)
     c->suspect = 0;
     atomic_store(&c->counters.connected, 1);
     if (c->push && c->owner != NULL) {
+        c->track_ping_at = 0;  /* (a new connection: quiet from now) */
         io_track_poll(c->owner, now);  /* a tracker up: its client's tracking, now */
     }
     else {
@@ -875,8 +876,8 @@ static void
 on_reply(bio_client *c, void *reply, double now)
 {
     slot *s = ring_front(c);
-    if (s == NULL && c->push && c->state == ST_READY) {
-        io_track_message(c, reply);  /* a tracker's: an invalidation */
+    if (c->push && c->state == ST_READY && (s == NULL || io_track_is_message(reply))) {
+        io_track_message(c, reply);  /* a tracker's: an invalidation (or noise) */
         return;
     }
     if (s == NULL) {
@@ -893,7 +894,7 @@ on_reply(bio_client *c, void *reply, double now)
     }
     char role_err[BIO_ERRLEN];
     if (s->kind == SLOT_TRACK) {
-        io_track_on_reply(c, reply, (int)s->remaining);
+        io_track_on_reply(c, reply, (int)s->remaining, now);
         if (--s->remaining == 0) {
             ring_pop(c);
         }
@@ -1048,6 +1049,7 @@ take_bytes(bio_client *c, const char *buf, size_t n, double now)
             return -1;  /* the reply closed or failed the connection */
         }
     }
+    pushed = c->push && c->state == ST_READY;  /* (its handshake may have ended) */
     if (c->r_count == 0 && !pushed && resp_scan_busy(&c->scan)) {
         /* The start of a reply nobody asked for came with the last one owed. */
         connection_failed(c, "Protocol error: unexpected reply", now);
@@ -1545,6 +1547,9 @@ io_client_timers(bio_client *c, double now)
     case ST_READY:
         if (io_track_wanted(c)) {
             io_track_poll(c, now);
+        }
+        if (c->push) {
+            next = fmin(next, io_track_ping(c, now));
         }
         if (c->next_flush <= now) {
             io_append_stats_flush(c, now);

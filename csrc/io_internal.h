@@ -160,11 +160,16 @@ struct bio_client {
     size_t track_keys_len, track_keys_cap, track_nkeys;
     int track_hold;              /* ready, requests held until tracking is asked */
     double track_hold_until;
-    char track_err[BIO_ERRLEN];  /* why the server refused tracking, if it did */
+    int track_on_void;           /* the one in flight names a lost T */
+    int track_refused;           /* the last CLIENT TRACKING on was refused */
+    double track_retry_at;       /* not asked again before */
+    char track_err[BIO_ERRLEN];  /* the sink's: why the server refused tracking */
+    int track_err_new;           /* the sink's: to be told to the loop */
     bio_req *listen;             /* owned: the BIO_OP_LISTEN events are made after */
     /* ... and T, the tracker: */
     int push;                    /* replies after the handshake are messages */
     long long track_id;          /* its CLIENT ID */
+    double track_ping_at;        /* its next PING (quiet peers are asked) */
     bio_client *owner;           /* borrowed: D (cleared when D lets go of it) */
 };
 
@@ -327,7 +332,10 @@ int io_track_reconnect(bio_client *c);  /* D must connect again: tracking lost, 
 void io_track_begin(bio_client *d, double now);
 double io_track_hold_check(bio_client *d, double now);  /* next time due, or INFINITY */
 void io_track_map_taken(bio_client *parent);  /* a cluster's new map: lost nodes gone? */
-int io_track_on_reply(bio_client *d, void *reply, int remaining);  /* SLOT_TRACK (taken) */
+int io_track_is_message(const void *reply);  /* an invalidation message's shape? */
+double io_track_ping(bio_client *t, double now);  /* T's timers: PING when due; next */
+/* A reply to D's SLOT_TRACK entry (taken). */
+int io_track_on_reply(bio_client *d, void *reply, int remaining, double now);
 /* D's (d_closed) or T's connection went: tracking is off. */
 void io_track_lost(bio_client *d, int d_closed);
 void io_track_free(bio_client *d);  /* D is freed: its keys, its reference to T */

@@ -31,6 +31,8 @@
 
 #define TRACK_CHANNEL "__redis__:invalidate"
 #define TRACK_KEYS_MAX (64u << 20)  /* bytes of keys gathered before a flush instead */
+#define TRACK_RETRY 1.0             /* seconds between CLIENT TRACKING tries once refused */
+#define TRACK_PING_EVERY 10.0       /* a quiet tracker is asked PING (a dead peer seen) */
 
 int
 io_track_wanted(const bio_client *c)
@@ -54,8 +56,13 @@ io_track_reconnect(bio_client *c)
     /* A listened-to D whose tracking was lost comes back by itself: until it does, the
      * L1 may serve what others changed meanwhile (nothing else may use this
      * connection: L1 hits do not). */
-    return io_track_wanted(c) && c->track_lost && c->close_req == NULL &&
-           sink_of(c)->listen != NULL;
+    if (!io_track_wanted(c) || !c->track_lost || c->close_req != NULL ||
+        sink_of(c)->listen == NULL) {
+        return 0;
+    }
+    /* (a cluster's node the map no longer names: its slots are served elsewhere) */
+    return c->parent == NULL || c->parent->map == NULL ||
+           io_slot_map_find(c->parent->map, c->cfg.host, c->cfg.port) >= 0;
 }
 
 static void
@@ -123,7 +130,12 @@ io_track_lost(bio_client *d, int d_closed)
      * tracking: the hold); T's gone, D goes on reading untracked meanwhile. */
     d->track_untracked = d_closed ? 0 : d->track_lost;
     d->tracking_id = 0;
-    d->track_on_in_flight = 0;
+    if (d_closed) {
+        d->track_on_in_flight = d->track_on_void = 0;  /* (its reply will not come) */
+    }
+    else if (d->track_on_in_flight) {
+        d->track_on_void = 1;  /* (its +OK names the lost T: it means nothing) */
+    }
 }
 
 /* ------------------------------------------------------------------ the tracker */
@@ -172,9 +184,7 @@ io_track_message(bio_client *t, void *reply)
 {
     redisReply *r = reply;
     bio_client *d = t->owner != NULL ? sink_of(t->owner) : NULL;
-    if (d != NULL && r->type == REDIS_REPLY_ARRAY && r->elements == 3 &&
-        r->element[0]->type == REDIS_REPLY_STRING && r->element[0]->len == 7 &&
-        memcmp(r->element[0]->str, "message", 7) == 0) {
+    if (d != NULL && io_track_is_message(r)) {
         redisReply *keys = r->element[2];
         atomic_fetch_add(&d->counters.invalidations, 1);
         if (keys->type == REDIS_REPLY_ARRAY) {
@@ -261,7 +271,8 @@ io_track_poll(bio_client *d, double now)
         io_start_connect(t, now);  /* (again after a loss: D is in use) */
         return;
     }
-    if (t->state != ST_READY || d->track_on_in_flight || d->tracking_id == t->track_id) {
+    if (t->state != ST_READY || d->track_on_in_flight || d->tracking_id == t->track_id ||
+        now < d->track_retry_at) {
         return;
     }
     /* T is up with an id D does not redirect to yet (first time, or T reconnected):
@@ -332,15 +343,26 @@ io_track_hold_check(bio_client *d, double now)
 }
 
 int
-io_track_on_reply(bio_client *d, void *reply, int remaining)
+io_track_on_reply(bio_client *d, void *reply, int remaining, double now)
 {
     redisReply *r = reply;
-    int ok = r->type == REDIS_REPLY_STATUS;
+    if (d->push) {
+        freeReplyObject(reply);  /* (a tracker's PING answered) */
+        return 0;
+    }
     if (remaining == 1) {  /* CLIENT TRACKING on's */
-        d->track_on_in_flight = 0;
-        if (ok) {
-            bio_client *sink = sink_of(d);
+        bio_client *sink = sink_of(d);
+        bio_client *t = d->tracker;
+        int void_ = d->track_on_void || t == NULL || t->state != ST_READY ||
+                    t->track_id != d->track_on_id;
+        d->track_on_in_flight = d->track_on_void = 0;
+        if (void_) {
+            /* T was lost while it was in flight: tracking is not on (the next poll
+             * asks again, towards T's new id); the loss stays to be told. */
+        }
+        else if (r->type == REDIS_REPLY_STATUS) {
             d->tracking_id = d->track_on_id;
+            d->track_refused = 0;
             atomic_store(&sink->counters.tracking, 1);
             if (d->track_lost) {
                 /* What happened meanwhile is unknown: a flush, before the replies
@@ -353,13 +375,55 @@ io_track_on_reply(bio_client *d, void *reply, int remaining)
             }
         }
         else {
-            snprintf(sink_of(d)->track_err, sizeof d->track_err, "%.*s",
-                     r->type == REDIS_REPLY_ERROR ? (int)(r->len > 150 ? 150 : r->len)
-                     : 16, r->type == REDIS_REPLY_ERROR ? r->str : "unexpected reply");
+            /* Refused (a server without it, an ACL, a proxy): D goes on untracked,
+             * asked again at most every TRACK_RETRY (a flush once it works); the loop
+             * is told once per refusal. */
+            if (!d->track_refused) {
+                snprintf(sink->track_err, sizeof sink->track_err, "CLIENT TRACKING: %.*s",
+                         r->type == REDIS_REPLY_ERROR ? (int)(r->len > 150 ? 150 : r->len)
+                         : 16, r->type == REDIS_REPLY_ERROR ? r->str : "unexpected reply");
+                sink->track_err_new = 1;
+            }
+            d->track_refused = 1;
+            d->track_retry_at = now + TRACK_RETRY;
+            d->track_lost = 1;
+            d->track_untracked = 1;
         }
     }
     freeReplyObject(reply);
     return 0;
+}
+
+int
+io_track_is_message(const void *reply)
+{
+    const redisReply *r = reply;
+    return r->type == REDIS_REPLY_ARRAY && r->elements == 3 &&
+           r->element[0]->type == REDIS_REPLY_STRING && r->element[0]->len == 7 &&
+           memcmp(r->element[0]->str, "message", 7) == 0;
+}
+
+double
+io_track_ping(bio_client *t, double now)
+{
+    if (t->track_ping_at == 0) {
+        t->track_ping_at = now + TRACK_PING_EVERY;
+    }
+    if (now >= t->track_ping_at && t->r_count == 0) {
+        /* Messages are all a tracker hears: a peer gone without a word (a partition,
+         * a proxy) would go unseen. Its answer is due within socket_timeout. */
+        const char *ping[1] = {"PING"};
+        size_t pinglen[1] = {4};
+        resp_buf b;
+        resp_buf_init(&b);
+        resp_command(&b, 1, ping, pinglen);
+        if (!b.oom) {
+            (void)io_send_slot(t, b.data, b.len, 1, SLOT_TRACK, now + t->cfg.socket_timeout);
+        }
+        resp_buf_free(&b);
+        t->track_ping_at = now + TRACK_PING_EVERY;
+    }
+    return t->track_ping_at;
 }
 
 void
@@ -403,7 +467,7 @@ void
 io_track_deliver(bio_client *d)
 {
     d = sink_of(d);
-    if (d->listen == NULL || (!d->track_flush && d->track_nkeys == 0)) {
+    if (d->listen == NULL || (!d->track_flush && d->track_nkeys == 0 && !d->track_err_new)) {
         return;
     }
     bio_req *e = bio_req_new(d, d->listen->bridge, BIO_OP_EVENT, 0);
@@ -419,6 +483,10 @@ io_track_deliver(bio_client *d)
     }
     keys_reset(d);
     d->track_flush = 0;
+    if (d->track_err_new) {
+        d->track_err_new = 0;
+        snprintf(e->err, sizeof e->err, "%s", d->track_err);  /* (told once) */
+    }
     e->user = d->listen->user;
     e->on_done = d->listen->on_done;
     e->status = BIO_OK;

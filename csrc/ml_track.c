@@ -44,10 +44,15 @@ prune(MultiLevelCache *self, PyObject *l1)
     }
     for (Py_ssize_t i = 0; i < PyList_GET_SIZE(texts); i++) {
         PyObject *text = PyList_GET_ITEM(texts, i);
-        PyObject *keys = PyDict_GetItemWithError(self->backed, text);  /* borrowed */
+        if (self->backed == NULL) {
+            break;  /* (forgotten meanwhile: a level reassigned by a key's __eq__) */
+        }
+        PyObject *keys = PyDict_GetItemWithError(self->backed, text);
         if (keys == NULL) {
+            PyErr_Clear();
             continue;
         }
+        Py_INCREF(keys);  /* (held: a key's __eq__ may change `backed`) */
         int keep = 0;
         for (Py_ssize_t k = 0; k < PyList_GET_SIZE(keys) && !keep; k++) {
             PyObject *key = PyList_GET_ITEM(keys, k);
@@ -55,12 +60,14 @@ prune(MultiLevelCache *self, PyObject *l1)
                    (self->reading != NULL && PyDict_Contains(self->reading, key) > 0);
             PyErr_Clear();
         }
+        Py_DECREF(keys);
         if (!keep && PyDict_DelItem(self->backed, text) < 0) {
             PyErr_Clear();
         }
     }
     Py_DECREF(texts);
-    self->backed_limit = 2 * PyDict_GET_SIZE(self->backed) + 1024;
+    self->backed_limit = self->backed != NULL ? 2 * PyDict_GET_SIZE(self->backed) + 1024
+                                              : 1024;
     return 0;
 }
 
@@ -121,6 +128,9 @@ ml_track_key(MultiLevelCache *self, PyObject *l1, PyObject *l2, PyObject *key)
 static void
 drop_text(MultiLevelCache *self, PyObject *l1, PyObject *text, int stale)
 {
+    if (self->backed == NULL) {
+        return;  /* (forgotten meanwhile) */
+    }
     PyObject *keys = PyDict_GetItemWithError(self->backed, text);
     if (keys == NULL) {
         PyErr_Clear();
@@ -128,6 +138,7 @@ drop_text(MultiLevelCache *self, PyObject *l1, PyObject *text, int stale)
     }
     Py_INCREF(keys);
     (void)PyDict_DelItem(self->backed, text);
+    PyErr_Clear();
     for (Py_ssize_t k = 0; k < PyList_GET_SIZE(keys); k++) {
         PyObject *key = PyList_GET_ITEM(keys, k);
         if (bruno_imc_remove(l1, key) < 0 || (stale && ml_note_write(self, key) < 0)) {
@@ -142,8 +153,12 @@ static void
 on_event(void *data, const char *buf, int nkeys, int flush)
 {
     MultiLevelCache *self = data;
+    Py_INCREF(self);  /* (held: a key's __eq__ may drop the last other reference) */
     PyObject *saved = PyErr_GetRaisedException();
     PyObject *l1 = Py_NewRef(self->l1);  /* (held: a key's __eq__ may reassign it) */
+    if (flush & RC_FLUSH_STALE) {
+        self->clear_epoch += 2;  /* (every read in flight: no promotion) */
+    }
     if (self->backed != NULL && bruno_imc_exact(self->st, l1)) {
         if (flush) {
             PyObject *texts = PyDict_Keys(self->backed);
@@ -151,9 +166,6 @@ on_event(void *data, const char *buf, int nkeys, int flush)
                 drop_text(self, l1, PyList_GET_ITEM(texts, i), 0);
             }
             Py_XDECREF(texts);
-            if (flush & RC_FLUSH_STALE) {
-                self->clear_epoch += 2;  /* (every read in flight: no promotion) */
-            }
             self->l1_flushes++;
         }
         size_t pos = 0;
@@ -173,6 +185,7 @@ on_event(void *data, const char *buf, int nkeys, int flush)
     self->invalidations += flush ? 0 : (unsigned long long)nkeys;
     Py_DECREF(l1);
     PyErr_SetRaisedException(saved);
+    Py_DECREF(self);
 }
 
 void

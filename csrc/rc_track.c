@@ -14,7 +14,12 @@
  * LISTEN ends on the loop after the cache may be gone. */
 typedef struct rc_hub {
     int refs;
-    int listening;           /* a LISTEN is out */
+    bruno_state *st;         /* borrowed while the cache lives (NULL after): to log */
+    bio_req *current;        /* borrowed identity: the LISTEN out (this process's), or
+                                NULL; another loop's use listens again (replacing it) */
+    bio_bridge *bridge;      /* borrowed identity: its bridge (held by it) */
+    pid_t pid;               /* the process that made it (a forked child listens anew) */
+    int telling;             /* hub_tell under way: the list is not compacted */
     rc_listener **ls;        /* owned references (PyMem) */
     int n, cap;
 } rc_hub;
@@ -46,6 +51,9 @@ bruno_rc_listener_release(rc_listener *l)
 static void
 hub_prune(rc_hub *h)
 {
+    if (h->telling) {
+        return;  /* (a handler listening again: later) */
+    }
     int kept = 0;
     for (int i = 0; i < h->n; i++) {
         if (h->ls[i]->data != NULL) {
@@ -78,6 +86,7 @@ static void
 hub_tell(rc_hub *h, const void *origin, const char *buf, int nkeys, int flush)
 {
     h->refs++;
+    h->telling++;
     for (int i = 0; i < h->n; i++) {
         rc_listener *l = h->ls[i];
         if (l != origin && l->data != NULL) {
@@ -86,6 +95,7 @@ hub_tell(rc_hub *h, const void *origin, const char *buf, int nkeys, int flush)
             bruno_rc_listener_release(l);
         }
     }
+    h->telling--;
     hub_prune(h);
     hub_release(h);
 }
@@ -96,6 +106,17 @@ track_done(bio_req *r)
 {
     rc_hub *h = r->user;
     if (r->op == BIO_OP_EVENT) {
+        if (r->err[0] != '\0' && h->st != NULL) {
+            PyObject *why = PyUnicode_DecodeUTF8(r->err, (Py_ssize_t)strlen(r->err),
+                                                 "replace");
+            if (why != NULL) {
+                bruno_log_error(h->st, "Coherent L1 off: the server refused invalidation "
+                                "tracking (other clients' writes do not drop L1 entries; "
+                                "asked again every second): %s", NULL, why);
+                Py_DECREF(why);
+            }
+            PyErr_Clear();
+        }
         if (r->status == BIO_OK) {
             int flush = (r->event_flush & BIO_FLUSH_DROP ? RC_FLUSH_DROP : 0) |
                         (r->event_flush & BIO_FLUSH_STALE ? RC_FLUSH_STALE : 0);
@@ -103,9 +124,11 @@ track_done(bio_req *r)
         }
     }
     else {
-        /* The LISTEN is over (the cache closed, or was let go): its events came
-         * before it on this bridge. A later use listens again. */
-        h->listening = 0;
+        /* The LISTEN is over (the cache closed or was let go, another loop listened,
+         * its loop closed): its events came before it on this bridge. */
+        if (h->current == r) {
+            h->current = NULL;  /* (a later use listens again) */
+        }
         hub_release(h);
     }
     r->user = NULL;
@@ -117,16 +140,17 @@ bruno_rc_listen(PyObject *cache, rc_listener *l)
 {
     RedisCache *self = (RedisCache *)cache;
     rc_hub *h = self->hub;
-    if (h != NULL && h->listening && l->joined == h) {
-        return 0;  /* (every L2 use asks: this is the common case) */
-    }
     if (h == NULL) {
         if ((h = PyMem_Calloc(1, sizeof *h)) == NULL) {
             PyErr_NoMemory();
             return -1;
         }
         h->refs = 1;  /* the cache's */
+        h->st = self->st;
         self->hub = h;
+    }
+    if (h->current != NULL && h->pid != bio_pid()) {
+        h->current = NULL;  /* (a forked child: the parent's LISTEN is not ours) */
     }
     if (l->joined != h) {
         hub_prune(h);
@@ -144,9 +168,6 @@ bruno_rc_listen(PyObject *cache, rc_listener *l)
         l->refs++;
         l->joined = h;
     }
-    if (h->listening) {
-        return 0;
-    }
     bio_client *c = rc_client(self);
     int no_loop;
     PyObject *bridge = c != NULL ? rc_bridge(self, &no_loop) : NULL;
@@ -156,7 +177,13 @@ bruno_rc_listen(PyObject *cache, rc_listener *l)
         }
         return -1;
     }
-    bio_req *r = bio_req_new(c, bruno_bridge_c(bridge), BIO_OP_LISTEN, 0);
+    bio_bridge *b = bruno_bridge_c(bridge);
+    if (h->current != NULL && h->bridge == b) {
+        return 0;  /* (every L2 use asks: this is the common case) */
+    }
+    /* First, or on another loop than the LISTEN out (which this one replaces: events
+     * go to the loop in use). */
+    bio_req *r = bio_req_new(c, b, BIO_OP_LISTEN, 0);
     if (r == NULL) {
         PyErr_NoMemory();
         return -1;
@@ -164,16 +191,17 @@ bruno_rc_listen(PyObject *cache, rc_listener *l)
     r->user = h;
     r->on_done = track_done;
     h->refs++;
-    h->listening = 1;
     /* (not through the bridge's batching, nor counted in flight: it stays out) */
     if (bio_submit(r) < 0) {
-        h->listening = 0;
         h->refs--;
         r->user = NULL;
         bio_req_free(r);
         PyErr_SetString(self->st->CacheError, "cannot start the I/O thread");
         return -1;
     }
+    h->current = r;
+    h->bridge = b;
+    h->pid = bio_pid();
     return 0;
 }
 
@@ -182,6 +210,9 @@ rc_track_release(RedisCache *self)
 {
     rc_hub *h = self->hub;
     self->hub = NULL;
+    if (h != NULL) {
+        h->st = NULL;
+    }
     hub_release(h);
 }
 

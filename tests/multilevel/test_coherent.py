@@ -10,12 +10,18 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import os
 import time
 
 import pytest
 
-from bruno_memory_c import InMemoryCache, MultiLevelCache
-from tests.support import bounded_by, cache_maker, memory_growth, run_script, until
+from bruno_memory_c import InMemoryCache, MultiLevelCache, RedisCache
+from tests.support import (
+    bounded_by, cache_maker, error_records, fork, memory_growth, run_script, until,
+)
+from tests.support.hostile import (  # noqa: F401  (hostile: the fixture)
+    Behaviour, array, bulk, error, hostile, integer, simple,
+)
 
 PREFIX = "coh:"
 make_l2 = cache_maker(prefix=PREFIX, socket_timeout=5.0, connect_timeout=5.0)
@@ -266,3 +272,240 @@ async def test_coherent_caches_made_and_dropped_leave_nothing(redis_server):
     assert native < 1024 * 1024, native
     gc.collect()
     await until(lambda: len(clients(redis_server)) <= base, "the connections closed")
+
+
+# ------------------------------------------------------------------ broken peers
+
+
+class Tracking(Behaviour):
+    """A fake server that speaks the tracker's handshake (CLIENT ID, SUBSCRIBE), with
+    CLIENT TRACKING answered by `tracking` (SUBSCRIBE never answered: `subscribe=False`);
+    a SET of the key "push" sends the `pushed` frames to the subscriber first."""
+
+    def __init__(self, tracking: bytes, pushed: tuple = (), subscribe: bool = True):
+        super().__init__()
+        self.tracking, self.pushed, self.subscribe = tracking, pushed, subscribe
+
+    def handle(self, conn, cmd):
+        args = [a.upper() for a in cmd.args[:2]]
+        if cmd.name == "CLIENT" and args[:1] == [b"ID"]:
+            return integer(conn.index)
+        if cmd.name == "CLIENT" and args[:1] == [b"TRACKING"]:
+            return self.tracking if args[1:2] == [b"ON"] else simple("OK")
+        if cmd.name == "SUBSCRIBE":
+            self.subscriber = conn
+            return self._subscribed(cmd) if self.subscribe else None
+        if cmd.name == "SET" and cmd.args[0] == (PREFIX + "push").encode():
+            return self._push()  # (the frames, then SET's answer)
+        return super().handle(conn, cmd)
+
+    @staticmethod
+    async def _subscribed(cmd):
+        return array([bulk("subscribe"), bulk(cmd.args[0]), integer(1)])
+
+    async def _push(self):
+        for frame in self.pushed:
+            await self.subscriber.send(frame)
+        return simple("OK")
+
+
+def tracking_asked(server) -> int:
+    return sum(1 for c in server.connections for cmd in c.received
+               if cmd.name == "CLIENT" and list(cmd.args[:2]) == [b"TRACKING", b"on"])
+
+
+async def test_a_server_refusing_tracking(hostile, caplog):
+    """CLIENT TRACKING refused (a proxy, an ACL, an old server): the cache serves
+    (untracked), logs once why its L1 is not coherent, and asks again about once a
+    second — never in a loop."""
+    server = hostile(Tracking(error("ERR unknown subcommand 'TRACKING'")))
+    l2 = RedisCache.from_url(server.url, prefix=PREFIX, socket_timeout=2.0, connect_timeout=2.0,
+                             cluster=False)
+    ml = MultiLevelCache(InMemoryCache(), l2)
+    try:
+        await bounded(ml.start())
+        await ml.set("k", 1)
+        assert await ml.get("k") == 1 and await l2.get("k") == 1
+        await server.until(lambda: tracking_asked(server) >= 2)  # (asked again)
+        asked = tracking_asked(server)
+        assert asked < 20, asked  # (a loop would have asked thousands of times)
+        await until(lambda: refusals(caplog), "the refusal logged")
+        assert len(refusals(caplog)) == 1
+        assert "ERR unknown subcommand" in refusals(caplog)[0].getMessage()
+    finally:
+        await l2.disconnect()
+
+
+def refusals(caplog) -> list:
+    return [r for r in error_records(caplog) if "refused invalidation" in r.getMessage()]
+
+
+async def test_a_subscriber_never_answered(hostile):
+    """SUBSCRIBE never answered: start() and the first requests wait for the tracker
+    at most connect_timeout, then go on untracked."""
+    server = hostile(Tracking(simple("OK"), subscribe=False))
+    l2 = RedisCache.from_url(server.url, prefix=PREFIX, socket_timeout=1.0, connect_timeout=1.0,
+                             cluster=False)
+    ml = MultiLevelCache(InMemoryCache(), l2)
+    try:
+        await bounded(ml.start())
+        await bounded(ml.set("k", 1))
+        assert await bounded(ml.get("k")) == 1
+        assert tracking_asked(server) == 0
+    finally:
+        await l2.disconnect()
+
+
+async def test_malformed_messages_on_the_subscriber(hostile):
+    """What the subscriber receives that is no invalidation (other shapes, types,
+    channels) is ignored; a well-formed message after them is heard."""
+    pushed = (integer(5), bulk("x"), array([bulk("message")]),
+              array([bulk("message"), bulk("__redis__:invalidate"), integer(3)]),
+              array([bulk("pong"), bulk(""), array([bulk(PREFIX + "k")])]),
+              array([bulk("message"), bulk("__redis__:invalidate"),
+                     array([integer(1), array([]), bulk(PREFIX + "k")])]))
+    server = hostile(Tracking(simple("OK"), pushed))
+    l2 = RedisCache.from_url(server.url, prefix=PREFIX, socket_timeout=2.0, connect_timeout=2.0,
+                             cluster=False)
+    ml = MultiLevelCache(InMemoryCache(), l2)
+    try:
+        await bounded(ml.start())
+        await ml.set("k", 1)
+        await ml.l2.set("push", 1)
+        await until(lambda: ml.stats()["invalidations"] >= 1, "the good message heard")
+        await l1_drops(ml, "k")
+        assert await ml.get("k") == 1  # (from the fake server's store)
+    finally:
+        await l2.disconnect()
+
+
+class LoseTrackerMidTrackingOn(Tracking):
+    """The subscriber closed while the data connection's CLIENT TRACKING on is in flight
+    (its +OK then names a tracker that is gone), and the tracker's next SUBSCRIBE slow."""
+
+    def __init__(self):
+        super().__init__(simple("OK"))
+        self.subscribers, self.answered = [], 0
+
+    def handle(self, conn, cmd):
+        if cmd.name == "SUBSCRIBE":
+            self.subscribers.append(conn)
+            return self._late(cmd, 1.0 if len(self.subscribers) == 2 else 0.0)
+        if cmd.name == "CLIENT" and [a.upper() for a in cmd.args[:2]] == [b"TRACKING", b"ON"]:
+            return self._tracking_on()
+        return super().handle(conn, cmd)
+
+    async def _late(self, cmd, delay):
+        await asyncio.sleep(delay)
+        return await self._subscribed(cmd)
+
+    async def _tracking_on(self):
+        if self.answered == 0:
+            self.subscribers[0].close()  # (gone first, as the client will see)
+            await asyncio.sleep(0.3)
+        self.answered += 1
+        return simple("OK")
+
+
+async def test_a_tracking_on_answered_after_its_tracker_went(hostile):
+    """Its +OK does not count as tracking back: what A read while no tracker existed is
+    dropped once tracking really is back (on the new tracker)."""
+    behaviour = LoseTrackerMidTrackingOn()
+    server = hostile(behaviour)
+    l2 = RedisCache.from_url(server.url, prefix=PREFIX, socket_timeout=3.0,
+                             connect_timeout=3.0, cluster=False)
+    ml = MultiLevelCache(InMemoryCache(), l2)
+    try:
+        await bounded(ml.start())
+        await server.until(lambda: behaviour.answered == 1)
+        behaviour.store[(PREFIX + "k").encode()] = b'"v1"'
+        assert await ml.get("k") == "v1"  # (read untracked: no tracker yet)
+        behaviour.store[(PREFIX + "k").encode()] = b'"v2"'  # (its message: lost)
+        await server.until(lambda: behaviour.answered == 2)
+        await until(lambda: ml.stats()["l1_flushes"] >= 1, "the flush once tracked again")
+        assert await ml.get("k") == "v2"
+    finally:
+        await l2.disconnect()
+
+
+def test_listening_follows_the_loop_in_use(redis_server):
+    """asyncio.run() twice over one cache pair: the second loop hears the
+    invalidations (the cache listens again on the loop it is used from)."""
+    l2 = make_l2(redis_server)
+    ml = MultiLevelCache(InMemoryCache(), l2)
+
+    async def phase(n: int) -> None:
+        await bounded(ml.start())
+        await ml.set("k", f"mine{n}")
+        redis_server.command("SET", PREFIX + "k", f'"theirs{n}"')
+        await l1_drops(ml, "k")
+        assert await ml.get("k") == f"theirs{n}"
+
+    asyncio.run(phase(1))
+    asyncio.run(phase(2))
+    asyncio.run(l2.disconnect())
+
+
+
+def test_a_forked_child_listens_for_itself(redis_server):
+    """A forked child's coherent cache listens on its own connection (the parent's
+    listening is not the child's): another client's write drops the child's entry."""
+    l2 = make_l2(redis_server)
+    ml = MultiLevelCache(InMemoryCache(), l2)
+
+    async def use(who: str) -> str:
+        await bounded(ml.start())
+        await ml.set("k", f"mine-{who}")
+        redis_server.command("SET", PREFIX + "k", f'"theirs-{who}"')
+        await l1_drops(ml, "k")
+        return await ml.get("k")
+
+    assert asyncio.run(use("parent")) == "theirs-parent"
+    r, w = os.pipe()
+    pid = fork()
+    if pid == 0:  # the child
+        code = 1
+        try:
+            code = 0 if asyncio.run(use("child")) == "theirs-child" else 2
+        finally:
+            os.write(w, bytes([code]))
+            os._exit(code)
+    os.close(w)
+    with os.fdopen(r, "rb") as f:
+        assert f.read(1) == b"\0"
+    os.waitpid(pid, 0)
+    assert asyncio.run(use("parent again")) == "theirs-parent again"
+    asyncio.run(l2.disconnect())
+
+async def test_a_cache_dropped_by_its_own_invalidation(redis_server):
+    """A key whose __del__ drops the last reference to the MultiLevelCache, run while
+    an invalidation drops that key: the cache stays alive until the event is handled
+    (under AddressSanitizer: no use after free)."""
+    holder = []
+
+    class Key:
+        def __init__(self, s):
+            self.s = s
+
+        def __hash__(self):
+            return hash(self.s)
+
+        def __eq__(self, other):
+            return isinstance(other, Key) and other.s == self.s
+
+        def __format__(self, spec):
+            return self.s
+
+        def __del__(self):
+            holder.clear()
+
+    l2 = make_l2(redis_server)
+    holder.append(MultiLevelCache(InMemoryCache(), l2))
+    try:
+        await bounded(holder[0].start())
+        await holder[0].set(Key("a"), 1)
+        redis_server.command("SET", PREFIX + "a", "2")
+        await until(lambda: not holder, "the cache let go by the key's __del__")
+        gc.collect()
+    finally:
+        await l2.disconnect()

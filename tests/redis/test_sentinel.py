@@ -509,7 +509,8 @@ async def test_coherent_multilevel_across_a_failover(group):
         await until(lambda: m.stats()["l1_flushes"] >= 1, "the flush on the new primary",
                     RECOVER)
         assert not await m.l1.exists("k")
-        assert await bounded(m.get("k")) == "old"  # (replicated), read again, promoted
+        # (replicated; read again from the new primary once it answers, promoted)
+        await eventually_equal(lambda: m.get("k"), "old")
         heard = m.stats()["invalidations"]
         assert new.command("SET", "sntco:k", '"new"') == "OK"
         await until(lambda: m.stats()["invalidations"] > heard, "the new primary's message",
@@ -518,6 +519,14 @@ async def test_coherent_multilevel_across_a_failover(group):
         assert await bounded(m.get("k")) == "new"
     finally:
         await l2.disconnect()
+
+
+async def eventually_equal(call, expected, limit: float = RECOVER) -> None:
+    """await call() until it gives `expected` (a failover's first requests may fail)."""
+    deadline = time.monotonic() + limit
+    while (got := await bounded(call())) != expected:
+        assert time.monotonic() < deadline, f"still {got!r}, not {expected!r}"
+        await asyncio.sleep(0.01)
 
 
 async def test_watcher_thread_and_sockets_freed(group):
