@@ -80,18 +80,16 @@ import contextlib
 import datetime
 import gc
 import json
-import logging
 import multiprocessing
 import random
 import statistics
 import sys
 import time
-import warnings
 
 import redis
 
 from benchmarks._common import (Verdicts, bench_options, dist_version, fmt_int, fmt_ns,
-                                percentile, redis_machine_info, run_on)
+                                percentile, quiet_contenders, redis_machine_info, run_on)
 from benchmarks.bench_multilevel import (
     ERROR, INDEX, L1_SIZE, N_KEYS, NAMES, READ_FRACTION, SET_OK, VALUES, WARM_TASKS, ZIPF_S,
     OurInMemoryCache, OurMultiLevelCache, OurRedisCache, RefInMemoryCache,
@@ -498,9 +496,7 @@ def main(argv=None) -> int:
     LOOP = opts.loop
     q = 1 if opts.quick else 0
     rounds = opts.rounds
-    for name in ("bruno_memory.utils.cache", "bruno_memory_c", "redis"):
-        logging.getLogger(name).setLevel(logging.CRITICAL + 10)
-    warnings.simplefilter("ignore", DeprecationWarning)  # the reference's client.close()
+    quiet_contenders()
 
     started = time.time()
     info = {**redis_machine_info(), "uvloop": dist_version("uvloop") if LOOP == "uvloop"

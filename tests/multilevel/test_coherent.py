@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import os
 import time
 
 import pytest
 
 from bruno_memory_c import InMemoryCache, MultiLevelCache, RedisCache
 from tests.support import (
-    bounded_by, cache_maker, error_records, fork, memory_growth, run_script, until,
+    bounded_by, cache_maker, error_records, forked_ok, memory_growth, run_script, until,
 )
 from tests.support.hostile import (  # noqa: F401  (hostile: the fixture)
     Behaviour, array, bulk, error, hostile, integer, simple,
@@ -258,7 +257,6 @@ async def test_coherent_caches_made_and_dropped_leave_nothing(redis_server):
             redis_server.command("FLUSHDB")
             await until(lambda: ml.stats()["l1_flushes"] >= 1, "the FLUSHDB's flush")
             await l2.disconnect()
-            del ml, l2
 
     await rounds(5)  # (warm: free lists, buffers)
     gc.collect()
@@ -309,6 +307,13 @@ class Tracking(Behaviour):
         return simple("OK")
 
 
+def fake_pair(server, timeout: float):
+    """A MultiLevelCache over a RedisCache of the fake server (one server, timeouts)."""
+    l2 = RedisCache.from_url(server.url, prefix=PREFIX, socket_timeout=timeout,
+                             connect_timeout=timeout, cluster=False)
+    return MultiLevelCache(InMemoryCache(), l2), l2
+
+
 def tracking_asked(server) -> int:
     return sum(1 for c in server.connections for cmd in c.received
                if cmd.name == "CLIENT" and list(cmd.args[:2]) == [b"TRACKING", b"on"])
@@ -319,9 +324,7 @@ async def test_a_server_refusing_tracking(hostile, caplog):
     (untracked), logs once why its L1 is not coherent, and asks again about once a
     second — never in a loop."""
     server = hostile(Tracking(error("ERR unknown subcommand 'TRACKING'")))
-    l2 = RedisCache.from_url(server.url, prefix=PREFIX, socket_timeout=2.0, connect_timeout=2.0,
-                             cluster=False)
-    ml = MultiLevelCache(InMemoryCache(), l2)
+    ml, l2 = fake_pair(server, 2.0)
     try:
         await bounded(ml.start())
         await ml.set("k", 1)
@@ -344,9 +347,7 @@ async def test_a_subscriber_never_answered(hostile):
     """SUBSCRIBE never answered: start() and the first requests wait for the tracker
     at most connect_timeout, then go on untracked."""
     server = hostile(Tracking(simple("OK"), subscribe=False))
-    l2 = RedisCache.from_url(server.url, prefix=PREFIX, socket_timeout=1.0, connect_timeout=1.0,
-                             cluster=False)
-    ml = MultiLevelCache(InMemoryCache(), l2)
+    ml, l2 = fake_pair(server, 1.0)
     try:
         await bounded(ml.start())
         await bounded(ml.set("k", 1))
@@ -365,9 +366,7 @@ async def test_malformed_messages_on_the_subscriber(hostile):
               array([bulk("message"), bulk("__redis__:invalidate"),
                      array([integer(1), array([]), bulk(PREFIX + "k")])]))
     server = hostile(Tracking(simple("OK"), pushed))
-    l2 = RedisCache.from_url(server.url, prefix=PREFIX, socket_timeout=2.0, connect_timeout=2.0,
-                             cluster=False)
-    ml = MultiLevelCache(InMemoryCache(), l2)
+    ml, l2 = fake_pair(server, 2.0)
     try:
         await bounded(ml.start())
         await ml.set("k", 1)
@@ -412,9 +411,7 @@ async def test_a_tracking_on_answered_after_its_tracker_went(hostile):
     dropped once tracking really is back (on the new tracker)."""
     behaviour = LoseTrackerMidTrackingOn()
     server = hostile(behaviour)
-    l2 = RedisCache.from_url(server.url, prefix=PREFIX, socket_timeout=3.0,
-                             connect_timeout=3.0, cluster=False)
-    ml = MultiLevelCache(InMemoryCache(), l2)
+    ml, l2 = fake_pair(server, 3.0)
     try:
         await bounded(ml.start())
         await server.until(lambda: behaviour.answered == 1)
@@ -428,23 +425,23 @@ async def test_a_tracking_on_answered_after_its_tracker_went(hostile):
         await l2.disconnect()
 
 
+async def overwritten_elsewhere(ml, redis_server, who: str) -> str:
+    """ml writes k, another client overwrites it: once L1 let it go, what ml reads."""
+    await bounded(ml.start())
+    await ml.set("k", f"mine-{who}")
+    redis_server.command("SET", PREFIX + "k", f'"theirs-{who}"')
+    await l1_drops(ml, "k")
+    return await ml.get("k")
+
+
 def test_listening_follows_the_loop_in_use(redis_server):
     """asyncio.run() twice over one cache pair: the second loop hears the
     invalidations (the cache listens again on the loop it is used from)."""
     l2 = make_l2(redis_server)
     ml = MultiLevelCache(InMemoryCache(), l2)
-
-    async def phase(n: int) -> None:
-        await bounded(ml.start())
-        await ml.set("k", f"mine{n}")
-        redis_server.command("SET", PREFIX + "k", f'"theirs{n}"')
-        await l1_drops(ml, "k")
-        assert await ml.get("k") == f"theirs{n}"
-
-    asyncio.run(phase(1))
-    asyncio.run(phase(2))
+    assert asyncio.run(overwritten_elsewhere(ml, redis_server, "1")) == "theirs-1"
+    assert asyncio.run(overwritten_elsewhere(ml, redis_server, "2")) == "theirs-2"
     asyncio.run(l2.disconnect())
-
 
 
 def test_a_forked_child_listens_for_itself(redis_server):
@@ -453,29 +450,14 @@ def test_a_forked_child_listens_for_itself(redis_server):
     l2 = make_l2(redis_server)
     ml = MultiLevelCache(InMemoryCache(), l2)
 
-    async def use(who: str) -> str:
-        await bounded(ml.start())
-        await ml.set("k", f"mine-{who}")
-        redis_server.command("SET", PREFIX + "k", f'"theirs-{who}"')
-        await l1_drops(ml, "k")
-        return await ml.get("k")
+    def use(who: str) -> str:
+        return asyncio.run(overwritten_elsewhere(ml, redis_server, who))
 
-    assert asyncio.run(use("parent")) == "theirs-parent"
-    r, w = os.pipe()
-    pid = fork()
-    if pid == 0:  # the child
-        code = 1
-        try:
-            code = 0 if asyncio.run(use("child")) == "theirs-child" else 2
-        finally:
-            os.write(w, bytes([code]))
-            os._exit(code)
-    os.close(w)
-    with os.fdopen(r, "rb") as f:
-        assert f.read(1) == b"\0"
-    os.waitpid(pid, 0)
-    assert asyncio.run(use("parent again")) == "theirs-parent again"
+    assert use("parent") == "theirs-parent"
+    assert forked_ok(lambda: use("child") == "theirs-child")
+    assert use("again") == "theirs-again"
     asyncio.run(l2.disconnect())
+
 
 async def test_a_cache_dropped_by_its_own_invalidation(redis_server):
     """A key whose __del__ drops the last reference to the MultiLevelCache, run while

@@ -25,7 +25,7 @@ import pytest
 
 from bruno_memory_c import CacheError, InMemoryCache, MultiLevelCache, RedisCache
 from bruno_memory_c.testing import RedisServer, SentinelGroup, _encode, refused_port
-from tests.support import bounded_by, fork, run_python, until, HANG, RECOVER
+from tests.support import bounded_by, forked_ok, run_python, until, HANG, RECOVER
 
 pytestmark = pytest.mark.usefixtures("quiet_cache_logger")
 
@@ -558,24 +558,13 @@ def test_fork_child_uses_its_own_connection(group):
         await c.set("fork", "parent")
         return await c.get("fork")
 
+    async def child():
+        await c.set("fork", "child")
+        return await c.get("fork")
+
     c = sentinel_cache(group, prefix="sntfork:")
     assert asyncio.run(parent_use(c)) == "parent"
-    r, w = os.pipe()
-    pid = fork()
-    if pid == 0:  # the child
-        code = 1
-        try:
-            async def child():
-                await c.set("fork", "child")
-                return await c.get("fork")
-            code = 0 if asyncio.run(child()) == "child" else 2
-        finally:
-            os.write(w, bytes([code]))
-            os._exit(code)
-    os.close(w)
-    with os.fdopen(r, "rb") as f:
-        assert f.read(1) == b"\0"
-    os.waitpid(pid, 0)
+    assert forked_ok(lambda: asyncio.run(child()) == "child")
     assert asyncio.run(parent_use(c)) == "parent"
     asyncio.run(c.disconnect())
 
