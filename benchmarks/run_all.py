@@ -39,6 +39,7 @@ BENCHMARKS = [
     ("bench_multilevel", ["--loop", "uvloop"], "multilevel-uvloop.json"),
     ("bench_cluster", [], "cluster.json"),
     ("bench_coherent", [], "coherent.json"),
+    ("bench_coherent", ["--loop", "uvloop"], "coherent-uvloop.json"),
 ]
 
 
