@@ -260,3 +260,15 @@ def throughput_summary(ms: list[dict], empty=no_bad) -> dict:
     return {"ops_per_s": statistics.median(m["ops_per_s"] for m in ms),
             "requests_total": sum(m["requests"] for m in ms),
             "bad": summed_bad(ms, empty), "rounds": ms}
+
+
+def quiet_contenders() -> None:
+    """The reference logs every failed request (thousands under concurrency), our caches
+    log the errors their reads swallow, redis-py and glide warn: keep a benchmark's
+    output to its tables (failures are counted, not logged)."""
+    import logging
+    import warnings
+
+    for name in ("bruno_memory.utils.cache", "bruno_memory_c", "redis"):
+        logging.getLogger(name).setLevel(logging.CRITICAL + 10)
+    warnings.simplefilter("ignore", DeprecationWarning)  # (the reference's client.close())

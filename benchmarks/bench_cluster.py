@@ -92,13 +92,11 @@ import datetime
 import gc
 import importlib.util
 import json
-import logging
 import os
 import random
 import statistics
 import sys
 import time
-import warnings
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -122,6 +120,7 @@ from benchmarks._common import (  # noqa: E402
     throughput_summary,
     warm_up,
     write_results,
+    quiet_contenders,
 )
 import bruno_memory_c  # noqa: E402
 from bruno_memory_c.testing import RedisCluster, RedisServer  # noqa: E402
@@ -712,11 +711,7 @@ def main(argv=None) -> int:
     q = 1 if opts.quick else 0
     rounds = opts.rounds
 
-    # redis-py and glide log or warn on every failure during the failover; our cache logs
-    # the errors its reads swallow: keep the output to the tables (failures are counted).
-    for name in ("bruno_memory_c", "redis"):
-        logging.getLogger(name).setLevel(logging.CRITICAL + 10)
-    warnings.simplefilter("ignore", DeprecationWarning)
+    quiet_contenders()
     unavailable = []
     if HAVE_GLIDE:
         GlideLogger.set_logger_config(GlideLogLevel.OFF if hasattr(GlideLogLevel, "OFF")

@@ -65,13 +65,11 @@ import datetime
 import gc
 import itertools
 import json
-import logging
 import os
 import random
 import statistics
 import sys
 import time
-import warnings
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -88,6 +86,7 @@ from benchmarks._common import (  # noqa: E402
     dist_version,
     fmt_bad,
     percentile,
+    quiet_contenders,
     redis_machine_info,
     run_on,
     write_results,
@@ -419,11 +418,7 @@ def main(argv=None) -> int:
     q = 1 if opts.quick else 0
     rounds = opts.rounds
 
-    # The reference logs every failed request (thousands under concurrency), redis-py
-    # warns: keep the output to the tables. Failures are counted, not logged.
-    for name in ("bruno_memory.utils.cache", "bruno_memory_c", "redis"):
-        logging.getLogger(name).setLevel(logging.CRITICAL + 10)
-    warnings.simplefilter("ignore", DeprecationWarning)  # the reference's client.close()
+    quiet_contenders()
 
     started = time.time()
     info = machine_info()

@@ -67,7 +67,6 @@ import datetime
 import gc
 import importlib.util
 import json
-import logging
 import os
 import random
 import re
@@ -77,7 +76,6 @@ import statistics
 import subprocess
 import sys
 import time
-import warnings
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -97,6 +95,7 @@ from benchmarks._common import (  # noqa: E402
     dist_version,
     fmt_bad,
     percentile,
+    quiet_contenders,
     redis_machine_info,
     run_on,
     tool_version,
@@ -555,11 +554,7 @@ def main(argv=None) -> int:
     q = 1 if opts.quick else 0
     rounds = opts.rounds
 
-    # The reference logs every failed request (thousands under concurrency), redis-py
-    # and glide warn: keep the output to the tables. Failures are counted, not logged.
-    for name in ("bruno_memory.utils.cache", "bruno_memory_c", "redis"):
-        logging.getLogger(name).setLevel(logging.CRITICAL + 10)
-    warnings.simplefilter("ignore", DeprecationWarning)  # the reference's client.close()
+    quiet_contenders()
     if opts.tls:
         return main_tls(opts)
     if HAVE_GLIDE:

@@ -5,8 +5,9 @@
 
 What `make bench` runs (after installing requirements-bench.txt): bench_inmemory.py,
 bench_redis.py and bench_multilevel.py (the last two under asyncio's default loop and
-under uvloop), bench_redis.py --tls (RedisCache over TLS) and bench_cluster.py
-(RedisCache over a Redis Cluster, with a failover), each with --strict, so
+under uvloop), bench_redis.py --tls (RedisCache over TLS), bench_cluster.py
+(RedisCache over a Redis Cluster, with a failover) and bench_coherent.py (the coherent
+L1's staleness and cost, with a writer process), each with --strict, so
 that a missed target, a wrong result or a missing contender makes it exit 1; then chart.py. One failing benchmark does not stop the
 others: all of them run, a summary names every failure (the targets missed, read from
 the results file each one writes), and the exit status is 1 if anything failed.
@@ -37,6 +38,8 @@ BENCHMARKS = [
     ("bench_multilevel", [], "multilevel.json"),
     ("bench_multilevel", ["--loop", "uvloop"], "multilevel-uvloop.json"),
     ("bench_cluster", [], "cluster.json"),
+    ("bench_coherent", [], "coherent.json"),
+    ("bench_coherent", ["--loop", "uvloop"], "coherent-uvloop.json"),
 ]
 
 

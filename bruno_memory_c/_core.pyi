@@ -264,7 +264,12 @@ class MultiLevelCache:
         l1_cache: _CacheLevel,
         l2_cache: _CacheLevel | None = None,
         promote_on_hit: bool = True,
+        *,
+        coherent: bool | None = None,
     ) -> None: ...
+    # Whether L1 is coherent (coherent= not False, both levels bruno_memory_c's).
+    @property
+    def coherent(self) -> bool: ...
     # The levels as given (any object: `cache.l1.stats()`, `cache.l2.connect()`).
     l1: Any
     l1_cache: Any

@@ -45,7 +45,19 @@ enum {
     BIO_OP_CONNECT,    /* complete once connected (or failed) */
     BIO_OP_CLOSE,      /* flush statistics, fail what is pending, close */
     BIO_OP_FAIL,       /* nothing to send: complete at once with BIO_EFAILED and err */
+    BIO_OP_LISTEN,     /* tracking: deliver invalidations as BIO_OP_EVENT requests with
+                          this one's bridge, user and on_done, until the client closes
+                          or another LISTEN replaces it (then it completes) */
+    BIO_OP_EVENT,      /* made by the I/O thread: buf holds `ncmd` invalidated keys (u32
+                          length, bytes)..., event_flush says "drop them all"; err, if
+                          set, why the server refused tracking (told once) */
 };
+
+/* A BIO_OP_EVENT's flush: every L2-backed entry is to be dropped (DROP), and (STALE)
+ * the reads in flight are not to be promoted (they may have been answered untracked,
+ * or before the change). */
+#define BIO_FLUSH_DROP 1
+#define BIO_FLUSH_STALE 2
 
 #define BIO_ERRLEN 200
 
@@ -72,6 +84,7 @@ struct bio_req {
      * by their lowest slot), or -1: the last (set by the I/O thread). */
     int route_slot;
     int next_route;
+    int event_flush;          /* BIO_OP_EVENT: BIO_FLUSH_* bits, or 0 (keys) */
     int readonly;             /* reads only (GET, PTTL, EXISTS, MGET): with
                                  read_replicas, a replica may answer (the submitter's) */
     /* A request of several slots (the whole) is sent as parts of one slot each
@@ -169,6 +182,7 @@ typedef struct {
                                  copied, owned by the client's copy) */
     char **startup_hosts;
     int *startup_ports;
+    int tracking;             /* a coherent L1's: invalidations tracked (io_track.c) */
     int read_replicas;        /* cluster: reads (GET, PTTL, EXISTS, MGET) go to the slot's
                                  replicas (READONLY), round robin */
 } bio_config;
@@ -191,6 +205,9 @@ typedef struct {
     /* Cluster (written by the I/O thread, for tests and statistics): the slots the
      * last map served and the nodes it named (0, 0 for a standalone server), and the
      * maps taken (CLUSTER SLOTS answered: at connect, then each refresh). */
+    atomic_ullong invalidations;  /* invalidation messages received (tracking) */
+    atomic_ullong tracking_losses;  /* times tracking came back after a loss */
+    atomic_int tracking;      /* 1 once the server tracks for us */
     atomic_int standalone;    /* cluster=None: the server said it is no cluster node */
     atomic_int cluster_slots;
     atomic_int cluster_nodes;

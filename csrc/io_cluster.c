@@ -446,6 +446,7 @@ take_map(bio_client *c, bio_slot_map *m)
     atomic_store(&c->counters.cluster_slots, m->served);
     atomic_store(&c->counters.cluster_nodes, m->nnodes);
     atomic_fetch_add(&c->counters.cluster_maps, 1);
+    io_track_map_taken(c);  /* (a node lost while tracking, replaced: a flush) */
 }
 
 int

@@ -242,7 +242,7 @@ static void
 pump_waiting(bio_client *c, double now)
 {
     while (c->wait_head != NULL && c->state == ST_READY && c->close_req == NULL &&
-           c->r_count < MAX_PIPELINE) {
+           c->r_count < MAX_PIPELINE && !c->track_hold) {
         bio_req *r = c->wait_head;
         c->wait_head = r->next;
         if (c->wait_head == NULL) {
@@ -291,6 +291,13 @@ io_close_socket(bio_client *c)
     }
     resp_scan_init(&c->scan);
     stats_flush_ended(c);
+    if (c->push && c->owner != NULL) {
+        io_track_lost(c->owner, 0);  /* the tracker's connection went */
+    }
+    if (io_track_wanted(c)) {
+        io_track_lost(c, 1);  /* the server's tracking of this connection went with it */
+    }
+    c->track_hold = 0;  /* (what waits, waits for the next connection) */
     io_cluster_reset(c);
     if (c->out_secret > 0) {
         explicit_bzero(c->out, c->out_secret);
@@ -301,6 +308,18 @@ io_close_socket(bio_client *c)
     atomic_store(&c->counters.connected, 0);
 }
 
+void
+io_client_reset(bio_client *c)
+{
+    io_close_socket(c);
+    fail_inflight(c, BIO_ECLOSED, "disconnected");
+    c->state = ST_IDLE;
+    c->backoff = 0;
+    if (c->tracker != NULL) {  /* (its tracker too: made again by the next use) */
+        io_client_reset(c->tracker);
+    }
+}
+
 static void
 finish_close(bio_client *c, double now)
 {
@@ -308,10 +327,8 @@ finish_close(bio_client *c, double now)
     c->close_req = NULL;
     c->stats_wait = 0;
     io_cluster_close_children(c);
-    io_close_socket(c);
-    fail_inflight(c, BIO_ECLOSED, "disconnected");
-    c->state = ST_IDLE;
-    c->backoff = 0;  /* a new start */
+    io_track_unlisten(c, BIO_ECLOSED);  /* (a coherent cache listens again) */
+    io_client_reset(c);  /* (a new start) */
     c->map_wanted = 0;  /* (a cluster's: not asked again until used again) */
     io_sentinel_watch_stop(c);  /* (started again by the next attempt) */
     if (r) {
@@ -520,6 +537,7 @@ start_handshake(bio_client *c, double now)
     resp_command(&b, 1, ping, pinglen);
     io_sentinel_handshake(c, &b);  /* with sentinels: ROLE, last */
     io_cluster_handshake(c, &b);   /* cluster (or asking): CLUSTER SLOTS, last */
+    io_track_handshake(c, &b);     /* a tracker: CLIENT ID, SUBSCRIBE */
     /* The socket is new: the out buffer is empty, so AUTH starts it, and is wiped
      * from it once sent (flush_out) or dropped (close_socket). */
     int rc = b.oom ? -1 : send_slot(c, b.data, b.len, b.ncmd, NULL, SLOT_HANDSHAKE,
@@ -547,6 +565,13 @@ handshake_done(bio_client *c, double now)
     c->ever_connected = 1;
     c->suspect = 0;
     atomic_store(&c->counters.connected, 1);
+    if (c->push && c->owner != NULL) {
+        c->track_ping_at = 0;  /* (a new connection: quiet from now) */
+        io_track_poll(c->owner, now);  /* a tracker up: its client's tracking, now */
+    }
+    else {
+        io_track_begin(c, now);  /* (tracked before what waits is sent, if wanted) */
+    }
     pump_waiting(c, now);
 }
 
@@ -627,6 +652,25 @@ io_connect_to(bio_client *c, int gai, struct addrinfo *res, double now)
     c->fd = fd;
     c->state = ST_CONNECTING;
     epoll_set(c, 1);  /* writable once connected */
+}
+
+void
+io_pump_waiting(bio_client *c, double now)
+{
+    pump_waiting(c, now);
+}
+
+void
+io_start_connect(bio_client *c, double now)
+{
+    start_connect(c, now);
+}
+
+int
+io_send_slot(bio_client *c, const char *buf, size_t len, int ncmd, int kind,
+             double deadline)
+{
+    return send_slot(c, buf, len, ncmd, NULL, kind, deadline);
 }
 
 static void
@@ -832,6 +876,10 @@ static void
 on_reply(bio_client *c, void *reply, double now)
 {
     slot *s = ring_front(c);
+    if (c->push && c->state == ST_READY && (s == NULL || io_track_is_message(reply))) {
+        io_track_message(c, reply);  /* a tracker's: an invalidation (or noise) */
+        return;
+    }
     if (s == NULL) {
         /* Nothing was asked: the stream cannot be trusted any more. */
         freeReplyObject(reply);
@@ -845,6 +893,28 @@ on_reply(bio_client *c, void *reply, double now)
         ((redisReply *)reply)->type = REDIS_REPLY_STATUS;
     }
     char role_err[BIO_ERRLEN];
+    if (s->kind == SLOT_TRACK) {
+        io_track_on_reply(c, reply, (int)s->remaining, now);
+        if (--s->remaining == 0) {
+            ring_pop(c);
+        }
+        return;
+    }
+    if (s->kind == SLOT_HANDSHAKE && c->push && s->remaining <= 2) {
+        if (io_track_handshake_reply(c, reply, (int)s->remaining, role_err,
+                                     sizeof role_err) < 0) {
+            freeReplyObject(reply);
+            ring_pop(c);
+            connection_failed(c, role_err, now);
+            return;
+        }
+        freeReplyObject(reply);
+        if (--s->remaining == 0) {
+            ring_pop(c);
+            handshake_done(c, now);
+        }
+        return;
+    }
     if (s->kind == SLOT_HANDSHAKE && s->remaining == 1 && c->cfg.sentinels != NULL) {
         /* The last handshake reply is ROLE's: the primary, or a failed attempt. */
         if (io_sentinel_check_role(c, reply, role_err, sizeof role_err) < 0) {
@@ -940,7 +1010,8 @@ on_reply(bio_client *c, void *reply, double now)
 static int
 take_bytes(bio_client *c, const char *buf, size_t n, double now)
 {
-    if (c->r_count == 0) {
+    int pushed = c->push && c->state == ST_READY;  /* (a tracker's messages) */
+    if (c->r_count == 0 && !pushed) {
         /* Nothing was asked (a middlebox, a broken server): whole or partial,
          * those bytes would glue onto the next reply. */
         connection_failed(c, "Protocol error: unexpected reply", now);
@@ -978,7 +1049,8 @@ take_bytes(bio_client *c, const char *buf, size_t n, double now)
             return -1;  /* the reply closed or failed the connection */
         }
     }
-    if (c->r_count == 0 && resp_scan_busy(&c->scan)) {
+    pushed = c->push && c->state == ST_READY;  /* (its handshake may have ended) */
+    if (c->r_count == 0 && !pushed && resp_scan_busy(&c->scan)) {
         /* The start of a reply nobody asked for came with the last one owed. */
         connection_failed(c, "Protocol error: unexpected reply", now);
         return -1;
@@ -1071,6 +1143,15 @@ io_route(bio_req *r, double now)
     case BIO_OP_FAIL:
         io_complete(r, BIO_EFAILED, NULL);  /* its err was set by its maker */
         return;
+    case BIO_OP_LISTEN:
+        /* Kept on the client without a reference to it (it would keep the client
+         * alive for ever): the client completes it when it is let go, or closes. */
+        r->client = NULL;
+        bio_client_decref(c);  /* (the engine still holds it) */
+        c->cfg.tracking = 1;   /* (from now on: io_track_poll turns it on) */
+        io_track_listen(c, r);
+        io_track_begin(c, now);  /* (at once: what comes next is tracked) */
+        return;
     case BIO_OP_CLOSE:
         io_cluster_quiet_children(c);  /* (closed by finish_close) */
         fail_waiting(c, BIO_ECLOSED, "disconnected");
@@ -1119,7 +1200,7 @@ io_route(bio_req *r, double now)
             return;
         }
         if (c->state == ST_READY && c->close_req == NULL && c->wait_head == NULL &&
-            c->r_count < MAX_PIPELINE) {
+            c->r_count < MAX_PIPELINE && !c->track_hold) {
             send_request(c, r, now);
             return;
         }
@@ -1149,7 +1230,7 @@ child_route(bio_client *c, bio_req *r, double now)
 {
     r->deadline = r->cluster_deadline;  /* (waiting here, after a redirect too) */
     if (c->state == ST_READY && c->close_req == NULL && c->wait_head == NULL &&
-        c->r_count < MAX_PIPELINE) {
+        c->r_count < MAX_PIPELINE && !c->track_hold) {
         send_request(c, r, now);
         return;
     }
@@ -1364,10 +1445,7 @@ io_cluster_close_children(bio_client *parent)
     io_cluster_quiet_children(parent);
     for (int i = 0; i < parent->nchildren; i++) {
         bio_client *c = parent->children[i];
-        io_close_socket(c);
-        fail_inflight(c, BIO_ECLOSED, "disconnected");
-        c->state = ST_IDLE;
-        c->backoff = 0;
+        io_client_reset(c);
     }
 }
 
@@ -1376,7 +1454,14 @@ io_cluster_close_children(bio_client *parent)
 double
 io_client_timers(bio_client *c, double now)
 {
+    if (c->push && c->owner != NULL) {
+        io_track_deliver(c->owner);  /* what this pass's messages gathered, at once */
+    }
+    else if (c->listen != NULL) {
+        io_track_deliver(c);  /* (a flush after tracking came back, a map's) */
+    }
     double next = c->retry_head != NULL ? cluster_retries(c, now) : INFINITY;
+    next = fmin(next, io_track_hold_check(c, now));
     /* Requests waiting for a connection or for room. */
     bio_req **pp = &c->wait_head, *prev = NULL;
     while (*pp) {
@@ -1436,7 +1521,8 @@ io_client_timers(bio_client *c, double now)
     case ST_BACKOFF:
         if (c->backoff_until <= now) {
             c->state = ST_IDLE;
-            if (c->wait_head != NULL || (c->is_cluster && c->map_wanted)) {
+            if (c->wait_head != NULL || (c->is_cluster && c->map_wanted) ||
+                io_track_reconnect(c)) {
                 start_connect(c, now);
                 return now;
             }
@@ -1453,8 +1539,18 @@ io_client_timers(bio_client *c, double now)
             start_connect(c, now);
             return now;
         }
+        if (io_track_reconnect(c)) {
+            start_connect(c, now);  /* (its L1 waits for tracking to be back) */
+            return now;
+        }
         break;
     case ST_READY:
+        if (io_track_wanted(c)) {
+            io_track_poll(c, now);
+        }
+        if (c->push) {
+            next = fmin(next, io_track_ping(c, now));
+        }
         if (c->next_flush <= now) {
             io_append_stats_flush(c, now);
             c->next_flush = now + STATS_FLUSH_EVERY;

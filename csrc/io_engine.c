@@ -269,6 +269,7 @@ bio_client_decref(bio_client *c)
         io_sentinel_watch_stop(c);
         bio_sentinels_decref(c->cfg.sentinels);
         io_cluster_free(c);
+        free(c->track_keys);  /* (io_track_free took the tracker, in the I/O thread) */
         if (c->reader) {
             redisReaderFree(c->reader);
         }
@@ -352,6 +353,12 @@ bio_req_free(bio_req *r)
     free(r);
 }
 
+void
+io_deliver(bio_req *r)
+{
+    bridge_push(r->bridge, r);  /* (its buf is the loop's to read) */
+}
+
 /* Finish a request: its bridge's loop will pick it up. */
 void
 io_complete(bio_req *r, int status, const char *msg)
@@ -365,9 +372,11 @@ io_complete(bio_req *r, int status, const char *msg)
         if (msg != NULL) {  /* (NULL: r->err already says it) */
             snprintf(r->err, sizeof r->err, "%s", msg);
         }
-        atomic_fetch_add(&r->client->counters.errors, 1);
-        if (status == BIO_ETIMEOUT) {
-            atomic_fetch_add(&r->client->counters.timeouts, 1);
+        if (r->client != NULL) {  /* (a LISTEN holds none) */
+            atomic_fetch_add(&r->client->counters.errors, 1);
+            if (status == BIO_ETIMEOUT) {
+                atomic_fetch_add(&r->client->counters.timeouts, 1);
+            }
         }
     }
     free(r->buf);
@@ -594,6 +603,7 @@ io_main(void *arg)
                 *pp = c->next;
                 io_close_socket(c);
                 io_cluster_release_children(c);  /* (a cluster's: let go in turn) */
+                io_track_free(c);  /* (its tracker: let go in turn) */
                 bio_client_decref(c);
                 continue;
             }

@@ -38,7 +38,7 @@
 /* A connection's states: a name resolved (by a thread of its own), a socket connected,
  * with TLS a TLS handshake, then the Redis handshake (AUTH, SELECT, PING): ready. */
 enum { ST_IDLE, ST_RESOLVING, ST_CONNECTING, ST_TLS, ST_HANDSHAKE, ST_READY, ST_BACKOFF };
-enum { SLOT_USER, SLOT_HANDSHAKE, SLOT_STATS, SLOT_CLUSTER, SLOT_ASKING };
+enum { SLOT_USER, SLOT_HANDSHAKE, SLOT_STATS, SLOT_CLUSTER, SLOT_ASKING, SLOT_TRACK };
 /* Redirects one request may follow (then the last -MOVED/-ASK is its reply). */
 #define CLUSTER_MAX_REDIRECTS 16
 /* -TRYAGAIN / -CLUSTERDOWN: the request is sent again after 10 ms, doubling to 200 ms,
@@ -148,6 +148,29 @@ struct bio_client {
     int suspect;                 /* a child whose connection failed, not since ready:
                                     while a map names it a primary, the map is asked
                                     again (a failover under way) */
+    /* Tracking (io_track.c, cfg.tracking). D, a data client (a cluster's: its nodes): */
+    bio_client *tracker;         /* owned: T, its invalidation connection, or NULL */
+    long long tracking_id;       /* T's id D's tracking redirects to (0: not on) */
+    long long track_on_id;       /* the id a CLIENT TRACKING on in flight names */
+    int track_on_in_flight;
+    int track_lost;              /* tracking was on and went: a flush once it is back */
+    int track_untracked;         /* and D's requests went on meanwhile, untracked */
+    int track_flush;             /* gathered: BIO_FLUSH_* bits */
+    char *track_keys;            /* gathered: invalidated keys (u32 length, bytes)... */
+    size_t track_keys_len, track_keys_cap, track_nkeys;
+    int track_hold;              /* ready, requests held until tracking is asked */
+    double track_hold_until;
+    int track_on_void;           /* the one in flight names a lost T */
+    int track_refused;           /* the last CLIENT TRACKING on was refused */
+    double track_retry_at;       /* not asked again before */
+    char track_err[BIO_ERRLEN];  /* the sink's: why the server refused tracking */
+    int track_err_new;           /* the sink's: to be told to the loop */
+    bio_req *listen;             /* owned: the BIO_OP_LISTEN events are made after */
+    /* ... and T, the tracker: */
+    int push;                    /* replies after the handshake are messages */
+    long long track_id;          /* its CLIENT ID */
+    double track_ping_at;        /* its next PING (quiet peers are asked) */
+    bio_client *owner;           /* borrowed: D (cleared when D lets go of it) */
 };
 
 
@@ -295,6 +318,38 @@ void io_cluster_free(bio_client *c);   /* the client is let go: its map */
  * offsets[k] is where command k starts, offsets[ncmd] == len. 0, or -1 if buf is not
  * exactly that. */
 int io_cluster_commands(const char *buf, size_t len, size_t *offsets, int ncmd);
+
+/* io_track.c: invalidation tracking (see its header). */
+void io_track_handshake(bio_client *t, resp_buf *b);  /* T's: CLIENT ID, SUBSCRIBE */
+/* T's handshake replies to those two (remaining 2, 1): 0, or -1 with err. */
+int io_track_handshake_reply(bio_client *t, const void *reply, int remaining, char *err,
+                             size_t errlen);
+void io_track_message(bio_client *t, void *reply);  /* a reply of T once ready (taken) */
+void io_track_poll(bio_client *d, double now);      /* D's timers: T up, tracking on */
+int io_track_wanted(const bio_client *c);  /* c is a D whose tracking is asked for */
+int io_track_reconnect(bio_client *c);  /* D must connect again: tracking lost, listened */
+/* D ready, or listened to: tracking asked now, or its requests held until it is. */
+void io_track_begin(bio_client *d, double now);
+double io_track_hold_check(bio_client *d, double now);  /* next time due, or INFINITY */
+void io_track_map_taken(bio_client *parent);  /* a cluster's new map: lost nodes gone? */
+int io_track_is_message(const void *reply);  /* an invalidation message's shape? */
+double io_track_ping(bio_client *t, double now);  /* T's timers: PING when due; next */
+/* A reply to D's SLOT_TRACK entry (taken). */
+int io_track_on_reply(bio_client *d, void *reply, int remaining, double now);
+/* D's (d_closed) or T's connection went: tracking is off. */
+void io_track_lost(bio_client *d, int d_closed);
+void io_track_free(bio_client *d);  /* D is freed: its keys, its reference to T */
+void io_track_listen(bio_client *d, bio_req *r);    /* a LISTEN: kept (the last one) */
+void io_track_deliver(bio_client *d);  /* gathered keys/flush → an EVENT, if listened */
+void io_track_unlisten(bio_client *d, int status);  /* its LISTEN completes */
+void io_deliver(bio_req *r);  /* io_engine.c: to its bridge as it is (an EVENT) */
+/* io_conn.c, for io_track.c */
+void io_start_connect(bio_client *c, double now);
+void io_pump_waiting(bio_client *c, double now);  /* what waits, sent (room allowing) */
+/* Closed, what was on it failed (BIO_ECLOSED), idle, no backoff: a new start. */
+void io_client_reset(bio_client *c);
+int io_send_slot(bio_client *c, const char *buf, size_t len, int ncmd, int kind,
+                 double deadline);
 
 /* io_tls.c: a connection's TLS session (c->ssl) on its connected socket. Each call
  * returns at once; err gets the reason of a failure. */

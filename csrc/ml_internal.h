@@ -20,6 +20,14 @@ typedef struct {
     int clears_running;      /* clear() calls under way */
     PyObject *reading;       /* owned dict or NULL: key -> int, 2 per L2 read in
                                 flight (fast path), + 1 once the key was written */
+    /* Coherent L1 (ml_track.c) */
+    int coherent;            /* asked for: invalidations from L2 drop L1 entries (in
+                                effect while both levels are ours: ml_coherent) */
+    PyObject *backed;        /* owned dict or NULL: Redis key text -> list of the L1
+                                keys under it that came from or went to L2 */
+    Py_ssize_t backed_limit; /* prune `backed` past this size */
+    rc_listener *listener;   /* owned reference, or NULL */
+    unsigned long long invalidations, l1_flushes;
     PyObject *weakreflist;
     bruno_state *st;         /* borrowed: module state, alive while our type is */
 } MultiLevelCache;
@@ -39,6 +47,19 @@ typedef struct {
 
 /* A write of key through this cache: reads of it in flight must not promote. 0 or -1. */
 int ml_note_write(MultiLevelCache *self, PyObject *key);
+
+/* ml_track.c: key (a read asked of L2, or a write through the cache) is L2-backed
+ * under its Redis key text; the cache listens. 0 or -1. */
+int ml_track_key(MultiLevelCache *self, PyObject *l1, PyObject *l2, PyObject *key);
+void ml_track_free(MultiLevelCache *self);  /* its listener detached, its map */
+void ml_track_cleared(MultiLevelCache *self);  /* clear(): L1 emptied */
+/* Listen to L2's invalidations now if coherent (start()). 0 or -1. */
+int ml_track_listen(MultiLevelCache *self, PyObject *l1, PyObject *l2);
+/* Coherence in effect: asked for (coherent= not False) and both levels ours. */
+int ml_coherent(MultiLevelCache *self, PyObject *l1, PyObject *l2);
+/* A level is replaced: the L2-backed keys are forgotten (dropped from L1 too when it is
+ * L2 that changes), the listener detached (the next use listens to the new L2). */
+void ml_track_levels_changed(MultiLevelCache *self, int l2_changed);
 
 /* A clear() starts / ends: no L2 read that overlaps one promotes. */
 void ml_clear_begin(MultiLevelCache *self);

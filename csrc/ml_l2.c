@@ -116,7 +116,12 @@ ml_via_new(MultiLevelCache *self, int op, PyObject *keys, PyObject *partial)
     Py_ssize_t counted = 0;
     Py_ssize_t reads = op == RC_GET ? 1 : op == RC_MGET ? PyTuple_GET_SIZE(keys) : 0;
     for (; counted < reads; counted++) {
-        if (reading_add(self, op == RC_GET ? keys : PyTuple_GET_ITEM(keys, counted), 2) < 0) {
+        PyObject *key = op == RC_GET ? keys : PyTuple_GET_ITEM(keys, counted);
+        if (reading_add(self, key, 2) < 0) {
+            goto fail;
+        }
+        if (ml_track_key(self, self->l1, self->l2, key) < 0) {
+            counted++;  /* (its read is counted: given back below) */
             goto fail;
         }
     }
@@ -180,6 +185,7 @@ ml_hook_of(ml_via *via, rc_hook *hook)
     hook->drop = via_drop;
     hook->traverse = via_traverse;
     hook->data = via;
+    hook->origin = via->mlc->listener;  /* (its own writes: its L1 holds them already) */
     return hook;
 }
 

@@ -146,7 +146,8 @@ mlc_set(MultiLevelCache *self, PyObject *const *args, Py_ssize_t nargs, PyObject
         a[2] = a[2] ? a[2] : Py_None;
         return ml_release(&lv, ml_generic(self, "set", a, 3));
     }
-    if (ml_note_write(self, a[0]) < 0 || bruno_imc_put(lv.l1, a[0], a[1], a[2]) < 0) {
+    if (ml_note_write(self, a[0]) < 0 || ml_track_key(self, lv.l1, lv.l2, a[0]) < 0 ||
+        bruno_imc_put(lv.l1, a[0], a[1], a[2]) < 0) {
         return ml_release(&lv, NULL);
     }
     if (lv.path == PATH_L1_ONLY) {
@@ -296,7 +297,8 @@ mlc_set_many(MultiLevelCache *self, PyObject *const *args, Py_ssize_t nargs,
     }
     PyObject *ret = NULL;
     for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(flat); i += 2) {
-        if (ml_note_write(self, PyTuple_GET_ITEM(flat, i)) < 0) {
+        if (ml_note_write(self, PyTuple_GET_ITEM(flat, i)) < 0 ||
+            ml_track_key(self, lv.l1, lv.l2, PyTuple_GET_ITEM(flat, i)) < 0) {
             goto done;
         }
     }
@@ -330,6 +332,7 @@ mlc_clear(MultiLevelCache *self, PyObject *Py_UNUSED(ignored))
     }
     ml_clear_begin(self);
     bruno_imc_clear(lv.l1);
+    ml_track_cleared(self);  /* (L1 is empty: nothing is L2-backed any more) */
     if (lv.path == PATH_L1_ONLY) {
         ml_clear_end(self);
         return ml_release(&lv, bruno_aw_none(self->st, "MultiLevelCache.clear"));
@@ -398,6 +401,9 @@ mlc_start(MultiLevelCache *self, PyObject *Py_UNUSED(ignored))
         return ml_release(&lv, NULL);
     }
     Py_DECREF(started);
+    if (ml_track_listen(self, lv.l1, lv.l2) < 0) {  /* (connected once tracked) */
+        return ml_release(&lv, NULL);
+    }
     return ml_release(&lv, bruno_rc_connect(lv.l2, "MultiLevelCache.start"));
 }
 
@@ -464,11 +470,13 @@ static PyObject *
 mlc_stats(MultiLevelCache *self, PyObject *Py_UNUSED(ignored))
 {
     unsigned long long hits = self->l1_hits + self->l2_hits, total = hits + self->misses;
-    PyObject *d = Py_BuildValue("{s:s,s:K,s:K,s:K,s:d,s:K,s:K}",
+    PyObject *d = Py_BuildValue("{s:s,s:K,s:K,s:K,s:d,s:K,s:K,s:K,s:K}",
                                 "type", "multi_level", "l1_hits", self->l1_hits,
                                 "l2_hits", self->l2_hits, "misses", self->misses,
                                 "hit_rate", total ? (double)hits / (double)total : 0.0,
-                                "l2_errors", self->l2_errors, "promotions", self->promotions);
+                                "l2_errors", self->l2_errors, "promotions", self->promotions,
+                                "invalidations", self->invalidations,
+                                "l1_flushes", self->l1_flushes);
     if (d == NULL) {
         return NULL;
     }
@@ -543,6 +551,7 @@ mlc_set_l1(MultiLevelCache *self, PyObject *v, void *Py_UNUSED(closure))
         PyErr_SetString(PyExc_TypeError, "l1 must be a cache, not None");
         return -1;
     }
+    ml_track_levels_changed(self, 0);
     Py_SETREF(self->l1, Py_NewRef(v));
     return 0;
 }
@@ -556,8 +565,15 @@ mlc_get_l2(MultiLevelCache *self, void *Py_UNUSED(closure))
 static int
 mlc_set_l2(MultiLevelCache *self, PyObject *v, void *Py_UNUSED(closure))
 {
+    ml_track_levels_changed(self, 1);
     Py_SETREF(self->l2, Py_NewRef(v ? v : Py_None));  /* del cache.l2: no L2 */
     return 0;
+}
+
+static PyObject *
+mlc_get_coherent(MultiLevelCache *self, void *Py_UNUSED(closure))
+{
+    return PyBool_FromLong(ml_coherent(self, self->l1, self->l2));
 }
 
 static PyObject *
@@ -600,16 +616,29 @@ mlc_new(PyTypeObject *type, PyObject *Py_UNUSED(args), PyObject *Py_UNUSED(kwds)
 static int
 mlc_init(MultiLevelCache *self, PyObject *args, PyObject *kwds)
 {
-    static char *kwlist[] = {"l1_cache", "l2_cache", "promote_on_hit", NULL};
-    PyObject *l1, *l2 = Py_None, *promote = Py_True;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O|OO:MultiLevelCache", kwlist, &l1, &l2,
-                                     &promote)) {
+    static char *kwlist[] = {"l1_cache", "l2_cache", "promote_on_hit", "coherent", NULL};
+    PyObject *l1, *l2 = Py_None, *promote = Py_True, *coherent = Py_None;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O|OO$O:MultiLevelCache", kwlist, &l1, &l2,
+                                     &promote, &coherent)) {
         return -1;
     }
     if (l1 == Py_None) {
         PyErr_SetString(PyExc_TypeError, "l1_cache must be a cache, not None");
         return -1;
     }
+    int ours = bruno_rc_exact(self->st, l2) && bruno_imc_exact(self->st, l1);
+    if (coherent != Py_None && !PyBool_Check(coherent)) {
+        PyErr_Format(PyExc_TypeError, "coherent must be None, True or False, not %.100s",
+                     Py_TYPE(coherent)->tp_name);
+        return -1;
+    }
+    if (coherent == Py_True && !ours) {
+        PyErr_SetString(PyExc_ValueError, "coherent=True needs bruno_memory_c's "
+                        "InMemoryCache as L1 and RedisCache as L2 (Redis tells it which "
+                        "keys other clients changed)");
+        return -1;
+    }
+    self->coherent = coherent != Py_False;  /* (in effect while both levels are ours) */
     Py_SETREF(self->l1, Py_NewRef(l1));
     Py_SETREF(self->l2, Py_NewRef(l2));
     Py_SETREF(self->promote_obj, Py_NewRef(promote));
@@ -624,6 +653,7 @@ mlc_traverse(MultiLevelCache *self, visitproc visit, void *arg)
     Py_VISIT(self->l2);
     Py_VISIT(self->promote_obj);
     Py_VISIT(self->reading);
+    Py_VISIT(self->backed);
     return 0;
 }
 
@@ -636,6 +666,7 @@ mlc_clear_refs(MultiLevelCache *self)
     Py_XSETREF(self->l2, Py_NewRef(Py_None));
     Py_XSETREF(self->promote_obj, Py_NewRef(Py_False));
     Py_CLEAR(self->reading);
+    ml_track_free(self);
     return 0;
 }
 
@@ -652,6 +683,7 @@ mlc_dealloc(MultiLevelCache *self)
     Py_CLEAR(self->l2);
     Py_CLEAR(self->promote_obj);
     Py_CLEAR(self->reading);
+    ml_track_free(self);
     tp->tp_free((PyObject *)self);
     Py_DECREF(tp);
     Py_TRASHCAN_END
@@ -698,7 +730,7 @@ static PyMethodDef mlc_methods[] = {
     {"stats", (PyCFunction)mlc_stats, METH_NOARGS,
      "stats($self, /)\n--\n\n"
      "This cache's counters (l1_hits, l2_hits, misses, hit_rate as a fraction,\n"
-     "l2_errors, promotions) with each level's own stats() under 'l1' and 'l2'."},
+     "l2_errors, promotions, invalidations, l1_flushes) with each level's own stats() under 'l1' and 'l2'."},
     {"start", (PyCFunction)mlc_start, METH_NOARGS,
      "start($self, /)\n--\n\nStart L1's cleanup and connect L2. Returns an awaitable."},
     {"stop", (PyCFunction)mlc_stop, METH_NOARGS,
@@ -720,6 +752,9 @@ static PyGetSetDef mlc_getset[] = {
     {"l2_cache", (getter)mlc_get_l2, (setter)mlc_set_l2, "The L2 cache (same as l2).", NULL},
     {"promote_on_hit", (getter)mlc_get_promote, (setter)mlc_set_promote,
      "Whether an L2 hit is copied into L1.", NULL},
+    {"coherent", (getter)mlc_get_coherent, NULL,
+     "Whether other clients' writes in Redis drop L1 entries (coherent= not False,\n"
+     "and both levels are bruno_memory_c's).", NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };
 
@@ -730,12 +765,14 @@ static PyMemberDef mlc_members[] = {
 
 static PyType_Slot mlc_slots[] = {
     {Py_tp_doc,
-     "MultiLevelCache(l1_cache, l2_cache=None, promote_on_hit=True)\n"
+     "MultiLevelCache(l1_cache, l2_cache=None, promote_on_hit=True, *, coherent=None)\n"
      "--\n\n"
      "An L1 cache (usually InMemoryCache) in front of an L2 cache (usually\n"
      "RedisCache). Reads try L1, then L2; writes go to both. With our own two\n"
      "caches every operation runs in C; any other L2 with the reference's async\n"
-     "methods is awaited exactly as bruno-memory awaits it."},
+     "methods is awaited exactly as bruno-memory awaits it. With both levels ours,\n"
+     "L1 is coherent (unless coherent=False): an L1 entry is dropped when another\n"
+     "client writes its key in Redis."},
     {Py_tp_new, mlc_new},
     {Py_tp_init, mlc_init},
     {Py_tp_dealloc, mlc_dealloc},

@@ -53,6 +53,7 @@ typedef struct {
     PyObject *last_bridge;       /* owned LoopBridge of the last loop used, or NULL */
     PyObject *rl_holder;         /* owned, or NULL: asyncio's running-loop holder seen
                                     with last_bridge (identity check; see rc_bridge) */
+    struct rc_hub *hub;          /* owned reference, or NULL: its listeners (rc_track.c) */
     PyObject *weakreflist;
     bruno_state *st;             /* borrowed */
 } RedisCache;
@@ -93,6 +94,8 @@ typedef struct {
     long long size;              /* get_stats: keys counted so far */
     int route;                   /* clear(), get_stats(): in a cluster, the SCAN goes to
                                     the primary of this slot (-1: not routed) */
+    PyObject *written;           /* owned or NULL: set/delete's key, set_many's flat
+                                    items, when the cache has listeners to tell */
 } rc_call;
 
 /* The arguments of a method, as the command table's builders take them (borrowed;
@@ -189,8 +192,17 @@ int rc_cluster_options(PyObject *const opt[RC_CL_NOPTS], int has_address, int ha
  * TypeError / ValueError. */
 PyObject *rc_address_list(PyObject *v, const char *option, const char *each, int max);
 
+/* rc_track.c: a write of this process through the cache (its call ends): the other
+ * listeners hear of it (the server does not tell this connection's own writes). */
+void rc_track_written(RedisCache *self, rc_call *call);
+int rc_track_wants(RedisCache *self, int op);  /* keep the call's written keys? */
+void rc_track_release(RedisCache *self);       /* the cache goes: its hub */
+
 /* rc_request.c */
 bio_client *rc_client(RedisCache *self);
+/* The bridge of the running loop (borrowed), or NULL: *no_loop set when no loop runs
+ * (no exception), else an exception. */
+PyObject *rc_bridge(RedisCache *self, int *no_loop);
 /* A command buffer for self's requests: it records each command's slot when the cache
  * may be a Redis Cluster's (cluster=None or True). */
 void rc_buf_init(RedisCache *self, resp_buf *b);

@@ -92,7 +92,7 @@ rc_client(RedisCache *self)
 
 /* The bridge of the running loop (borrowed from self->last_bridge), or NULL with
  * *no_loop set when no loop runs (no exception), or NULL with an exception. */
-static PyObject *
+PyObject *
 rc_bridge(RedisCache *self, int *no_loop)
 {
     *no_loop = 0;
@@ -179,6 +179,7 @@ call_free(rc_call *call)
         call->hook.drop(call->hook.data);
     }
     Py_XDECREF(call->subject);
+    Py_XDECREF(call->written);
     Py_XDECREF((PyObject *)call->aw);
     Py_DECREF(call->cache);
     PyMem_Free(call);
@@ -300,6 +301,9 @@ rc_start(RedisCache *self, int op, int flags, const rc_args *args, const char *q
     rc_call *call = call_new(self, op, flags, hook);
     if (call == NULL) {
         return NULL;
+    }
+    if (rc_track_wants(self, op)) {  /* (told to the cache's other listeners) */
+        call->written = Py_NewRef(op == RC_SETMANY ? args->items : args->key);
     }
     PyObject *known = NULL;  /* the awaitable of an answer known without Redis */
     bio_req *r = NULL;
@@ -443,6 +447,10 @@ rc_done(bio_req *r)
     }
     else if (!pending) {
         exc = PyErr_GetRaisedException();  /* a Python error while converting */
+    }
+    if (!pending && self->hub != NULL && r->status != BIO_EDROPPED &&
+        (call->written != NULL || call->op == RC_CLEAR)) {
+        rc_track_written(self, call);  /* (answered or not: it may have been done) */
     }
     if (!pending && call->hook.done != NULL) {
         rc_answer answer;

@@ -689,6 +689,7 @@ rc_dealloc(RedisCache *self)
     bio_sentinels_decref(self->sentinel_cfg);
     self->sentinel_cfg = NULL;
     rc_clear_refs(self);
+    rc_track_release(self);
     Py_CLEAR(self->sentinels);
     Py_CLEAR(self->service_name);
     Py_CLEAR(self->sentinel_username);

@@ -36,6 +36,8 @@ typedef struct {
     void (*drop)(void *data);                                  /* takes the data over */
     int (*traverse)(void *data, visitproc visit, void *arg);  /* its Python objects */
     void *data;
+    const void *origin;      /* borrowed identity, or NULL: the listener (rc_listener)
+                                of the caller, not told of its own write */
 } rc_hook;
 
 static inline int
@@ -66,5 +68,33 @@ PyObject *bruno_rc_connect(PyObject *cache, const char *qualname);
 PyObject *bruno_rc_disconnect(PyObject *cache, const char *qualname);
 /* The doc-form statistics (its stats() method). */
 PyObject *bruno_rc_stats(PyObject *cache);
+
+/* Invalidations (a coherent L1): a listener hears, on the loop that listened, the keys
+ * other clients wrote under the cache's prefix (`buf`: `nkeys` texts, each a u32
+ * length and its bytes, as Redis names them: prefix + str(key)), or `flush` (RC_FLUSH_*
+ * bits: every key may have changed, a FLUSHDB or tracking lost and back; with
+ * RC_FLUSH_STALE, reads in flight may have been answered before the change or
+ * untracked: they must not be promoted either).
+ * Loop thread only. The caller owns one reference; the cache it listens to holds one
+ * more while it keeps it. `data` is borrowed: set it to NULL before it goes (the cache
+ * then lets go of it). */
+#define RC_FLUSH_DROP 1
+#define RC_FLUSH_STALE 2
+typedef struct {
+    void (*on_event)(void *data, const char *buf, int nkeys, int flush);
+    void *data;
+    int refs;
+    const void *joined;      /* borrowed identity: the hub (of a cache) it is in */
+} rc_listener;
+rc_listener *bruno_rc_listener_new(void (*on_event)(void *, const char *, int, int),
+                                   void *data);
+void bruno_rc_listener_release(rc_listener *l);
+/* Listen (cheap while listening; 0 without a running loop, to be asked again). 0/-1.
+ * Several listeners of one cache share its listening; each also hears of the writes
+ * made through the cache by others in this process (the server tells those to nobody
+ * on this connection), once they are answered. */
+int bruno_rc_listen(PyObject *cache, rc_listener *l);
+/* The text Redis stores key under (prefix + str(key)): a new str, or NULL. */
+PyObject *bruno_rc_key_text(PyObject *cache, PyObject *key);
 
 #endif

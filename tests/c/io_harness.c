@@ -743,6 +743,104 @@ test_cluster_del(int port, const char *k1, const char *k2)
     bio_bridge_decref(b);
 }
 
+/* The events delivered to eb since the last call, as " keys a,b" / " flush" (one per
+ * EVENT request, in order) into out. */
+static void
+take_events(bio_bridge *eb, char *out, size_t cap)
+{
+    size_t n = 0;
+    out[0] = '\0';
+    for (bio_req *r = bio_bridge_take(eb), *next; r != NULL; r = next) {
+        next = r->next;
+        if (r->op == BIO_OP_EVENT && r->event_flush) {
+            n += (size_t)snprintf(out + n, cap - n, " flush");
+        }
+        else if (r->op == BIO_OP_EVENT) {
+            n += (size_t)snprintf(out + n, cap - n, " keys");
+            size_t pos = 0;
+            for (int k = 0; k < r->ncmd && n < cap; k++) {
+                uint32_t len;
+                memcpy(&len, r->buf + pos, 4);
+                n += (size_t)snprintf(out + n, cap - n, "%s%.*s", k ? "," : " ", (int)len,
+                                      r->buf + pos + 4);
+                pos += 4 + len;
+            }
+        }
+        else {
+            n += (size_t)snprintf(out + n, cap - n, " op%d", r->op);
+        }
+        bio_req_free(r);
+        if (n >= cap) {
+            break;
+        }
+    }
+}
+
+/* Tracking (work in progress): a client with cfg.tracking and prefix "tk:", listened
+ * to on a bridge of its own; once the server tracks for it, prints "tracking"; then,
+ * per line on stdin: "own" sets tk:own through the client itself; any line prints
+ * "inv N lost M on T" (its counters) and the events delivered since. */
+static void
+test_track(int port)
+{
+    bio_config cfg = config("127.0.0.1", port, NULL, 0);
+    cfg.stats_key = "tk:stats";
+    cfg.stats_key_len = 8;
+    cfg.tracking = 1;
+    bio_client *c = bio_client_new(&cfg);
+    bio_bridge *b = bio_bridge_new();
+    bio_req *r = bio_req_new(c, b, BIO_OP_CONNECT, 0);
+    bio_submit(r);
+    r = wait_done(b);
+    check(r != NULL && r->status == BIO_OK, "connected");
+    bio_req_free(r);
+    bio_bridge *eb = bio_bridge_new();
+    bio_submit(bio_req_new(c, eb, BIO_OP_LISTEN, 0));
+    bio_counters *k = bio_client_counters(c);
+    for (int i = 0; i < 500 && !atomic_load(&k->tracking); i++) {
+        usleep(10 * 1000);
+    }
+    check(atomic_load(&k->tracking) == 1, "the server tracks for it");
+    printf("tracking\n");
+    fflush(stdout);
+    char line[64];
+    while (fgets(line, sizeof line, stdin) != NULL) {
+        if (strncmp(line, "own", 3) == 0) {
+            resp_buf cmd;
+            resp_buf_init(&cmd);
+            const char *argv[3] = {"SET", "tk:own", "1"};
+            size_t len[3] = {3, 6, 1};
+            resp_command(&cmd, 3, argv, len);
+            r = bio_req_new(c, b, BIO_OP_CMD, 1);
+            r->buf = cmd.data;
+            r->len = cmd.len;
+            bio_submit(r);
+            r = wait_done(b);
+            check(r != NULL && r->status == BIO_OK, "own write done");
+            bio_req_free(r);
+        }
+        usleep(50 * 1000);  /* (a message on loopback takes well under that) */
+        char events[1024];
+        take_events(eb, events, sizeof events);
+        printf("inv %llu lost %llu on %d |%s\n",
+               (unsigned long long)atomic_load(&k->invalidations),
+               (unsigned long long)atomic_load(&k->tracking_losses),
+               atomic_load(&k->tracking), events);
+        fflush(stdout);
+    }
+    r = bio_req_new(c, b, BIO_OP_CLOSE, 0);
+    bio_submit(r);
+    bio_req_free(wait_done(b));
+    usleep(100 * 1000);
+    char events[256];
+    take_events(eb, events, sizeof events);
+    check(strcmp(events, " op4") == 0, "the LISTEN completes with the close");
+    bio_client_decref(c);
+    usleep(200 * 1000);
+    bio_bridge_decref(b);
+    bio_bridge_decref(eb);
+}
+
 int
 main(int argc, char **argv)
 {
@@ -782,6 +880,10 @@ main(int argc, char **argv)
     }
     else if (argc >= 2 && strcmp(argv[1], "commands") == 0) {
         test_commands();
+    }
+    else if (argc >= 3 && strcmp(argv[1], "track") == 0) {
+        test_track(atoi(argv[2]));
+        return failures ? 1 : 0;
     }
     else if (argc >= 2 && strcmp(argv[1], "keyslot") == 0) {
         test_keyslot();

@@ -53,7 +53,8 @@ RefMultiLevelCache = REF["MultiLevelCache"]
 PREFIX = "ml:"
 #: Every test with a real L2 runs over plaintext and over TLS (conftest.py).
 TRANSPORTS = ALL_TRANSPORTS
-STATS_KEYS = ["type", "l1_hits", "l2_hits", "misses", "hit_rate", "l2_errors", "promotions"]
+STATS_KEYS = ["type", "l1_hits", "l2_hits", "misses", "hit_rate", "l2_errors", "promotions",
+              "invalidations", "l1_flushes"]
 L2_METHODS = ("get", "set", "delete", "exists", "clear", "get_many", "set_many",
               "get_stats", "connect", "disconnect")
 L1_METHODS = ("get", "set", "delete", "exists", "clear", "get_many", "set_many",

@@ -19,7 +19,7 @@ import pytest
 
 from bruno_memory_c import CacheError, InMemoryCache, MultiLevelCache, RedisCache
 from bruno_memory_c.testing import RedisCluster
-from tests.support import bounded_by, fork, memory_growth, until, LOGGER
+from tests.support import bounded_by, drive, fork, memory_growth, until, LOGGER
 from tests.support.cluster import ClusterTarget, key_slot
 
 PREFIX = "cl:"
@@ -575,3 +575,43 @@ async def test_multilevel_over_a_cluster(cluster):
         assert await ml.get("k3") == 3
         assert await ml.l1.get("k3") == 3  # promoted
         assert await l2.get("k29") == 29
+
+
+async def test_coherent_multilevel_across_migration_and_failover(redis_cluster):
+    """A coherent MultiLevelCache over a cluster: its key's slot migrates to another
+    primary (the MIGRATE's deletion is an invalidation: A's entry goes), A reads it
+    there (that node tracked from its first request) and another client's write there
+    drops it; then that primary is killed: once the map names its replica, A's
+    L2-backed entries are dropped (what the dead node's channel missed is unknown),
+    and the promoted replica's value is what A reads, with no use of L2 by A needed."""
+    cluster = redis_cluster
+    m = MultiLevelCache(InMemoryCache(), make(cluster))
+    key = "moving"
+    slot = cluster.keyslot(PREFIX + key)
+    try:
+        await bounded(m.start())
+        await m.set(key, "old")
+        target = next(n for n in cluster.primaries if n is not cluster.node_for_slot(slot))
+        await asyncio.to_thread(cluster.move_slots, [slot], target)
+        await until(lambda: not drive_exists(m, key), "the migration's invalidation")
+        assert await bounded(m.get(key)) == "old" and drive_exists(m, key)  # from target
+        heard = m.stats()["invalidations"]
+        assert target.command("SET", PREFIX + key, '"new"') == "OK"
+        await until(lambda: m.stats()["invalidations"] > heard, "the new node's message")
+        assert not drive_exists(m, key)
+        assert await bounded(m.get(key)) == "new" and drive_exists(m, key)
+        flushes = m.stats()["l1_flushes"]
+        cluster.kill(target)
+        await asyncio.to_thread(cluster.wait_ok, 30)
+        promoted = cluster.node_for_slot(slot)
+        assert promoted.command("SET", PREFIX + key, '"after"') == "OK"
+        await until(lambda: m.stats()["l1_flushes"] > flushes, "the flush once replaced", 30)
+        assert not drive_exists(m, key)
+        assert await bounded(m.get(key)) == "after"
+    finally:
+        await m.l2.disconnect()
+
+
+def drive_exists(m: MultiLevelCache, key) -> bool:
+    """Does m's L1 hold key (InMemoryCache answers without suspending)?"""
+    return drive(m.l1.exists(key))

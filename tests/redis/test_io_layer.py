@@ -412,3 +412,55 @@ def cluster_connect_startup(harness: str, *ports: str) -> list[str]:
                           timeout=60, env=env)
     assert done.returncode == 0, done.stdout + done.stderr
     return done.stdout.splitlines()
+
+
+def test_a_tracking_client_hears_other_clients_writes(harness, redis_server):
+    """Tracking (coherent L1, work in progress; the I/O layer only): a client with
+    tracking on gets the server to send it invalidations for its prefix (BCAST PREFIX
+    tk:, REDIRECT to its own subscriber connection): another client's write under the
+    prefix is one message, a write elsewhere none, the client's own write none
+    (NOLOOP), FLUSHDB one; its subscriber connection killed, tracking comes back (a
+    new subscriber, tracking redirected to it) and the loss is counted. The keys (or
+    "flush") reach the listener's bridge as EVENT requests, one per pass of the I/O
+    thread; its LISTEN completes when the client closes."""
+    env = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", "ASAN_OPTIONS")}
+    proc = subprocess.Popen([harness, "track", str(redis_server.port)], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True, env=env)
+
+    events: list[str] = []
+
+    def counters(line: str = "stat") -> tuple[int, int, int]:
+        proc.stdin.write(line + "\n")
+        proc.stdin.flush()
+        numbers, _, delivered = proc.stdout.readline().rstrip("\n").partition(" |")
+        events.extend(delivered.split())
+        inv, lost, on = numbers.split()[1::2]
+        return int(inv), int(lost), int(on)
+
+    try:
+        assert proc.stdout.readline() == "tracking\n"
+        assert counters() == (0, 0, 1)
+        redis_server.command("SET", "tk:a", "1")
+        assert counters() == (1, 0, 1) and events == ["keys", "tk:a"]
+        redis_server.command("SET", "other:a", "1")
+        assert counters() == (1, 0, 1)
+        assert counters("own") == (1, 0, 1) and events == ["keys", "tk:a"]
+        redis_server.command("MSET", "tk:b", "1", "tk:c", "2")
+        assert counters() == (2, 0, 1) and events[2:] == ["keys", "tk:b,tk:c"]
+        redis_server.command("FLUSHDB")
+        assert counters() == (3, 0, 1) and events[4:] == ["flush"]
+        clients = redis_server.command("CLIENT", "LIST").decode().splitlines()
+        subscriber = next(c for c in clients if "cmd=subscribe" in c)
+        redis_server.command("CLIENT", "KILL", "ID", subscriber.split()[0].split("=")[1])
+        for _ in range(100):
+            if counters()[1] == 1:
+                break
+        assert counters() == (3, 1, 1) and events[5:] == ["flush"]  # (the loss)
+        redis_server.command("SET", "tk:d", "1")
+        assert counters() == (4, 1, 1) and events[6:] == ["keys", "tk:d"]
+        proc.stdin.close()
+        assert proc.wait(10) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

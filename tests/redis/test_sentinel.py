@@ -25,7 +25,7 @@ import pytest
 
 from bruno_memory_c import CacheError, InMemoryCache, MultiLevelCache, RedisCache
 from bruno_memory_c.testing import RedisServer, SentinelGroup, _encode, refused_port
-from tests.support import bounded_by, fork, run_python, until, HANG, RECOVER
+from tests.support import bounded_by, forked_ok, run_python, until, HANG, RECOVER
 
 pytestmark = pytest.mark.usefixtures("quiet_cache_logger")
 
@@ -493,6 +493,42 @@ async def test_multilevel_over_sentinel(group):
     await l2.disconnect()
 
 
+async def test_coherent_multilevel_across_a_failover(group):
+    """A coherent MultiLevelCache over Sentinel: across a failover the tracking follows
+    the primary (the old one's channel lost: the L2-backed entries are dropped once it
+    is back on the new one), and another client's write on the new primary drops the
+    entry A read there, with no use of L2 by A in between."""
+    l2 = sentinel_cache(group, prefix="sntco:")
+    m = MultiLevelCache(InMemoryCache(), l2)
+    try:
+        await bounded(m.start())
+        await m.set("k", "old")
+        old = group.primary()
+        group.failover()
+        new = await asyncio.to_thread(group.wait_primary_changed, old.port)
+        await until(lambda: m.stats()["l1_flushes"] >= 1, "the flush on the new primary",
+                    RECOVER)
+        assert not await m.l1.exists("k")
+        # (replicated; read again from the new primary once it answers, promoted)
+        await eventually_equal(lambda: m.get("k"), "old")
+        heard = m.stats()["invalidations"]
+        assert new.command("SET", "sntco:k", '"new"') == "OK"
+        await until(lambda: m.stats()["invalidations"] > heard, "the new primary's message",
+                    RECOVER)
+        assert not await m.l1.exists("k")
+        assert await bounded(m.get("k")) == "new"
+    finally:
+        await l2.disconnect()
+
+
+async def eventually_equal(call, expected, limit: float = RECOVER) -> None:
+    """await call() until it gives `expected` (a failover's first requests may fail)."""
+    deadline = time.monotonic() + limit
+    while (got := await bounded(call())) != expected:
+        assert time.monotonic() < deadline, f"still {got!r}, not {expected!r}"
+        await asyncio.sleep(0.01)
+
+
 async def test_watcher_thread_and_sockets_freed(group):
     """The watcher runs while the cache is connected and ends on disconnect() and when
     the cache is dropped; the sockets go with it."""
@@ -522,24 +558,13 @@ def test_fork_child_uses_its_own_connection(group):
         await c.set("fork", "parent")
         return await c.get("fork")
 
+    async def child():
+        await c.set("fork", "child")
+        return await c.get("fork")
+
     c = sentinel_cache(group, prefix="sntfork:")
     assert asyncio.run(parent_use(c)) == "parent"
-    r, w = os.pipe()
-    pid = fork()
-    if pid == 0:  # the child
-        code = 1
-        try:
-            async def child():
-                await c.set("fork", "child")
-                return await c.get("fork")
-            code = 0 if asyncio.run(child()) == "child" else 2
-        finally:
-            os.write(w, bytes([code]))
-            os._exit(code)
-    os.close(w)
-    with os.fdopen(r, "rb") as f:
-        assert f.read(1) == b"\0"
-    os.waitpid(pid, 0)
+    assert forked_ok(lambda: asyncio.run(child()) == "child")
     assert asyncio.run(parent_use(c)) == "parent"
     asyncio.run(c.disconnect())
 

@@ -40,7 +40,7 @@ async def main():
     out = {}
     l1 = InMemoryCache()
     l2 = RedisCache(host="127.0.0.1", port=port, prefix="clock:")
-    promoted = MultiLevelCache(l1, l2)
+    promoted = MultiLevelCache(l1, l2, coherent=False)  # (its L1 clock, not Redis expiry)
     await l2.connect()
 
     # 1. The wall clock jumps an hour ahead: entries with a minute left stay.

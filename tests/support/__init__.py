@@ -374,6 +374,25 @@ def fork() -> int:
         return os.fork()
 
 
+def forked_ok(child) -> bool:
+    """Run child() in a forked child process (fork() above); True when it returned a
+    true value. The child always exits (os._exit), whatever happens in it."""
+    r, w = os.pipe()
+    pid = fork()
+    if pid == 0:  # the child
+        code = 1
+        try:
+            code = 0 if child() else 2
+        finally:
+            os.write(w, bytes([code]))
+            os._exit(code)
+    os.close(w)
+    with os.fdopen(r, "rb") as f:
+        answer = f.read(1)
+    os.waitpid(pid, 0)
+    return answer == b"\0"
+
+
 def refused(port: int) -> bool:
     """Does a connection to 127.0.0.1:port fail (nothing listens there)?"""
     import socket
