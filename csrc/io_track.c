@@ -20,8 +20,9 @@
  *
  * A D that became ready while tracking is wanted and not on holds its requests
  * (track_hold) until CLIENT TRACKING on is sent ahead of them, so that what it reads is
- * covered from the first reply; the hold ends anyway when T cannot connect, or after
- * connect_timeout (then as after a loss: a flush once tracking is on). */
+ * covered from the first reply; the hold ends anyway when T cannot connect, after
+ * connect_timeout, or just before a held request's deadline (then as after a loss: a
+ * flush once tracking is on). */
 #include "io_internal.h"
 
 #include <math.h>
@@ -33,6 +34,7 @@
 #define TRACK_KEYS_MAX (64u << 20)  /* bytes of keys gathered before a flush instead */
 #define TRACK_RETRY 1.0             /* seconds between CLIENT TRACKING tries once refused */
 #define TRACK_PING_EVERY 10.0       /* a quiet tracker is asked PING (a dead peer seen) */
+#define TRACK_HOLD_MARGIN 0.005     /* a held request is let go this long before its deadline */
 
 int
 io_track_wanted(const bio_client *c)
@@ -327,10 +329,15 @@ io_track_hold_check(bio_client *d, double now)
     if (!d->track_hold) {
         return INFINITY;
     }
+    /* Due: connect_timeout after it began, or just before a held request's deadline
+     * (no request fails for tracking's sake: it goes untracked instead). */
+    double due = d->track_hold_until;
+    for (bio_req *r = d->wait_head; r != NULL; r = r->next) {
+        due = fmin(due, r->deadline - TRACK_HOLD_MARGIN);
+    }
     bio_client *t = d->tracker;
     int t_failed = t == NULL || t->state == ST_BACKOFF || t->state == ST_IDLE;
-    if (t_failed || now >= d->track_hold_until || d->state != ST_READY ||
-        d->close_req != NULL) {
+    if (t_failed || now >= due || d->state != ST_READY || d->close_req != NULL) {
         /* No tracking to go first: what waits goes untracked, and a flush follows once
          * tracking is on (as after a loss). */
         d->track_hold = 0;
@@ -339,7 +346,7 @@ io_track_hold_check(bio_client *d, double now)
         io_pump_waiting(d, now);
         return INFINITY;
     }
-    return d->track_hold_until;
+    return due;
 }
 
 int

@@ -625,18 +625,27 @@ cluster_round(bio_client *c, bio_bridge *b, int n, int set)
     return redirects;
 }
 
-static void
-test_cluster_route(int port, int n)
+/* A client of cfg and a bridge of its own (*bp), connected (checked). */
+static bio_client *
+connected(const bio_config *cfg, bio_bridge **bp)
 {
-    bio_config cfg = config("127.0.0.1", port, NULL, 0);
-    cfg.cluster = BIO_CLUSTER_ON;
-    bio_client *c = bio_client_new(&cfg);
-    bio_bridge *b = bio_bridge_new();
+    bio_client *c = bio_client_new(cfg);
+    bio_bridge *b = *bp = bio_bridge_new();
     bio_req *r = bio_req_new(c, b, BIO_OP_CONNECT, 0);
     bio_submit(r);
     r = wait_done(b);
     check(r != NULL && r->status == BIO_OK, "connected");
     bio_req_free(r);
+    return c;
+}
+
+static void
+test_cluster_route(int port, int n)
+{
+    bio_config cfg = config("127.0.0.1", port, NULL, 0);
+    cfg.cluster = BIO_CLUSTER_ON;
+    bio_bridge *b;
+    bio_client *c = connected(&cfg, &b);
     unsigned long long before = atomic_load(&bio_client_counters(c)->commands);
     cluster_round(c, b, n, 1);
     check(atomic_load(&bio_client_counters(c)->commands) >= before + (unsigned)n,
@@ -648,7 +657,7 @@ test_cluster_route(int port, int n)
         printf("get %d\n", cluster_round(c, b, n, 0));
         fflush(stdout);
     }
-    r = bio_req_new(c, b, BIO_OP_CLOSE, 0);
+    bio_req *r = bio_req_new(c, b, BIO_OP_CLOSE, 0);
     bio_submit(r);
     r = wait_done(b);
     bio_req_free(r);
@@ -692,13 +701,8 @@ test_cluster_del(int port, const char *k1, const char *k2)
 {
     bio_config cfg = config("127.0.0.1", port, NULL, 0);
     cfg.cluster = BIO_CLUSTER_ON;
-    bio_client *c = bio_client_new(&cfg);
-    bio_bridge *b = bio_bridge_new();
-    bio_req *r = bio_req_new(c, b, BIO_OP_CONNECT, 0);
-    bio_submit(r);
-    r = wait_done(b);
-    check(r != NULL && r->status == BIO_OK, "connected");
-    bio_req_free(r);
+    bio_bridge *b;
+    bio_client *c = connected(&cfg, &b);
     printf("connected\n");
     fflush(stdout);
     char line[64];
@@ -713,7 +717,7 @@ test_cluster_del(int port, const char *k1, const char *k2)
     resp_command(&cmd, 3, argv, len);
     resp_key_slot(&cmd, (int)bio_key_slot(k1, len[1]));
     resp_key_slot(&cmd, (int)bio_key_slot(k2, len[2]));
-    r = bio_req_new(c, b, BIO_OP_CMD, 1);
+    bio_req *r = bio_req_new(c, b, BIO_OP_CMD, 1);
     r->buf = cmd.data;
     r->len = cmd.len;
     r->slots = cmd.slots;
@@ -787,13 +791,8 @@ test_track(int port)
     cfg.stats_key = "tk:stats";
     cfg.stats_key_len = 8;
     cfg.tracking = 1;
-    bio_client *c = bio_client_new(&cfg);
-    bio_bridge *b = bio_bridge_new();
-    bio_req *r = bio_req_new(c, b, BIO_OP_CONNECT, 0);
-    bio_submit(r);
-    r = wait_done(b);
-    check(r != NULL && r->status == BIO_OK, "connected");
-    bio_req_free(r);
+    bio_bridge *b;
+    bio_client *c = connected(&cfg, &b);
     bio_bridge *eb = bio_bridge_new();
     bio_submit(bio_req_new(c, eb, BIO_OP_LISTEN, 0));
     bio_counters *k = bio_client_counters(c);
@@ -811,7 +810,7 @@ test_track(int port)
             const char *argv[3] = {"SET", "tk:own", "1"};
             size_t len[3] = {3, 6, 1};
             resp_command(&cmd, 3, argv, len);
-            r = bio_req_new(c, b, BIO_OP_CMD, 1);
+            bio_req *r = bio_req_new(c, b, BIO_OP_CMD, 1);
             r->buf = cmd.data;
             r->len = cmd.len;
             bio_submit(r);
@@ -828,7 +827,7 @@ test_track(int port)
                atomic_load(&k->tracking), events);
         fflush(stdout);
     }
-    r = bio_req_new(c, b, BIO_OP_CLOSE, 0);
+    bio_req *r = bio_req_new(c, b, BIO_OP_CLOSE, 0);
     bio_submit(r);
     bio_req_free(wait_done(b));
     usleep(100 * 1000);

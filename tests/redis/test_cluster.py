@@ -615,3 +615,23 @@ async def test_coherent_multilevel_across_migration_and_failover(redis_cluster):
 def drive_exists(m: MultiLevelCache, key) -> bool:
     """Does m's L1 hold key (InMemoryCache answers without suspending)?"""
     return drive(m.l1.exists(key))
+
+
+async def test_coherent_multilevel_reading_from_replicas(cluster):
+    """read_from_replicas=True: A's reads come from replicas, whose connections track
+    too (a replica tells of the writes it applies): another client's write on the
+    primary drops the entry A read from a replica (A has no connection to that primary:
+    it never wrote there)."""
+    m = MultiLevelCache(InMemoryCache(), make(cluster, read_from_replicas=True))
+    primary = cluster.cluster.node_for_slot(cluster.cluster.keyslot(PREFIX + "k"))
+    try:
+        await bounded(m.start())
+        assert primary.command("SET", PREFIX + "k", '"old"') == "OK"  # (not A's)
+        primary.command("WAIT", 1, 5000)  # (replicated before the read)
+        assert await bounded(m.get("k")) == "old" and drive_exists(m, "k")
+        assert primary.command("SET", PREFIX + "k", '"new"') == "OK"
+        await until(lambda: not drive_exists(m, "k"), "the replica's invalidation")
+        primary.command("WAIT", 1, 5000)
+        assert await bounded(m.get("k")) == "new"
+    finally:
+        await m.l2.disconnect()
