@@ -189,6 +189,27 @@ async def test_a_lost_channel_flushes_the_l2_backed_entries(redis_server, topolo
         await l2.disconnect()
 
 
+async def test_a_restarted_server_empties_the_l2_backed_entries(redis_server):
+    """kill -9 of the server: L1 keeps answering while Redis is unreachable (the outage
+    behaviour); once the server is back and tracks again (the cache reconnects by
+    itself: L1 hits never use L2), the L2-backed entries are dropped before serving
+    them again, and what another client wrote meanwhile is what A reads."""
+    ml, l2 = await coherent_pair(redis_server)
+    try:
+        await ml.set("k", "old")
+        await ml.l1.set("local", 1)  # (never L2's: kept)
+        redis_server.kill()
+        assert await ml.get("k") == "old"  # (an L1 hit, Redis down)
+        flushes = ml.stats()["l1_flushes"]
+        await asyncio.to_thread(redis_server.restart)
+        assert redis_server.command("SET", PREFIX + "k", '"new"') == "OK"
+        await until(lambda: ml.stats()["l1_flushes"] > flushes, "the flush once back", 30)
+        assert not await l1_has(ml, "k") and await ml.l1.get("local") == 1
+        assert await ml.get("k") == "new"
+    finally:
+        await l2.disconnect()
+
+
 @pytest.mark.topologies("standalone", "cluster")
 async def test_caches_sharing_one_l2_hear_each_other(redis_server, topology):
     """Two MultiLevelCaches over one RedisCache (one connection: the server tells it
