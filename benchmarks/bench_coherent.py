@@ -506,7 +506,18 @@ def summarize_staleness(rs: list[dict]) -> dict:
             "max_stale_age_ms": max(r["max_stale_age_ns"] for r in rs) / 1e6,
             "longest_read_gap_ms": max(r["longest_read_gap_ms"] for r in rs),
             "long_windows": [w for r in rs for w in r["long_windows"]],
-            "invalidations": sum(r.get("invalidations", 0) for r in rs), "rounds": rs}
+            "invalidations": sum(r.get("invalidations", 0) for r in rs),
+            "rounds": [round_summary(r) for r in rs]}
+
+
+def round_summary(r: dict) -> dict:
+    """A staleness round as written to the results: its windows' distribution, not
+    every window (thousands per round)."""
+    w = sorted(r["windows_ns"])
+    return {**{k: v for k, v in r.items() if k != "windows_ns"},
+            "windows": {"count": len(w), "nonzero": sum(1 for x in w if x),
+                        "p50_ms": percentile(w, 50) / 1e6, "p99_ms": percentile(w, 99) / 1e6,
+                        "max_ms": (w[-1] if w else 0) / 1e6}}
 
 
 def summarize_zipf(rs: list[dict]) -> dict:
