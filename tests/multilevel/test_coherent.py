@@ -35,7 +35,9 @@ async def coherent_pair(redis_server, **kw):
     await bounded(ml.start())
     assert ml.coherent is (kw.get("coherent") is not False)
     if ml.coherent and getattr(redis_server, "topology", "standalone") == "standalone":
-        assert any(b"t" in flags for _, flags in clients(redis_server))  # tracking on
+        # (on when start() returns, unless the tracker was slower than connect_timeout)
+        await until(lambda: any(b"t" in flags for _, flags in clients(redis_server)),
+                    "the server tracks for the cache")
     return ml, l2
 
 
